@@ -1,0 +1,244 @@
+"""Hugging Face snapshots: config.json + model.safetensors (or shards + an index).
+
+Safetensors is parsed here from its published layout (an 8-byte little-endian header
+length, a JSON header giving each tensor's dtype, shape and byte range, then the raw
+data) and memory-mapped, so bfloat16 stays as its raw 16 bits and nothing is decoded
+at load. HF's names become Meta's, and HF's q/k row order is turned back into Meta's
+once, here, so the model's complex RoPE applies directly.
+"""
+
+import json
+import math
+import struct
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..config import ModelConfig, from_hf_config
+from ..errors import CheckpointError
+from ..storage import BF16
+from . import Checkpoint, canonical_shapes
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+# Safetensors dtype -> how its bytes are viewed. BF16 has no NumPy dtype: its bits
+# are kept as uint16 and wrapped in storage.BF16.
+_DTYPES = {"BF16": np.dtype("<u2"), "F16": np.dtype("<f2"), "F32": np.dtype("<f4")}
+
+_HF_TOP_NAMES = {
+    "tok_embeddings.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_HF_LAYER_NAMES = {
+    "attention_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attention.wq.weight": "self_attn.q_proj.weight",
+    "attention.wk.weight": "self_attn.k_proj.weight",
+    "attention.wv.weight": "self_attn.v_proj.weight",
+    "attention.wo.weight": "self_attn.o_proj.weight",
+    "feed_forward.w1.weight": "mlp.gate_proj.weight",
+    "feed_forward.w2.weight": "mlp.down_proj.weight",
+    "feed_forward.w3.weight": "mlp.up_proj.weight",
+}
+# Buffers older transformers saved next to the weights; recomputed, never needed.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def hf_name(canonical: str) -> str:
+    """Meta's tensor name -> the name transformers' LlamaForCausalLM stores it under."""
+    if canonical in _HF_TOP_NAMES:
+        return _HF_TOP_NAMES[canonical]
+    _, layer, rest = canonical.split(".", 2)  # "layers", "{i}", "attention.wq.weight"
+    return f"model.layers.{layer}.{_HF_LAYER_NAMES[rest]}"
+
+
+def unpermute_qk(rows: np.ndarray, n_heads: int) -> np.ndarray:
+    """HF's q/k row order -> Meta's. Within each head HF stores all real-part rows, then
+    all imaginary-part rows; Meta interleaves them as (real, imag) pairs. Rows only are
+    moved, so this works on any dtype, including raw bfloat16 bits."""
+    out_features, in_features = rows.shape
+    head_dim = out_features // n_heads
+    # (n_heads, [real|imag], head_dim/2, in) -> (n_heads, head_dim/2, [real|imag], in)
+    by_half = rows.reshape(n_heads, 2, head_dim // 2, in_features)
+    return np.ascontiguousarray(by_half.transpose(0, 2, 1, 3)).reshape(out_features, in_features)
+
+
+def read_safetensors(path: Path) -> dict:
+    """Every tensor in one .safetensors file, memory-mapped: F32 and F16 as ndarrays,
+    BF16 as storage.BF16 over the raw bits. The header is checked before any use."""
+    header, data_start = _read_header(path)
+    file = np.memmap(path, dtype=np.uint8, mode="r")
+    data_size = file.size - data_start
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":  # free-form strings, e.g. {"format": "pt"}
+            continue
+        dtype, shape, begin, end = _check_entry(path, name, entry, data_size)
+        count = (end - begin) // dtype.itemsize
+        array = np.frombuffer(file, dtype=dtype, count=count, offset=data_start + begin)
+        array = array.reshape(shape)
+        tensors[name] = BF16(array) if entry["dtype"] == "BF16" else array
+    return tensors
+
+
+def _read_header(path: Path) -> tuple:
+    """The JSON header of a safetensors file and the byte offset where its data starts."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            file_size = f.tell()
+            f.seek(0)
+            if file_size < 8:
+                raise CheckpointError(f"{path} is too short ({file_size} bytes) to be safetensors")
+            (header_size,) = struct.unpack("<Q", f.read(8))
+            if header_size > file_size - 8:
+                raise CheckpointError(f"{path}: header length {header_size} runs past the end "
+                                      f"of the file ({file_size} bytes); truncated or not safetensors")
+            raw = f.read(header_size)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror}") from e
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({e})") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header is not a JSON object")
+    return header, 8 + header_size
+
+
+def _check_entry(path: Path, name: str, entry, data_size: int) -> tuple:
+    """One header entry checked against the format: (dtype, shape, begin, end)."""
+    where = f"{path}: tensor '{name}'"
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise CheckpointError(f"{where} lacks dtype, shape or data_offsets in the header")
+    if entry["dtype"] not in _DTYPES:
+        raise CheckpointError(f"{where} has dtype {entry['dtype']!r}; only "
+                              f"{', '.join(_DTYPES)} are supported")
+    dtype = _DTYPES[entry["dtype"]]
+    shape, offsets = entry["shape"], entry["data_offsets"]
+    if not (isinstance(shape, list) and all(_is_count(n) for n in shape)):
+        raise CheckpointError(f"{where} has an invalid shape {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))):
+        raise CheckpointError(f"{where} has invalid data_offsets {offsets!r}")
+    begin, end = offsets
+    if not begin <= end <= data_size:
+        raise CheckpointError(f"{where}: data_offsets {offsets} fall outside the "
+                              f"{data_size} data bytes of the file")
+    expected = dtype.itemsize * math.prod(shape)
+    if end - begin != expected:
+        raise CheckpointError(f"{where}: data_offsets span {end - begin} bytes but "
+                              f"{entry['dtype']} {tuple(shape)} needs {expected}")
+    return dtype, tuple(shape), begin, end
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror}") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object")
+    return value
+
+
+def _read_hf_tensors(directory: Path) -> dict:
+    """HF name -> tensor, from model.safetensors or from the shards an index names."""
+    index_path = directory / INDEX_FILE
+    if not index_path.exists():
+        if not (directory / SINGLE_FILE).exists():
+            raise CheckpointError(f"{directory} has neither {SINGLE_FILE} nor {INDEX_FILE}")
+        return read_safetensors(directory / SINGLE_FILE)
+
+    weight_map = _read_json(index_path).get("weight_map")
+    if not (isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())):
+        raise CheckpointError(f"{index_path} has no 'weight_map' of tensor name -> file name")
+    shards = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = directory / shard
+        if Path(shard).name != shard:  # the index may only point inside the snapshot
+            raise CheckpointError(f"{index_path} names shard '{shard}' outside {directory}")
+        if not shard_path.is_file():
+            raise CheckpointError(f"shard {shard} named in {index_path} is missing")
+        shards[shard] = read_safetensors(shard_path)
+    tensors = {}
+    for name, shard in weight_map.items():
+        if name not in shards[shard]:
+            raise CheckpointError(f"{directory / shard} has no tensor '{name}', "
+                                  f"though {INDEX_FILE} says it does")
+        tensors[name] = shards[shard][name]
+    return tensors
+
+
+def _canonical_tensors(hf_tensors: dict, config: ModelConfig, directory: Path) -> dict:
+    """Rename HF tensors to Meta's names, checking that each needed one is there with the
+    right shape and that nothing unknown is (an unknown tensor means a model we would
+    run wrongly, e.g. one with attention biases)."""
+    shapes = canonical_shapes(config)
+    if config.tie_embeddings:
+        del shapes["output.weight"]  # a stored lm_head is ignored: tied means the embedding
+    by_hf_name = {hf_name(canonical): canonical for canonical in shapes}
+    for name in hf_tensors:
+        if name not in by_hf_name and name != "lm_head.weight" \
+                and not name.endswith(_IGNORED_SUFFIXES):
+            raise CheckpointError(f"{directory} holds tensor '{name}', which a Llama model "
+                                  f"with {config.n_layers} layers does not use")
+    tensors = {}
+    for name, canonical in by_hf_name.items():
+        if name not in hf_tensors:
+            raise CheckpointError(f"{directory} has no tensor '{name}'")
+        tensor = hf_tensors[name]
+        if tuple(tensor.shape) != shapes[canonical]:
+            raise CheckpointError(f"{directory}: tensor '{name}' has shape "
+                                  f"{tuple(tensor.shape)}, config.json implies {shapes[canonical]}")
+        tensors[canonical] = tensor
+    return tensors
+
+
+def _undo_qk_permutation(tensors: dict, config: ModelConfig) -> None:
+    for i in range(config.n_layers):
+        for name, n_heads in (("wq", config.n_heads), ("wk", config.n_heads)):
+            key = f"layers.{i}.attention.{name}.weight"
+            tensor = tensors[key]
+            if isinstance(tensor, BF16):
+                tensors[key] = BF16(unpermute_qk(tensor.bits, n_heads))
+            else:
+                tensors[key] = unpermute_qk(tensor, n_heads)
+
+
+def _tokenizer_file(directory: Path) -> Optional[Path]:
+    """Meta's tiktoken file when the snapshot carries it, else HF's tokenizer.json."""
+    for candidate in (directory / "original" / "tokenizer.model", directory / "tokenizer.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_hf(directory: Path) -> Checkpoint:
+    """A Hugging Face Llama snapshot directory as a Checkpoint in Meta's names and layout."""
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{directory} has no config.json; not a Hugging Face snapshot")
+    generation_path = directory / "generation_config.json"
+    generation = _read_json(generation_path) if generation_path.is_file() else None
+    config = from_hf_config(_read_json(config_path), generation, source=str(config_path))
+
+    hf_tensors = _read_hf_tensors(directory)
+    if "lm_head.weight" not in hf_tensors and not config.tie_embeddings:
+        config = replace(config, tie_embeddings=True)  # no lm_head: the embedding is the output
+    tensors = _canonical_tensors(hf_tensors, config, directory)
+    _undo_qk_permutation(tensors, config)
+    if config.tie_embeddings:
+        tensors["output.weight"] = tensors["tok_embeddings.weight"]
+    return Checkpoint(config=config, tensors=tensors, path=directory, format="hf",
+                      tokenizer_file=_tokenizer_file(directory))

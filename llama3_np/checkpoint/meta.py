@@ -1,0 +1,341 @@
+"""Meta's original checkpoints (params.json + consolidated.NN.pth), read without torch.
+
+Each .pth is a torch.save zip archive: `<archive>/data.pkl` is a pickle describing the
+tensors and `<archive>/data/<key>` holds each storage's raw bytes, uncompressed. The
+pickle is untrusted input, so it is unpickled with an allow-list of globals and nothing
+else can run. Storages are memory-mapped straight out of the zip, so a single-shard
+checkpoint loads without copying a weight. Model-parallel checkpoints (70B has 8
+shards) are joined along the axis Meta's code split each weight on.
+"""
+
+import io
+import json
+import math
+import pickle
+import re
+import struct
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ..config import ModelConfig, from_meta_params
+from ..errors import CheckpointError, ConfigError
+from ..storage import BF16
+from . import Checkpoint, canonical_names, canonical_shapes
+
+_SHARD_NAME = re.compile(r"consolidated\.(\d+)\.pth")
+
+# Meta's model-parallel layout: ColumnParallelLinear keeps a slice of the output rows
+# (axis 0), RowParallelLinear a slice of the input columns (axis 1); norms are replicated.
+_COLUMN_PARALLEL = ("wq", "wk", "wv", "w1", "w3", "output")
+_ROW_PARALLEL = ("wo", "w2")
+
+
+def read_meta(directory: Path) -> Checkpoint:
+    """A Meta checkpoint directory as a Checkpoint; weights stay memory-mapped when unsharded."""
+    directory = Path(directory)
+    params_path = directory / "params.json"
+    params = _read_params(params_path)
+    shards = [(path, read_pth(path)) for path in _shard_paths(directory)]
+    holds_output = [path for path, tensors in shards if "output.weight" in tensors]
+    if holds_output and len(holds_output) != len(shards):
+        raise CheckpointError(f"{directory}: output.weight is in {holds_output[0].name} "
+                              "but not in every shard")
+    config = from_meta_params(params, source=str(params_path), tie_embeddings=not holds_output)
+    tokenizer = directory / "tokenizer.model"
+    return Checkpoint(config=config, tensors=_join_shards(shards, config, directory),
+                      path=directory, format="meta",
+                      tokenizer_file=tokenizer if tokenizer.is_file() else None)
+
+
+def read_pth(path: Path) -> dict:
+    """One torch.save file as {name: tensor}: NumPy views of the memory-mapped file
+    (float32 / float16 arrays; BF16 for bfloat16). Non-string keys are dropped."""
+    path = Path(path)
+    state = _TensorUnpickler(_TorchArchive(path)).load_checked()
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict of tensors")
+    return {name: tensor for name, tensor in state.items() if isinstance(name, str)}
+
+
+# ---- the directory: params.json and the shard files ----
+
+def _read_params(path: Path) -> dict:
+    if not path.parent.is_dir():
+        raise CheckpointError(f"{path.parent} is not a directory")
+    try:
+        params = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path.parent} has no params.json, which a Meta checkpoint "
+                              "directory needs next to consolidated.00.pth") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e
+    except ValueError as e:  # bad JSON or bad UTF-8
+        raise ConfigError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path} does not hold a JSON object")
+    return params
+
+
+def _shard_paths(directory: Path) -> list:
+    """consolidated.00.pth .. consolidated.NN.pth in order, refusing gaps."""
+    found = {}
+    for path in sorted(directory.glob("consolidated.*.pth")):
+        match = _SHARD_NAME.fullmatch(path.name)
+        if not match:
+            continue
+        index = int(match[1])
+        if index in found:
+            raise CheckpointError(f"{directory}: {found[index].name} and {path.name} "
+                                  f"are both shard {index}")
+        found[index] = path
+    if not found:
+        raise CheckpointError(f"{directory} has no consolidated.NN.pth weight files")
+    missing = [i for i in range(max(found) + 1) if i not in found]
+    if missing:
+        present = ", ".join(found[i].name for i in sorted(found))
+        raise CheckpointError(f"{directory}: consolidated.{missing[0]:02d}.pth is missing "
+                              f"(found {present})")
+    return [found[i] for i in sorted(found)]
+
+
+# ---- joining model-parallel shards into canonical tensors ----
+
+def _join_shards(shards: list, config: ModelConfig, directory: Path) -> dict:
+    """Canonical name -> tensor of the full model; extra tensors (rope.freqs) are ignored."""
+    expected_shapes = canonical_shapes(config)
+    tensors = {}
+    for name in canonical_names(config.n_layers, config.tie_embeddings):
+        expected = expected_shapes[name]
+        parts = [_shard_tensor(path, tensors_of_shard, name, len(expected))
+                 for path, tensors_of_shard in shards]
+        tensor = _join(name, parts, expected, directory)
+        if tensor.shape != expected:
+            where = shards[0][0] if len(shards) == 1 else f"{directory} ({len(shards)} shards)"
+            raise CheckpointError(f"{where}: {name} has shape {tensor.shape}, but "
+                                  f"params.json implies {expected}")
+        tensors[name] = tensor
+    if config.tie_embeddings:  # the same object, never a copy
+        tensors["output.weight"] = tensors["tok_embeddings.weight"]
+    return tensors
+
+
+def _shard_tensor(path: Path, shard: dict, name: str, ndim: int):
+    if name not in shard:
+        raise CheckpointError(f"{path} has no tensor '{name}'")
+    tensor = shard[name]
+    is_float = isinstance(tensor, BF16) or (
+        isinstance(tensor, np.ndarray) and tensor.dtype in (np.float32, np.float16))
+    if not is_float:
+        kind = tensor.dtype if isinstance(tensor, np.ndarray) else type(tensor).__name__
+        raise CheckpointError(f"{path}: {name} is {kind}; expected bfloat16, float16 or float32")
+    if len(tensor.shape) != ndim:
+        raise CheckpointError(f"{path}: {name} has shape {tensor.shape}; expected {ndim} dims")
+    return tensor
+
+
+def _join(name: str, parts: list, expected: tuple, directory: Path):
+    if len(parts) == 1:
+        return parts[0]
+    if len({part.shape for part in parts}) != 1:
+        raise CheckpointError(f"{directory}: the shards hold {name} in different shapes "
+                              f"{[part.shape for part in parts]}")
+    if len({_precision(part) for part in parts}) != 1:
+        raise CheckpointError(f"{directory}: the shards hold {name} in different precisions")
+    axis = _split_axis(name, parts[0].shape, expected)
+    if axis is None:
+        return parts[0]
+    # Concatenate the stored values (bf16 bits stay bits): one copy, in storage precision.
+    if isinstance(parts[0], BF16):
+        return BF16(np.concatenate([part.bits for part in parts], axis=axis))
+    return np.concatenate(parts, axis=axis)
+
+
+def _split_axis(name: str, part_shape: tuple, expected: tuple):
+    """The axis Meta's model-parallel code split `name` on, or None if replicated."""
+    kind = name.split(".")[-2]  # "layers.0.attention.wq.weight" -> "wq"
+    if kind in _COLUMN_PARALLEL:
+        return 0
+    if kind in _ROW_PARALLEL:
+        return 1
+    if kind == "tok_embeddings":
+        # Llama 3's VocabParallelEmbedding splits the vocabulary; Llama 2's
+        # ParallelEmbedding split the embedding dim. The shard shape tells which.
+        return 0 if part_shape[1] == expected[1] else 1
+    return None
+
+
+def _precision(tensor) -> str:
+    return "bfloat16" if isinstance(tensor, BF16) else str(tensor.dtype)
+
+
+# ---- one .pth file: the zip archive and its pickle ----
+
+class _TorchArchive:
+    """A torch.save zip: its data.pkl bytes and its storages mapped (not read) from disk."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            with zipfile.ZipFile(path) as archive:
+                self.members = {info.filename: info for info in archive.infolist()}
+                pickles = [n for n in self.members if n == "data.pkl" or n.endswith("/data.pkl")]
+                if len(pickles) != 1:
+                    raise CheckpointError(f"{path} is a zip file but not a torch.save "
+                                          "checkpoint: it has no single data.pkl")
+                # The archive's top directory is named after whatever file torch.save wrote.
+                self.prefix = pickles[0][: -len("data.pkl")]
+                self.pickle_bytes = archive.read(pickles[0])
+                byteorder_member = self.prefix + "byteorder"
+                byteorder = (archive.read(byteorder_member) if byteorder_member in self.members
+                             else b"little")
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise CheckpointError(f"{path} is not a complete zip archive (truncated or not a "
+                                  f"torch.save file): {e}") from e
+        if byteorder.strip() != b"little":
+            raise CheckpointError(f"{path} stores {byteorder.decode(errors='replace')} "
+                                  "endian data; only little-endian checkpoints are supported")
+        self.file = np.memmap(path, dtype=np.uint8, mode="r")
+
+    def storage(self, key: str, dtype: np.dtype, numel: int) -> np.ndarray:
+        """Storage `key` as a 1-D array of `numel` elements, a view into the mapped file."""
+        name = f"{self.prefix}data/{key}"
+        info = self.members.get(name)
+        if info is None:
+            raise CheckpointError(f"{self.path} has no storage record {name}")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(f"{self.path}: {name} is compressed; torch.save stores "
+                                  "tensors uncompressed, so this file was repacked")
+        nbytes = numel * np.dtype(dtype).itemsize
+        if info.file_size != nbytes:
+            raise CheckpointError(f"{self.path}: {name} holds {info.file_size} bytes, but the "
+                                  f"pickle describes {numel} elements ({nbytes} bytes)")
+        start = self._data_start(info)
+        if start + nbytes > self.file.size:
+            raise CheckpointError(f"{self.path} is truncated: {name} ends past the end of "
+                                  "the file")
+        return self.file[start:start + nbytes].view(dtype=dtype, type=np.ndarray)
+
+    def _data_start(self, info: zipfile.ZipInfo) -> int:
+        # The local file header (30 bytes + name + extra field) precedes the member's data;
+        # its extra field may differ from the central directory's, so read it here.
+        header = bytes(self.file[info.header_offset:info.header_offset + 30])
+        if len(header) < 30 or header[:4] != b"PK\x03\x04":
+            raise CheckpointError(f"{self.path}: the zip header of {info.filename} is corrupt")
+        name_length, extra_length = struct.unpack_from("<HH", header, 26)
+        return info.header_offset + 30 + name_length + extra_length
+
+
+# torch's storage types, by the name data.pkl refers to them; bfloat16 arrives as uint16 bits.
+_STORAGE_DTYPES = {
+    "BFloat16Storage": np.uint16, "HalfStorage": np.float16, "FloatStorage": np.float32,
+    "DoubleStorage": np.float64, "LongStorage": np.int64, "IntStorage": np.int32,
+    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+class _StorageType(str):
+    """Stands in for torch.FloatStorage & co. while unpickling: only the name matters.
+    Immutable (a str without __dict__), so a pickle cannot tamper with it."""
+
+    __slots__ = ()
+
+
+@dataclass
+class _Storage:
+    array: np.ndarray  # 1-D: the storage's elements (bfloat16 as uint16 bits)
+    bfloat16: bool
+
+
+class _TensorUnpickler(pickle.Unpickler):
+    """Turns data.pkl into NumPy views. It resolves only the globals a dict of tensors
+    needs; any other (os.system, eval, ...) is refused before it can be called."""
+
+    def __init__(self, archive: _TorchArchive):
+        super().__init__(io.BytesIO(archive.pickle_bytes))
+        self._archive = archive
+        self._allowed = {
+            ("collections", "OrderedDict"): OrderedDict,
+            ("torch._utils", "_rebuild_tensor"): self._rebuild_tensor,
+            ("torch._utils", "_rebuild_tensor_v2"): self._rebuild_tensor_v2,
+            ("torch._utils", "_rebuild_parameter"): self._rebuild_parameter,
+        }
+
+    def load_checked(self):
+        try:
+            return self.load()
+        except CheckpointError:
+            raise
+        except Exception as e:  # untrusted bytes can break the unpickler in any number of ways
+            raise CheckpointError(f"{self._archive.path}: data.pkl is corrupt "
+                                  f"({type(e).__name__}: {e})") from e
+
+    def find_class(self, module: str, name: str):
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        allowed = self._allowed.get((module, name))
+        if allowed is None:
+            raise CheckpointError(f"{self._archive.path} refuses to load global {module}.{name}: "
+                                  "a checkpoint may hold only tensors")
+        return allowed
+
+    def persistent_load(self, pid):
+        # torch.save writes each storage as ('storage', type, key, location, numel).
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
+                and _is_index(pid[4])):
+            raise CheckpointError(f"{self._archive.path}: data.pkl refers to an unknown "
+                                  f"persistent object {str(pid)[:80]}")
+        _, storage_type, key, _location, numel = pid
+        array = self._archive.storage(key, _STORAGE_DTYPES[storage_type], numel)
+        return _Storage(array, bfloat16=storage_type == "BFloat16Storage")
+
+    def _rebuild_tensor_v2(self, storage, storage_offset, size, stride, requires_grad=False,
+                           backward_hooks=None, metadata=None):
+        return self._rebuild_tensor(storage, storage_offset, size, stride)
+
+    def _rebuild_parameter(self, data, requires_grad, backward_hooks):
+        return data
+
+    def _rebuild_tensor(self, storage, storage_offset, size, stride):
+        if not isinstance(storage, _Storage):
+            raise CheckpointError(f"{self._archive.path}: data.pkl builds a tensor without "
+                                  "a storage")
+        view = self._view(storage.array, storage_offset, size, stride)
+        return BF16(view) if storage.bfloat16 else view
+
+    def _view(self, array: np.ndarray, offset, size, stride) -> np.ndarray:
+        """The tensor as a view of its storage, after checking it stays inside it."""
+        size, stride = tuple(size), tuple(stride)
+        if not (_is_index(offset) and len(size) == len(stride)
+                and all(_is_index(n) for n in size + stride)):
+            raise CheckpointError(f"{self._archive.path}: a tensor has an invalid layout "
+                                  f"(offset {offset!r}, size {size!r}, stride {stride!r})")
+        count = math.prod(size)
+        if count == 0:
+            return array[:0].reshape(size)
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= array.size:
+            raise CheckpointError(f"{self._archive.path}: a tensor of shape {size} at offset "
+                                  f"{offset} reaches past its storage of {array.size} elements")
+        if stride == _contiguous_strides(size):
+            return array[offset:offset + count].reshape(size)
+        return as_strided(array[offset:], shape=size,
+                          strides=tuple(s * array.itemsize for s in stride), writeable=False)
+
+
+def _is_index(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _contiguous_strides(size: tuple) -> tuple:
+    strides, step = [], 1
+    for n in reversed(size):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))

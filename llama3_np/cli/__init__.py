@@ -1,0 +1,47 @@
+"""The command line: one module per command, each with add_arguments(parser) and run(args).
+
+The first argument names the command; without one, the arguments are a completion.
+A Llama3Error becomes one line on stderr and exit code 1 (--debug shows the traceback).
+"""
+
+import argparse
+import importlib
+import sys
+
+from ..errors import Llama3Error
+
+COMMANDS = {  # name -> (module, one-line description)
+    "complete": ("complete", "stream a completion of a prompt (the default command)"),
+}
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    module = importlib.import_module(f".{COMMANDS[command][0]}", __name__)
+    prog = "run.py" if command == "complete" else f"run.py {command}"
+    others = ", ".join(f"{name} ({desc})" for name, (_, desc) in COMMANDS.items())
+    parser = argparse.ArgumentParser(prog=prog, description=module.__doc__,
+                                     epilog=f"commands: {others}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback when something goes wrong")
+    module.add_arguments(parser)
+    parser.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list) -> int:
+    if argv and argv[0] in COMMANDS:
+        command, rest = argv[0], argv[1:]
+    else:
+        command, rest = "complete", argv
+    args = build_parser(command).parse_args(rest)
+    try:
+        return args.run(args) or 0
+    except Llama3Error as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130

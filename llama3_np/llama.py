@@ -1,0 +1,111 @@
+"""The Python API: load a checkpoint, then complete text, step the model, or trace it.
+
+    model = llama3_np.load("weights/Llama-3.2-1B-Instruct")
+    print(model.generate("The capital of France is", max_tokens=20).text)
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint.detect import read_checkpoint
+from .errors import InputError
+from .generate import GenerationStats, generate_tokens
+from .model import Transformer
+from .sampling import Sampler
+from .tokenizer import StreamDecoder, load_tokenizer
+from .trace import Trace
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: list
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+
+class Llama:
+    def __init__(self, config, weights: dict, tokenizer, source: str = ""):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.model = Transformer(config, weights)
+        self.source = source
+
+    @property
+    def weights(self) -> dict:
+        return self.model.weights
+
+    def forward(self, tokens, start_pos: int = 0, last_only: bool = False) -> np.ndarray:
+        """float32 logits (seq, vocab); positions before start_pos come from the KV cache."""
+        return self.model.forward(tokens, start_pos, last_only)
+
+    def trace(self, *patterns: str) -> Trace:
+        """`with model.trace("layers.0.*") as t: model.forward(tokens)`, then t[name]."""
+        return Trace(self.model, *patterns)
+
+    def encode_prompt(self, prompt) -> list:
+        if isinstance(prompt, str):
+            tokens = self.tokenizer.encode(prompt, bos=True)
+        else:
+            tokens = [int(t) for t in prompt]
+        if not tokens:
+            raise InputError("the prompt is empty (and this tokenizer adds no "
+                             "beginning-of-text token to start from)")
+        return tokens
+
+    def stream(self, prompt, max_tokens: int = 256, **options):
+        """Yield the completion's text piece by piece as tokens are generated.
+
+        `prompt` is text (encoded with the beginning-of-text token) or token ids;
+        options: temperature, top_k, top_p, seed, stop_ids, start_pos, stats."""
+        for _, text in self._generate(prompt, max_tokens, **options):
+            if text:
+                yield text
+
+    def generate(self, prompt, max_tokens: int = 256, **options) -> Completion:
+        """The whole completion at once: text, token ids and timing."""
+        stats = options.pop("stats", None) or GenerationStats()
+        tokens, pieces = [], []
+        for token, text in self._generate(prompt, max_tokens, stats=stats, **options):
+            tokens += [] if token is None else [token]
+            pieces.append(text)
+        return Completion("".join(pieces), tokens, stats)
+
+    def _generate(self, prompt, max_tokens: int, temperature: float = 0.0, top_k: int = 0,
+                  top_p: float = 1.0, seed=None, stop_ids=None, start_pos: int = 0,
+                  stats: GenerationStats = None):
+        """(token, text) pairs; text holds only complete UTF-8 characters, and a final
+        (None, rest) pair flushes whatever an unfinished character left over."""
+        tokens = self.encode_prompt(prompt)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise InputError(f"max-tokens must be a positive integer, got {max_tokens!r}")
+        room = self.config.max_seq_len - start_pos - len(tokens)
+        if room < 1:
+            raise InputError(f"the prompt has {len(tokens)} tokens; with {start_pos} already "
+                             f"in context that fills the {self.config.max_seq_len}-token "
+                             "context window")
+        sampler = Sampler(temperature, top_k, top_p, seed)
+        stops = self.config.stop_ids if stop_ids is None else stop_ids
+        decoder = StreamDecoder(self.tokenizer)
+        for token in generate_tokens(self.model, tokens, sampler, min(max_tokens, room),
+                                     stops, start_pos, stats):
+            yield token, decoder.push(token)
+        yield None, decoder.flush()
+
+
+def load(path, dtype: str = "f32", backend: str = "auto", tokenizer_path=None) -> Llama:
+    """Load a Meta, Hugging Face or GGUF checkpoint; weights kept in `dtype` in memory."""
+    from .kernels import set_backend
+    from .quantize import to_dtype
+
+    checkpoint = read_checkpoint(path)
+    set_backend(backend)
+    weights, converted = {}, {}
+    for name, tensor in checkpoint.tensors.items():
+        # Tied embeddings: convert the shared tensor once and keep it shared.
+        if id(tensor) not in converted:
+            converted[id(tensor)] = to_dtype(tensor, dtype)
+        weights[name] = converted[id(tensor)]
+    tokenizer = load_tokenizer(checkpoint, tokenizer_path)
+    return Llama(checkpoint.config, weights, tokenizer, source=str(Path(path)))

@@ -1,0 +1,48 @@
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p; seeded."""
+
+import numpy as np
+
+from .errors import InputError
+
+
+class Sampler:
+    """temperature 0 is greedy (argmax); otherwise sample from softmax(logits / T)
+    restricted to the top_k most likely tokens (0: no limit) and then to the smallest
+    set whose probability reaches top_p (1.0: no limit)."""
+
+    def __init__(self, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                 seed=None):
+        if not isinstance(temperature, (int, float)) or not temperature >= 0:
+            raise InputError(f"temperature must be a number >= 0, got {temperature!r}")
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+            raise InputError(f"top-k must be an integer >= 0 (0 = off), got {top_k!r}")
+        if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+            raise InputError(f"top-p must be in (0, 1], got {top_p!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                                 or seed < 0):
+            raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+        self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
+        self.rng = np.random.default_rng(seed)
+
+    def candidates(self, logits: np.ndarray):
+        """Token ids allowed by top-k and top-p, with their renormalised probabilities."""
+        ids = np.arange(len(logits))
+        if 0 < self.top_k < len(logits):
+            ids = np.argpartition(-logits, self.top_k - 1)[: self.top_k]
+        if self.top_p < 1:  # top-p needs the candidates in order, most likely first
+            ids = ids[np.argsort(-logits[ids], kind="stable")]
+        scaled = logits[ids].astype(np.float64) / self.temperature
+        probs = np.exp(scaled - scaled.max())
+        probs /= probs.sum()
+        if self.top_p < 1:
+            # Keep a token while the mass before it is still short of top_p (Meta's rule).
+            keep = (np.cumsum(probs) - probs) < self.top_p
+            ids, probs = ids[keep], probs[keep] / probs[keep].sum()
+        return ids, probs
+
+    def __call__(self, logits: np.ndarray) -> int:
+        logits = np.asarray(logits).reshape(-1)
+        if self.temperature == 0:
+            return int(np.argmax(logits))
+        ids, probs = self.candidates(logits)
+        return int(ids[self.rng.choice(len(ids), p=probs)])

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from llama3_np.errors import InputError
+from llama3_np.sampling import Sampler
+
+
+def random_logits(seed=0, vocab=1000):
+    return np.random.default_rng(seed).standard_normal(vocab).astype(np.float32) * 3
+
+
+def test_greedy_is_argmax():
+    for seed in range(5):
+        logits = random_logits(seed)
+        assert Sampler(temperature=0)(logits) == int(np.argmax(logits))
+
+
+def test_top_k_never_picks_outside_the_k_largest():
+    logits = random_logits(1)
+    allowed = set(np.argsort(-logits)[:5].tolist())
+    sampler = Sampler(temperature=5.0, top_k=5, seed=0)  # hot: would roam widely without top-k
+    picks = {sampler(logits) for _ in range(300)}
+    assert picks <= allowed
+    assert len(picks) == 5  # at temperature 5 every one of the five shows up
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], dtype=np.float32))
+    sampler = Sampler(temperature=1.0, top_p=0.7, seed=0)
+    ids, probs = sampler.candidates(logits)
+    assert ids.tolist() == [0, 1]  # 0.5 < 0.7, 0.5 + 0.3 >= 0.7
+    np.testing.assert_allclose(probs, [0.5 / 0.8, 0.3 / 0.8], rtol=1e-6)
+    assert {sampler(logits) for _ in range(200)} == {0, 1}
+
+
+def test_top_p_always_keeps_the_most_likely_token():
+    logits = np.array([5.0, 0.0, 0.0], dtype=np.float32)
+    ids, _ = Sampler(temperature=1.0, top_p=0.01).candidates(logits)
+    assert ids.tolist() == [0]
+
+
+def test_sampling_follows_the_distribution():
+    probs = np.array([0.6, 0.3, 0.1])
+    sampler = Sampler(temperature=1.0, seed=123)
+    counts = np.bincount([sampler(np.log(probs)) for _ in range(4000)], minlength=3)
+    # 4000 draws: the standard error of each frequency is below 0.008; allow 4 of them.
+    np.testing.assert_allclose(counts / 4000, probs, atol=0.032)
+
+
+def test_same_seed_same_tokens_different_seed_differs():
+    logits = random_logits(2)
+    draws = lambda seed: (lambda s: [s(logits) for _ in range(50)])(
+        Sampler(1.5, top_k=50, top_p=0.95, seed=seed))
+    assert draws(7) == draws(7)
+    assert draws(7) != draws(8)
+
+
+@pytest.mark.parametrize("options", [
+    dict(temperature=-0.1), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-1),
+    dict(top_k=2.5), dict(seed=1.5), dict(seed=-3), dict(temperature=float("nan")),
+])
+def test_bad_options_are_refused(options):
+    with pytest.raises(InputError):
+        Sampler(**{"temperature": 1.0, **options})
