@@ -7,12 +7,15 @@ bytes, so any difference at all is a bug.
 import json
 import re
 import struct
+
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from llama3_np.checkpoint import canonical_names
-from llama3_np.checkpoint.hf import INDEX_FILE, SINGLE_FILE, read_hf, read_safetensors, unpermute_qk
+from llama3_np.checkpoint.hf import (INDEX_FILE, SINGLE_FILE, read_hf, read_safetensors,
+                                     unpermute_qk)
 from llama3_np.config import RopeScaling
 from llama3_np.errors import CheckpointError
 from llama3_np.storage import BF16
@@ -36,6 +39,20 @@ def is_memory_mapped(array: np.ndarray) -> bool:
             return True
         array = getattr(array, "base", None)
     return False
+
+
+def edit_json(path, **changes):
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def write_small(tmp_path, weights=None, **kwargs):
+    config = small_config()
+    return write_hf_checkpoint(tmp_path, weights or random_weights(config), config, **kwargs)
+
+
+def safetensors_bytes(header, data: bytes = b"") -> bytes:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + data
 
 
 # --- q/k row order -----------------------------------------------------------------
@@ -193,16 +210,61 @@ def transformers_to_meta(n_layers: int) -> dict:
     return names
 
 
+# --- the safetensors format ---------------------------------------------------------
+
+def test_reads_a_hand_written_file_with_unaligned_offsets(tmp_path):
+    # A 3-element bf16 tensor first leaves the f32 and f16 data at odd byte offsets.
+    bf16 = np.array([1.5, -2.0, 3.25], dtype=np.float32)
+    f32 = np.arange(6, dtype=np.float32).reshape(2, 3) / 7
+    f16 = np.array([[0.5, -0.25]], dtype=np.float16)
+    header = {
+        "__metadata__": {"format": "pt"},
+        "a": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 6]},
+        "b": {"dtype": "F32", "shape": [2, 3], "data_offsets": [6, 30]},
+        "c": {"dtype": "F16", "shape": [1, 2], "data_offsets": [30, 34]},
+        "empty": {"dtype": "F32", "shape": [0, 4], "data_offsets": [34, 34]},
+    }
+    data = torch_bf16_bits(bf16).tobytes() + f32.tobytes() + f16.tobytes()
+    path = tmp_path / "hand.safetensors"
+    path.write_bytes(safetensors_bytes(header, data))
+
+    tensors = read_safetensors(path)
+
+    assert set(tensors) == {"a", "b", "c", "empty"}
+    np.testing.assert_array_equal(tensors["a"].to_float32(), bf16)  # exact in bf16
+    np.testing.assert_array_equal(tensors["b"], f32)
+    np.testing.assert_array_equal(tensors["c"], f16)
+    # The safetensors package agrees where it has a NumPy path (not bf16).
+    with safe_open(path, framework="numpy") as reference:
+        for name in ("b", "c"):
+            np.testing.assert_array_equal(tensors[name], reference.get_tensor(name))
+    assert tensors["empty"].shape == (0, 4)
+
+
+ONE_F32 = {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x01\x02", "too short"),
+    (struct.pack("<Q", 1000) + b"{}", "runs past the end"),
+    (safetensors_bytes(b"{not json"), "not valid JSON"),
+    (safetensors_bytes(b"[1, 2]"), "not a JSON object"),
+    (safetensors_bytes({"w": {**ONE_F32, "dtype": "Q4"}}, bytes(16)), "'w' has dtype 'Q4'"),
+    (safetensors_bytes({"w": {**ONE_F32, "data_offsets": [0, 32]}}, bytes(16)), "'w'.*outside"),
+    (safetensors_bytes({"w": {**ONE_F32, "shape": [2, 3]}}, bytes(16)), "'w'.*needs 24"),
+    (safetensors_bytes({"w": {**ONE_F32, "shape": [2, -2]}}, bytes(16)), "'w'.*invalid shape"),
+    (safetensors_bytes({"w": {"dtype": "F32"}}), "'w' lacks"),
+], ids=["short", "header-too-long", "bad-json", "not-object", "dtype", "offsets-range",
+        "offsets-vs-shape", "negative-shape", "incomplete"])
+def test_bad_safetensors_header_is_refused(tmp_path, content, message):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message) as error:
+        read_safetensors(path)
+    assert str(path) in str(error.value)
+
+
 # --- errors ------------------------------------------------------------------------
-
-def edit_json(path, **changes):
-    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
-
-
-def write_small(tmp_path, weights=None, **kwargs):
-    config = small_config()
-    return write_hf_checkpoint(tmp_path, weights or random_weights(config), config, **kwargs)
-
 
 def test_missing_shard_is_named(tmp_path):
     write_small(tmp_path, shards=3)
@@ -234,7 +296,8 @@ def test_wrong_shape_is_refused(tmp_path):
     weights = random_weights(small_config())
     weights["layers.0.feed_forward.w2.weight"] = weights["layers.0.feed_forward.w2.weight"].T
     write_small(tmp_path, weights)
-    with pytest.raises(CheckpointError, match=r"model\.layers\.0\.mlp\.down_proj\.weight.*\(160, 64\)"):
+    wrong = r"model\.layers\.0\.mlp\.down_proj\.weight.*\(160, 64\)"
+    with pytest.raises(CheckpointError, match=wrong):
         read_hf(tmp_path)
 
 
@@ -253,59 +316,6 @@ def test_missing_files_are_named(tmp_path):
     (tmp_path / SINGLE_FILE).unlink()
     with pytest.raises(CheckpointError, match=SINGLE_FILE):
         read_hf(tmp_path)
-
-
-def safetensors_bytes(header, data: bytes = b"") -> bytes:
-    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
-    return struct.pack("<Q", len(raw)) + raw + data
-
-
-ONE_F32 = {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}
-
-
-@pytest.mark.parametrize("content, message", [
-    (b"\x01\x02", "too short"),
-    (struct.pack("<Q", 1000) + b"{}", "runs past the end"),
-    (safetensors_bytes(b"{not json"), "not valid JSON"),
-    (safetensors_bytes(b"[1, 2]"), "not a JSON object"),
-    (safetensors_bytes({"w": {**ONE_F32, "dtype": "Q4"}}, bytes(16)), "'w' has dtype 'Q4'"),
-    (safetensors_bytes({"w": {**ONE_F32, "data_offsets": [0, 32]}}, bytes(16)), "'w'.*outside"),
-    (safetensors_bytes({"w": {**ONE_F32, "shape": [2, 3]}}, bytes(16)), "'w'.*needs 24"),
-    (safetensors_bytes({"w": {**ONE_F32, "shape": [2, -2]}}, bytes(16)), "'w'.*invalid shape"),
-    (safetensors_bytes({"w": {"dtype": "F32"}}), "'w' lacks"),
-], ids=["short", "header-too-long", "bad-json", "not-object", "dtype", "offsets-range",
-        "offsets-vs-shape", "negative-shape", "incomplete"])
-def test_bad_safetensors_header_is_refused(tmp_path, content, message):
-    path = tmp_path / "bad.safetensors"
-    path.write_bytes(content)
-    with pytest.raises(CheckpointError, match=message) as error:
-        read_safetensors(path)
-    assert str(path) in str(error.value)
-
-
-def test_reads_a_hand_written_file_with_unaligned_offsets(tmp_path):
-    # A 3-element bf16 tensor first leaves the f32 and f16 data at odd byte offsets.
-    bf16 = np.array([1.5, -2.0, 3.25], dtype=np.float32)
-    f32 = np.arange(6, dtype=np.float32).reshape(2, 3) / 7
-    f16 = np.array([[0.5, -0.25]], dtype=np.float16)
-    header = {
-        "__metadata__": {"format": "pt"},
-        "a": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 6]},
-        "b": {"dtype": "F32", "shape": [2, 3], "data_offsets": [6, 30]},
-        "c": {"dtype": "F16", "shape": [1, 2], "data_offsets": [30, 34]},
-        "empty": {"dtype": "F32", "shape": [0, 4], "data_offsets": [34, 34]},
-    }
-    data = torch_bf16_bits(bf16).tobytes() + f32.tobytes() + f16.tobytes()
-    path = tmp_path / "hand.safetensors"
-    path.write_bytes(safetensors_bytes(header, data))
-
-    tensors = read_safetensors(path)
-
-    assert set(tensors) == {"a", "b", "c", "empty"}
-    np.testing.assert_array_equal(tensors["a"].to_float32(), bf16)  # exact in bf16
-    np.testing.assert_array_equal(tensors["b"], f32)
-    np.testing.assert_array_equal(tensors["c"], f16)
-    assert tensors["empty"].shape == (0, 4)
 
 
 def test_bad_header_inside_a_snapshot_names_the_shard(tmp_path):

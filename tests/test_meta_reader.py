@@ -190,14 +190,15 @@ class TorchLikePickler(pickle.Pickler):
 def crafted_pth(path, record, numel):
     buffer = io.BytesIO()
     TorchLikePickler(buffer, protocol=2).dump({"x": record})
-    return write_torch_zip(path, buffer.getvalue(), {"0": np.zeros(numel, np.float32).tobytes()})
+    storage_bytes = np.arange(numel, dtype=np.float32).tobytes()
+    return write_torch_zip(path, buffer.getvalue(), {"0": storage_bytes})
 
 
 def test_crafted_record_reads_like_torch(tmp_path):
     # The hand-made format is right: a valid record loads (so the next test is meaningful).
-    storage = FakeStorage("0", 16)
-    loaded = read_pth(crafted_pth(tmp_path / "ok.pth", TensorRecord(storage, 4, (3, 4), (4, 1)), 16))
-    assert loaded["x"].shape == (3, 4) and loaded["x"].dtype == np.float32
+    record = TensorRecord(FakeStorage("0", 16), 4, (3, 4), (4, 1))
+    loaded = read_pth(crafted_pth(tmp_path / "ok.pth", record, 16))
+    np.testing.assert_array_equal(loaded["x"], np.arange(4, 16, dtype=np.float32).reshape(3, 4))
 
 
 def test_tensor_reaching_past_its_storage_is_refused(tmp_path):

@@ -96,8 +96,9 @@ def _read_header(path: Path) -> tuple:
                 raise CheckpointError(f"{path} is too short ({file_size} bytes) to be safetensors")
             (header_size,) = struct.unpack("<Q", f.read(8))
             if header_size > file_size - 8:
-                raise CheckpointError(f"{path}: header length {header_size} runs past the end "
-                                      f"of the file ({file_size} bytes); truncated or not safetensors")
+                raise CheckpointError(f"{path}: header length {header_size} runs past the "
+                                      f"end of the file ({file_size} bytes); truncated or "
+                                      "not safetensors")
             raw = f.read(header_size)
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror}") from e
@@ -164,12 +165,11 @@ def _read_hf_tensors(directory: Path) -> dict:
         raise CheckpointError(f"{index_path} has no 'weight_map' of tensor name -> file name")
     shards = {}
     for shard in sorted(set(weight_map.values())):
-        shard_path = directory / shard
         if Path(shard).name != shard:  # the index may only point inside the snapshot
             raise CheckpointError(f"{index_path} names shard '{shard}' outside {directory}")
-        if not shard_path.is_file():
+        if not (directory / shard).is_file():
             raise CheckpointError(f"shard {shard} named in {index_path} is missing")
-        shards[shard] = read_safetensors(shard_path)
+        shards[shard] = read_safetensors(directory / shard)
     tensors = {}
     for name, shard in weight_map.items():
         if name not in shards[shard]:
@@ -198,15 +198,15 @@ def _canonical_tensors(hf_tensors: dict, config: ModelConfig, directory: Path) -
             raise CheckpointError(f"{directory} has no tensor '{name}'")
         tensor = hf_tensors[name]
         if tuple(tensor.shape) != shapes[canonical]:
-            raise CheckpointError(f"{directory}: tensor '{name}' has shape "
-                                  f"{tuple(tensor.shape)}, config.json implies {shapes[canonical]}")
+            raise CheckpointError(f"{directory}: tensor '{name}' has shape {tuple(tensor.shape)}, "
+                                  f"config.json implies {shapes[canonical]}")
         tensors[canonical] = tensor
     return tensors
 
 
 def _undo_qk_permutation(tensors: dict, config: ModelConfig) -> None:
     for i in range(config.n_layers):
-        for name, n_heads in (("wq", config.n_heads), ("wk", config.n_heads)):
+        for name, n_heads in (("wq", config.n_heads), ("wk", config.n_kv_heads)):
             key = f"layers.{i}.attention.{name}.weight"
             tensor = tensors[key]
             if isinstance(tensor, BF16):

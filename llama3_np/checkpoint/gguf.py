@@ -1,0 +1,383 @@
+"""GGUF v3 (and v2) reader: metadata, tensor table, llama.cpp names -> Meta's, ModelConfig.
+
+File layout, all little-endian (ggml's gguf.h):
+
+    "GGUF"  uint32 version  uint64 tensor_count  uint64 kv_count
+    kv_count x      (string key, uint32 value_type, value)
+    tensor_count x  (string name, uint32 n_dims, uint64 ne[n_dims], uint32 ggml_type,
+                     uint64 offset into the data section)
+    padding to `general.alignment` (default 32), then the data section.
+
+A string is a uint64 byte length and UTF-8 bytes; an array is a uint32 element type,
+a uint64 count and the elements. ne[0] is the innermost (fastest-varying) dimension,
+so the NumPy shape is ne reversed: a weight with ne = (in, out) is (out, in).
+
+The file is memory-mapped, never read whole: float tensors are NumPy views of the
+map, quantised ones keep their raw bytes (see gguf_quants.py).
+
+llama.cpp stores q and k rows in Meta's adjacent-pair layout: convert_hf_to_gguf.py
+applies `LlamaModel.permute` (reshape(n_head, 2, head_dim/2).swapaxes(1, 2)), the
+inverse of the permutation Hugging Face applied to Meta's weights, because llama.cpp
+rotates adjacent pairs ("norm" RoPE) for the LLAMA architecture. So rows are taken
+as stored; tests/test_gguf_reader.py proves it on a file written that way.
+"""
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ModelConfig, RopeScaling
+from ..errors import CheckpointError, ConfigError
+from ..rope import rope_frequencies
+from ..storage import BF16, as_float32
+from . import Checkpoint, canonical_shapes
+from .gguf_quants import BLOCK_FORMATS, QuantizedTensor
+
+MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)  # v1 used 32-bit lengths; v2 and v3 lay out the same way
+DEFAULT_ALIGNMENT = 32
+
+# Metadata value types with a fixed-size encoding (ids 8 and 9 are string and array).
+_STRING, _ARRAY = 8, 9
+_SCALAR_DTYPES = {
+    0: np.dtype("<u1"), 1: np.dtype("<i1"), 2: np.dtype("<u2"), 3: np.dtype("<i2"),
+    4: np.dtype("<u4"), 5: np.dtype("<i4"), 6: np.dtype("<f4"), 7: np.dtype("?"),
+    10: np.dtype("<u8"), 11: np.dtype("<i8"), 12: np.dtype("<f8"),
+}
+
+# ggml tensor type ids (ggml.h); every name is listed so an unsupported one can be named.
+GGML_TYPE_NAMES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
+    10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS",
+    17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S",
+    23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M",
+    30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",
+}
+# Unquantised types: NumPy dtype of one stored element.
+_FLOAT_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+SUPPORTED_TYPES = (*_FLOAT_DTYPES, *BLOCK_FORMATS)
+
+_MAX_DIMS = 4  # GGML_MAX_DIMS
+
+
+@dataclass
+class GGUFFile:
+    """Everything in a GGUF file, under the file's own tensor names."""
+
+    path: Path
+    version: int
+    metadata: dict  # key -> str / int / float / bool / list
+    tensors: dict  # GGUF name -> float32 / float16 ndarray, BF16 or QuantizedTensor
+
+
+class _Cursor:
+    """Reads the header fields in order, refusing to run past the end of the file."""
+
+    def __init__(self, buffer: memoryview, path: Path):
+        self.buffer, self.path, self.pos = buffer, path, 0
+
+    def take(self, n: int, what: str) -> memoryview:
+        end = self.pos + n
+        if end > len(self.buffer):
+            raise CheckpointError(f"{self.path} is truncated: {what} at byte {self.pos} needs "
+                                  f"{n} bytes but the file has {len(self.buffer)}")
+        piece, self.pos = self.buffer[self.pos:end], end
+        return piece
+
+    def numbers(self, dtype: np.dtype, count: int, what: str) -> np.ndarray:
+        return np.frombuffer(self.take(dtype.itemsize * count, what), dtype=dtype)
+
+    def u32(self, what: str) -> int:
+        return int(self.numbers(_SCALAR_DTYPES[4], 1, what)[0])
+
+    def u64(self, what: str) -> int:
+        return int(self.numbers(_SCALAR_DTYPES[10], 1, what)[0])
+
+    def string(self, what: str) -> str:
+        raw = bytes(self.take(self.u64(what), what))
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{self.path}: {what} is not valid UTF-8") from None
+
+    def value(self, vtype: int, what: str):
+        """One metadata value as a plain Python value (arrays become lists)."""
+        if vtype in _SCALAR_DTYPES:
+            return self.numbers(_SCALAR_DTYPES[vtype], 1, what)[0].item()
+        if vtype == _STRING:
+            return self.string(what)
+        if vtype == _ARRAY:
+            item_type, count = self.u32(what), self.u64(what)
+            if item_type in _SCALAR_DTYPES:  # one vectorised read, not a loop
+                return self.numbers(_SCALAR_DTYPES[item_type], count, what).tolist()
+            return [self.value(item_type, what) for _ in range(count)]
+        raise CheckpointError(f"{self.path}: {what} has unknown value type {vtype}")
+
+
+def _memory_map(path: Path) -> np.memmap:
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist or is not a file")
+    if path.stat().st_size < 4 + 4 + 8 + 8:  # np.memmap refuses an empty file
+        raise CheckpointError(f"{path} is truncated: too short for a GGUF header")
+    return np.memmap(path, dtype=np.uint8, mode="r")
+
+
+def _check_version(version: int, path: Path) -> None:
+    if version in SUPPORTED_VERSIONS:
+        return
+    if int.from_bytes(version.to_bytes(4, "little"), "big") in SUPPORTED_VERSIONS:
+        raise CheckpointError(f"{path} is a big-endian GGUF file; only little-endian "
+                              "files are supported")
+    raise CheckpointError(f"{path} has GGUF version {version}; supported versions are "
+                          f"{', '.join(map(str, SUPPORTED_VERSIONS))}")
+
+
+def _alignment(metadata: dict, path: Path) -> int:
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise CheckpointError(f"{path}: general.alignment must be a power of two, "
+                              f"got {alignment!r}")
+    return alignment
+
+
+def _tensor_type(type_id: int, name: str, path: Path) -> str:
+    type_name = GGML_TYPE_NAMES.get(type_id)
+    if type_name in SUPPORTED_TYPES:
+        return type_name
+    stored = f"ggml type {type_name}" if type_name else f"unknown ggml type id {type_id}"
+    raise CheckpointError(f"{path}: tensor '{name}' is stored as {stored}, which this reader "
+                          f"cannot decode; supported types: {', '.join(SUPPORTED_TYPES)}")
+
+
+def _stored_tensor(data: np.memmap, start: int, type_name: str, ne: list):
+    """A view of the mapped bytes as the right kind of stored tensor (no copy)."""
+    shape = tuple(reversed(ne))  # NumPy order: ne[0] (the row) is last
+    if type_name in _FLOAT_DTYPES:
+        dtype = _FLOAT_DTYPES[type_name]
+        view = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=start)
+        view = view.reshape(shape)
+        return BF16(view) if type_name == "BF16" else view
+    fmt = BLOCK_FORMATS[type_name]
+    row_bytes = ne[0] // fmt.values_per_block * fmt.bytes_per_block
+    raw = np.frombuffer(data, dtype=np.uint8, count=int(np.prod(shape[:-1])) * row_bytes,
+                        offset=start)
+    return QuantizedTensor(raw.reshape(shape[:-1] + (row_bytes,)), type_name)
+
+
+def _tensor_bytes(type_name: str, ne: list, name: str, path: Path) -> int:
+    if type_name in _FLOAT_DTYPES:
+        return int(np.prod(ne)) * _FLOAT_DTYPES[type_name].itemsize
+    fmt = BLOCK_FORMATS[type_name]
+    if ne[0] % fmt.values_per_block:
+        raise CheckpointError(f"{path}: tensor '{name}' has rows of {ne[0]} values, not a "
+                              f"multiple of the {type_name} block size {fmt.values_per_block}")
+    return int(np.prod(ne)) // fmt.values_per_block * fmt.bytes_per_block
+
+
+def read_gguf_file(path: Path) -> GGUFFile:
+    """Parse a GGUF file: all metadata, and every tensor as a view of the memory map."""
+    path = Path(path)
+    data = _memory_map(path)
+    cursor = _Cursor(memoryview(data), path)
+    if bytes(cursor.take(4, "the magic number")) != MAGIC:
+        raise CheckpointError(f"{path} is not a GGUF file (it does not start with 'GGUF')")
+    version = cursor.u32("the version")
+    _check_version(version, path)
+    n_tensors, n_kv = cursor.u64("the tensor count"), cursor.u64("the key/value count")
+
+    metadata = {}
+    for i in range(n_kv):
+        key = cursor.string(f"metadata key #{i}")
+        if key in metadata:
+            raise CheckpointError(f"{path} is corrupt: metadata key '{key}' appears twice")
+        metadata[key] = cursor.value(cursor.u32(f"the type of '{key}'"), f"metadata '{key}'")
+
+    infos = []  # (name, ne, type name, offset)
+    for i in range(n_tensors):
+        name = cursor.string(f"tensor name #{i}")
+        n_dims = cursor.u32(f"the rank of tensor '{name}'")
+        if not 1 <= n_dims <= _MAX_DIMS:
+            raise CheckpointError(f"{path} is corrupt: tensor '{name}' has {n_dims} dimensions")
+        ne = [int(d) for d in cursor.numbers(_SCALAR_DTYPES[10], n_dims, f"the shape of '{name}'")]
+        type_id = cursor.u32(f"the type of tensor '{name}'")
+        infos.append((name, ne, type_id, cursor.u64(f"the offset of tensor '{name}'")))
+
+    alignment = _alignment(metadata, path)
+    data_start = -(-cursor.pos // alignment) * alignment
+    tensors = {}
+    for name, ne, type_id, offset in infos:
+        if name in tensors:
+            raise CheckpointError(f"{path} is corrupt: tensor '{name}' appears twice")
+        type_name = _tensor_type(type_id, name, path)
+        if offset % alignment:
+            raise CheckpointError(f"{path} is corrupt: tensor '{name}' starts at data offset "
+                                  f"{offset}, not a multiple of the alignment {alignment}")
+        start = data_start + offset
+        end = start + _tensor_bytes(type_name, ne, name, path)
+        if end > len(data):
+            raise CheckpointError(f"{path} is truncated: tensor '{name}' needs bytes "
+                                  f"{start}..{end} but the file ends at byte {len(data)}")
+        tensors[name] = _stored_tensor(data, start, type_name, ne)
+    return GGUFFile(path=path, version=version, metadata=metadata, tensors=tensors)
+
+
+# llama.cpp tensor names -> Meta's.
+_GLOBAL_NAMES = {
+    "token_embd.weight": "tok_embeddings.weight",
+    "output_norm.weight": "norm.weight",
+    "output.weight": "output.weight",
+    "rope_freqs.weight": "rope.freqs",  # Llama 3.1 scaling as per-frequency divisors
+}
+_LAYER_NAMES = {
+    "attn_norm": "attention_norm", "ffn_norm": "ffn_norm",
+    "attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "attention.wv",
+    "attn_output": "attention.wo",
+    "ffn_gate": "feed_forward.w1", "ffn_down": "feed_forward.w2", "ffn_up": "feed_forward.w3",
+}
+_LAYER_PATTERN = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+
+
+def canonical_name(gguf_name: str):
+    """Meta's name for a llama.cpp tensor name, or None if a Llama model has no such tensor."""
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    match = _LAYER_PATTERN.fullmatch(gguf_name)
+    if match and match.group(2) in _LAYER_NAMES:
+        return f"layers.{int(match.group(1))}.{_LAYER_NAMES[match.group(2)]}.weight"
+    return None
+
+
+def _check_architecture(metadata: dict, path: Path) -> None:
+    arch = metadata.get("general.architecture")
+    if arch != "llama":
+        raise CheckpointError(f"{path}: architecture '{arch}' is not supported (only 'llama')")
+
+
+_REQUIRED = object()
+
+
+def _field(metadata: dict, key: str, kind: type, path: Path, default=_REQUIRED):
+    """A metadata value of the given type (an int is accepted where a float is wanted)."""
+    if key not in metadata:
+        if default is _REQUIRED:
+            raise ConfigError(f"{path} has no metadata '{key}'")
+        return default
+    value = metadata[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{path}: metadata '{key}' should be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _rope_scaling(metadata: dict, divisors, config: ModelConfig, path: Path):
+    """Llama 3.1 scaling, from llama.cpp's rope_freqs tensor.
+
+    convert_hf_to_gguf.py does not write the scaling parameters; it writes the divisor
+    each frequency gets (1 for short wavelengths, `factor` for long ones, a blend in
+    between). The largest divisor is the factor; the other parameters are Llama 3's
+    (low 1, high 4, original context 8192 unless the file says otherwise), and the
+    divisors they imply must match the stored ones, or the file is refused."""
+    kind = _field(metadata, "llama.rope.scaling.type", str, path, "none")
+    factor = _field(metadata, "llama.rope.scaling.factor", float, path, 1.0)
+    if kind not in ("none", "linear") or (kind == "linear" and factor != 1.0):
+        raise ConfigError(f"{path}: rope scaling '{kind}' (factor {factor}) is not supported; "
+                          "only Llama 3.1's scaling (a rope_freqs tensor) or none")
+    if divisors is None:
+        return None
+    half = config.head_dim // 2
+    if divisors.shape != (half,):
+        raise ConfigError(f"{path}: rope_freqs has shape {divisors.shape}, expected ({half},) "
+                          f"for head size {config.head_dim}")
+    if np.all(divisors == 1):
+        return None
+    scaling = RopeScaling(
+        factor=float(divisors.max()),
+        original_context=_field(metadata, "llama.rope.scaling.original_context_length", int,
+                                path, 8192))
+    plain = rope_frequencies(config.head_dim, config.rope_theta)
+    implied = plain / rope_frequencies(config.head_dim, config.rope_theta, scaling)
+    # rtol: the converter computes the blend in float32 in another order (a few ulp);
+    # any other factor or context moves some divisor by far more than 1e-4.
+    if not np.allclose(divisors, implied, rtol=1e-4, atol=0):
+        raise ConfigError(f"{path}: rope_freqs does not match Llama 3.1 scaling with factor "
+                          f"{scaling.factor}, low/high frequency factors 1/4 and original "
+                          f"context {scaling.original_context}")
+    return scaling
+
+
+def config_from_gguf(metadata: dict, tensors: dict, path: Path) -> ModelConfig:
+    """ModelConfig from llama.* and tokenizer.ggml.* metadata; tensors are under Meta's names
+    (the embedding gives the vocabulary size when the metadata does not, rope.freqs the
+    rope scaling, a missing output.weight means tied embeddings)."""
+    _check_architecture(metadata, path)
+    vocab = _field(metadata, "llama.vocab_size", int, path, 0) or \
+        len(_field(metadata, "tokenizer.ggml.tokens", list, path, [])) or \
+        (tensors["tok_embeddings.weight"].shape[0] if "tok_embeddings.weight" in tensors else 0)
+    stops = [_field(metadata, f"tokenizer.ggml.{kind}_token_id", int, path, None)
+             for kind in ("eos", "eot", "eom")]
+    n_heads = _field(metadata, "llama.attention.head_count", int, path)
+    config = ModelConfig(
+        dim=_field(metadata, "llama.embedding_length", int, path),
+        n_layers=_field(metadata, "llama.block_count", int, path),
+        n_heads=n_heads,
+        n_kv_heads=_field(metadata, "llama.attention.head_count_kv", int, path, n_heads),
+        vocab_size=vocab,
+        ffn_dim=_field(metadata, "llama.feed_forward_length", int, path),
+        norm_eps=_field(metadata, "llama.attention.layer_norm_rms_epsilon", float, path, 1e-5),
+        rope_theta=_field(metadata, "llama.rope.freq_base", float, path, 10000.0),
+        tie_embeddings="output.weight" not in tensors,
+        max_seq_len=_field(metadata, "llama.context_length", int, path),
+        bos_id=_field(metadata, "tokenizer.ggml.bos_token_id", int, path, None),
+        stop_ids=tuple(dict.fromkeys(s for s in stops if s is not None)),  # unique, in order
+        head_dim=_field(metadata, "llama.attention.key_length", int, path, 0),  # 0: dim/heads
+        source=str(path),
+    )
+    for key in ("llama.attention.value_length", "llama.rope.dimension_count"):
+        if _field(metadata, key, int, path, config.head_dim) != config.head_dim:
+            raise ConfigError(f"{path}: {key} = {metadata[key]} differs from the head size "
+                              f"{config.head_dim} (not a Llama 3 model)")
+    scaling = _rope_scaling(metadata, tensors.get("rope.freqs"), config, path)
+    return replace(config, rope_scaling=scaling)
+
+
+def _check_tensors(tensors: dict, config: ModelConfig, renamed: dict, path: Path) -> None:
+    """Every tensor the model needs is present in the shape the config implies, and no other
+    (an unknown tensor could change the model's arithmetic)."""
+    shapes = canonical_shapes(config)
+    missing = [name for name in shapes if name not in tensors]
+    if missing:
+        raise CheckpointError(f"{path} lacks {len(missing)} tensor(s) a Llama model needs, "
+                              f"e.g. {', '.join(missing[:3])}")
+    for name, shape in shapes.items():
+        if tuple(tensors[name].shape) != shape:
+            raise CheckpointError(f"{path}: tensor '{renamed[name]}' has shape "
+                                  f"{tuple(tensors[name].shape)}, expected {shape} from the metadata")
+    for name in tensors.keys() - shapes.keys() - {"rope.freqs"}:
+        raise CheckpointError(f"{path}: tensor '{renamed[name]}' does not belong to a "
+                              f"{config.n_layers}-layer Llama model")
+
+
+def read_gguf(path: Path) -> Checkpoint:
+    """A llama.cpp GGUF checkpoint as a Checkpoint: Meta's names and layout, storage precision."""
+    gguf = read_gguf_file(path)
+    _check_architecture(gguf.metadata, gguf.path)  # before names: other models use others
+    tensors, renamed = {}, {}  # canonical -> stored tensor / GGUF name (for messages)
+    for gguf_name, tensor in gguf.tensors.items():
+        name = canonical_name(gguf_name)
+        if name is None:
+            raise CheckpointError(f"{gguf.path}: tensor '{gguf_name}' is not part of a Llama "
+                                  "model; refusing to run without it")
+        tensors[name], renamed[name] = tensor, gguf_name
+    if "rope.freqs" in tensors:
+        tensors["rope.freqs"] = as_float32(tensors["rope.freqs"])
+
+    config = config_from_gguf(gguf.metadata, tensors, gguf.path)
+    if config.tie_embeddings and "tok_embeddings.weight" in tensors:
+        tensors["output.weight"] = tensors["tok_embeddings.weight"]  # the same object
+        renamed["output.weight"] = renamed["tok_embeddings.weight"]
+    _check_tensors(tensors, config, renamed, gguf.path)
+    return Checkpoint(config=config, tensors=tensors, path=gguf.path, format="gguf",
+                      tokenizer_file=None, metadata=gguf.metadata)
