@@ -2,12 +2,38 @@
 
 The model hands every step to `model.trace(name, tensor)`; normally that is a
 function that does nothing. A Trace, while active, records copies of the
-tensors whose names match its patterns, one dict per forward call.
+tensors whose names match its patterns, one dict per forward call:
+
+    with Trace(transformer, "layers.0.*") as t:   # or llama.trace("layers.0.*")
+        transformer.forward(tokens)                # prefill: t.steps[0]
+        transformer.forward([next_token], len(tokens))  # a decode step: t.steps[1]
+    t["layers.0.attention.probs"]                  # from the latest call that has it
+
+The names, their walk-through order and each tensor's axes are read off the model
+itself (step_axes), so this file holds no second copy of the story.
 """
 
+import dataclasses
 from fnmatch import fnmatchcase
+from functools import lru_cache
 
 import numpy as np
+
+from .config import ModelConfig
+from .kernels import linear
+from .model import Transformer, rms_norm, softmax
+
+# What each axis of a traced tensor runs along.
+AXES = {
+    "seq": "tokens fed in this forward call",
+    "total": "positions attended: the KV cache so far plus this call's tokens",
+    "dim": "model width",
+    "n_heads": "query heads",
+    "n_kv_heads": "key/value heads (each shared by n_heads / n_kv_heads query heads)",
+    "head_dim": "width of one head",
+    "ffn_dim": "feed-forward width",
+    "vocab_size": "vocabulary",
+}
 
 
 class Trace:
@@ -19,7 +45,8 @@ class Trace:
     def record(self, name: str, tensor: np.ndarray) -> None:
         if name == "tokens":  # every forward call starts here
             self.steps.append({})
-        if any(fnmatchcase(name, p) for p in self.patterns):
+        # The tokens are always kept: every other tensor is read against them.
+        if name == "tokens" or any(fnmatchcase(name, p) for p in self.patterns):
             self.steps[-1][name] = np.array(tensor, copy=True)
 
     def __enter__(self) -> "Trace":
@@ -37,8 +64,112 @@ class Trace:
                 return step[name]
         raise KeyError(f"no tensor named '{name}' was recorded (patterns {self.patterns})")
 
+    def __contains__(self, name: str) -> bool:
+        return any(name in step for step in self.steps)
+
     def names(self) -> list:
         seen = {}
         for step in self.steps:
             seen.update(dict.fromkeys(step))
         return list(seen)
+
+
+# ---- the steps a config's forward pass records -------------------------------------------
+
+def _miniature(n_layers: int) -> ModelConfig:
+    """A model with n_layers and every other size distinct and tiny, so a traced shape
+    can be read back as size names (48 can only be dim, 6 only n_heads, ...)."""
+    return ModelConfig(dim=48, n_layers=n_layers, n_heads=6, n_kv_heads=2, vocab_size=13,
+                       ffn_dim=11, max_seq_len=8, bos_id=None, stop_ids=())
+
+
+_SEQ, _START = 3, 2  # the miniature's traced call: 3 tokens after 2 cached ones
+
+
+@lru_cache(maxsize=8)
+def _traced_axes(n_layers: int) -> tuple:
+    from .checkpoint import canonical_shapes  # the checkpoint package imports config only
+
+    mini = _miniature(n_layers)
+    weights = {name: np.zeros(shape, np.float32)
+               for name, shape in canonical_shapes(mini).items()}
+    model = Transformer(mini, weights)
+    model.forward([0] * _START)
+    with Trace(model) as t:
+        model.forward([0] * _SEQ, start_pos=_START)
+    size_names = {mini.dim: "dim", mini.n_heads: "n_heads", mini.n_kv_heads: "n_kv_heads",
+                  mini.head_dim: "head_dim", mini.ffn_dim: "ffn_dim",
+                  mini.vocab_size: "vocab_size", _SEQ: "seq", _SEQ + _START: "total"}
+    assert len(size_names) == 8, "the miniature's sizes must be distinct"
+    # A KeyError here means the model traced a tensor with an axis AXES does not name.
+    return tuple((name, tuple(size_names[n] for n in tensor.shape))
+                 for name, tensor in t.steps[0].items())
+
+
+def step_axes(config: ModelConfig) -> dict:
+    """{step name: its axes}, in walk-through order, for a model shaped like `config`;
+    e.g. "layers.0.attention.scores": ("n_heads", "seq", "total"). See AXES.
+    (A forward call with last_only keeps one position in "norm" and "logits".)"""
+    return dict(_traced_axes(config.n_layers))
+
+
+def step_names(config: ModelConfig) -> list:
+    """Every name the forward pass of a model shaped like `config` hands to its trace."""
+    return list(step_axes(config))
+
+
+def axis_sizes(config: ModelConfig, seq=None, total=None) -> dict:
+    """{axis name: size}; seq and total depend on the call, so they default to their names."""
+    sizes = {name: getattr(config, name) for name in AXES if hasattr(config, name)}
+    return {**sizes, "seq": "seq" if seq is None else seq,
+            "total": "total" if total is None else total}
+
+
+def step_shape(config: ModelConfig, name: str, seq=None, total=None) -> tuple:
+    """The shape step `name` has in a call of `seq` tokens attending `total` positions."""
+    sizes = axis_sizes(config, seq, total)
+    return tuple(sizes[axis] for axis in step_axes(config)[name])
+
+
+def step_layer(name: str):
+    """The layer index in "layers.{i}.…", or None for steps outside the layers."""
+    parts = name.split(".")
+    return int(parts[1]) if parts[0] == "layers" and len(parts) > 2 else None
+
+
+def token_label(tokenizer, token_id: int) -> str:
+    """One token's text with control characters escaped; a token ending inside a UTF-8
+    character shows U+FFFD for its partial bytes."""
+    text = tokenizer.token_bytes(int(token_id)).decode("utf-8", errors="replace")
+    return repr(text)[1:-1]
+
+
+# ---- the logit lens ----------------------------------------------------------------------
+
+@dataclasses.dataclass
+class LogitLens:
+    """What each layer's residual stream would predict if the model stopped there."""
+
+    token_ids: np.ndarray  # (n_layers, seq) int64: the most likely next token
+    probs: np.ndarray  # (n_layers, seq) float32: its probability
+
+
+def logit_lens(model, trace: Trace, step: int = -1) -> LogitLens:
+    """Read every layer's residual through the final RMSNorm and output projection.
+
+    `model` is a Transformer or a Llama; `trace` must have recorded "layers.*.residual"
+    in forward call `step`. The last layer's row is the model's own prediction."""
+    transformer = getattr(model, "model", model)
+    c, w = transformer.config, transformer.weights
+    recorded = trace.steps[step]
+    ids, probs = [], []
+    for i in range(c.n_layers):
+        name = f"layers.{i}.residual"
+        if name not in recorded:
+            raise KeyError(f"the logit lens needs '{name}': trace 'layers.*.residual'")
+        p = softmax(linear(rms_norm(recorded[name], w["norm.weight"], c.norm_eps),
+                           w["output.weight"]))  # (seq, vocab)
+        top = np.argmax(p, axis=-1)
+        ids.append(top)
+        probs.append(np.take_along_axis(p, top[:, None], axis=-1)[:, 0])
+    return LogitLens(np.array(ids, dtype=np.int64), np.array(probs, dtype=np.float32))

@@ -22,6 +22,7 @@ rotates adjacent pairs ("norm" RoPE) for the LLAMA architecture. So rows are tak
 as stored; tests/test_gguf_reader.py proves it on a file written that way.
 """
 
+import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -156,24 +157,25 @@ def _stored_tensor(data: np.memmap, start: int, type_name: str, ne: list):
     shape = tuple(reversed(ne))  # NumPy order: ne[0] (the row) is last
     if type_name in _FLOAT_DTYPES:
         dtype = _FLOAT_DTYPES[type_name]
-        view = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=start)
+        view = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=start)
         view = view.reshape(shape)
         return BF16(view) if type_name == "BF16" else view
     fmt = BLOCK_FORMATS[type_name]
     row_bytes = ne[0] // fmt.values_per_block * fmt.bytes_per_block
-    raw = np.frombuffer(data, dtype=np.uint8, count=int(np.prod(shape[:-1])) * row_bytes,
+    raw = np.frombuffer(data, dtype=np.uint8, count=math.prod(shape[:-1]) * row_bytes,
                         offset=start)
     return QuantizedTensor(raw.reshape(shape[:-1] + (row_bytes,)), type_name)
 
 
 def _tensor_bytes(type_name: str, ne: list, name: str, path: Path) -> int:
+    """Size of the tensor's data. Exact Python ints: a corrupt shape must not wrap around."""
     if type_name in _FLOAT_DTYPES:
-        return int(np.prod(ne)) * _FLOAT_DTYPES[type_name].itemsize
+        return math.prod(ne) * _FLOAT_DTYPES[type_name].itemsize
     fmt = BLOCK_FORMATS[type_name]
     if ne[0] % fmt.values_per_block:
         raise CheckpointError(f"{path}: tensor '{name}' has rows of {ne[0]} values, not a "
                               f"multiple of the {type_name} block size {fmt.values_per_block}")
-    return int(np.prod(ne)) // fmt.values_per_block * fmt.bytes_per_block
+    return math.prod(ne) // fmt.values_per_block * fmt.bytes_per_block
 
 
 def read_gguf_file(path: Path) -> GGUFFile:
@@ -194,7 +196,7 @@ def read_gguf_file(path: Path) -> GGUFFile:
             raise CheckpointError(f"{path} is corrupt: metadata key '{key}' appears twice")
         metadata[key] = cursor.value(cursor.u32(f"the type of '{key}'"), f"metadata '{key}'")
 
-    infos = []  # (name, ne, type name, offset)
+    infos = []  # (name, ne, ggml type id, offset)
     for i in range(n_tensors):
         name = cursor.string(f"tensor name #{i}")
         n_dims = cursor.u32(f"the rank of tensor '{name}'")
@@ -350,11 +352,11 @@ def _check_tensors(tensors: dict, config: ModelConfig, renamed: dict, path: Path
     missing = [name for name in shapes if name not in tensors]
     if missing:
         raise CheckpointError(f"{path} lacks {len(missing)} tensor(s) a Llama model needs, "
-                              f"e.g. {', '.join(missing[:3])}")
+                              f"e.g. (in Meta's names) {', '.join(missing[:3])}")
     for name, shape in shapes.items():
         if tuple(tensors[name].shape) != shape:
             raise CheckpointError(f"{path}: tensor '{renamed[name]}' has shape "
-                                  f"{tuple(tensors[name].shape)}, expected {shape} from the metadata")
+                                  f"{tuple(tensors[name].shape)}, but the metadata implies {shape}")
     for name in tensors.keys() - shapes.keys() - {"rope.freqs"}:
         raise CheckpointError(f"{path}: tensor '{renamed[name]}' does not belong to a "
                               f"{config.n_layers}-layer Llama model")

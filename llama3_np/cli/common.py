@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..errors import InputError
 
-# The demo model fetched by weights/fetch_demo.sh (SmolLM2-135M-Instruct, Llama architecture).
+# The demo model fetched by weights/fetch.sh (SmolLM2-135M-Instruct, Llama architecture).
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 DEMO_MODEL = WEIGHTS_DIR / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -30,7 +30,7 @@ def model_path(args) -> Path:
         return args.model
     if not DEMO_MODEL.exists():
         raise InputError(f"no --model given and the demo model {DEMO_MODEL} is not there: "
-                         "run `bash weights/fetch_demo.sh` or pass --model PATH")
+                         "run `bash weights/fetch.sh` or pass --model PATH")
     return DEMO_MODEL
 
 

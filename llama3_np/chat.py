@@ -1,0 +1,168 @@
+"""ChatSession: a multi-turn conversation with an Instruct model, in its own chat format.
+
+    session = ChatSession(model, system="You are terse.")
+    for piece in session.send("What is the capital of France?"):
+        print(piece, end="", flush=True)
+    print(session.ask("And of Italy?"))
+
+The conversation's keys and values stay in the session's KV cache, so each turn
+runs only its new tokens through the model: the previous reply's closing tokens
+(its end-of-turn token, which the model sampled but never saw as input, plus
+ChatML's newline) and the new user turn with the assistant header after it.
+
+Invariant: `tokens` is the whole conversation as the model reads it, and the
+cache holds its first `cached` tokens; the rest are fed at the start of the next
+turn. A reply that ends early (max tokens, an interruption such as Ctrl-C, the
+generator being closed) is KEPT as the assistant's message and closed with the
+format's end-of-turn tokens, exactly as a finished reply is, so the conversation
+stays well-formed and nothing needs to be recomputed.
+"""
+
+from .errors import InputError, TokenizerError
+from .generate import GenerationStats, generate_tokens
+from .model import KVCache
+from .sampling import Sampler
+from .tokenizer import StreamDecoder
+
+
+class ChatSession:
+    def __init__(self, model, system: str = None, max_tokens: int = 512,
+                 drop_oldest: bool = False, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0, seed=None):
+        """model: a Llama (llama3_np.load). max_tokens bounds each reply. drop_oldest:
+        when a turn would not fit the context window, forget the oldest exchanges
+        (the system prompt stays) and re-encode the rest, instead of refusing."""
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise InputError(f"max-tokens must be a positive integer, got {max_tokens!r}")
+        self.model = model
+        self.tokenizer = model.tokenizer
+        self.system = system
+        self.max_tokens = max_tokens
+        self.drop_oldest = drop_oldest
+        self.sampler = Sampler(temperature, top_k, top_p, seed)
+        self.closing = reply_closing_tokens(self.tokenizer)
+        self.cache = KVCache(model.config)  # the session's own: model.generate can't clobber it
+        self.last_stats = GenerationStats()
+        self.reset()
+
+    @property
+    def cached(self) -> int:
+        """How many of `tokens` the KV cache holds."""
+        return self.cache.length
+
+    @property
+    def context_window(self) -> int:
+        return self.model.config.max_seq_len
+
+    def reset(self) -> None:
+        """Forget the conversation (the system prompt stays)."""
+        self.messages = [] if self.system is None else [{"role": "system", "content": self.system}]
+        self.tokens = []
+        self.cache.length = 0
+
+    def ask(self, text: str) -> str:
+        """The whole reply to one user message."""
+        return "".join(self.send(text))
+
+    def send(self, text: str):
+        """Yield the reply to `text` piece by piece (complete UTF-8 characters).
+
+        Raises InputError (before anything changes) when the turn does not fit the
+        context window and drop_oldest is off."""
+        user = {"role": "user", "content": text}
+        new_turn = self._plan_turn(user)
+        self.messages.append(user)
+        self.tokens += new_turn
+        feed = self.tokens[self.cached:]  # the unfed tail of the history, then the new turn
+        room = self.context_window - len(self.tokens)
+        stats = self.last_stats = GenerationStats()
+        decoder = StreamDecoder(self.tokenizer)
+        reply = []
+        with _installed(self.model.model, self.cache):
+            try:
+                for token in generate_tokens(self.model.model, feed, self.sampler,
+                                             min(self.max_tokens, room), self.tokenizer.stop_ids,
+                                             self.cached, stats):
+                    reply.append(token)
+                    self.tokens.append(token)  # fed to the cache on the next step
+                    piece = decoder.push(token)
+                    if piece:
+                        yield piece
+                rest = decoder.flush()
+                if rest:
+                    yield rest
+            finally:  # also on Ctrl-C or close(): keep what was said, closed properly
+                self.messages.append({"role": "assistant",
+                                      "content": self.tokenizer.decode(reply)})
+                self.tokens += self.closing
+
+    def _plan_turn(self, user: dict) -> list:
+        """The tokens a new user message adds (the user turn, then the assistant header).
+
+        When they do not fit, either drop the oldest exchanges and start the cache over
+        from the re-encoded rest (drop_oldest) or refuse, leaving the session as it was."""
+        new_turn = self._turn_tokens(self.messages, user)
+        if len(self.tokens) + len(new_turn) < self.context_window:
+            if not self.drop_oldest or \
+                    len(self.tokens) + len(new_turn) + self.max_tokens <= self.context_window:
+                return new_turn
+        if not self.drop_oldest:
+            raise InputError(
+                f"the conversation fills the {self.context_window}-token context window "
+                f"({len(self.tokens)} tokens so far, this message needs {len(new_turn)} more): "
+                "/reset to start over, or chat with --drop-oldest to forget the oldest turns")
+        kept = self._drop_until_fits(user)
+        self.messages, self.tokens, self.cache.length = kept, [], 0
+        return self._turn_tokens(kept, user)
+
+    def _drop_until_fits(self, user: dict) -> list:
+        """The messages left after dropping the oldest exchanges until the history, the new
+        message and a full reply fit (or only the system prompt is left)."""
+        head = [m for m in self.messages[:1] if m["role"] == "system"]
+        rest = self.messages[len(head):]
+        while True:
+            needed = len(self.tokenizer.encode_dialog(head + rest + [user]))
+            if needed + self.max_tokens <= self.context_window or not rest:
+                break
+            rest = rest[2:]  # one exchange: a user message and its reply
+        if needed >= self.context_window:
+            raise InputError(f"this message alone ({needed} tokens with the system prompt) "
+                             f"fills the {self.context_window}-token context window")
+        return head + rest
+
+    def _turn_tokens(self, history: list, user: dict) -> list:
+        """encode_dialog(history + [user]) minus encode_dialog(history): the formats encode
+        message by message, so the difference is exactly the new turn."""
+        before = self.tokenizer.encode_dialog(history, add_generation_prompt=False)
+        after = self.tokenizer.encode_dialog(history + [user], add_generation_prompt=True)
+        if after[:len(before)] != before:
+            raise TokenizerError(f"{self.tokenizer.source}: the {self.tokenizer.chat_format} "
+                                 "chat format does not encode a dialog message by message")
+        return after[len(before):]
+
+
+def reply_closing_tokens(tokenizer) -> list:
+    """The tokens the chat format puts after an assistant message's text: <|eot_id|> for
+    Llama 3; <|im_end|> and a newline for ChatML. Their first is the stop token a reply
+    normally ends with; a reply cut short or ended by another stop id gets the same close."""
+    asked = [{"role": "user", "content": "?"}]
+    prompt = tokenizer.encode_dialog(asked, add_generation_prompt=True)
+    answered = tokenizer.encode_dialog(asked + [{"role": "assistant", "content": ""}],
+                                       add_generation_prompt=False)
+    if answered[:len(prompt)] != prompt or len(answered) == len(prompt):
+        raise TokenizerError(f"{tokenizer.source}: cannot tell how the "
+                             f"{tokenizer.chat_format} chat format closes a reply")
+    return answered[len(prompt):]
+
+
+class _installed:
+    """Run the model on `cache` for a while, then give it its own back."""
+
+    def __init__(self, transformer, cache):
+        self.transformer, self.cache = transformer, cache
+
+    def __enter__(self):
+        self.saved, self.transformer.cache = self.transformer.cache, self.cache
+
+    def __exit__(self, *exc):
+        self.transformer.cache = self.saved
