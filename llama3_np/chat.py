@@ -42,7 +42,9 @@ class ChatSession:
         self.sampler = Sampler(temperature, top_k, top_p, seed)
         self.closing = reply_closing_tokens(self.tokenizer)
         self.cache = KVCache(model.config)  # the session's own: model.generate can't clobber it
+        self._model = _OnCache(model.model, self.cache)
         self.last_stats = GenerationStats()
+        self.dropped_exchanges = 0  # by the last turn, to make room (drop_oldest)
         self.reset()
 
     @property
@@ -56,8 +58,12 @@ class ChatSession:
 
     def reset(self) -> None:
         """Forget the conversation (the system prompt stays)."""
-        self.messages = [] if self.system is None else [{"role": "system", "content": self.system}]
-        self.tokens = []
+        self._restart([] if self.system is None else [{"role": "system", "content": self.system}])
+
+    def _restart(self, messages: list) -> None:
+        """Encode `messages` afresh as the whole history; the cache starts over empty."""
+        self.messages = list(messages)
+        self.tokens = self.tokenizer.encode_dialog(self.messages, add_generation_prompt=False)
         self.cache.length = 0
 
     def ask(self, text: str) -> str:
@@ -65,12 +71,15 @@ class ChatSession:
         return "".join(self.send(text))
 
     def send(self, text: str):
-        """Yield the reply to `text` piece by piece (complete UTF-8 characters).
+        """The reply to `text`, as a generator of pieces (complete UTF-8 characters).
 
-        Raises InputError (before anything changes) when the turn does not fit the
-        context window and drop_oldest is off."""
+        The turn is planned at once: InputError here, before anything changes, when it
+        does not fit the context window (and drop_oldest is off). The conversation takes
+        the message when the generator starts; closing it early keeps the partial reply."""
         user = {"role": "user", "content": text}
-        new_turn = self._plan_turn(user)
+        return self._reply(user, self._plan_turn(user))
+
+    def _reply(self, user: dict, new_turn: list):
         self.messages.append(user)
         self.tokens += new_turn
         feed = self.tokens[self.cached:]  # the unfed tail of the history, then the new turn
@@ -78,42 +87,44 @@ class ChatSession:
         stats = self.last_stats = GenerationStats()
         decoder = StreamDecoder(self.tokenizer)
         reply = []
-        with _installed(self.model.model, self.cache):
-            try:
-                for token in generate_tokens(self.model.model, feed, self.sampler,
-                                             min(self.max_tokens, room), self.tokenizer.stop_ids,
-                                             self.cached, stats):
-                    reply.append(token)
-                    self.tokens.append(token)  # fed to the cache on the next step
-                    piece = decoder.push(token)
-                    if piece:
-                        yield piece
-                rest = decoder.flush()
-                if rest:
-                    yield rest
-            finally:  # also on Ctrl-C or close(): keep what was said, closed properly
-                self.messages.append({"role": "assistant",
-                                      "content": self.tokenizer.decode(reply)})
-                self.tokens += self.closing
+        try:
+            for token in generate_tokens(self._model, feed, self.sampler,
+                                         min(self.max_tokens, room), self.tokenizer.stop_ids,
+                                         self.cached, stats):
+                reply.append(token)
+                self.tokens.append(token)  # fed to the cache on the next step
+                piece = decoder.push(token)
+                if piece:
+                    yield piece
+            rest = decoder.flush()
+            if rest:
+                yield rest
+        finally:  # also on Ctrl-C or close(): keep what was said, closed properly
+            self.messages.append({"role": "assistant", "content": self.tokenizer.decode(reply)})
+            self.tokens += self.closing
 
     def _plan_turn(self, user: dict) -> list:
         """The tokens a new user message adds (the user turn, then the assistant header).
 
-        When they do not fit, either drop the oldest exchanges and start the cache over
-        from the re-encoded rest (drop_oldest) or refuse, leaving the session as it was."""
+        A turn starts when at least one reply token fits. With drop_oldest, a turn that
+        would leave less room than max_tokens first drops the oldest exchanges and starts
+        the cache over from the re-encoded rest; without it, a turn that does not fit at
+        all is refused, leaving the session as it was."""
+        self.dropped_exchanges = 0
         new_turn = self._turn_tokens(self.messages, user)
-        if len(self.tokens) + len(new_turn) < self.context_window:
-            if not self.drop_oldest or \
-                    len(self.tokens) + len(new_turn) + self.max_tokens <= self.context_window:
-                return new_turn
+        length = len(self.tokens) + len(new_turn)
+        fits_a_reply = length + self.max_tokens <= self.context_window
+        if fits_a_reply or (length < self.context_window and not self.drop_oldest):
+            return new_turn
         if not self.drop_oldest:
             raise InputError(
                 f"the conversation fills the {self.context_window}-token context window "
                 f"({len(self.tokens)} tokens so far, this message needs {len(new_turn)} more): "
                 "/reset to start over, or chat with --drop-oldest to forget the oldest turns")
         kept = self._drop_until_fits(user)
-        self.messages, self.tokens, self.cache.length = kept, [], 0
-        return self._turn_tokens(kept, user)
+        self.dropped_exchanges = (len(self.messages) - len(kept)) // 2
+        self._restart(kept)
+        return self._turn_tokens(self.messages, user)
 
     def _drop_until_fits(self, user: dict) -> list:
         """The messages left after dropping the oldest exchanges until the history, the new
@@ -155,14 +166,18 @@ def reply_closing_tokens(tokenizer) -> list:
     return answered[len(prompt):]
 
 
-class _installed:
-    """Run the model on `cache` for a while, then give it its own back."""
+class _OnCache:
+    """The transformer, made to run on the session's own KV cache for each call (and to
+    give its own back after), so other uses of the model between turns or even between
+    a reply's pieces leave the conversation intact."""
 
-    def __init__(self, transformer, cache):
+    def __init__(self, transformer, cache: KVCache):
         self.transformer, self.cache = transformer, cache
+        self.config = transformer.config
 
-    def __enter__(self):
-        self.saved, self.transformer.cache = self.transformer.cache, self.cache
-
-    def __exit__(self, *exc):
-        self.transformer.cache = self.saved
+    def forward(self, tokens, start_pos: int = 0, last_only: bool = False):
+        own, self.transformer.cache = self.transformer.cache, self.cache
+        try:
+            return self.transformer.forward(tokens, start_pos, last_only)
+        finally:
+            self.transformer.cache = own

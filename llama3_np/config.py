@@ -5,7 +5,9 @@ or GGUF metadata; every builder ends in the same validation, so a config that
 contradicts itself is refused before any weight is read.
 """
 
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from .errors import ConfigError
@@ -47,7 +49,7 @@ class ModelConfig:
     source: str = field(default="", compare=False)  # the file it came from, for messages
 
     def __post_init__(self):
-        if not self.head_dim and self.n_heads > 0:
+        if not self.head_dim and _is_int(self.n_heads) and self.n_heads > 0 and _is_int(self.dim):
             object.__setattr__(self, "head_dim", self.dim // self.n_heads)
         self.validate()
 
@@ -56,8 +58,12 @@ class ModelConfig:
         for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "ffn_dim",
                      "max_seq_len", "head_dim"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            if not _is_int(value) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer{where}, got {value!r}")
+        for name in ("norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if not (_is_number(value) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive number{where}, got {value!r}")
         if self.n_heads * self.head_dim != self.dim:
             raise ConfigError(f"n_heads ({self.n_heads}) x head_dim ({self.head_dim}) "
                               f"!= dim ({self.dim}){where}")
@@ -66,16 +72,15 @@ class ModelConfig:
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(f"n_heads ({self.n_heads}) is not a multiple of "
                               f"n_kv_heads ({self.n_kv_heads}){where}")
-        if not (self.norm_eps > 0):
-            raise ConfigError(f"norm_eps must be positive{where}, got {self.norm_eps!r}")
-        if not (self.rope_theta > 0):
-            raise ConfigError(f"rope_theta must be positive{where}, got {self.rope_theta!r}")
         s = self.rope_scaling
-        if s is not None and not (s.factor >= 1 and s.high_freq_factor > s.low_freq_factor > 0
-                                  and s.original_context > 0):
+        if s is not None and not (
+                all(_is_number(v) and math.isfinite(v)
+                    for v in (s.factor, s.low_freq_factor, s.high_freq_factor))
+                and s.factor >= 1 and s.high_freq_factor > s.low_freq_factor > 0
+                and _is_int(s.original_context) and s.original_context > 0):
             raise ConfigError(f"rope scaling parameters are inconsistent{where}: {s}")
         for token in (self.bos_id, *self.stop_ids):
-            if token is not None and not 0 <= token < self.vocab_size:
+            if token is not None and not (_is_int(token) and 0 <= token < self.vocab_size):
                 raise ConfigError(f"special token id {token} is outside the vocabulary "
                                   f"(size {self.vocab_size}){where}")
 
@@ -93,10 +98,31 @@ def meta_ffn_dim(dim: int, multiple_of: int, ffn_dim_multiplier: Optional[float]
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
-def _need(d: dict, key: str, source: str):
-    if key not in d:
-        raise ConfigError(f"{source} has no '{key}'")
-    return d[key]
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_REQUIRED = object()
+_KIND_CHECKS = {int: _is_int, float: _is_number}  # bool is not a number; an int is a float
+
+
+def config_value(values: dict, key: str, kind: type, *, source: str, default=_REQUIRED):
+    """values[key] if it is of `kind` (int, float, str, bool, list or dict), as that kind;
+    `default` when absent (a JSON null counts as absent); otherwise a ConfigError naming
+    the key and `source`. The one type check for params.json, config.json and GGUF
+    metadata, so "dim": "4096" is refused by name rather than failing somewhere later."""
+    value = values.get(key)
+    if value is None:
+        if default is _REQUIRED:
+            raise ConfigError(f"{source} has no '{key}'")
+        return default
+    if not _KIND_CHECKS.get(kind, lambda v: isinstance(v, kind))(value):
+        raise ConfigError(f"{source}: '{key}' should be {kind.__name__}, got {value!r}"[:300])
+    return float(value) if kind is float else value
 
 
 def from_meta_params(params: dict, source: str = "params.json", *,
@@ -105,38 +131,53 @@ def from_meta_params(params: dict, source: str = "params.json", *,
     the model family: `use_scaled_rope` marks Llama 3.1+ (131072 context); the factor
     is 32 for the Llama 3.2 1B/3B widths (2048, 3072) and 8 otherwise, as Meta's
     published configs say, unless params.json gives `rope_scaling_factor` itself."""
-    dim = _need(params, "dim", source)
-    n_heads = _need(params, "n_heads", source)
-    scaled = bool(params.get("use_scaled_rope", False))
+    def value(key, kind, default=_REQUIRED):
+        return config_value(params, key, kind, source=source, default=default)
+
+    dim = value("dim", int)
+    n_heads = value("n_heads", int)
+    scaled = value("use_scaled_rope", bool, False)
     scaling = None
     if scaled:
-        factor = params.get("rope_scaling_factor") or (32.0 if dim in (2048, 3072) else 8.0)
-        scaling = RopeScaling(factor=float(factor))
-    vocab = _need(params, "vocab_size", source)
+        factor = value("rope_scaling_factor", float, 32.0 if dim in (2048, 3072) else 8.0)
+        scaling = RopeScaling(factor=factor)
+    vocab = value("vocab_size", int)
     if vocab == -1:
         raise ConfigError(f"{source}: vocab_size is -1 (a Llama 2 era params.json); set it "
                           "to the tokenizer's size, 128256 for Llama 3")
+    multiple_of = value("multiple_of", int, 256)
+    multiplier = value("ffn_dim_multiplier", float, None)
+    if multiple_of <= 0 or dim <= 0 or not (multiplier is None or 0 < multiplier < math.inf):
+        raise ConfigError(f"{source}: dim ({dim}), multiple_of ({multiple_of}) and "
+                          f"ffn_dim_multiplier ({multiplier}) must be positive and finite")
+    try:
+        ffn_dim = meta_ffn_dim(dim, multiple_of, multiplier)
+    except OverflowError:  # the rule goes through a float
+        raise ConfigError(f"{source}: dim {dim} is too large") from None
     return ModelConfig(
         dim=dim,
-        n_layers=_need(params, "n_layers", source),
+        n_layers=value("n_layers", int),
         n_heads=n_heads,
-        n_kv_heads=params.get("n_kv_heads") or n_heads,
+        n_kv_heads=value("n_kv_heads", int, n_heads),
         vocab_size=vocab,
-        ffn_dim=meta_ffn_dim(dim, params.get("multiple_of", 256),
-                             params.get("ffn_dim_multiplier")),
-        norm_eps=float(params.get("norm_eps", 1e-5)),
-        rope_theta=float(params.get("rope_theta", 500000.0)),
+        ffn_dim=ffn_dim,
+        norm_eps=value("norm_eps", float, 1e-5),
+        rope_theta=value("rope_theta", float, 500000.0),
         rope_scaling=scaling,
         tie_embeddings=tie_embeddings,
-        max_seq_len=int(params.get("max_seq_len") or (131072 if scaled else 8192)),
+        max_seq_len=value("max_seq_len", int, 131072 if scaled else 8192),
         source=source,
     )
 
 
-def _token_ids(value) -> tuple:
-    if value is None:
-        return ()
-    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+def _token_ids(values: dict, key: str, source: str) -> tuple:
+    """A token id or a list of them (HF's eos_token_id is either), as a tuple of ints."""
+    value = values.get(key)
+    ids = [] if value is None else value if isinstance(value, list) else [value]
+    if not all(_is_int(token) for token in ids):
+        raise ConfigError(f"{source}: '{key}' should be a token id or a list of them, "
+                          f"got {value!r}"[:300])
+    return tuple(ids)
 
 
 def from_hf_config(config: dict, generation_config: Optional[dict] = None,
@@ -145,41 +186,47 @@ def from_hf_config(config: dict, generation_config: Optional[dict] = None,
 
     Rope scaling sits in `rope_scaling` (transformers 4) or `rope_parameters`
     (transformers 5, which also holds rope_theta)."""
-    arch = config.get("model_type")
+    def value(key, kind, default=_REQUIRED):
+        return config_value(config, key, kind, source=source, default=default)
+
+    def rope_value(key, kind, default=_REQUIRED):
+        return config_value(rope, key, kind, source=source + " rope scaling", default=default)
+
+    arch = value("model_type", str, None)
     if arch not in (None, "llama"):
         raise ConfigError(f"{source}: model_type '{arch}' is not a Llama model")
-    dim = _need(config, "hidden_size", source)
-    n_heads = _need(config, "num_attention_heads", source)
-    rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    n_heads = value("num_attention_heads", int)
+    rope = value("rope_scaling", dict, None) or value("rope_parameters", dict, {})
+    rope_type = rope_value("rope_type", str, rope_value("type", str, "default"))
     if rope_type not in ("default", "llama3"):
         raise ConfigError(f"{source}: rope type '{rope_type}' is not supported "
                           "(only Llama 3's 'llama3' scaling or none)")
     scaling = None
     if rope_type == "llama3":
         scaling = RopeScaling(
-            factor=float(_need(rope, "factor", source + " rope scaling")),
-            low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
-            high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
-            original_context=int(rope.get("original_max_position_embeddings", 8192)),
+            factor=rope_value("factor", float),
+            low_freq_factor=rope_value("low_freq_factor", float, 1.0),
+            high_freq_factor=rope_value("high_freq_factor", float, 4.0),
+            original_context=rope_value("original_max_position_embeddings", int, 8192),
         )
-    theta = config.get("rope_theta", rope.get("rope_theta", 10000.0))
-    stops = _token_ids((generation_config or {}).get("eos_token_id")) or \
-        _token_ids(config.get("eos_token_id"))
+    theta = value("rope_theta", float, rope_value("rope_theta", float, 10000.0))
+    generation_source = str(Path(source).with_name("generation_config.json"))
+    stops = _token_ids(generation_config or {}, "eos_token_id", generation_source) or \
+        _token_ids(config, "eos_token_id", source)
     return ModelConfig(
-        dim=dim,
-        n_layers=_need(config, "num_hidden_layers", source),
+        dim=value("hidden_size", int),
+        n_layers=value("num_hidden_layers", int),
         n_heads=n_heads,
-        n_kv_heads=config.get("num_key_value_heads") or n_heads,
-        vocab_size=_need(config, "vocab_size", source),
-        ffn_dim=_need(config, "intermediate_size", source),
-        norm_eps=float(config.get("rms_norm_eps", 1e-5)),
-        rope_theta=float(theta),
+        n_kv_heads=value("num_key_value_heads", int, n_heads),
+        vocab_size=value("vocab_size", int),
+        ffn_dim=value("intermediate_size", int),
+        norm_eps=value("rms_norm_eps", float, 1e-5),
+        rope_theta=theta,
         rope_scaling=scaling,
-        tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-        max_seq_len=int(config.get("max_position_embeddings", 8192)),
-        bos_id=config.get("bos_token_id"),
+        tie_embeddings=value("tie_word_embeddings", bool, False),
+        max_seq_len=value("max_position_embeddings", int, 8192),
+        bos_id=value("bos_token_id", int, None),
         stop_ids=stops,
-        head_dim=config.get("head_dim") or dim // n_heads,
+        head_dim=value("head_dim", int, 0),  # 0: dim // n_heads
         source=source,
     )

@@ -1,14 +1,153 @@
 """linear(x, w): the one place a matrix multiplication is chosen.
 
-x is float32 (..., in_features); w is (out_features, in_features) as stored:
-a float32 ndarray, or a stored tensor (see storage.py) decoded here.
+x is float32 (..., in_features); w is (out_features, in_features) in an in-memory
+form from quantize.py (float32 ndarray, storage.BF16, quantize.Q8) or any other
+stored tensor (storage.py), e.g. a GGUF QuantizedTensor.
+
+How, fastest first:
+- float32 weights: NumPy's BLAS. Its GEMV already runs at memory bandwidth.
+- one row of x (decoding a token), bf16 / q8 weights, numba backend: a fused
+  GEMV that decodes each weight in registers, so only the stored bytes cross
+  the memory bus (kernels_numba.py).
+- otherwise (prefill, or the numpy backend): decode a tile of weight rows to
+  float32 in a reused buffer (a few MB, cache-sized) and let BLAS multiply every
+  row of x by it. Prefill is compute bound, and BLAS sgemm beats any loop here;
+  no float32 copy of a whole matrix is ever made.
+
+Backends: "numpy" always works; "numba" needs numba; "auto" (default) is numba
+when it imports. Thread counts: threads.configure_threads (before NumPy is
+imported) sets BLAS's; set_threads changes numba's at run time.
+Not thread-safe: the tile buffer is shared, so one caller at a time.
 """
 
 import numpy as np
 
-from .storage import as_float32
+from .errors import InputError
+from .quantize import Q8, dequantize_q8
+from .storage import BF16
+
+BACKENDS = ("numpy", "numba", "auto")
+
+# Float32 values per decoded tile (4 MB): big enough for BLAS to run at full speed,
+# small enough to stay in the 32 MB L3 cache between decoding and multiplying.
+_TILE_VALUES = 1 << 20
+
+_backend = "auto"
+_numba_threads = None  # set_threads' wish, applied when numba loads
+_numba_state = {}  # "module": kernels_numba, or None when numba is unavailable
+_tile_buffer = np.empty(0, dtype=np.float32)
+
+
+def set_backend(name: str) -> None:
+    """Choose "numpy", "numba" or "auto" for every later linear() call."""
+    global _backend
+    if name not in BACKENDS:
+        raise InputError(f"unknown kernel backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "numba" and _numba_kernels() is None:
+        raise InputError("the numba backend needs the numba package, which is not installed "
+                         "(pip install numba); the numpy backend needs nothing extra")
+    _backend = name
+
+
+def active_backend() -> str:
+    """"numba" or "numpy": what linear() uses now ("auto" resolved)."""
+    if _backend == "numpy" or _numba_kernels() is None:
+        return "numpy"
+    return "numba"
+
+
+def set_threads(n: int) -> None:
+    """Use n threads in numba's kernels (BLAS threads: see threads.configure_threads)."""
+    global _numba_threads
+    if n < 1:
+        raise InputError(f"the thread count must be at least 1, got {n}")
+    _numba_threads = n
+    kernels = _numba_kernels()
+    if kernels is not None:
+        kernels.set_threads(n)
+
+
+def warmup() -> None:
+    """Compile or load the numba kernels now, so the first token is not slow."""
+    if active_backend() == "numba":
+        _numba_kernels().warmup()
 
 
 def linear(x: np.ndarray, w) -> np.ndarray:
-    """x @ w.T in float32."""
-    return x @ as_float32(w).T
+    """x @ w.T in float32: (..., in_features) -> (..., out_features)."""
+    x = np.asarray(x, dtype=np.float32)
+    n_out, n_in = w.shape
+    if x.shape[-1] != n_in:
+        raise ValueError(f"linear: x has {x.shape[-1]} features but the weight {w.shape} "
+                         f"expects {n_in}")
+    if isinstance(w, np.ndarray) and w.dtype == np.float32:
+        return x @ w.T
+    rows = x.reshape(-1, n_in)
+    kernels = _numba_kernels() if active_backend() == "numba" else None
+    gemv = _fused_gemv(w, kernels) if len(rows) == 1 else None
+    if gemv is not None:
+        out = np.empty(n_out, dtype=np.float32)
+        gemv(np.ascontiguousarray(rows[0]), out)
+    else:
+        out = _tiled_matmul(rows, w.shape, _tile_decoder(w, kernels))
+    return out.reshape(x.shape[:-1] + (n_out,))
+
+
+def _fused_gemv(w, kernels):
+    """fn(x_row, out) computing w @ x_row without decoding w to memory, if one exists."""
+    if kernels is None:
+        return None
+    if isinstance(w, BF16):
+        return lambda x, out: kernels.gemv_bf16(x, w.bits, out)
+    if isinstance(w, Q8):
+        return lambda x, out: kernels.gemv_q8(x, w.values, w.scales, out)
+    return None
+
+
+def _tile_decoder(w, kernels):
+    """fn(start, tile) writing weight rows start .. start + len(tile) into a float32 tile."""
+    if isinstance(w, BF16):
+        if kernels is not None:
+            return lambda start, tile: kernels.decode_bf16(w.bits, start, tile)
+        # storage.bf16_bits_to_float32, written into the tile instead of new arrays.
+        return lambda start, tile: np.left_shift(w.bits[start:start + len(tile)], 16,
+                                                 out=tile.view(np.uint32), dtype=np.uint32)
+    if isinstance(w, Q8):
+        if kernels is not None:
+            return lambda start, tile: kernels.decode_q8(w.values, w.scales, start, tile)
+        return lambda start, tile: dequantize_q8(w.values[start:start + len(tile)],
+                                                 w.scales[start:start + len(tile)], out=tile)
+    if isinstance(w, np.ndarray):  # float16
+        return lambda start, tile: np.copyto(tile, w[start:start + len(tile)])
+    # Any other stored tensor (a GGUF block format without its own kernel).
+    return lambda start, tile: np.copyto(tile, w.take(slice(start, start + len(tile)))
+                                         .to_float32())
+
+
+def _tiled_matmul(rows: np.ndarray, shape: tuple, decode) -> np.ndarray:
+    """rows @ w.T, decoding w one tile of rows at a time into a reused buffer."""
+    global _tile_buffer
+    n_out, n_in = shape
+    out = np.empty((len(rows), n_out), dtype=np.float32)
+    tile_rows = max(1, min(n_out, _TILE_VALUES // max(1, n_in)))
+    if _tile_buffer.size < tile_rows * n_in:
+        _tile_buffer = np.empty(tile_rows * n_in, dtype=np.float32)
+    for start in range(0, n_out, tile_rows):
+        stop = min(n_out, start + tile_rows)
+        tile = _tile_buffer[:(stop - start) * n_in].reshape(stop - start, n_in)
+        decode(start, tile)
+        np.matmul(rows, tile.T, out=out[:, start:stop])
+    return out
+
+
+def _numba_kernels():
+    """The kernels_numba module, or None when numba cannot be imported."""
+    if "module" not in _numba_state:
+        try:
+            from . import kernels_numba
+        except ImportError:
+            kernels_numba = None
+        if kernels_numba is not None and _numba_threads is not None:
+            kernels_numba.set_threads(_numba_threads)
+        _numba_state["module"] = kernels_numba
+    return _numba_state["module"]

@@ -46,7 +46,7 @@ class Llama:
 
     def encode_prompt(self, prompt) -> list:
         if isinstance(prompt, str):
-            tokens = self.tokenizer.encode(prompt, bos=True)
+            tokens = self.tokenizer.encode(prompt, bos=self.tokenizer.add_bos)
         else:
             tokens = [int(t) for t in prompt]
         if not tokens:
@@ -94,18 +94,23 @@ class Llama:
         yield None, decoder.flush()
 
 
-def load(path, dtype: str = "f32", backend: str = "auto", tokenizer_path=None) -> Llama:
-    """Load a Meta, Hugging Face or GGUF checkpoint; weights kept in `dtype` in memory."""
+def load(path, dtype: str = "f32", backend: str = "auto", tokenizer_path=None,
+         progress=None) -> Llama:
+    """Load a Meta, Hugging Face or GGUF checkpoint; weights kept in `dtype` in memory.
+
+    progress(done, total) is called after each tensor is converted (a ProgressBar fits)."""
     from .kernels import set_backend
     from .quantize import to_dtype
 
     checkpoint = read_checkpoint(path)
     set_backend(backend)
     weights, converted = {}, {}
-    for name, tensor in checkpoint.tensors.items():
+    for done, (name, tensor) in enumerate(checkpoint.tensors.items(), start=1):
         # Tied embeddings: convert the shared tensor once and keep it shared.
         if id(tensor) not in converted:
             converted[id(tensor)] = to_dtype(tensor, dtype)
         weights[name] = converted[id(tensor)]
+        if progress is not None:
+            progress(done, len(checkpoint.tensors))
     tokenizer = load_tokenizer(checkpoint, tokenizer_path)
     return Llama(checkpoint.config, weights, tokenizer, source=str(Path(path)))

@@ -21,6 +21,8 @@ class Perplexity:
     nll_sum: float  # total negative log-likelihood of the scored tokens, in nats
     tokens: int  # tokens scored
     windows: int  # forward passes it took
+    ctx: int  # tokens per window
+    stride: int  # tokens between window starts
 
     @property
     def nll(self) -> float:
@@ -97,7 +99,7 @@ def perplexity(model, tokens, ctx: int = 512, stride: int = None, progress=None)
         scored += len(token_lp)
         if progress is not None:
             progress(done, len(plan))
-    return Perplexity(nll_sum, scored, len(plan))
+    return Perplexity(nll_sum, scored, len(plan), ctx, stride)
 
 
 def text_tokens(tokenizer, text: str) -> list:

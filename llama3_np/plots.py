@@ -24,25 +24,33 @@ MAX_LENS_POSITIONS = 16  # more columns than this make the logit lens unreadable
 MAX_TICK_LABELS = 40  # beyond this, token names on heatmap axes overlap
 
 
-def _figure(width: float, height: float):
-    """An Agg-backed Figure, without pyplot's global state."""
+def require_matplotlib() -> None:
+    """Fail early, with the fix in the message, when matplotlib is not installed."""
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        import matplotlib  # noqa: F401
     except ImportError:
         raise InputError("drawing plots needs matplotlib, which is not installed: "
                          "pip install matplotlib") from None
-    figure = Figure(figsize=(width, height), layout="constrained")
+
+
+def _figure(width: float, height: float, layout="constrained"):
+    """An Agg-backed Figure, without pyplot's global state."""
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout=layout)
     FigureCanvasAgg(figure)
     return figure
 
 
-def _token_axis(axis, labels: list, which: str) -> None:
-    ticks = range(len(labels)) if len(labels) <= MAX_TICK_LABELS else []
+def _token_ticks(axis, labels: list, which: str) -> None:
+    ticks = list(range(len(labels))) if len(labels) <= MAX_TICK_LABELS else []
+    names = [labels[i] for i in ticks]
     if which == "x":
-        axis.set_xticks(list(ticks), [labels[i] for i in ticks], rotation=90, fontsize=7)
+        axis.set_xticks(ticks, names, rotation=90, fontsize=7)
     else:
-        axis.set_yticks(list(ticks), [labels[i] for i in ticks], fontsize=7)
+        axis.set_yticks(ticks, names, fontsize=7)
 
 
 def attention_figure(probs: np.ndarray, labels: list, layer: int):
@@ -53,27 +61,37 @@ def attention_figure(probs: np.ndarray, labels: list, layer: int):
     n_heads, seq, total = probs.shape
     cols = int(np.ceil(np.sqrt(n_heads)))
     rows = int(np.ceil(n_heads / cols))
-    cell = max(1.8, min(0.22 * total, 4.0))
-    figure = _figure(cols * cell + 1.5, rows * cell + 1.0)
-    axes = np.atleast_1d(figure.subplots(rows, cols, squeeze=False)).ravel()
-    for h, axis in enumerate(axes):
+    cell = max(1.6, min(0.18 * total, 3.0))  # inches per head
+    # A fixed layout sized to the longest token name: the automatic layout engines cost
+    # several times the drawing itself, once per layer.
+    label_room = 0.3 + 0.06 * max(map(len, labels)) if total <= MAX_TICK_LABELS else 0.3
+    margins = dict(left=label_room, right=1.3, top=0.8, bottom=label_room)
+    width = margins["left"] + cols * cell + margins["right"]
+    height = margins["top"] + rows * cell + margins["bottom"]
+    figure = _figure(width, height, layout=None)
+    grid = dict(left=margins["left"] / width, right=1 - margins["right"] / width,
+                bottom=margins["bottom"] / height, top=1 - margins["top"] / height,
+                wspace=0.1, hspace=0.3)
+    axes = figure.subplots(rows, cols, sharex=True, sharey=True, squeeze=False,
+                           gridspec_kw=grid)
+    _token_ticks(axes[0, 0], labels, "x")  # the axes are shared: this sets every head's
+    _token_ticks(axes[0, 0], labels[total - seq:], "y")
+    for h, axis in enumerate(axes.ravel()):
         if h >= n_heads:
             axis.set_axis_off()
             continue
         image = axis.imshow(probs[h], vmin=0, vmax=1, cmap="viridis", aspect="auto",
                             interpolation="nearest")
         axis.set_title(f"head {h}", fontsize=9)
-        # Token names only on the outer edge of the grid, so they do not collide.
-        if h + cols >= n_heads:  # nothing below this one
-            _token_axis(axis, labels, "x")
-        else:
-            axis.set_xticks([])
-        if h % cols == 0:
-            _token_axis(axis, labels[total - seq:], "y")
-        else:
-            axis.set_yticks([])
-    figure.colorbar(image, ax=list(axes), shrink=0.6, label="attention probability")
-    figure.suptitle(f"layer {layer}: attention probabilities (row: query, column: key)")
+        # Token names only on the outer edge of the grid (below the last head of a column).
+        axis.tick_params(labelleft=h % cols == 0, labelbottom=h + cols >= n_heads,
+                         labelsize=7)
+        axis.tick_params(axis="x", labelrotation=90)
+    colorbar_axis = figure.add_axes((1 - 1.0 / width, grid["bottom"], 0.15 / width,
+                                     grid["top"] - grid["bottom"]))
+    figure.colorbar(image, cax=colorbar_axis, label="attention probability")
+    figure.suptitle(f"layer {layer}: attention probabilities (row: query, column: key)",
+                    y=1 - 0.15 / height, va="top")
     return figure
 
 
@@ -85,7 +103,8 @@ def rope_figure(config, positions: int):
     pairs = np.arange(len(plain))
     figure = _figure(12, 4.5)
     left, right = figure.subplots(1, 2)
-    left.semilogy(pairs, plain, "o-", markersize=3, label=f"theta {config.rope_theta:g}")
+    left.semilogy(pairs, plain, "o-", markersize=3,
+                  label=f"theta {config.rope_theta:g}, no scaling")
     s = config.rope_scaling
     if s is None:
         left.set_title("RoPE frequencies (this model uses no Llama 3.1 scaling)")
@@ -123,12 +142,15 @@ def norm_figure(embeddings: np.ndarray, normed: np.ndarray, labels: list):
                                        vmax=limit, interpolation="nearest")
         axes[0, column].set_title(title)
         axes[0, column].set_xlabel("channel")
-        _token_axis(axes[0, column], labels, "y")
+        _token_ticks(axes[0, column], labels, "y")
         figure.colorbar(image, ax=axes[0, column])
         rms = np.sqrt(np.mean(x * x, axis=-1))
         axes[1, column].bar(range(len(rms)), rms)
         axes[1, column].set_ylabel("RMS per token")
-        _token_axis(axes[1, column], labels, "x")
+        axes[1, column].set_title(("the embedding rows' own scale" if column == 0 else
+                                   "normalised to 1, then scaled by the learned gain"),
+                                  fontsize=9)
+        _token_ticks(axes[1, column], labels, "x")
     return figure
 
 
@@ -154,9 +176,10 @@ def logit_lens_figure(token_ids: np.ndarray, probs: np.ndarray, labels: list, to
     return figure
 
 
-def write_plots(model, trace: Trace, directory) -> list:
+def write_plots(model, trace: Trace, directory, layers=None) -> list:
     """All four kinds of picture for the latest forward call in `trace` (which must have
-    recorded PLOT_STEPS and start at position 0); returns the PNG paths written."""
+    recorded PLOT_STEPS and start at position 0), attention for `layers` (default all);
+    returns the PNG paths written."""
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -174,7 +197,7 @@ def write_plots(model, trace: Trace, directory) -> list:
         "norm.png": lambda: norm_figure(recorded["embeddings"],
                                         recorded["layers.0.attention_norm"], labels),
     }
-    for i in range(config.n_layers):
+    for i in range(config.n_layers) if layers is None else layers:
         drawings[f"attention_layer{i:02d}.png"] = \
             lambda i=i: attention_figure(recorded[f"layers.{i}.attention.probs"], labels, i)
     paths = []

@@ -89,7 +89,8 @@ class Tokenizer:
 
     Attributes: bos_id, eos_id (None if the vocabulary names none), stop_ids (tuple),
     special_tokens (name -> id), n_vocab, chat_format ("llama3", "chatml" or None),
-    add_bos (whether prompts start with bos_id), source (the file it came from).
+    add_bos (whether prompts start with bos_id), default_system_prompt (ChatML templates
+    that supply one), source (the file it came from).
     """
 
     def __init__(self, vocab: _Vocabulary, pattern: str, source: str, *,
@@ -118,9 +119,10 @@ class Tokenizer:
         self._unencodable = frozenset(range(256)) - {b[0] for b in vocab.ranks if len(b) == 1}
 
         self.bos_id, self.eos_id = bos_id, eos_id
-        for role, token in (("bos", bos_id), ("eos", eos_id), *(("stop", t) for t in extra_stop_ids)):
-            if token is not None and not 0 <= token < self.n_vocab:
-                raise TokenizerError(f"{source}: {role} token id {token} is outside the "
+        named = [("bos", bos_id), ("eos", eos_id), *(("stop", t) for t in extra_stop_ids)]
+        for role, token in named:
+            if token is not None and not (isinstance(token, int) and 0 <= token < self.n_vocab):
+                raise TokenizerError(f"{source}: {role} token id {token!r} is outside the "
                                      f"vocabulary (size {self.n_vocab})")
         self.chat_format = _chat_format(self.special_tokens, chat_template)
         self.add_bos = (self.chat_format == "llama3") if add_bos is None else bool(add_bos)
@@ -161,7 +163,8 @@ class Tokenizer:
         try:
             added = {t["content"]: int(t["id"]) for t in doc.get("added_tokens") or ()}
         except (KeyError, TypeError, ValueError):
-            raise TokenizerError(f"{source}: added_tokens entries need 'id' and 'content'") from None
+            raise TokenizerError(f"{source}: every added_tokens entry needs an 'id' and a "
+                                 "'content'") from None
         normal = {text: i for text, i in model["vocab"].items() if text not in added}
         vocab = _byte_level_vocabulary(normal, model["merges"], added, source)
 
@@ -417,8 +420,9 @@ def _byte_level_vocabulary(normal: dict, merges: list, specials: dict, source: s
     as in Hugging Face's BPE.
     """
     ids = [*normal.values(), *specials.values()]
-    if sorted(ids) != list(range(len(ids))):
-        raise TokenizerError(f"{source}: token ids are not 0..{len(ids) - 1}, each used once")
+    if not all(type(i) is int for i in ids) or sorted(ids) != list(range(len(ids))):
+        raise TokenizerError(f"{source}: token ids are not 0..{len(ids) - 1}, each used once "
+                             "(is a token listed twice?)")
     id_bytes = [b""] * len(ids)
     for name, token in specials.items():
         id_bytes[token] = name.encode("utf-8")
@@ -475,9 +479,10 @@ def _hf_split_pattern(pre_tokenizer, source: str) -> str:
         if kinds == ["Digits", "ByteLevel"] and uses_regex and steps[0].get("individual_digits"):
             return SMOLLM_PATTERN
         split = steps[0]
-        if (kinds == ["Split", "ByteLevel"] and not uses_regex and "Regex" in split.get("pattern", {})
+        regex = (split.get("pattern") or {}).get("Regex")
+        if (kinds == ["Split", "ByteLevel"] and not uses_regex and regex
                 and split.get("behavior") == "Isolated" and not split.get("invert")):
-            return split["pattern"]["Regex"]
+            return regex
     raise TokenizerError(f"{source}: pre-tokenizer {json.dumps(pre_tokenizer)[:200]} is not "
                          "supported (expected Llama 3's Split+ByteLevel, GPT-2's ByteLevel or "
                          "SmolLM2's Digits+ByteLevel)")
@@ -490,8 +495,8 @@ def _hf_adds_bos(post_processor, bos_id: Optional[int], added: dict) -> bool:
         step = steps.pop()
         steps += step.get("processors", [])
         if step.get("type") == "TemplateProcessing":
-            first = (step.get("single") or [{}])[0]
-            return "SpecialToken" in first and added.get(first["SpecialToken"].get("id")) == bos_id
+            first = (step.get("single") or [{}])[0].get("SpecialToken") or {}
+            return bos_id is not None and added.get(first.get("id")) == bos_id
     return False
 
 

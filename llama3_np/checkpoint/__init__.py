@@ -7,11 +7,13 @@ Tensors stay in storage precision (see llama3_np/storage.py); the loader decides
 what to keep in memory.
 """
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ..config import ModelConfig
+from ..errors import CheckpointError
 
 
 @dataclass
@@ -37,12 +39,15 @@ def canonical_names(n_layers: int, tie_embeddings: bool = False) -> list:
     return names
 
 
-def canonical_shapes(config: ModelConfig) -> dict:
-    """The shape each canonical tensor must have (row-major: out_features first)."""
+def iter_canonical_shapes(config: ModelConfig):
+    """(name, shape) of every canonical tensor, output.weight included, layer by layer
+    (row-major: out_features first). A generator, so a reader checking a file against
+    a corrupt layer count (10**9) stops at the first missing layer."""
     c = config
     q_out, kv_out = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
-    shapes = {"tok_embeddings.weight": (c.vocab_size, c.dim), "norm.weight": (c.dim,),
-              "output.weight": (c.vocab_size, c.dim)}
+    yield "tok_embeddings.weight", (c.vocab_size, c.dim)
+    yield "norm.weight", (c.dim,)
+    yield "output.weight", (c.vocab_size, c.dim)
     per_layer = {
         "attention_norm.weight": (c.dim,), "ffn_norm.weight": (c.dim,),
         "attention.wq.weight": (q_out, c.dim), "attention.wk.weight": (kv_out, c.dim),
@@ -51,5 +56,71 @@ def canonical_shapes(config: ModelConfig) -> dict:
         "feed_forward.w3.weight": (c.ffn_dim, c.dim),
     }
     for i in range(c.n_layers):
-        shapes.update({f"layers.{i}.{k}": v for k, v in per_layer.items()})
-    return shapes
+        for name, shape in per_layer.items():
+            yield f"layers.{i}.{name}", shape
+
+
+def canonical_shapes(config: ModelConfig) -> dict:
+    """The shape each canonical tensor must have (row-major: out_features first)."""
+    return dict(iter_canonical_shapes(config))
+
+
+def select_canonical(stored: dict, config: ModelConfig, source, *,
+                     stored_name: Callable[[str], str] = lambda name: name,
+                     ignore: Callable[[str], bool] = lambda name: False,
+                     config_name: str = "") -> dict:
+    """The canonical tensors of a file, each checked against the config: the one home of
+    "every tensor the model needs is there, in the shape the config implies, and nothing
+    else is" (an unknown tensor means a model we would run wrongly, e.g. with biases).
+
+    stored: the file's tensors under the file's own names; stored_name maps a canonical
+    name to that naming, so messages name what the user's file holds; ignore(name) is
+    true for stored tensors the model does without. config_name says where the config
+    came from (default: its file name). Tied embeddings: output.weight is the embedding
+    itself, never a copy."""
+    config_name = config_name or Path(config.source).name or "the config"
+    tensors, used = {}, set()
+    for name, shape in iter_canonical_shapes(config):
+        if name == "output.weight" and config.tie_embeddings:
+            continue
+        key = stored_name(name)
+        if key not in stored:
+            meta_name = f" ({name} in Meta's names)" if key != name else ""
+            raise CheckpointError(f"{source} has no tensor '{key}'{meta_name}")
+        tensor = stored[key]
+        if tuple(tensor.shape) != shape:
+            raise CheckpointError(f"{source}: tensor '{key}' has shape {tuple(tensor.shape)}, "
+                                  f"but {config_name} implies {shape}")
+        tensors[name] = tensor
+        used.add(key)
+    for key in stored:
+        if key not in used and not ignore(key):
+            raise CheckpointError(f"{source}: tensor '{key}' does not belong to a "
+                                  f"{config.n_layers}-layer Llama model")
+    if config.tie_embeddings:
+        tensors["output.weight"] = tensors["tok_embeddings.weight"]
+    return tensors
+
+
+def parse_json_object(text, source, error: type) -> dict:
+    """A JSON object from text or UTF-8 bytes; anything else raises `error` naming `source`.
+    (json.loads also fails with RecursionError on deep nesting and ValueError on integers
+    of more than 4300 digits.)"""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as e:  # ValueError covers bad JSON and bad UTF-8
+        raise error(f"{source} is not valid JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(value, dict):
+        raise error(f"{source} does not hold a JSON object")
+    return value
+
+
+def read_json_object(path: Path, error: type) -> dict:
+    """The JSON object in a file (params.json, config.json, an index ...), or `error`."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror}") from None
+    return parse_json_object(raw, path, error)

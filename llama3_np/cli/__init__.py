@@ -12,6 +12,10 @@ from ..errors import Llama3Error
 
 COMMANDS = {  # name -> (module, one-line description)
     "complete": ("complete", "stream a completion of a prompt (the default command)"),
+    "chat": ("chat", "talk with an Instruct model, turn by turn, in its chat format"),
+    "ppl": ("perplexity", "perplexity of a text file (sliding window)"),
+    "info": ("info", "configuration, parameter counts and memory of a model"),
+    "inspect": ("inspection", "every step of one forward pass: shapes, statistics, plots"),
 }
 
 

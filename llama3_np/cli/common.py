@@ -36,9 +36,11 @@ def model_path(args) -> Path:
 
 def load_model(args):
     from .. import load
+    from ..progress import ProgressBar
 
-    return load(model_path(args), dtype=args.dtype, backend=args.backend,
-                tokenizer_path=args.tokenizer)
+    with ProgressBar(0, "loading") as bar:  # drawn only on a terminal
+        return load(model_path(args), dtype=args.dtype, backend=args.backend,
+                    tokenizer_path=args.tokenizer, progress=bar)
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, max_tokens: int = 256) -> None:

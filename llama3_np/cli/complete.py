@@ -26,5 +26,6 @@ def run(args) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    sys.stdout.flush()  # before the summary on stderr, so the two don't interleave
     print(stats.summary(), file=sys.stderr)
     return 0

@@ -1,0 +1,96 @@
+"""Parameter arithmetic: how many weights a ModelConfig implies, and what they weigh.
+
+Everything here follows from the config alone (the tensor shapes come from
+checkpoint.canonical_shapes), so it works for a params.json / config.json without
+any weights: Llama 3 8B has 8,030,261,248 parameters, Llama 3.2 1B 1,235,814,400.
+"""
+
+import json
+import math
+from pathlib import Path
+
+from .checkpoint import canonical_shapes
+from .config import ModelConfig, from_hf_config, from_meta_params
+from .errors import ConfigError
+from .quantize import Q8_BLOCK
+
+# Components in the order a forward pass meets them.
+COMPONENTS = ("embedding", "attention q", "attention k", "attention v", "attention o",
+              "ffn gate", "ffn up", "ffn down", "norms", "output")
+_COMPONENT_OF = {  # canonical name (without "layers.{i}.") -> component
+    "tok_embeddings.weight": "embedding", "output.weight": "output",
+    "attention.wq.weight": "attention q", "attention.wk.weight": "attention k",
+    "attention.wv.weight": "attention v", "attention.wo.weight": "attention o",
+    "feed_forward.w1.weight": "ffn gate", "feed_forward.w3.weight": "ffn up",
+    "feed_forward.w2.weight": "ffn down",
+    "attention_norm.weight": "norms", "ffn_norm.weight": "norms", "norm.weight": "norms",
+}
+
+# Bits each weight of a matrix takes in memory at each --dtype (quantize.py's formats).
+# q8: an int8 per weight, plus one float32 scale per block of Q8_BLOCK (32) weights.
+BITS_PER_WEIGHT = {"f32": 32.0, "bf16": 16.0, "q8": 8.0 + 32.0 / Q8_BLOCK}
+NORM_BITS = 32.0  # norm gains (vectors) stay float32 at every dtype
+
+
+def parameter_counts(config: ModelConfig) -> dict:
+    """Parameters per component (COMPONENTS order) and their "total"; with tied
+    embeddings the output matrix is the embedding, counted once (output: 0)."""
+    counts = dict.fromkeys(COMPONENTS, 0)
+    for name, shape in canonical_shapes(config).items():
+        component = _component(name)
+        if component == "output" and config.tie_embeddings:
+            continue
+        counts[component] += math.prod(shape)
+    counts["total"] = sum(counts[c] for c in COMPONENTS)
+    return counts
+
+
+def _component(name: str) -> str:
+    # "layers.3.attention.wq.weight" -> "attention.wq.weight"; top-level names as they are.
+    key = name.split(".", 2)[2] if name.startswith("layers.") else name
+    return _COMPONENT_OF[key]
+
+
+def weight_bytes(config: ModelConfig, dtype: str) -> int:
+    """Bytes the weights take in memory when kept in `dtype` ("f32", "bf16", "q8")."""
+    if dtype not in BITS_PER_WEIGHT:
+        raise ConfigError(f"unknown dtype {dtype!r} (known: {', '.join(BITS_PER_WEIGHT)})")
+    counts = parameter_counts(config)
+    norms = counts["norms"]
+    matrices = counts["total"] - norms
+    return int(round((matrices * BITS_PER_WEIGHT[dtype] + norms * NORM_BITS) / 8))
+
+
+def kv_cache_bytes_per_token(config: ModelConfig) -> int:
+    """The float32 keys and values one position adds to the cache, over all layers."""
+    return 2 * config.n_layers * config.n_kv_heads * config.head_dim * 4
+
+
+def read_config_file(path) -> ModelConfig:
+    """A ModelConfig from Meta's params.json or Hugging Face's config.json alone.
+
+    params.json does not say whether the embeddings are tied; Meta ties them in the
+    Llama 3.2 1B and 3B models only, recognised by their widths (2048, 3072)."""
+    path = Path(path)
+    doc = _read_json(path)
+    if "hidden_size" in doc:
+        generation = path.with_name("generation_config.json")
+        extra = _read_json(generation) if generation.is_file() else None
+        return from_hf_config(doc, extra, source=str(path))
+    if "dim" in doc:
+        tied = doc.get("dim") in (2048, 3072) and bool(doc.get("use_scaled_rope"))
+        return from_meta_params(doc, source=str(path), tie_embeddings=tied)
+    raise ConfigError(f"{path} is neither a Meta params.json (no 'dim') nor a Hugging Face "
+                      "config.json (no 'hidden_size')")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} is not readable JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path} does not hold a JSON object")
+    return doc

@@ -1,0 +1,112 @@
+"""Compiled loops for kernels.py; importing this module needs numba.
+
+Decoding one token is bound by memory bandwidth: each weight is read once per token,
+so reading 2 (bf16) or ~1.1 (q8) bytes instead of 4 is the whole speed-up, provided
+the conversion to float32 happens in registers at full speed. That depends on how
+the loop is written. What vectorises (measured on AVX2):
+
+- one flat inner loop over a contiguous row, j = 0..in_features, accumulating in a
+  float32 scalar with reassociation allowed (so LLVM may keep 8-wide partial sums);
+- a Q8 scale looked up as scales[j >> 5] inside that flat loop.
+
+A nested per-block loop (for block: for j in 32) or a small accumulator array ran
+3-10x slower. The outer prange over output rows hands each thread one contiguous
+range of rows.
+"""
+
+import os
+
+import numba
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+# numba's default OpenMP layer busy-waits between parallel regions and starves the
+# OpenBLAS threads that run the next matmul (measured: prefill 10x slower on 2 cores).
+# The workqueue layer sleeps instead. A user's explicit choice wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
+# "reassoc" lets LLVM split a float32 sum into vector lanes; NaN/inf stay IEEE.
+_REDUCE = dict(parallel=True, fastmath={"reassoc", "contract"}, cache=True, nogil=True)
+_Q8_SHIFT = 5  # j >> 5 is the index of j's 32-value Q8 block
+
+
+@intrinsic
+def _bf16_to_float32(typingctx, bits):
+    """uint32 holding bf16 bits in its low half -> float32 (shift up, reinterpret)."""
+    signature = types.float32(types.uint32)
+
+    def codegen(context, builder, sig, args):
+        shifted = builder.shl(args[0], context.get_constant(types.uint32, 16))
+        return builder.bitcast(shifted, context.get_value_type(types.float32))
+
+    return signature, codegen
+
+
+@njit(**_REDUCE)
+def gemv_bf16(x, bits, out):
+    """out[r] = sum_j x[j] * bf16(bits[r, j]).  x (K,) float32, bits (N, K) uint16."""
+    n_rows, n_cols = bits.shape
+    for r in prange(n_rows):
+        row = bits[r]
+        acc = np.float32(0)
+        for j in range(n_cols):
+            acc += x[j] * _bf16_to_float32(np.uint32(row[j]))
+        out[r] = acc
+
+
+@njit(**_REDUCE)
+def gemv_q8(x, values, scales, out):
+    """out[r] = sum_j x[j] * values[r, j] * scales[r, j // 32]."""
+    n_rows, n_cols = values.shape
+    for r in prange(n_rows):
+        row, row_scales = values[r], scales[r]
+        acc = np.float32(0)
+        for j in range(n_cols):
+            acc += x[j] * np.float32(row[j]) * row_scales[j >> _Q8_SHIFT]
+        out[r] = acc
+
+
+@njit(**_REDUCE)
+def decode_bf16(bits, start, out):
+    """out[i] = bits[start + i] as float32, for a tile of rows multiplied by BLAS."""
+    n_cols = bits.shape[1]
+    for i in prange(out.shape[0]):
+        row, dst = bits[start + i], out[i]
+        for j in range(n_cols):
+            dst[j] = _bf16_to_float32(np.uint32(row[j]))
+
+
+@njit(**_REDUCE)
+def decode_q8(values, scales, start, out):
+    """out[i] = rows start + i of a Q8 matrix as float32."""
+    n_cols = values.shape[1]
+    for i in prange(out.shape[0]):
+        row, row_scales, dst = values[start + i], scales[start + i], out[i]
+        for j in range(n_cols):
+            dst[j] = np.float32(row[j]) * row_scales[j >> _Q8_SHIFT]
+
+
+def warmup() -> None:
+    """Compile (or load from numba's on-disk cache) every kernel for the array kinds
+    the loader produces: writable arrays, and read-only ones (memory-mapped files)."""
+    n_rows, n_cols = 2, 64
+    x = np.zeros(n_cols, dtype=np.float32)
+    out = np.empty(n_rows, dtype=np.float32)
+    tile = np.empty((n_rows, n_cols), dtype=np.float32)
+    for writable in (True, False):
+        bits = np.zeros((n_rows, n_cols), dtype=np.uint16)
+        values = np.zeros((n_rows, n_cols), dtype=np.int8)
+        scales = np.zeros((n_rows, n_cols >> _Q8_SHIFT), dtype=np.float32)
+        for weight in (bits, values, scales):
+            weight.flags.writeable = writable
+        gemv_bf16(x, bits, out)
+        gemv_q8(x, values, scales, out)
+        decode_bf16(bits, 0, tile)
+        decode_q8(values, scales, 0, tile)
+
+
+def set_threads(n: int) -> None:
+    """Use n threads in the parallel loops (at most the NUMBA_NUM_THREADS started)."""
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))

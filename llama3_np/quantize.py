@@ -1,0 +1,144 @@
+"""The in-memory weight formats the kernels multiply by, and conversion into them.
+
+    "f32"   float32 ndarray
+    "bf16"  storage.BF16: raw bfloat16 bits, half the memory of float32
+    "q8"    Q8 below: blocks of 32 int8 values sharing one float32 scale (like ggml's
+            Q8_0), 1.125 bytes per weight
+
+`to_dtype` turns any stored tensor a checkpoint reader returns into one of these.
+Math on them lives in kernels.py.
+"""
+
+import numpy as np
+
+from .errors import CheckpointError, InputError
+from .storage import BF16, as_float32, float32_to_bf16_bits, take_rows
+
+DTYPES = ("f32", "bf16", "q8")
+
+Q8_BLOCK = 32  # values sharing one scale
+_Q8_MAX = 127  # symmetric: -127..127, so -128 is never produced
+
+# Convert big matrices this many values at a time: bounds the float32 temporaries to a
+# few MB instead of a float32 copy of a whole (e.g. 128256 x 4096) embedding.
+_CONVERT_CHUNK_VALUES = 1 << 22
+
+
+class Q8:
+    """A matrix quantised per block of 32 values along each row: w ~= values * scale.
+
+    values: (..., in_features) int8; scales: (..., in_features / 32) float32.
+    Follows the stored-tensor protocol of storage.py."""
+
+    def __init__(self, values: np.ndarray, scales: np.ndarray):
+        if values.dtype != np.int8 or scales.dtype != np.float32:
+            raise TypeError(f"Q8 wants int8 values and float32 scales, got {values.dtype} "
+                            f"and {scales.dtype}")
+        if values.shape[:-1] + (values.shape[-1] // Q8_BLOCK,) != scales.shape \
+                or values.shape[-1] % Q8_BLOCK:
+            raise ValueError(f"Q8 values {values.shape} do not match scales {scales.shape} "
+                             f"for blocks of {Q8_BLOCK}")
+        self.values = values
+        self.scales = scales
+
+    @property
+    def shape(self) -> tuple:
+        return self.values.shape
+
+    @property
+    def nbytes(self) -> int:
+        return self.values.nbytes + self.scales.nbytes
+
+    def to_float32(self) -> np.ndarray:
+        return dequantize_q8(self.values, self.scales)
+
+    def take(self, rows) -> "Q8":
+        return Q8(self.values[rows], self.scales[rows])
+
+    def __repr__(self) -> str:
+        return f"Q8(shape={self.shape})"
+
+
+def dequantize_q8(values: np.ndarray, scales: np.ndarray, out: np.ndarray = None) -> np.ndarray:
+    """values * scale per block, in float32; into `out` (same shape as values) if given."""
+    if out is None:
+        out = np.empty(values.shape, dtype=np.float32)
+    blocked = values.shape[:-1] + (-1, Q8_BLOCK)
+    np.multiply(values.reshape(blocked), scales[..., None], out=out.reshape(blocked))
+    return out
+
+
+def quantize_q8(w: np.ndarray, name: str = "weight") -> Q8:
+    """float32 (..., in_features) -> Q8; each block's largest |w| maps to +-127.
+
+    Every value is rounded to the nearest step, so |w - dequantised| <= scale / 2."""
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim == 0 or w.shape[-1] % Q8_BLOCK:
+        raise InputError(f"cannot quantise {name} {w.shape} to q8: its rows must be a "
+                         f"multiple of {Q8_BLOCK} values long")
+    blocks = w.reshape(w.shape[:-1] + (-1, Q8_BLOCK))
+    scales = np.abs(blocks).max(axis=-1) / np.float32(_Q8_MAX)
+    if not np.isfinite(scales).all():
+        raise CheckpointError(f"cannot quantise {name} to q8: it holds NaN or infinite values")
+    # An all-zero block has scale 0; dividing by 1 there keeps its values 0.
+    steps = blocks / np.where(scales > 0, scales, np.float32(1))[..., None]
+    values = np.rint(steps).astype(np.int8).reshape(w.shape)
+    return Q8(values, scales)
+
+
+def to_dtype(tensor, dtype: str, name: str = "weight"):
+    """Any stored tensor (ndarray, BF16, Q8, GGUF QuantizedTensor) in the in-memory
+    form `dtype` ("f32", "bf16" or "q8") that kernels.linear multiplies by.
+
+    Vectors (norm gains) are always float32: they are tiny and used elementwise.
+    A GGUF block-quantised tensor that a kernel can multiply directly keeps its
+    quantisation whatever `dtype` asks: re-encoding would only cost memory or
+    precision. A tensor already in the asked form is returned as is (no copy).
+    """
+    if dtype not in DTYPES:
+        raise InputError(f"unknown weight dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if len(tensor.shape) != 2:
+        return as_float32(tensor)
+    kernel_form = _gguf_kernel_form(tensor)
+    if kernel_form is not None:
+        return kernel_form
+    if dtype == "f32":
+        return as_float32(tensor)
+    if dtype == "bf16":
+        if isinstance(tensor, BF16):  # kernels read rows as contiguous runs
+            return tensor if tensor.bits.flags.c_contiguous else BF16(
+                np.ascontiguousarray(tensor.bits))
+        bits = np.empty(tensor.shape, dtype=np.uint16)
+        for rows, chunk in _float32_row_chunks(tensor):
+            bits[rows] = float32_to_bf16_bits(chunk)
+        return BF16(bits)
+    if isinstance(tensor, Q8):
+        return tensor
+    values = np.empty(tensor.shape, dtype=np.int8)
+    scales = np.empty(tensor.shape[:-1] + (tensor.shape[-1] // Q8_BLOCK,), dtype=np.float32)
+    for rows, chunk in _float32_row_chunks(tensor):
+        q = quantize_q8(chunk, name)
+        values[rows], scales[rows] = q.values, q.scales
+    return Q8(values, scales)
+
+
+def _float32_row_chunks(tensor):
+    """(row slice, float32 rows) pieces of a 2-D stored tensor, a few MB each."""
+    n_rows, n_cols = tensor.shape
+    step = max(1, _CONVERT_CHUNK_VALUES // max(1, n_cols))
+    for start in range(0, n_rows, step):
+        rows = slice(start, min(n_rows, start + step))
+        yield rows, take_rows(tensor, rows)
+
+
+def _gguf_kernel_form(tensor):
+    """A GGUF block-quantised tensor in the form its kernel uses, or None if it has none.
+
+    Q8_0 is Q8 with float16 scales: widening the scales to float32 is exact."""
+    if getattr(tensor, "ggml_type", None) != "Q8_0":
+        return None
+    n_rows, n_cols = tensor.shape
+    blocks = np.asarray(tensor.raw).reshape(n_rows, n_cols // Q8_BLOCK, 2 + Q8_BLOCK)
+    scales = blocks[:, :, :2].copy().view("<f2")[:, :, 0].astype(np.float32)
+    values = np.ascontiguousarray(blocks[:, :, 2:]).view(np.int8).reshape(n_rows, n_cols)
+    return Q8(values, scales)

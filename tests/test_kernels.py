@@ -1,0 +1,270 @@
+"""kernels.linear against float64 math on the dequantised weight; quantize.py's Q8 format
+and to_dtype conversions; the path without numba; threads.configure_threads."""
+
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+
+import llama3_np
+from llama3_np import kernels
+from llama3_np.checkpoint.gguf_quants import QuantizedTensor
+from llama3_np.errors import CheckpointError, InputError
+from llama3_np.quantize import Q8, dequantize_q8, quantize_q8, to_dtype
+from llama3_np.storage import BF16, bf16_bits_to_float32, float32_to_bf16_bits
+from llama3_np.threads import configure_threads
+
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+BACKENDS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
+    not HAVE_NUMBA, reason="numba is not installed"))]
+U32 = 2.0 ** -24  # float32 unit roundoff
+
+
+@pytest.fixture(autouse=True)
+def restore_backend():
+    yield
+    kernels.set_backend("auto")
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Tiles of 10 weight rows, so 67-row weights take 6 full tiles and a partial one."""
+    monkeypatch.setattr(kernels, "_TILE_VALUES", 10 * 544)
+
+
+def random_matrix(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def gguf_blocks(kind: str, n_rows: int, n_cols: int, seed=0) -> QuantizedTensor:
+    """A valid GGUF tensor: float16 scales (finite), random quantised bytes."""
+    rng = np.random.default_rng(seed)
+    n_blocks = n_rows * n_cols // 32
+    scales = (rng.uniform(0.001, 0.05, (n_blocks, 1))).astype("<f2").view(np.uint8)
+    payload = rng.integers(0, 256, (n_blocks, 32 if kind == "Q8_0" else 16), dtype=np.uint8)
+    raw = np.concatenate([scales, payload], axis=1).reshape(n_rows, -1)
+    return QuantizedTensor(raw, kind)
+
+
+def weight_in(dtype: str, w: np.ndarray):
+    """A float32 matrix in the in-memory form `dtype`, and that form decoded to float32."""
+    if dtype == "f16":
+        stored = w.astype(np.float16)
+    elif dtype == "gguf_q4_0":  # a stored tensor without a kernel of its own
+        stored = gguf_blocks("Q4_0", *w.shape)
+    else:
+        stored = to_dtype(w, dtype)
+    return stored, np.asarray(stored if isinstance(stored, np.ndarray) else
+                              stored.to_float32(), dtype=np.float32)
+
+
+def assert_matches_float64(y, x, w_float32):
+    """Float32 sums of K products, in any order, stay within a few roundoffs times
+    sqrt(K) of the float64 value relative to sum_j |x_j w_ij| (random-walk growth of
+    rounding errors; the worst case K * u is never approached by random data)."""
+    k = x.shape[-1]
+    exact = x.astype(np.float64) @ w_float32.T.astype(np.float64)
+    scale = np.abs(x).astype(np.float64) @ np.abs(w_float32).T.astype(np.float64)
+    assert y.dtype == np.float32 and y.shape == exact.shape
+    np.testing.assert_array_less(np.abs(y - exact), 4 * U32 * np.sqrt(k) * scale + 1e-30)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "q8", "f16", "gguf_q4_0"])
+@pytest.mark.parametrize("n_rows", [1, 7])
+def test_linear_matches_float64_on_the_decoded_weight(backend, dtype, n_rows, small_tiles):
+    kernels.set_backend(backend)
+    w, w_float32 = weight_in(dtype, random_matrix((67, 544)))
+    x = random_matrix((n_rows, 544), seed=1)
+    assert_matches_float64(kernels.linear(x, w), x, w_float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+@pytest.mark.parametrize("n_rows", [1, 7])
+def test_linear_row_length_not_a_multiple_of_the_vector_width(backend, dtype, n_rows):
+    kernels.set_backend(backend)
+    w, w_float32 = weight_in(dtype, random_matrix((5, 37)))
+    x = random_matrix((n_rows, 37), seed=1)
+    assert_matches_float64(kernels.linear(x, w), x, w_float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "q8"])
+def test_linear_keeps_the_leading_shape_of_x(backend, dtype):
+    kernels.set_backend(backend)
+    w, w_float32 = weight_in(dtype, random_matrix((12, 64)))
+    for x_shape in [(64,), (1, 64), (2, 3, 64)]:
+        x = random_matrix(x_shape, seed=2)
+        y = kernels.linear(x, w)
+        assert y.shape == x_shape[:-1] + (12,)
+        assert_matches_float64(y.reshape(-1, 12), x.reshape(-1, 64), w_float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_linear_reads_weights_from_read_only_memory(backend):
+    """Weights memory-mapped from a checkpoint are read-only arrays."""
+    kernels.set_backend(backend)
+    w = to_dtype(random_matrix((9, 64)), "bf16")
+    w.bits.flags.writeable = False
+    x = random_matrix((1, 64), seed=3)
+    assert_matches_float64(kernels.linear(x, w), x, w.to_float32())
+
+
+def test_linear_rejects_a_feature_mismatch():
+    with pytest.raises(ValueError, match="x has 63 features"):
+        kernels.linear(random_matrix((1, 63)), to_dtype(random_matrix((4, 64)), "bf16"))
+
+
+# --- backends and threads ----------------------------------------------------------
+
+def test_unknown_backend_and_thread_count_are_input_errors():
+    with pytest.raises(InputError, match="'cuda'"):
+        kernels.set_backend("cuda")
+    with pytest.raises(InputError, match="at least 1"):
+        kernels.set_threads(0)
+
+
+def test_without_numba_auto_falls_back_to_numpy(monkeypatch):
+    """numba missing: `import numba` fails, as on a machine without it."""
+    monkeypatch.setitem(sys.modules, "numba", None)
+    monkeypatch.delitem(sys.modules, "llama3_np.kernels_numba", raising=False)
+    monkeypatch.delattr(llama3_np, "kernels_numba", raising=False)
+    monkeypatch.setattr(kernels, "_numba_state", {})
+    kernels.set_backend("auto")
+    assert kernels.active_backend() == "numpy"
+    with pytest.raises(InputError, match="needs the numba package"):
+        kernels.set_backend("numba")
+    kernels.warmup()  # nothing to compile, must not fail
+    kernels.set_threads(1)
+    for dtype in ("bf16", "q8"):
+        w, w_float32 = weight_in(dtype, random_matrix((20, 64)))
+        for n_rows in (1, 7):
+            x = random_matrix((n_rows, 64), seed=4)
+            assert_matches_float64(kernels.linear(x, w), x, w_float32)
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
+def test_auto_uses_numba_when_installed():
+    kernels.set_backend("auto")
+    assert kernels.active_backend() == "numba"
+    kernels.warmup()
+
+
+def test_configure_threads_sets_blas_and_numba_variables_unless_user_set(monkeypatch):
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                     "NUMBA_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "5")
+    picked_up = configure_threads(3)
+    assert picked_up is False  # NumPy is imported already in this process
+    import os
+    assert [os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                    "NUMBA_NUM_THREADS")] == ["3", "3", "3"]
+    assert os.environ["MKL_NUM_THREADS"] == "5"
+    assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "4"
+    with pytest.raises(InputError):
+        configure_threads(0)
+
+
+# --- Q8 ------------------------------------------------------------------------------
+
+def test_q8_error_is_at_most_half_a_step_per_block():
+    rng = np.random.default_rng(5)
+    magnitudes = 10.0 ** rng.uniform(-4, 3, (40, 8, 1))  # blocks of very different scale
+    w = (rng.standard_normal((40, 8, 32)) * magnitudes).astype(np.float32)
+    w[0, 0] = 0  # an all-zero block
+    w[1, 1] = 0
+    w[1, 1, 7] = -3.0  # a single non-zero value
+    w = w.reshape(40, 256)
+    q = quantize_q8(w)
+    assert q.values.dtype == np.int8 and q.scales.dtype == np.float32
+    assert q.shape == (40, 256) and q.scales.shape == (40, 8)
+    error = np.abs(w - q.to_float32()).reshape(40, 8, 32)
+    # Half a step from rounding, plus float32 roundoff of w / scale and of q * scale
+    # (each at most u * 127.5 steps).
+    bound = (q.scales * (0.5 + 256 * U32))[..., None]
+    np.testing.assert_array_less(error, np.broadcast_to(bound, error.shape) + 1e-30)
+    largest = np.abs(q.values.reshape(40, 8, 32)).max(axis=-1)
+    assert (largest[q.scales > 0] == 127).all()  # each block uses the full range
+    assert q.scales[0, 0] == 0 and not q.values[0, :32].any()
+    assert q.values[1, 32 + 7] == -127 and q.scales[1, 1] == np.float32(3.0 / 127)
+
+
+def test_q8_take_and_dequantize_into_a_buffer():
+    q = quantize_q8(random_matrix((10, 64)))
+    rows = np.array([7, 2, 2])
+    np.testing.assert_array_equal(q.take(rows).to_float32(), q.to_float32()[rows])
+    out = np.empty((10, 64), dtype=np.float32)
+    assert dequantize_q8(q.values, q.scales, out=out) is out
+    np.testing.assert_array_equal(out, q.to_float32())
+
+
+def test_quantize_q8_refuses_bad_rows_and_non_finite_values():
+    with pytest.raises(InputError, match=r"wq \(4, 40\).*multiple of 32"):
+        quantize_q8(random_matrix((4, 40)), name="wq")
+    bad = random_matrix((2, 64))
+    bad[1, 5] = np.nan
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        quantize_q8(bad)
+
+
+# --- to_dtype ------------------------------------------------------------------------
+
+def test_to_dtype_keeps_a_tensor_already_in_the_asked_form():
+    w = random_matrix((8, 64))
+    bf16, q8 = to_dtype(w, "bf16"), to_dtype(w, "q8")
+    assert to_dtype(w, "f32") is w
+    assert to_dtype(bf16, "bf16") is bf16
+    assert to_dtype(q8, "q8") is q8
+
+
+def test_to_dtype_round_trips(monkeypatch):
+    monkeypatch.setattr(llama3_np.quantize, "_CONVERT_CHUNK_VALUES", 3 * 64)  # 3 rows a chunk
+    w = random_matrix((8, 64))
+    bf16 = to_dtype(w, "bf16")
+    assert isinstance(bf16, BF16)
+    np.testing.assert_array_equal(bf16.bits, float32_to_bf16_bits(w))
+    np.testing.assert_array_equal(to_dtype(bf16, "f32"), bf16_bits_to_float32(bf16.bits))
+    np.testing.assert_allclose(bf16.to_float32(), w, rtol=2.0 ** -8, atol=0)  # bf16: 8-bit mantissa
+    q8 = to_dtype(w, "q8")
+    reference = quantize_q8(w)
+    np.testing.assert_array_equal(q8.values, reference.values)
+    np.testing.assert_array_equal(q8.scales, reference.scales)
+    np.testing.assert_array_equal(to_dtype(q8, "f32"), reference.to_float32())
+    from_bf16 = to_dtype(bf16, "q8")  # converted chunk by chunk through float32
+    np.testing.assert_array_equal(from_bf16.values, quantize_q8(bf16.to_float32()).values)
+    np.testing.assert_array_equal(to_dtype(w.astype(np.float16), "f32"),
+                                  w.astype(np.float16).astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "q8"])
+def test_to_dtype_keeps_vectors_float32(dtype):
+    gain = random_matrix((64,))
+    for stored in (gain, gain.astype(np.float16), BF16(float32_to_bf16_bits(gain))):
+        kept = to_dtype(stored, dtype)
+        assert isinstance(kept, np.ndarray) and kept.dtype == np.float32
+        np.testing.assert_array_equal(kept, np.asarray(stored if isinstance(stored, np.ndarray)
+                                                       else stored.to_float32(), np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "q8"])
+def test_gguf_q8_0_becomes_q8_exactly_whatever_dtype_is_asked(dtype):
+    tensor = gguf_blocks("Q8_0", 6, 96)
+    kept = to_dtype(tensor, dtype)
+    assert isinstance(kept, Q8)
+    np.testing.assert_array_equal(kept.to_float32(), tensor.to_float32())
+
+
+def test_gguf_block_format_without_kernel_is_converted():
+    tensor = gguf_blocks("Q4_0", 6, 96)
+    decoded = tensor.to_float32()
+    np.testing.assert_array_equal(to_dtype(tensor, "f32"), decoded)
+    np.testing.assert_array_equal(to_dtype(tensor, "bf16").bits, float32_to_bf16_bits(decoded))
+    np.testing.assert_array_equal(to_dtype(tensor, "q8").values, quantize_q8(decoded).values)
+
+
+def test_to_dtype_rejects_an_unknown_dtype():
+    with pytest.raises(InputError, match="'int4'.*f32, bf16, q8"):
+        to_dtype(random_matrix((2, 32)), "int4")
