@@ -96,6 +96,9 @@ class ChatSession:
                 piece = decoder.push(token)
                 if piece:
                     yield piece
+            ran_out_of_room = stats.generated_tokens == room < self.max_tokens
+            if stats.stopped_by == "max tokens" and ran_out_of_room:
+                stats.stopped_by = "context full"  # the window ended it, not the reply budget
             rest = decoder.flush()
             if rest:
                 yield rest

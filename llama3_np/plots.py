@@ -158,7 +158,8 @@ def logit_lens_figure(token_ids: np.ndarray, probs: np.ndarray, labels: list, to
     """Layers x positions: colour = probability of that layer's best next token, whose
     text is written in the cell. labels name the positions (the input tokens)."""
     n_layers, seq = probs.shape
-    figure = _figure(2.0 + 1.1 * seq, 1.5 + 0.32 * n_layers)
+    label_room = 0.07 * max(map(len, labels))  # the input tokens, written vertically
+    figure = _figure(2.0 + 1.1 * seq, max(4.0, 2.0 + label_room + 0.32 * n_layers))
     axis = figure.subplots()
     image = axis.imshow(probs, vmin=0, vmax=1, cmap="Blues", aspect="auto", origin="lower",
                         interpolation="nearest")

@@ -41,12 +41,20 @@ class Trace:
         self.model = model
         self.patterns = patterns or ("*",)
         self.steps = []  # one {name: tensor} per forward call
+        self._wanted = {}  # name -> whether a pattern matches; names repeat every call
+
+    def wants(self, name: str) -> bool:
+        wanted = self._wanted.get(name)
+        if wanted is None:
+            # The tokens are always kept: every other tensor is read against them.
+            wanted = name == "tokens" or any(fnmatchcase(name, p) for p in self.patterns)
+            self._wanted[name] = wanted
+        return wanted
 
     def record(self, name: str, tensor: np.ndarray) -> None:
         if name == "tokens":  # every forward call starts here
             self.steps.append({})
-        # The tokens are always kept: every other tensor is read against them.
-        if name == "tokens" or any(fnmatchcase(name, p) for p in self.patterns):
+        if self.wants(name):
             self.steps[-1][name] = np.array(tensor, copy=True)
 
     def __enter__(self) -> "Trace":

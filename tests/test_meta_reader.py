@@ -257,6 +257,6 @@ def test_missing_tensor_is_named(tmp_path, weights):
 
 def test_shapes_that_contradict_params_are_refused(tmp_path, weights):
     write_meta_checkpoint(tmp_path, weights, {**PARAMS, "n_kv_heads": 4}, n_shards=2)
-    with pytest.raises(CheckpointError, match=r"layers\.0\.attention\.wk\.weight has shape "
+    with pytest.raises(CheckpointError, match=r"'layers\.0\.attention\.wk\.weight' has shape "
                                               r"\(32, 64\), but params.json implies \(64, 64\)"):
         read_meta(tmp_path)

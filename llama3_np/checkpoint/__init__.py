@@ -111,7 +111,7 @@ def parse_json_object(text, source, error: type) -> dict:
     except (ValueError, RecursionError) as e:  # ValueError covers bad JSON and bad UTF-8
         raise error(f"{source} is not valid JSON ({type(e).__name__}: {e})") from None
     if not isinstance(value, dict):
-        raise error(f"{source} does not hold a JSON object")
+        raise error(f"{source} is not a JSON object")
     return value
 
 

@@ -14,7 +14,10 @@ def detect_format(path: Path) -> str:
             return "gguf"
         raise CheckpointError(f"{path}: not a checkpoint (expected a .gguf file or a "
                               "directory of a Meta or Hugging Face download)")
-    names = {p.name for p in path.iterdir()}
+    try:
+        names = {p.name for p in path.iterdir()}
+    except OSError as e:
+        raise CheckpointError(f"cannot list {path}: {e.strerror}") from None
     ggufs = sorted(n for n in names if n.endswith(".gguf"))
     if "params.json" in names or any(n.startswith("consolidated.") for n in names):
         return "meta"

@@ -23,17 +23,16 @@ as stored; tests/test_gguf_reader.py proves it on a file written that way.
 """
 
 import math
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..config import ModelConfig, RopeScaling
+from ..config import ModelConfig, RopeScaling, config_value
 from ..errors import CheckpointError, ConfigError
 from ..rope import rope_frequencies
 from ..storage import BF16, as_float32
-from . import Checkpoint, canonical_shapes
+from . import Checkpoint, select_canonical
 from .gguf_quants import BLOCK_FORMATS, QuantizedTensor
 
 MAGIC = b"GGUF"
@@ -61,6 +60,7 @@ _FLOAT_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtyp
 SUPPORTED_TYPES = (*_FLOAT_DTYPES, *BLOCK_FORMATS)
 
 _MAX_DIMS = 4  # GGML_MAX_DIMS
+_MAX_ARRAY_NESTING = 8  # arrays of arrays: the gguf package writes them, ggml reads none
 
 
 @dataclass
@@ -103,26 +103,34 @@ class _Cursor:
         except UnicodeDecodeError:
             raise CheckpointError(f"{self.path}: {what} is not valid UTF-8") from None
 
-    def value(self, vtype: int, what: str):
+    def value(self, vtype: int, what: str, depth: int = 0):
         """One metadata value as a plain Python value (arrays become lists)."""
         if vtype in _SCALAR_DTYPES:
             return self.numbers(_SCALAR_DTYPES[vtype], 1, what)[0].item()
         if vtype == _STRING:
             return self.string(what)
         if vtype == _ARRAY:
+            if depth == _MAX_ARRAY_NESTING:
+                raise CheckpointError(f"{self.path}: {what} nests arrays more than "
+                                      f"{_MAX_ARRAY_NESTING} deep")
             item_type, count = self.u32(what), self.u64(what)
             if item_type in _SCALAR_DTYPES:  # one vectorised read, not a loop
                 return self.numbers(_SCALAR_DTYPES[item_type], count, what).tolist()
-            return [self.value(item_type, what) for _ in range(count)]
+            if item_type not in (_STRING, _ARRAY):  # refuse before looping `count` times
+                raise CheckpointError(f"{self.path}: {what} has unknown value type {item_type}")
+            return [self.value(item_type, what, depth + 1) for _ in range(count)]
         raise CheckpointError(f"{self.path}: {what} has unknown value type {vtype}")
 
 
 def _memory_map(path: Path) -> np.memmap:
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist or is not a file")
-    if path.stat().st_size < 4 + 4 + 8 + 8:  # np.memmap refuses an empty file
-        raise CheckpointError(f"{path} is truncated: too short for a GGUF header")
-    return np.memmap(path, dtype=np.uint8, mode="r")
+    try:
+        if path.stat().st_size < 4 + 4 + 8 + 8:  # np.memmap refuses an empty file
+            raise CheckpointError(f"{path} is truncated: too short for a GGUF header")
+        return np.memmap(path, dtype=np.uint8, mode="r")
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror}") from None
 
 
 def _check_version(version: int, path: Path) -> None:
@@ -207,8 +215,9 @@ def read_gguf_file(path: Path) -> GGUFFile:
         infos.append((name, ne, type_id, cursor.u64(f"the offset of tensor '{name}'")))
 
     alignment = _alignment(metadata, path)
-    data_start = -(-cursor.pos // alignment) * alignment
+    data_start = _padded(cursor.pos, alignment)
     tensors = {}
+    expected_offset = 0  # ggml lays tensors out in table order, each padded to the alignment
     for name, ne, type_id, offset in infos:
         if name in tensors:
             raise CheckpointError(f"{path} is corrupt: tensor '{name}' appears twice")
@@ -217,38 +226,40 @@ def read_gguf_file(path: Path) -> GGUFFile:
             raise CheckpointError(f"{path} is corrupt: tensor '{name}' starts at data offset "
                                   f"{offset}, not a multiple of the alignment {alignment}")
         start = data_start + offset
-        end = start + _tensor_bytes(type_name, ne, name, path)
-        if end > len(data):
+        size = _tensor_bytes(type_name, ne, name, path)
+        if start + size > len(data):
             raise CheckpointError(f"{path} is truncated: tensor '{name}' needs bytes "
-                                  f"{start}..{end} but the file ends at byte {len(data)}")
+                                  f"{start}..{start + size} but the file ends at byte {len(data)}")
+        if offset != expected_offset:  # as llama.cpp's gguf_init_from_file checks
+            raise CheckpointError(f"{path} is corrupt: tensor '{name}' has data offset "
+                                  f"{offset}, but the tensors before it end at {expected_offset}")
+        expected_offset += _padded(size, alignment)
         tensors[name] = _stored_tensor(data, start, type_name, ne)
     return GGUFFile(path=path, version=version, metadata=metadata, tensors=tensors)
 
 
-# llama.cpp tensor names -> Meta's.
-_GLOBAL_NAMES = {
-    "token_embd.weight": "tok_embeddings.weight",
-    "output_norm.weight": "norm.weight",
-    "output.weight": "output.weight",
-    "rope_freqs.weight": "rope.freqs",  # Llama 3.1 scaling as per-frequency divisors
-}
+def _padded(size: int, alignment: int) -> int:
+    return -(-size // alignment) * alignment
+
+
+# Meta's tensor names -> llama.cpp's.
+_TOP_NAMES = {"tok_embeddings.weight": "token_embd.weight", "norm.weight": "output_norm.weight",
+              "output.weight": "output.weight"}
 _LAYER_NAMES = {
-    "attn_norm": "attention_norm", "ffn_norm": "ffn_norm",
-    "attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "attention.wv",
-    "attn_output": "attention.wo",
-    "ffn_gate": "feed_forward.w1", "ffn_down": "feed_forward.w2", "ffn_up": "feed_forward.w3",
+    "attention_norm": "attn_norm", "ffn_norm": "ffn_norm",
+    "attention.wq": "attn_q", "attention.wk": "attn_k", "attention.wv": "attn_v",
+    "attention.wo": "attn_output",
+    "feed_forward.w1": "ffn_gate", "feed_forward.w2": "ffn_down", "feed_forward.w3": "ffn_up",
 }
-_LAYER_PATTERN = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+ROPE_FREQS = "rope_freqs.weight"  # Llama 3.1 scaling as per-frequency divisors
 
 
-def canonical_name(gguf_name: str):
-    """Meta's name for a llama.cpp tensor name, or None if a Llama model has no such tensor."""
-    if gguf_name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[gguf_name]
-    match = _LAYER_PATTERN.fullmatch(gguf_name)
-    if match and match.group(2) in _LAYER_NAMES:
-        return f"layers.{int(match.group(1))}.{_LAYER_NAMES[match.group(2)]}.weight"
-    return None
+def gguf_name(canonical: str) -> str:
+    """llama.cpp's name for one of Meta's tensor names."""
+    if canonical in _TOP_NAMES:
+        return _TOP_NAMES[canonical]
+    _, layer, rest = canonical.split(".", 2)  # "layers", "{i}", "attention.wq.weight"
+    return f"blk.{layer}.{_LAYER_NAMES[rest.removesuffix('.weight')]}.weight"
 
 
 def _check_architecture(metadata: dict, path: Path) -> None:
@@ -257,21 +268,9 @@ def _check_architecture(metadata: dict, path: Path) -> None:
         raise CheckpointError(f"{path}: architecture '{arch}' is not supported (only 'llama')")
 
 
-_REQUIRED = object()
-
-
-def _field(metadata: dict, key: str, kind: type, path: Path, default=_REQUIRED):
+def _field(metadata: dict, key: str, kind: type, path: Path, **default):
     """A metadata value of the given type (an int is accepted where a float is wanted)."""
-    if key not in metadata:
-        if default is _REQUIRED:
-            raise ConfigError(f"{path} has no metadata '{key}'")
-        return default
-    value = metadata[key]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{path}: metadata '{key}' should be {kind.__name__}, got {value!r}")
-    return value
+    return config_value(metadata, key, kind, source=str(path), **default)
 
 
 def _rope_scaling(metadata: dict, divisors, config: ModelConfig, path: Path):
@@ -282,8 +281,8 @@ def _rope_scaling(metadata: dict, divisors, config: ModelConfig, path: Path):
     between). The largest divisor is the factor; the other parameters are Llama 3's
     (low 1, high 4, original context 8192 unless the file says otherwise), and the
     divisors they imply must match the stored ones, or the file is refused."""
-    kind = _field(metadata, "llama.rope.scaling.type", str, path, "none")
-    factor = _field(metadata, "llama.rope.scaling.factor", float, path, 1.0)
+    kind = _field(metadata, "llama.rope.scaling.type", str, path, default="none")
+    factor = _field(metadata, "llama.rope.scaling.factor", float, path, default=1.0)
     if kind not in ("none", "linear") or (kind == "linear" and factor != 1.0):
         raise ConfigError(f"{path}: rope scaling '{kind}' (factor {factor}) is not supported; "
                           "only Llama 3.1's scaling (a rope_freqs tensor) or none")
@@ -298,9 +297,10 @@ def _rope_scaling(metadata: dict, divisors, config: ModelConfig, path: Path):
     scaling = RopeScaling(
         factor=float(divisors.max()),
         original_context=_field(metadata, "llama.rope.scaling.original_context_length", int,
-                                path, 8192))
+                                path, default=8192))
     plain = rope_frequencies(config.head_dim, config.rope_theta)
-    implied = plain / rope_frequencies(config.head_dim, config.rope_theta, scaling)
+    with np.errstate(all="ignore"):  # damaged divisors (inf, NaN) are refused just below
+        implied = plain / rope_frequencies(config.head_dim, config.rope_theta, scaling)
     # rtol: the converter computes the blend in float32 in another order (a few ulp);
     # any other factor or context moves some divisor by far more than 1e-4.
     if not np.allclose(divisors, implied, rtol=1e-4, atol=0):
@@ -311,75 +311,57 @@ def _rope_scaling(metadata: dict, divisors, config: ModelConfig, path: Path):
 
 
 def config_from_gguf(metadata: dict, tensors: dict, path: Path) -> ModelConfig:
-    """ModelConfig from llama.* and tokenizer.ggml.* metadata; tensors are under Meta's names
-    (the embedding gives the vocabulary size when the metadata does not, rope.freqs the
-    rope scaling, a missing output.weight means tied embeddings)."""
+    """ModelConfig from llama.* and tokenizer.ggml.* metadata; tensors are under the file's
+    names (the embedding gives the vocabulary size when the metadata does not, rope_freqs
+    the rope scaling, a missing output.weight means tied embeddings)."""
     _check_architecture(metadata, path)
-    vocab = _field(metadata, "llama.vocab_size", int, path, 0) or \
-        len(_field(metadata, "tokenizer.ggml.tokens", list, path, [])) or \
-        (tensors["tok_embeddings.weight"].shape[0] if "tok_embeddings.weight" in tensors else 0)
-    stops = [_field(metadata, f"tokenizer.ggml.{kind}_token_id", int, path, None)
+
+    def field(key, kind, **default):
+        return _field(metadata, key, kind, path, **default)
+
+    embedding = tensors.get(_TOP_NAMES["tok_embeddings.weight"])
+    vocab = field("llama.vocab_size", int, default=0) or \
+        len(field("tokenizer.ggml.tokens", list, default=[])) or \
+        (embedding.shape[0] if embedding is not None else 0)
+    stops = [field(f"tokenizer.ggml.{kind}_token_id", int, default=None)
              for kind in ("eos", "eot", "eom")]
-    n_heads = _field(metadata, "llama.attention.head_count", int, path)
+    n_heads = field("llama.attention.head_count", int)
     config = ModelConfig(
-        dim=_field(metadata, "llama.embedding_length", int, path),
-        n_layers=_field(metadata, "llama.block_count", int, path),
+        dim=field("llama.embedding_length", int),
+        n_layers=field("llama.block_count", int),
         n_heads=n_heads,
-        n_kv_heads=_field(metadata, "llama.attention.head_count_kv", int, path, n_heads),
+        n_kv_heads=field("llama.attention.head_count_kv", int, default=n_heads),
         vocab_size=vocab,
-        ffn_dim=_field(metadata, "llama.feed_forward_length", int, path),
-        norm_eps=_field(metadata, "llama.attention.layer_norm_rms_epsilon", float, path, 1e-5),
-        rope_theta=_field(metadata, "llama.rope.freq_base", float, path, 10000.0),
+        ffn_dim=field("llama.feed_forward_length", int),
+        norm_eps=field("llama.attention.layer_norm_rms_epsilon", float, default=1e-5),
+        rope_theta=field("llama.rope.freq_base", float, default=10000.0),
         tie_embeddings="output.weight" not in tensors,
-        max_seq_len=_field(metadata, "llama.context_length", int, path),
-        bos_id=_field(metadata, "tokenizer.ggml.bos_token_id", int, path, None),
+        max_seq_len=field("llama.context_length", int),
+        bos_id=field("tokenizer.ggml.bos_token_id", int, default=None),
         stop_ids=tuple(dict.fromkeys(s for s in stops if s is not None)),  # unique, in order
-        head_dim=_field(metadata, "llama.attention.key_length", int, path, 0),  # 0: dim/heads
+        head_dim=field("llama.attention.key_length", int, default=0),  # 0: dim / heads
         source=str(path),
     )
     for key in ("llama.attention.value_length", "llama.rope.dimension_count"):
-        if _field(metadata, key, int, path, config.head_dim) != config.head_dim:
+        if field(key, int, default=config.head_dim) != config.head_dim:
             raise ConfigError(f"{path}: {key} = {metadata[key]} differs from the head size "
                               f"{config.head_dim} (not a Llama 3 model)")
-    scaling = _rope_scaling(metadata, tensors.get("rope.freqs"), config, path)
+    divisors = tensors.get(ROPE_FREQS)
+    scaling = _rope_scaling(metadata, None if divisors is None else as_float32(divisors),
+                            config, path)
     return replace(config, rope_scaling=scaling)
 
 
-def _check_tensors(tensors: dict, config: ModelConfig, renamed: dict, path: Path) -> None:
-    """Every tensor the model needs is present in the shape the config implies, and no other
-    (an unknown tensor could change the model's arithmetic)."""
-    shapes = canonical_shapes(config)
-    missing = [name for name in shapes if name not in tensors]
-    if missing:
-        raise CheckpointError(f"{path} lacks {len(missing)} tensor(s) a Llama model needs, "
-                              f"e.g. (in Meta's names) {', '.join(missing[:3])}")
-    for name, shape in shapes.items():
-        if tuple(tensors[name].shape) != shape:
-            raise CheckpointError(f"{path}: tensor '{renamed[name]}' has shape "
-                                  f"{tuple(tensors[name].shape)}, but the metadata implies {shape}")
-    for name in tensors.keys() - shapes.keys() - {"rope.freqs"}:
-        raise CheckpointError(f"{path}: tensor '{renamed[name]}' does not belong to a "
-                              f"{config.n_layers}-layer Llama model")
-
-
 def read_gguf(path: Path) -> Checkpoint:
-    """A llama.cpp GGUF checkpoint as a Checkpoint: Meta's names and layout, storage precision."""
+    """A llama.cpp GGUF checkpoint as a Checkpoint: Meta's names and layout, storage precision.
+    Llama 3.1's rope_freqs tensor is kept as float32 "rope.freqs" (the scaling it implies
+    is in the config)."""
     gguf = read_gguf_file(path)
-    _check_architecture(gguf.metadata, gguf.path)  # before names: other models use others
-    tensors, renamed = {}, {}  # canonical -> stored tensor / GGUF name (for messages)
-    for gguf_name, tensor in gguf.tensors.items():
-        name = canonical_name(gguf_name)
-        if name is None:
-            raise CheckpointError(f"{gguf.path}: tensor '{gguf_name}' is not part of a Llama "
-                                  "model; refusing to run without it")
-        tensors[name], renamed[name] = tensor, gguf_name
-    if "rope.freqs" in tensors:
-        tensors["rope.freqs"] = as_float32(tensors["rope.freqs"])
-
-    config = config_from_gguf(gguf.metadata, tensors, gguf.path)
-    if config.tie_embeddings and "tok_embeddings.weight" in tensors:
-        tensors["output.weight"] = tensors["tok_embeddings.weight"]  # the same object
-        renamed["output.weight"] = renamed["tok_embeddings.weight"]
-    _check_tensors(tensors, config, renamed, gguf.path)
+    config = config_from_gguf(gguf.metadata, gguf.tensors, gguf.path)
+    tensors = select_canonical(gguf.tensors, config, gguf.path, stored_name=gguf_name,
+                               ignore=lambda name: name == ROPE_FREQS,
+                               config_name="its metadata")
+    if ROPE_FREQS in gguf.tensors:
+        tensors["rope.freqs"] = as_float32(gguf.tensors[ROPE_FREQS])
     return Checkpoint(config=config, tensors=tensors, path=gguf.path, format="gguf",
                       tokenizer_file=None, metadata=gguf.metadata)

@@ -7,7 +7,6 @@ at load. HF's names become Meta's, and HF's q/k row order is turned back into Me
 once, here, so the model's complex RoPE applies directly.
 """
 
-import json
 import math
 import struct
 from dataclasses import replace
@@ -17,9 +16,9 @@ from typing import Optional
 import numpy as np
 
 from ..config import ModelConfig, from_hf_config
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..storage import BF16
-from . import Checkpoint, canonical_shapes
+from . import Checkpoint, parse_json_object, read_json_object, select_canonical
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -70,18 +69,19 @@ def unpermute_qk(rows: np.ndarray, n_heads: int) -> np.ndarray:
 def read_safetensors(path: Path) -> dict:
     """Every tensor in one .safetensors file, memory-mapped: F32 and F16 as ndarrays,
     BF16 as storage.BF16 over the raw bits. The header is checked before any use."""
-    header, data_start = _read_header(path)
+    header, data_start, file_size = _read_header(path)
+    data_size = file_size - data_start
+    entries = {name: _check_entry(path, name, entry, data_size)
+               for name, entry in header.items()
+               if name != "__metadata__"}  # free-form strings, e.g. {"format": "pt"}
+    _check_layout(path, entries, data_size)
     file = np.memmap(path, dtype=np.uint8, mode="r")
-    data_size = file.size - data_start
     tensors = {}
-    for name, entry in header.items():
-        if name == "__metadata__":  # free-form strings, e.g. {"format": "pt"}
-            continue
-        dtype, shape, begin, end = _check_entry(path, name, entry, data_size)
+    for name, (dtype, shape, begin, end) in entries.items():
         count = (end - begin) // dtype.itemsize
         array = np.frombuffer(file, dtype=dtype, count=count, offset=data_start + begin)
         array = array.reshape(shape)
-        tensors[name] = BF16(array) if entry["dtype"] == "BF16" else array
+        tensors[name] = BF16(array) if header[name]["dtype"] == "BF16" else array
     return tensors
 
 
@@ -102,13 +102,8 @@ def _read_header(path: Path) -> tuple:
             raw = f.read(header_size)
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror}") from e
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({e})") from e
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: safetensors header is not a JSON object")
-    return header, 8 + header_size
+    header = parse_json_object(raw, f"{path}: the safetensors header", CheckpointError)
+    return header, 8 + header_size, file_size
 
 
 def _check_entry(path: Path, name: str, entry, data_size: int) -> tuple:
@@ -116,7 +111,7 @@ def _check_entry(path: Path, name: str, entry, data_size: int) -> tuple:
     where = f"{path}: tensor '{name}'"
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
         raise CheckpointError(f"{where} lacks dtype, shape or data_offsets in the header")
-    if entry["dtype"] not in _DTYPES:
+    if not isinstance(entry["dtype"], str) or entry["dtype"] not in _DTYPES:
         raise CheckpointError(f"{where} has dtype {entry['dtype']!r}; only "
                               f"{', '.join(_DTYPES)} are supported")
     dtype = _DTYPES[entry["dtype"]]
@@ -136,20 +131,23 @@ def _check_entry(path: Path, name: str, entry, data_size: int) -> tuple:
     return dtype, tuple(shape), begin, end
 
 
+def _check_layout(path: Path, entries: dict, data_size: int) -> None:
+    """The tensors tile the data section exactly, in offset order, as the safetensors
+    library requires: no gaps, no overlaps, nothing after. So a damaged offset cannot
+    quietly read another tensor's bytes."""
+    position = 0
+    for name, (_, _, begin, end) in sorted(entries.items(), key=lambda item: item[1][2:]):
+        if begin != position:
+            raise CheckpointError(f"{path}: tensor '{name}' starts at data byte {begin}, but "
+                                  f"the previous tensor ends at {position} (gap or overlap)")
+        position = end
+    if position != data_size:
+        raise CheckpointError(f"{path}: the tensors end at data byte {position}, but the file "
+                              f"holds {data_size} data bytes")
+
+
 def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise CheckpointError(f"cannot read {path}: {e.strerror}") from e
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e})") from e
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path} does not hold a JSON object")
-    return value
 
 
 def _read_hf_tensors(directory: Path) -> dict:
@@ -160,7 +158,7 @@ def _read_hf_tensors(directory: Path) -> dict:
             raise CheckpointError(f"{directory} has neither {SINGLE_FILE} nor {INDEX_FILE}")
         return read_safetensors(directory / SINGLE_FILE)
 
-    weight_map = _read_json(index_path).get("weight_map")
+    weight_map = read_json_object(index_path, CheckpointError).get("weight_map")
     if not (isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())):
         raise CheckpointError(f"{index_path} has no 'weight_map' of tensor name -> file name")
     shards = {}
@@ -176,31 +174,6 @@ def _read_hf_tensors(directory: Path) -> dict:
             raise CheckpointError(f"{directory / shard} has no tensor '{name}', "
                                   f"though {INDEX_FILE} says it does")
         tensors[name] = shards[shard][name]
-    return tensors
-
-
-def _canonical_tensors(hf_tensors: dict, config: ModelConfig, directory: Path) -> dict:
-    """Rename HF tensors to Meta's names, checking that each needed one is there with the
-    right shape and that nothing unknown is (an unknown tensor means a model we would
-    run wrongly, e.g. one with attention biases)."""
-    shapes = canonical_shapes(config)
-    if config.tie_embeddings:
-        del shapes["output.weight"]  # a stored lm_head is ignored: tied means the embedding
-    by_hf_name = {hf_name(canonical): canonical for canonical in shapes}
-    for name in hf_tensors:
-        if name not in by_hf_name and name != "lm_head.weight" \
-                and not name.endswith(_IGNORED_SUFFIXES):
-            raise CheckpointError(f"{directory} holds tensor '{name}', which a Llama model "
-                                  f"with {config.n_layers} layers does not use")
-    tensors = {}
-    for name, canonical in by_hf_name.items():
-        if name not in hf_tensors:
-            raise CheckpointError(f"{directory} has no tensor '{name}'")
-        tensor = hf_tensors[name]
-        if tuple(tensor.shape) != shapes[canonical]:
-            raise CheckpointError(f"{directory}: tensor '{name}' has shape {tuple(tensor.shape)}, "
-                                  f"config.json implies {shapes[canonical]}")
-        tensors[canonical] = tensor
     return tensors
 
 
@@ -230,15 +203,18 @@ def read_hf(directory: Path) -> Checkpoint:
     if not config_path.is_file():
         raise CheckpointError(f"{directory} has no config.json; not a Hugging Face snapshot")
     generation_path = directory / "generation_config.json"
-    generation = _read_json(generation_path) if generation_path.is_file() else None
-    config = from_hf_config(_read_json(config_path), generation, source=str(config_path))
+    generation = (read_json_object(generation_path, ConfigError)
+                  if generation_path.is_file() else None)
+    config = from_hf_config(read_json_object(config_path, ConfigError), generation,
+                            source=str(config_path))
 
     hf_tensors = _read_hf_tensors(directory)
     if "lm_head.weight" not in hf_tensors and not config.tie_embeddings:
         config = replace(config, tie_embeddings=True)  # no lm_head: the embedding is the output
-    tensors = _canonical_tensors(hf_tensors, config, directory)
+    # A stored lm_head is ignored when tied: tied means the output is the embedding.
+    tensors = select_canonical(hf_tensors, config, directory, stored_name=hf_name,
+                               ignore=lambda name: name == "lm_head.weight"
+                               or name.endswith(_IGNORED_SUFFIXES))
     _undo_qk_permutation(tensors, config)
-    if config.tie_embeddings:
-        tensors["output.weight"] = tensors["tok_embeddings.weight"]
     return Checkpoint(config=config, tensors=tensors, path=directory, format="hf",
                       tokenizer_file=_tokenizer_file(directory))

@@ -9,12 +9,12 @@ shards) are joined along the axis Meta's code split each weight on.
 """
 
 import io
-import json
 import math
 import pickle
 import re
 import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..config import ModelConfig, from_meta_params
+from ..config import from_meta_params
 from ..errors import CheckpointError, ConfigError
 from ..storage import BF16
-from . import Checkpoint, canonical_names, canonical_shapes
+from . import Checkpoint, read_json_object, select_canonical
 
 _SHARD_NAME = re.compile(r"consolidated\.(\d+)\.pth")
 
@@ -41,14 +41,14 @@ def read_meta(directory: Path) -> Checkpoint:
     params_path = directory / "params.json"
     params = _read_params(params_path)
     shards = [(path, read_pth(path)) for path in _shard_paths(directory)]
-    holds_output = [path for path, tensors in shards if "output.weight" in tensors]
-    if holds_output and len(holds_output) != len(shards):
-        raise CheckpointError(f"{directory}: output.weight is in {holds_output[0].name} "
-                              "but not in every shard")
-    config = from_meta_params(params, source=str(params_path), tie_embeddings=not holds_output)
+    _check_same_names(shards)
+    config = from_meta_params(params, source=str(params_path),
+                              tie_embeddings="output.weight" not in shards[0][1])
+    where = shards[0][0] if len(shards) == 1 else f"{directory} ({len(shards)} shards)"
+    tensors = select_canonical(_join_shards(shards, config.dim, directory), config, where,
+                               ignore=lambda name: name == "rope.freqs")  # Llama 2 kept it
     tokenizer = directory / "tokenizer.model"
-    return Checkpoint(config=config, tensors=_join_shards(shards, config, directory),
-                      path=directory, format="meta",
+    return Checkpoint(config=config, tensors=tensors, path=directory, format="meta",
                       tokenizer_file=tokenizer if tokenizer.is_file() else None)
 
 
@@ -59,7 +59,17 @@ def read_pth(path: Path) -> dict:
     state = _TensorUnpickler(_TorchArchive(path)).load_checked()
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict of tensors")
-    return {name: tensor for name, tensor in state.items() if isinstance(name, str)}
+    return {name: _untampered(path, name, value) for name, value in state.items()
+            if isinstance(name, str)}
+
+
+def _untampered(path: Path, name: str, value):
+    """A pickle's BUILD opcode can rewrite the attributes of a BF16 the unpickler made;
+    such a value is refused here, before anything reads its bits."""
+    if isinstance(value, BF16) and not (type(value.bits) is np.ndarray
+                                        and value.bits.dtype == np.uint16):
+        raise CheckpointError(f"{path}: data.pkl rewrites the bits of tensor '{name}'")
+    return value
 
 
 # ---- the directory: params.json and the shard files ----
@@ -67,18 +77,10 @@ def read_pth(path: Path) -> dict:
 def _read_params(path: Path) -> dict:
     if not path.parent.is_dir():
         raise CheckpointError(f"{path.parent} is not a directory")
-    try:
-        params = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.exists():
         raise CheckpointError(f"{path.parent} has no params.json, which a Meta checkpoint "
-                              "directory needs next to consolidated.00.pth") from None
-    except OSError as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
-    except ValueError as e:  # bad JSON or bad UTF-8
-        raise ConfigError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(params, dict):
-        raise ConfigError(f"{path} does not hold a JSON object")
-    return params
+                              "directory needs next to consolidated.00.pth")
+    return read_json_object(path, ConfigError)
 
 
 def _shard_paths(directory: Path) -> list:
@@ -105,40 +107,33 @@ def _shard_paths(directory: Path) -> list:
 
 # ---- joining model-parallel shards into canonical tensors ----
 
-def _join_shards(shards: list, config: ModelConfig, directory: Path) -> dict:
-    """Canonical name -> tensor of the full model; extra tensors (rope.freqs) are ignored."""
-    expected_shapes = canonical_shapes(config)
-    tensors = {}
-    for name in canonical_names(config.n_layers, config.tie_embeddings):
-        expected = expected_shapes[name]
-        parts = [_shard_tensor(path, tensors_of_shard, name, len(expected))
-                 for path, tensors_of_shard in shards]
-        tensor = _join(name, parts, expected, directory)
-        if tensor.shape != expected:
-            where = shards[0][0] if len(shards) == 1 else f"{directory} ({len(shards)} shards)"
-            raise CheckpointError(f"{where}: {name} has shape {tensor.shape}, but "
-                                  f"params.json implies {expected}")
-        tensors[name] = tensor
-    if config.tie_embeddings:  # the same object, never a copy
-        tensors["output.weight"] = tensors["tok_embeddings.weight"]
-    return tensors
+def _check_same_names(shards: list) -> None:
+    """Model-parallel shards each hold a slice of every tensor: the same names in all."""
+    first_path, first = shards[0]
+    for path, tensors in shards[1:]:
+        for name in first.keys() - tensors.keys():
+            raise CheckpointError(f"{path} has no tensor '{name}', which {first_path.name} has")
+        for name in tensors.keys() - first.keys():
+            raise CheckpointError(f"{first_path} has no tensor '{name}', which {path.name} has")
 
 
-def _shard_tensor(path: Path, shard: dict, name: str, ndim: int):
-    if name not in shard:
-        raise CheckpointError(f"{path} has no tensor '{name}'")
-    tensor = shard[name]
+def _join_shards(shards: list, dim: int, directory: Path) -> dict:
+    """Name -> the whole tensor, each stored tensor checked to be floating point."""
+    return {name: _join(name, [_float_tensor(path, tensors[name], name) for path, tensors in shards],
+                        dim, directory)
+            for name in shards[0][1]}
+
+
+def _float_tensor(path: Path, tensor, name: str):
     is_float = isinstance(tensor, BF16) or (
         isinstance(tensor, np.ndarray) and tensor.dtype in (np.float32, np.float16))
     if not is_float:
         kind = tensor.dtype if isinstance(tensor, np.ndarray) else type(tensor).__name__
         raise CheckpointError(f"{path}: {name} is {kind}; expected bfloat16, float16 or float32")
-    if len(tensor.shape) != ndim:
-        raise CheckpointError(f"{path}: {name} has shape {tensor.shape}; expected {ndim} dims")
     return tensor
 
 
-def _join(name: str, parts: list, expected: tuple, directory: Path):
+def _join(name: str, parts: list, dim: int, directory: Path):
     if len(parts) == 1:
         return parts[0]
     if len({part.shape for part in parts}) != 1:
@@ -146,18 +141,21 @@ def _join(name: str, parts: list, expected: tuple, directory: Path):
                               f"{[part.shape for part in parts]}")
     if len({_precision(part) for part in parts}) != 1:
         raise CheckpointError(f"{directory}: the shards hold {name} in different precisions")
-    axis = _split_axis(name, parts[0].shape, expected)
+    axis = _split_axis(name, parts[0].shape, dim)
     if axis is None:
         return parts[0]
+    if axis >= len(parts[0].shape):
+        raise CheckpointError(f"{directory}: the shards hold {name} with shape "
+                              f"{parts[0].shape}; a split weight is a matrix")
     # Concatenate the stored values (bf16 bits stay bits): one copy, in storage precision.
     if isinstance(parts[0], BF16):
         return BF16(np.concatenate([part.bits for part in parts], axis=axis))
     return np.concatenate(parts, axis=axis)
 
 
-def _split_axis(name: str, part_shape: tuple, expected: tuple):
+def _split_axis(name: str, part_shape: tuple, dim: int):
     """The axis Meta's model-parallel code split `name` on, or None if replicated."""
-    kind = name.split(".")[-2]  # "layers.0.attention.wq.weight" -> "wq"
+    kind = name.split(".")[-2] if "." in name else ""  # "layers.0.attention.wq.weight" -> "wq"
     if kind in _COLUMN_PARALLEL:
         return 0
     if kind in _ROW_PARALLEL:
@@ -165,7 +163,7 @@ def _split_axis(name: str, part_shape: tuple, expected: tuple):
     if kind == "tok_embeddings":
         # Llama 3's VocabParallelEmbedding splits the vocabulary; Llama 2's
         # ParallelEmbedding split the embedding dim. The shard shape tells which.
-        return 0 if part_shape[1] == expected[1] else 1
+        return 0 if part_shape[-1] == dim else 1
     return None
 
 
@@ -174,6 +172,14 @@ def _precision(tensor) -> str:
 
 
 # ---- one .pth file: the zip archive and its pickle ----
+
+# What zipfile raises on a damaged archive besides BadZipFile: short reads (EOFError),
+# offsets pointing outside the file (ValueError, OverflowError), a damaged compressed
+# member (zlib.error), a flipped compression or encryption flag (NotImplementedError,
+# RuntimeError), undecodable names (UnicodeDecodeError, a ValueError).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
+               OverflowError, struct.error, zlib.error, NotImplementedError, RuntimeError)
+
 
 class _TorchArchive:
     """A torch.save zip: its data.pkl bytes and its storages mapped (not read) from disk."""
@@ -189,13 +195,17 @@ class _TorchArchive:
                                           "checkpoint: it has no single data.pkl")
                 # The archive's top directory is named after whatever file torch.save wrote.
                 self.prefix = pickles[0][: -len("data.pkl")]
+                if self.members[pickles[0]].compress_type != zipfile.ZIP_STORED:
+                    # torch.save stores every record; a compressed one could be a zip bomb
+                    raise CheckpointError(f"{path}: {pickles[0]} is compressed; torch.save "
+                                          "stores it uncompressed, so this file was repacked")
                 self.pickle_bytes = archive.read(pickles[0])
                 byteorder_member = self.prefix + "byteorder"
                 byteorder = (archive.read(byteorder_member) if byteorder_member in self.members
                              else b"little")
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise CheckpointError(f"{path} is not a complete zip archive (truncated or not a "
-                                  f"torch.save file): {e}") from e
+        except _ZIP_ERRORS as e:
+            raise CheckpointError(f"{path} is not a complete zip archive (truncated, corrupt "
+                                  f"or not a torch.save file): {type(e).__name__}: {e}") from e
         if byteorder.strip() != b"little":
             raise CheckpointError(f"{path} stores {byteorder.decode(errors='replace')} "
                                   "endian data; only little-endian checkpoints are supported")
@@ -222,12 +232,19 @@ class _TorchArchive:
 
     def _data_start(self, info: zipfile.ZipInfo) -> int:
         # The local file header (30 bytes + name + extra field) precedes the member's data;
-        # its extra field may differ from the central directory's, so read it here.
-        header = bytes(self.file[info.header_offset:info.header_offset + 30])
+        # its extra field may differ from the central directory's, so read it here. Its
+        # name must repeat the directory's, as zipfile itself checks when it reads.
+        offset = info.header_offset
+        header = bytes(self.file[offset:offset + 30]) if offset >= 0 else b""
         if len(header) < 30 or header[:4] != b"PK\x03\x04":
             raise CheckpointError(f"{self.path}: the zip header of {info.filename} is corrupt")
         name_length, extra_length = struct.unpack_from("<HH", header, 26)
-        return info.header_offset + 30 + name_length + extra_length
+        name = bytes(self.file[offset + 30:offset + 30 + name_length])
+        if name != info.orig_filename.encode("utf-8", errors="replace") and \
+                name != info.orig_filename.encode("cp437", errors="replace"):
+            raise CheckpointError(f"{self.path}: the zip header of {info.filename} names "
+                                  f"another file ({name[:60]!r})")
+        return offset + 30 + name_length + extra_length
 
 
 # torch's storage types, by the name data.pkl refers to them; bfloat16 arrives as uint16 bits.

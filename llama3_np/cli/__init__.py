@@ -6,6 +6,7 @@ A Llama3Error becomes one line on stderr and exit code 1 (--debug shows the trac
 
 import argparse
 import importlib
+import os
 import sys
 
 from ..errors import Llama3Error
@@ -49,3 +50,6 @@ def main(argv: list) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`run.py inspect | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

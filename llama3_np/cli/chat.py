@@ -74,22 +74,25 @@ def converse(session) -> None:
         try:
             stream_reply(session, text)
         except KeyboardInterrupt:
-            print("\n[interrupted: the reply so far stays in the conversation]", file=sys.stderr)
+            print("[interrupted: the reply so far stays in the conversation]", file=sys.stderr)
         except InputError as error:  # the context window is full: say so, keep chatting
             print(f"error: {error}", file=sys.stderr)
 
 
 def stream_reply(session, text: str) -> None:
     """Print the reply as it is generated; notices about it go to stderr."""
-    with closing(session.send(text)) as pieces:  # closed on Ctrl-C: the session closes the reply
-        if session.dropped_exchanges:
-            print(f"[forgot the oldest {session.dropped_exchanges} exchange(s) to make room]",
-                  file=sys.stderr)
-        for piece in pieces:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+    pieces = session.send(text)
+    if session.dropped_exchanges:
+        print(f"[forgot the oldest {session.dropped_exchanges} exchange(s) to make room]",
+              file=sys.stderr)
+    try:
+        with closing(pieces):  # closed on Ctrl-C too: the session keeps and closes the reply
+            for piece in pieces:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+    finally:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
     stopped_by = session.last_stats.stopped_by
     if stopped_by == "max tokens":
         print(f"[the reply was cut at --max-tokens {session.max_tokens}]", file=sys.stderr)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..model import softmax
 from ..trace import AXES, axis_sizes, step_axes, step_layer, token_label
 from .common import add_model_arguments, load_model, model_path
 
@@ -47,8 +48,8 @@ def add_arguments(parser) -> None:
     group.add_argument("--dump", type=Path, default=None, metavar="FILE.npz",
                        help="save every recorded tensor (all heads), keyed by step name")
     group.add_argument("--plot", type=Path, default=None, metavar="DIR",
-                       help="write PNG pictures (attention, RoPE, RMSNorm, logit lens; "
-                            "needs matplotlib)")
+                       help="write PNG pictures: attention per head (every layer, or the "
+                            "--layer ones), RoPE, RMSNorm, logit lens (needs matplotlib)")
 
 
 def run(args) -> int:
@@ -85,12 +86,12 @@ def run(args) -> int:
     if args.dump is not None:
         saved = {name: steps[name] for name in dict.fromkeys(["tokens", *recorded])}
         dump(args.dump, saved)
-        print(f"\nsaved {len(saved)} tensors to {args.dump}")
+        print(f"saved {len(saved)} tensors to {args.dump}", file=sys.stderr)
     if args.plot is not None:
         from ..plots import write_plots
 
         paths = write_plots(model, trace, args.plot, _layers(args.layer, config.n_layers))
-        print(f"wrote {len(paths)} pictures to {args.plot}")
+        print(f"wrote {len(paths)} pictures to {args.plot}", file=sys.stderr)
     return 0
 
 
@@ -187,14 +188,15 @@ def statistics(tensor: np.ndarray) -> tuple:
 
 
 def first_values(tensor: np.ndarray, axes: tuple, room: int) -> str:
-    """As many leading values at the last position (the one that predicts) as fit `room`."""
+    """As many leading values at the last position (the one that predicts) as fit in
+    `room` characters, "[...]" included."""
     if "seq" in axes:
         tensor = np.take(tensor, -1, axis=axes.index("seq"))
     flat = tensor.ravel()
     text = "["
     for i, value in enumerate(flat):
         piece = _number(value) + (", " if i + 1 < flat.size else "]")
-        if len(text) + len(piece) > room - 4:
+        if len(text) + len(piece) > room - len("...]"):
             return text + "...]"
         text += piece
     return text
@@ -233,7 +235,7 @@ def print_steps(steps: dict, names: list, axes: dict, config, head) -> None:
         stats = "".join(f"{_number(s):>{STAT_WIDTH}}" for s in statistics(tensor))
         print(f"{name:<{name_width}}  {str(tensor.shape):<{shape_width}}  "
               f"{str(tensor.dtype):<7}{stats}")
-        print("    " + first_values(tensor, _sliced_axes(axes[name], head), WIDTH))
+        print("    " + first_values(tensor, _sliced_axes(axes[name], head), WIDTH - 4))
 
 
 def _sliced_axes(axes: tuple, head) -> tuple:
@@ -255,8 +257,6 @@ def print_tokens(tokenizer, tokens: list) -> None:
 
 
 def print_predictions(tokenizer, logits: np.ndarray, top: int) -> None:
-    from ..model import softmax
-
     probs = softmax(logits)
     best = np.argsort(-probs, kind="stable")[:top]
     print(f"\ntop {top} next tokens:")
@@ -283,6 +283,7 @@ def print_step_list(config, names: list) -> None:
 
 def dump(path: Path, tensors: dict) -> None:
     try:
-        np.savez(path, **tensors)
+        with open(path, "wb") as file:  # a file object: savez adds no ".npz" to the name
+            np.savez(file, **tensors)
     except OSError as e:
         raise InputError(f"cannot write {path}: {e.strerror or e}") from None

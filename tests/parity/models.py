@@ -6,9 +6,12 @@ weights in Meta's names and q/k order are written as Meta's consolidated.00.pth.
 side always loads a directory through llama3_np.load, as a user would.
 """
 
+import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.initialization import no_init_weights
@@ -17,17 +20,21 @@ import llama3_np
 from llama3_np.checkpoint import canonical_names
 from llama3_np.checkpoint.hf import hf_name
 from tests.checkpoints.hf import hf_unpermute
-from tests.checkpoints.meta import write_meta_checkpoint
 
 from .reference import MetaReference
-from .shapes import Shape
+from .shapes import FULL_VOCAB, Shape
+
+# transformers' initializer_range. Embeddings this small leave the residual stream to
+# the layers' outputs; with O(1) embeddings a tied model's logits are dominated by the
+# current token's own embedding, and greedy decoding just repeats the last token.
+EMBEDDING_STD = 0.02
 
 
 def random_hf_model(shape: Shape, seed: int, attn_implementation: str = "eager"):
-    """A float32 LlamaForCausalLM of `shape` with seeded random weights, scaled as in
-    tests/tiny.py so activations stay O(1) through the layers: norm gains 1 + 0.1 u,
-    embeddings u, every matrix u / sqrt(fan_in), u of mean 0 and variance 1 (uniform:
-    it draws several times faster than a normal, and these sizes reach 10^9 values)."""
+    """A float32 LlamaForCausalLM of `shape` with seeded random weights: norm gains
+    1 + 0.1 u, embeddings EMBEDDING_STD * u, every matrix u / sqrt(fan_in) (so
+    activations stay O(1) through the layers, as in tests/tiny.py), u of mean 0 and
+    variance 1. u is uniform: it draws several times faster than a normal."""
     config = LlamaConfig(**shape.hf_config_kwargs(), attn_implementation=attn_implementation)
     with no_init_weights():  # transformers' own init is slow and overwritten anyway
         model = LlamaForCausalLM(config)
@@ -39,7 +46,9 @@ def random_hf_model(shape: Shape, seed: int, attn_implementation: str = "eager")
             param.uniform_(-half_width, half_width, generator=generator)
             if param.ndim == 1:
                 param.mul_(0.1).add_(1.0)
-            elif name != "model.embed_tokens.weight":
+            elif name == "model.embed_tokens.weight":
+                param.mul_(EMBEDDING_STD)
+            else:
                 param.mul_(param.shape[1] ** -0.5)
     return model.eval()
 
@@ -74,11 +83,16 @@ def write_hf_snapshots(model, root: Path, tokenizer_path: Path) -> dict:
     return {"float32": f32, "bfloat16": bf16}
 
 
-def write_meta_snapshot(weights: dict, shape: Shape, directory: Path, tokenizer_path: Path,
-                        dtype: str = "bfloat16") -> Path:
-    """Meta's layout: params.json, consolidated.00.pth (torch.save), tokenizer.model."""
-    arrays = {name: w.numpy() for name, w in weights.items()}
-    write_meta_checkpoint(directory, arrays, shape.meta_params(), dtype=dtype)
+def write_meta_snapshot(weights: dict, shape: Shape, directory: Path,
+                        tokenizer_path: Path) -> Path:
+    """Meta's layout as Meta ships it: params.json, a single consolidated.00.pth of
+    bfloat16 tensors written by torch.save (as tests/checkpoints/meta.py does; that writer
+    takes float32 NumPy arrays, these are torch tensors), and tokenizer.model."""
+    directory.mkdir(parents=True)
+    (directory / "params.json").write_text(json.dumps(shape.meta_params()))
+    # contiguous: every tensor owns its storage, as in Meta's files
+    torch.save({name: w.to(torch.bfloat16).contiguous() for name, w in weights.items()},
+               directory / "consolidated.00.pth")
     shutil.copy(tokenizer_path, directory / "tokenizer.model")
     return directory
 
@@ -103,3 +117,31 @@ def load_hf_reference(directory: Path):
     becomes its bf16-rounded weights in float32), with eager attention."""
     return LlamaForCausalLM.from_pretrained(directory, dtype=torch.float32,
                                             attn_implementation="eager").eval()
+
+
+@dataclass
+class ParityModel:
+    """One random model of a shape, kept for a whole session: the float32 transformers
+    model (the reference), its canonical weights, and its snapshots on disk."""
+
+    shape: Shape
+    reference: LlamaForCausalLM  # float32, eager attention
+    weights: dict  # canonical torch tensors (shared with `reference`, q/k reordered)
+    snapshots: dict  # "float32" / "bfloat16": HF snapshot; "meta": Meta's layout, if any
+
+    def prompt(self, length: int, seed: int = 1) -> list:
+        """Seeded token ids, all valid for the shape's vocabulary."""
+        return np.random.default_rng(seed).integers(0, self.shape.vocab_size, length).tolist()
+
+
+def build_parity_model(shape: Shape, root: Path, tokenizer_path: Path,
+                       seed: int = 0) -> ParityModel:
+    """Make, save and describe one random model of `shape` under `root`. Meta's layout
+    is written only with the full vocabulary: a params.json implies the Llama 3 special
+    token ids, which a reduced vocabulary does not hold."""
+    model = random_hf_model(shape, seed)
+    weights = canonical_weights(model, shape)
+    snapshots = write_hf_snapshots(model, root, tokenizer_path)
+    if shape.vocab_size == FULL_VOCAB:
+        snapshots["meta"] = write_meta_snapshot(weights, shape, root / "meta", tokenizer_path)
+    return ParityModel(shape, model, weights, snapshots)
