@@ -14,8 +14,14 @@ Invariant: `tokens` is the whole conversation as the model reads it, and the
 cache holds its first `cached` tokens; the rest are fed at the start of the next
 turn. A reply that ends early (max tokens, an interruption such as Ctrl-C, the
 generator being closed) is KEPT as the assistant's message and closed with the
-format's end-of-turn tokens, exactly as a finished reply is, so the conversation
-stays well-formed and nothing needs to be recomputed.
+format's end-of-turn tokens, exactly as a finished reply is (and as one ended by
+another stop id, e.g. <|end_of_text|>), so the conversation stays well-formed and
+nothing needs to be recomputed.
+
+The session owns its KV cache and swaps it into the model only for its own forward
+calls, so using the model otherwise between turns does not disturb it. A turn that
+no longer fits the context window is refused (InputError) unless drop_oldest asks
+to forget the oldest exchanges, after which the kept history is re-encoded.
 """
 
 from .errors import InputError, TokenizerError
@@ -45,6 +51,7 @@ class ChatSession:
         self._model = _OnCache(model.model, self.cache)
         self.last_stats = GenerationStats()
         self.dropped_exchanges = 0  # by the last turn, to make room (drop_oldest)
+        self._replying = False  # a reply's generator has started and not yet finished
         self.reset()
 
     @property
@@ -76,10 +83,14 @@ class ChatSession:
         The turn is planned at once: InputError here, before anything changes, when it
         does not fit the context window (and drop_oldest is off). The conversation takes
         the message when the generator starts; closing it early keeps the partial reply."""
+        if self._replying:
+            raise InputError("the previous reply is still being generated: read it to the "
+                             "end or close() it before sending the next message")
         user = {"role": "user", "content": text}
         return self._reply(user, self._plan_turn(user))
 
     def _reply(self, user: dict, new_turn: list):
+        self._replying = True
         self.messages.append(user)
         self.tokens += new_turn
         feed = self.tokens[self.cached:]  # the unfed tail of the history, then the new turn
@@ -105,6 +116,7 @@ class ChatSession:
         finally:  # also on Ctrl-C or close(): keep what was said, closed properly
             self.messages.append({"role": "assistant", "content": self.tokenizer.decode(reply)})
             self.tokens += self.closing
+            self._replying = False
 
     def _plan_turn(self, user: dict) -> list:
         """The tokens a new user message adds (the user turn, then the assistant header).

@@ -52,7 +52,15 @@ class Llama:
         if not tokens:
             raise InputError("the prompt is empty (and this tokenizer adds no "
                              "beginning-of-text token to start from)")
+        outside = [t for t in tokens if not 0 <= t < self.config.vocab_size]
+        if outside:  # a negative id would silently index from the end of the embedding
+            raise InputError(f"token id {outside[0]} is outside the vocabulary "
+                             f"(size {self.config.vocab_size})")
         return tokens
+
+    def context_room(self, n_prompt_tokens: int, start_pos: int = 0) -> int:
+        """How many tokens can be generated after a prompt placed at start_pos."""
+        return self.config.max_seq_len - start_pos - n_prompt_tokens
 
     def stream(self, prompt, max_tokens: int = 256, **options):
         """Yield the completion's text piece by piece as tokens are generated.
@@ -80,7 +88,7 @@ class Llama:
         tokens = self.encode_prompt(prompt)
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise InputError(f"max-tokens must be a positive integer, got {max_tokens!r}")
-        room = self.config.max_seq_len - start_pos - len(tokens)
+        room = self.context_room(len(tokens), start_pos)
         if room < 1:
             raise InputError(f"the prompt has {len(tokens)} tokens; with {start_pos} already "
                              f"in context that fills the {self.config.max_seq_len}-token "

@@ -22,7 +22,9 @@ values and are marked as such:
 
 Hyperparameters that shape no tensor (norm_eps, rope_theta, rope scaling, context
 length, bos / stop ids) are free: a flipped digit there is a different, valid model
-that the file does describe, and no reader can tell it from the original.
+that the file does describe, and no reader can tell it from the original. So is
+config.json's tie_word_embeddings: when it says tied, the output is the embedding and
+a stored lm_head is not used (as in transformers).
 
 CI runs a fixed, derandomized set of examples per property; set
 LLAMA3_NP_FUZZ_EXAMPLES=1000 for a longer hunt.
@@ -55,8 +57,7 @@ EXAMPLES = int(os.environ.get("LLAMA3_NP_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
-SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab_size", "ffn_dim",
-                "tie_embeddings")
+SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab_size", "ffn_dim")
 
 # Small, with every structural feature (GQA, Llama 3.1 scaling in all three frequency
 # regimes at head_dim 8, untied output); a 64-token vocabulary keeps each file a few KB.
@@ -119,7 +120,11 @@ def load_damaged(s: Specimen, damaged: bytes, changes_values: bool) -> None:
     for field in SHAPE_FIELDS:
         assert getattr(checkpoint.config, field) == getattr(s.config, field), field
     assert checkpoint.tensors.keys() == s.tensors.keys()
-    for name, original in s.tensors.items():
+    expected = dict(s.tensors)
+    if checkpoint.config.tie_embeddings:  # (only config.json can say so for an untied file)
+        assert checkpoint.tensors["output.weight"] is checkpoint.tensors["tok_embeddings.weight"]
+        expected["output.weight"] = expected["tok_embeddings.weight"]
+    for name, original in expected.items():
         tensor = checkpoint.tensors[name]
         assert tuple(tensor.shape) == original.shape, name
         if not changes_values:

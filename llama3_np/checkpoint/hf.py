@@ -174,6 +174,10 @@ def _read_hf_tensors(directory: Path) -> dict:
             raise CheckpointError(f"{directory / shard} has no tensor '{name}', "
                                   f"though {INDEX_FILE} says it does")
         tensors[name] = shards[shard][name]
+    for shard, held in shards.items():  # an unlisted tensor (lm_head?) would be lost
+        for name in held.keys() - weight_map.keys():
+            raise CheckpointError(f"{directory / shard} holds tensor '{name}', which "
+                                  f"{INDEX_FILE} does not list")
     return tensors
 
 

@@ -20,13 +20,19 @@ COMMANDS = {  # name -> (module, one-line description)
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # One line like every other error (argparse prints the usage first); exit code 2
+        # marks a command line that could not be parsed, as argparse's own does.
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(command: str) -> argparse.ArgumentParser:
     module = importlib.import_module(f".{COMMANDS[command][0]}", __name__)
     prog = "run.py" if command == "complete" else f"run.py {command}"
     others = ", ".join(f"{name} ({desc})" for name, (_, desc) in COMMANDS.items())
-    parser = argparse.ArgumentParser(prog=prog, description=module.__doc__,
-                                     epilog=f"commands: {others}",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog=prog, description=module.__doc__, epilog=f"commands: {others}",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback when something goes wrong")
     module.add_arguments(parser)

@@ -59,5 +59,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, max_tokens: int = 25
 
 
 def sampling_options(args) -> dict:
-    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                seed=args.seed)
+    """The sampling options, already checked (a Sampler refuses bad values), so a bad one
+    is reported before a model has been loaded for nothing."""
+    from ..sampling import Sampler
+
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   seed=args.seed)
+    Sampler(**options)
+    return options

@@ -14,18 +14,36 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    if prompt is None:
-        raise InputError("no prompt given: python run.py \"The capital of France is\"")
+    prompt = read_prompt(args.prompt)
+    options = sampling_options(args)  # checked before the (slow) model load
     model = load_model(args)
     from ..generate import GenerationStats
 
+    tokens = model.encode_prompt(prompt)
+    room = model.context_room(len(tokens))
+    if 0 < room < args.max_tokens:
+        print(f"note: --max-tokens {args.max_tokens} capped to {room}: the prompt's "
+              f"{len(tokens)} tokens leave {room} of the {model.config.max_seq_len}-token "
+              "context", file=sys.stderr)
     stats = GenerationStats()
     sys.stdout.write(prompt)
-    for text in model.stream(prompt, args.max_tokens, stats=stats, **sampling_options(args)):
+    for text in model.stream(tokens, args.max_tokens, stats=stats, **options):
         sys.stdout.write(text)
         sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()  # before the summary on stderr, so the two don't interleave
     print(stats.summary(), file=sys.stderr)
     return 0
+
+
+def read_prompt(prompt):
+    """The prompt argument, or standard input for '-'."""
+    if prompt is None:
+        raise InputError("no prompt given: python run.py \"The capital of France is\"")
+    if prompt != "-":
+        return prompt
+    try:
+        return sys.stdin.read()
+    except UnicodeDecodeError as e:
+        raise InputError(f"standard input is not UTF-8 text ({e.reason} at byte {e.start})") \
+            from None

@@ -2,7 +2,8 @@
 
 Windows of --ctx tokens start every --stride tokens; each scores only the tokens no
 earlier window scored (Hugging Face's strided evaluation), so every token after the
-first is scored once. Lower is better; compare precisions with --dtype f32/bf16/q8."""
+first is scored once (when --stride is below --ctx). Lower is better; compare
+precisions with --dtype f32, bf16, q8."""
 
 import sys
 from pathlib import Path

@@ -151,3 +151,24 @@ def write_llama_gguf(path: Path, config: ModelConfig, weights: dict, type_name: 
                                          s.low_freq_factor, s.high_freq_factor, s.original_context)
         tensors["rope_freqs.weight"] = (divisors, None)
     return write_gguf(path, tensors, {**llama_metadata(config), **dict(metadata)})
+
+
+def byte_level_tokenizer_metadata() -> dict:
+    """tokenizer.ggml.* keys of a minimal byte-level BPE vocabulary, so a tiny model runs
+    end to end: ids 0-255 are the bytes (in GPT-2's spelling, from transformers), 256 is
+    "he" (the one merge), 257 <|begin_of_text|> (bos), 258 <|end_of_text|> (eos).
+    A model using it has vocab_size 259, bos_id 257 and stop_ids (258,)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    spelling = bytes_to_unicode()
+    tokens = [spelling[b] for b in range(256)] + ["he", "<|begin_of_text|>", "<|end_of_text|>"]
+    strings = (GGUFValueType.ARRAY, GGUFValueType.STRING)
+    return {
+        "tokenizer.ggml.model": ("gpt2", GGUFValueType.STRING),
+        "tokenizer.ggml.pre": ("gpt-2", GGUFValueType.STRING),
+        "tokenizer.ggml.tokens": (tokens, *strings),
+        "tokenizer.ggml.token_type": ([1] * 257 + [3, 3], GGUFValueType.ARRAY,
+                                      GGUFValueType.INT32),
+        "tokenizer.ggml.merges": (["h e"], *strings),
+        "tokenizer.ggml.add_bos_token": (True, GGUFValueType.BOOL),
+    }

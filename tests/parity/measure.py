@@ -9,9 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from .models import ParityModel, canonical_weights, load_ours, meta_reference
-from .steps import HFSteps, StepError, meta_steps, step_error
+from llama3_np.rope import RotaryTable, apply_rope, rope_frequencies
+
+from .models import (ParityModel, canonical_weights, load_hf_reference, load_ours,
+                     meta_reference)
+from .steps import (HFSteps, StepError, hf_heads_to_meta, meta_heads_to_hf, meta_steps,
+                    step_error)
 from .tolerances import FLOAT32
 
 PROMPT_LENGTH = 12  # long enough for a real causal mask, short enough for 8B shapes
@@ -92,3 +97,65 @@ def max_relative(errors) -> float:
 
 def worst(errors) -> StepError:
     return max(errors, key=lambda e: e.relative)
+
+
+LONG_PROMPT = 8300  # ends past 8192, where Llama 3.1 scaling starts to matter
+LONG_PROMPT_LAST_CHUNK = 8190  # the last prefill call starts here: 8190..8299
+PREFILL_CHUNK = 1024  # keeps our (heads, chunk, positions) score arrays ~100 MB
+DECODED_PAST_PROMPT = 4  # then single tokens at 8300..8303 through the KV cache
+
+
+@dataclass
+class LongContextRun:
+    logit_errors: list  # StepError per forward call, ours vs transformers (sdpa)
+    rotation_errors: list  # q and k after RoPE at 8190..8299 vs transformers' rotary_emb
+    unscaled_rotation_error: StepError  # the same q rotated WITHOUT scaling: must be far off
+
+
+def long_context_run(pm: ParityModel) -> LongContextRun:
+    """A prompt of 8300 tokens prefilled in chunks through the KV cache (the last chunk
+    at start_pos 8190), then 4 single decode steps, against transformers running all
+    8304 tokens in one call with position_ids 0..8303; and q, k after RoPE at positions
+    8190..8299 against transformers' own scaled rotary embedding at those positions."""
+    shape, tokens = pm.shape, pm.prompt(LONG_PROMPT + DECODED_PAST_PROMPT, seed=4)
+    reference = load_hf_reference(pm.snapshots["float32"], attn_implementation="sdpa")
+    with torch.no_grad():
+        reference_logits = reference(torch.tensor([tokens])).logits[0].numpy()
+
+    ours = load_ours(pm.snapshots["float32"])
+    starts = [*range(0, LONG_PROMPT_LAST_CHUNK, PREFILL_CHUNK), LONG_PROMPT_LAST_CHUNK,
+              *range(LONG_PROMPT, len(tokens))]
+    ends = starts[1:] + [len(tokens)]
+    rope_steps = ["layers.0.attention." + s for s in ("q", "k", "q_rotated", "k_rotated")]
+    logit_errors = []
+    with ours.trace(*rope_steps) as trace:
+        for start, end in zip(starts, ends):
+            logits = ours.forward(tokens[start:end], start_pos=start)
+            logit_errors.append(step_error(f"logits at positions {start}..{end - 1}", logits,
+                                           reference_logits[start:end], FLOAT32))
+    recorded = trace.steps[starts.index(LONG_PROMPT_LAST_CHUNK)]
+
+    positions = np.arange(LONG_PROMPT_LAST_CHUNK, LONG_PROMPT)
+    hf_rotated = hf_rotary(reference, recorded["layers.0.attention.q"],
+                           recorded["layers.0.attention.k"], positions)
+    rotation_errors = [step_error(name + " at positions 8190..8299", recorded[name], theirs,
+                                  FLOAT32)
+                       for name, theirs in zip(rope_steps[2:], hf_rotated)]
+    unscaled = RotaryTable(rope_frequencies(shape.head_dim, shape.rope_theta))
+    q_unscaled = apply_rope(recorded["layers.0.attention.q"],
+                            unscaled.rotations(LONG_PROMPT_LAST_CHUNK, len(positions)))
+    return LongContextRun(logit_errors, rotation_errors,
+                          step_error("q rotated without scaling", q_unscaled, hf_rotated[0],
+                                     FLOAT32))
+
+
+def hf_rotary(model, q: np.ndarray, k: np.ndarray, positions: np.ndarray) -> tuple:
+    """q, k (seq, heads, head_dim) in Meta's layout rotated by transformers' own rotary
+    embedding (the model's rotary_emb, with its rope scaling) at `positions`; the
+    results back in Meta's layout."""
+    q_hf, k_hf = (meta_heads_to_hf(torch.from_numpy(x)).transpose(0, 1)[None] for x in (q, k))
+    with torch.no_grad():
+        cos, sin = model.model.rotary_emb(q_hf, torch.from_numpy(positions)[None])
+        q_hf, k_hf = apply_rotary_pos_emb(q_hf, k_hf, cos, sin)
+    return tuple(hf_heads_to_meta(x[0].transpose(0, 1), x.shape[1]).numpy()
+                 for x in (q_hf, k_hf))

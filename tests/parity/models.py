@@ -112,11 +112,12 @@ def meta_reference(weights: dict, shape: Shape, max_positions: int = 512) -> Met
                          max_positions=max_positions)
 
 
-def load_hf_reference(directory: Path):
+def load_hf_reference(directory: Path, attn_implementation: str = "eager"):
     """transformers' own reading of a snapshot, computed in float32 (a bfloat16 snapshot
-    becomes its bf16-rounded weights in float32), with eager attention."""
+    becomes its bf16-rounded weights in float32). Eager attention returns the attention
+    probabilities; "sdpa" does not hold a (seq x seq) matrix per head, for long prompts."""
     return LlamaForCausalLM.from_pretrained(directory, dtype=torch.float32,
-                                            attn_implementation="eager").eval()
+                                            attn_implementation=attn_implementation).eval()
 
 
 @dataclass
@@ -145,3 +146,57 @@ def build_parity_model(shape: Shape, root: Path, tokenizer_path: Path,
     if shape.vocab_size == FULL_VOCAB:
         snapshots["meta"] = write_meta_snapshot(weights, shape, root / "meta", tokenizer_path)
     return ParityModel(shape, model, weights, snapshots)
+
+
+def random_bf16_model(shape: Shape, seed: int):
+    """A bfloat16 LlamaForCausalLM whose weights are drawn as raw bits: random sign and
+    7-bit mantissa, the exponent fixed per tensor at the magnitude random_hf_model
+    gives it. Three times faster than drawing floats, which counts at 10^9 values; for
+    the format check, where only bit-identical loading matters."""
+    config = LlamaConfig(**shape.hf_config_kwargs())
+    with no_init_weights():
+        model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
+    model.tie_weights()
+    rng = np.random.default_rng(seed)
+    for name, param in model.named_parameters():
+        if param.ndim == 1:
+            scale = 1.0
+        elif name == "model.embed_tokens.weight":
+            scale = EMBEDDING_STD
+        else:
+            scale = param.shape[1] ** -0.5
+        # |value| in [2^e, 2^(e+1)) with e = floor(log2(scale)): within 2x of the scale
+        exponent = np.uint16(127 + int(np.floor(np.log2(scale))))
+        bits = rng.integers(0, 1 << 16, param.shape, dtype=np.uint16) & np.uint16(0x807F)
+        param.data = torch.from_numpy(bits | (exponent << np.uint16(7))).view(torch.bfloat16)
+    return model.eval()
+
+
+def write_format_snapshots(shape: Shape, root: Path, tokenizer_path: Path,
+                           seed: int = 0) -> dict:
+    """{"hf": dir, "meta": dir}: one random bfloat16 model of `shape` in both layouts."""
+    model = random_bf16_model(shape, seed)
+    hf = root / "hf"
+    model.save_pretrained(hf)
+    (hf / "original").mkdir()
+    shutil.copy(tokenizer_path, hf / "original" / "tokenizer.model")
+    meta = write_meta_snapshot(canonical_weights(model, shape), shape, root / "meta",
+                               tokenizer_path)
+    return {"hf": hf, "meta": meta}
+
+
+def restate_snapshots(snapshots: dict, shape: Shape, root: Path) -> dict:
+    """The same weight files (hard links, no copy) described as `shape`: for two models
+    whose tensors have identical shapes, e.g. Llama 3.0 and 3.1 8B (rope scaling is
+    configuration, not weights)."""
+    hf, meta = root / "hf", root / "meta"
+    restated = ("config.json", "params.json")  # written anew, never through a link
+    for source, target in ((snapshots["hf"], hf), (snapshots["meta"], meta)):
+        for file in source.rglob("*"):
+            if file.is_file() and file.name not in restated:
+                link = target / file.relative_to(source)
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.hardlink_to(file)
+    LlamaConfig(**shape.hf_config_kwargs(), dtype=torch.bfloat16).save_pretrained(hf)
+    (meta / "params.json").write_text(json.dumps(shape.meta_params()))
+    return {"hf": hf, "meta": meta}

@@ -52,9 +52,13 @@ class Shape:
                     num_key_value_heads=self.n_kv_heads, head_dim=self.head_dim,
                     vocab_size=self.vocab_size, rms_norm_eps=self.norm_eps,
                     rope_parameters=rope, max_position_embeddings=self.max_seq_len,
-                    tie_word_embeddings=self.tied,
-                    # Random models have no special tokens; generation runs to its length.
-                    bos_token_id=None, eos_token_id=None, pad_token_id=None)
+                    tie_word_embeddings=self.tied, pad_token_id=None, **self.special_tokens())
+
+    def special_tokens(self) -> dict:
+        """Meta's published ids (Instruct's stop list) where the vocabulary holds them."""
+        if self.vocab_size < FULL_VOCAB:
+            return {"bos_token_id": None, "eos_token_id": None}
+        return {"bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009]}
 
     def meta_params(self) -> dict:
         """params.json as Meta publishes it for this model (with our depth and vocab)."""
@@ -79,3 +83,12 @@ SHAPES = [
           tied=True, vocab_size=FULL_VOCAB, multiple_of=256, ffn_dim_multiplier=1.0),
 ]
 SHAPES_BY_NAME = {shape.name: shape for shape in SHAPES}
+
+# Positions past 8192, where Llama 3.1 scaling changes the rotations: one small layer
+# (a prompt of 8300 tokens stays quick) with the real head_dim 128, rope theta and
+# scaling of Llama 3.1 (factor 8) and Llama 3.2 (factor 32).
+LONG_CONTEXT_SHAPES = [
+    Shape(f"long-context-factor-{factor:g}", dim=512, n_heads=4, n_kv_heads=2, ffn_dim=1024,
+          rope_factor=factor, tied=False, vocab_size=REDUCED_VOCAB, n_layers=1)
+    for factor in (8.0, 32.0)
+]

@@ -25,6 +25,13 @@ def hf_heads_to_meta(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     return halves.transpose(2, 3).reshape(seq, n_heads, -1)
 
 
+def meta_heads_to_hf(x: torch.Tensor) -> torch.Tensor:
+    """(seq, n_heads, head_dim) in Meta's order -> the same in HF's (per head, real
+    parts then imaginary parts): the inverse of hf_heads_to_meta."""
+    seq, n_heads, head_dim = x.shape
+    return x.reshape(seq, n_heads, head_dim // 2, 2).transpose(2, 3).reshape(seq, n_heads, -1)
+
+
 class HFSteps:
     """Record a LlamaForCausalLM's steps while active: `with HFSteps(model) as steps:`.
 
