@@ -110,18 +110,19 @@ _REQUIRED = object()
 _KIND_CHECKS = {int: _is_int, float: _is_number}  # bool is not a number; an int is a float
 
 
-def config_value(values: dict, key: str, kind: type, *, source: str, default=_REQUIRED):
+def config_value(values: dict, key: str, kind: type, *, source: str, default=_REQUIRED,
+                 error: type = ConfigError):
     """values[key] if it is of `kind` (int, float, str, bool, list or dict), as that kind;
-    `default` when absent (a JSON null counts as absent); otherwise a ConfigError naming
-    the key and `source`. The one type check for params.json, config.json and GGUF
-    metadata, so "dim": "4096" is refused by name rather than failing somewhere later."""
+    `default` when absent (a JSON null counts as absent); otherwise `error` naming the key
+    and `source`. The one type check for params.json, config.json and GGUF metadata, so
+    "dim": "4096" is refused by name rather than failing somewhere later."""
     value = values.get(key)
     if value is None:
         if default is _REQUIRED:
-            raise ConfigError(f"{source} has no '{key}'")
+            raise error(f"{source} has no '{key}'")
         return default
     if not _KIND_CHECKS.get(kind, lambda v: isinstance(v, kind))(value):
-        raise ConfigError(f"{source}: '{key}' should be {kind.__name__}, got {value!r}"[:300])
+        raise error(f"{source}: '{key}' should be {kind.__name__}, got {value!r}"[:300])
     return float(value) if kind is float else value
 
 

@@ -5,11 +5,10 @@ checkpoint.canonical_shapes), so it works for a params.json / config.json withou
 any weights: Llama 3 8B has 8,030,261,248 parameters, Llama 3.2 1B 1,235,814,400.
 """
 
-import json
 import math
 from pathlib import Path
 
-from .checkpoint import canonical_shapes
+from .checkpoint import canonical_shapes, read_json_object
 from .config import ModelConfig, from_hf_config, from_meta_params
 from .errors import ConfigError
 from .quantize import Q8_BLOCK
@@ -72,25 +71,13 @@ def read_config_file(path) -> ModelConfig:
     params.json does not say whether the embeddings are tied; Meta ties them in the
     Llama 3.2 1B and 3B models only, recognised by their widths (2048, 3072)."""
     path = Path(path)
-    doc = _read_json(path)
+    doc = read_json_object(path, ConfigError)
     if "hidden_size" in doc:
         generation = path.with_name("generation_config.json")
-        extra = _read_json(generation) if generation.is_file() else None
+        extra = read_json_object(generation, ConfigError) if generation.is_file() else None
         return from_hf_config(doc, extra, source=str(path))
     if "dim" in doc:
         tied = doc.get("dim") in (2048, 3072) and bool(doc.get("use_scaled_rope"))
         return from_meta_params(doc, source=str(path), tie_embeddings=tied)
     raise ConfigError(f"{path} is neither a Meta params.json (no 'dim') nor a Hugging Face "
                       "config.json (no 'hidden_size')")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path} is not readable JSON ({e})") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path} does not hold a JSON object")
-    return doc

@@ -62,9 +62,8 @@ def set_threads(n: int) -> None:
     if n < 1:
         raise InputError(f"the thread count must be at least 1, got {n}")
     _numba_threads = n
-    kernels = _numba_kernels()
-    if kernels is not None:
-        kernels.set_threads(n)
+    if _numba_state.get("module") is not None:  # else applied when numba loads
+        _numba_state["module"].set_threads(n)
 
 
 def warmup() -> None:

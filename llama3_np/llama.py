@@ -59,8 +59,14 @@ class Llama:
         return tokens
 
     def context_room(self, n_prompt_tokens: int, start_pos: int = 0) -> int:
-        """How many tokens can be generated after a prompt placed at start_pos."""
-        return self.config.max_seq_len - start_pos - n_prompt_tokens
+        """How many tokens can be generated after a prompt placed at start_pos (an
+        InputError if not even one)."""
+        room = self.config.max_seq_len - start_pos - n_prompt_tokens
+        if room < 1:
+            raise InputError(f"the prompt has {n_prompt_tokens} tokens; with {start_pos} "
+                             f"already in context that fills the {self.config.max_seq_len}-token "
+                             "context window")
+        return room
 
     def stream(self, prompt, max_tokens: int = 256, **options):
         """Yield the completion's text piece by piece as tokens are generated.
@@ -89,10 +95,6 @@ class Llama:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise InputError(f"max-tokens must be a positive integer, got {max_tokens!r}")
         room = self.context_room(len(tokens), start_pos)
-        if room < 1:
-            raise InputError(f"the prompt has {len(tokens)} tokens; with {start_pos} already "
-                             f"in context that fills the {self.config.max_seq_len}-token "
-                             "context window")
         sampler = Sampler(temperature, top_k, top_p, seed)
         stops = self.config.stop_ids if stop_ids is None else stop_ids
         decoder = StreamDecoder(self.tokenizer)

@@ -1,5 +1,7 @@
 """Choosing the next token from logits: greedy, temperature, top-k, top-p; seeded."""
 
+import math
+
 import numpy as np
 
 from .errors import InputError
@@ -12,8 +14,8 @@ class Sampler:
 
     def __init__(self, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  seed=None):
-        if not isinstance(temperature, (int, float)) or not temperature >= 0:
-            raise InputError(f"temperature must be a number >= 0, got {temperature!r}")
+        if not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+            raise InputError(f"temperature must be a finite number >= 0, got {temperature!r}")
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
             raise InputError(f"top-k must be an integer >= 0 (0 = off), got {top_k!r}")
         if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:

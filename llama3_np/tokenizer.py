@@ -25,6 +25,7 @@ from typing import Optional
 
 import tiktoken
 
+from .config import config_value
 from .errors import InputError, TokenizerError
 
 # Meta's pat_str for Llama 3 (llama-models, models/llama3/tokenizer.py).
@@ -153,6 +154,15 @@ class Tokenizer:
         from tokenizer_config.json beside it when present."""
         path = Path(path)
         doc = _read_json(path)
+        try:
+            return cls._from_hf_documents(path, doc)
+        except (AttributeError, TypeError, KeyError) as e:
+            # a list where an object belongs, a number where a name does, ...
+            raise TokenizerError(f"{path} (or tokenizer_config.json beside it) has an "
+                                 f"unexpected structure ({type(e).__name__}: {e})") from None
+
+    @classmethod
+    def _from_hf_documents(cls, path: Path, doc: dict) -> "Tokenizer":
         source = str(path)
         model = doc.get("model") or {}
         if model.get("type", "BPE") != "BPE" or model.get("byte_fallback") or doc.get("normalizer"):
@@ -193,11 +203,15 @@ class Tokenizer:
         """The tokenizer a GGUF file describes (llama.cpp's `tokenizer.ggml.*` keys, plain
         Python values). Normal tokens (type 1) are byte-level BPE; every other type (control,
         user-defined, unused) is a special token, matched in text only with allow_special."""
+        def value(key, kind, default=None):
+            return config_value(metadata, key, kind, source=source, default=default,
+                                error=TokenizerError)
+
         kind = metadata.get("tokenizer.ggml.model")
         if kind != "gpt2":
             raise TokenizerError(f"{source}: tokenizer.ggml.model is {kind!r}; only byte-level "
                                  "BPE ('gpt2', as Llama 3 and SmolLM2 use) is supported")
-        pre = metadata.get("tokenizer.ggml.pre", "default")
+        pre = value("tokenizer.ggml.pre", str, "default")
         if pre not in GGUF_PRE_TOKENIZERS:
             raise TokenizerError(f"{source}: pre-tokenizer tokenizer.ggml.pre={pre!r} is not "
                                  f"supported (known: {', '.join(sorted(GGUF_PRE_TOKENIZERS))})")
@@ -208,6 +222,9 @@ class Tokenizer:
                                  "all be present as lists")
         if len(types) != len(tokens):
             raise TokenizerError(f"{source}: {len(tokens)} tokens but {len(types)} token types")
+        if not (all(isinstance(t, str) for t in tokens) and all(type(t) is int for t in types)):
+            raise TokenizerError(f"{source}: tokenizer.ggml.tokens must be strings and "
+                                 "token_type integers")
         normal, specials = {}, {}
         for i, (text, kind) in enumerate(zip(tokens, types)):
             (normal if kind == 1 else specials)[text] = i
@@ -217,8 +234,8 @@ class Tokenizer:
                    bos_id=metadata.get("tokenizer.ggml.bos_token_id"),
                    eos_id=metadata.get("tokenizer.ggml.eos_token_id"),
                    extra_stop_ids=() if eot is None else (eot,),
-                   chat_template=metadata.get("tokenizer.chat_template"),
-                   add_bos=metadata.get("tokenizer.ggml.add_bos_token"))
+                   chat_template=value("tokenizer.chat_template", str),
+                   add_bos=value("tokenizer.ggml.add_bos_token", bool))
 
     # ---- text <-> ids ----------------------------------------------------------------------
 

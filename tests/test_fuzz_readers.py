@@ -8,9 +8,9 @@ pickle and zip headers, params.json / config.json / index values). The property:
     the reader raises a llama3_np.errors.Llama3Error, or it loads the original model.
 
 "The original model" means the same canonical tensor names and shapes and the same
-shape-defining config (dim, layers, heads, kv heads, head size, vocabulary, ffn width,
-tied embeddings), and, unless the damage touched bytes a tensor's values are read
-from, every tensor bit-identical as float32. Two kinds of damage legitimately change
+shape-defining config (dim, layers, heads, kv heads, head size, vocabulary, ffn width),
+and, unless the damage touched bytes a tensor's values are read from, every tensor
+bit-identical as float32. Two kinds of damage legitimately change
 values and are marked as such:
 
 - bytes inside a tensor's data (and, in a .pth zip, the local header that locates a
@@ -45,10 +45,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llama3_np.checkpoint.detect import read_checkpoint
-from llama3_np.config import RopeScaling, from_meta_params
+from llama3_np.config import ModelConfig, RopeScaling, from_meta_params
 from llama3_np.errors import Llama3Error
 from llama3_np.storage import as_float32
-from tests.checkpoints.gguf import write_llama_gguf
+from llama3_np.tokenizer import Tokenizer, load_tokenizer
+from tests.checkpoints.gguf import (byte_level_model_config, byte_level_tokenizer_metadata,
+                                    write_llama_gguf)
 from tests.checkpoints.hf import write_hf_checkpoint
 from tests.checkpoints.meta import write_meta_checkpoint, write_torch_zip
 from tests.tiny import random_weights, tiny_config
@@ -77,7 +79,7 @@ class Specimen:
     target: Path  # the file that is damaged
     original: bytes
     data_ranges: list  # (start, end) byte ranges of `target` that tensor values come from
-    config: object
+    config: ModelConfig
     tensors: dict  # canonical name -> float32 copy
 
     def header_ranges(self) -> list:
@@ -159,6 +161,17 @@ def gguf_q8(workspace):
 
 
 @pytest.fixture(scope="module")
+def gguf_with_tokenizer(workspace):
+    (workspace / "tok").mkdir()
+    config = byte_level_model_config(max_seq_len=64)
+    path = write_llama_gguf(workspace / "tok" / "m.gguf", config, random_weights(config, 6),
+                            metadata=byte_level_tokenizer_metadata())
+    reader = GGUFReader(path)
+    data = [(t.data_offset, t.data_offset + t.n_bytes) for t in reader.tensors]
+    return specimen(path, path, data)
+
+
+@pytest.fixture(scope="module")
 def hf_dir(workspace):
     root = write_hf_checkpoint(workspace / "hf", random_weights(CONFIG, 3), CONFIG)
     target = root / "model.safetensors"
@@ -170,7 +183,7 @@ def hf_dir(workspace):
 @pytest.fixture(scope="module")
 def hf_sharded(workspace):
     root = write_hf_checkpoint(workspace / "hf2", random_weights(CONFIG, 4), CONFIG, shards=2)
-    return root
+    return specimen(root, root / "model.safetensors.index.json", [])
 
 
 @pytest.fixture(scope="module")
@@ -193,10 +206,6 @@ def storage_ranges(path: Path) -> list:
                 end = info.header_offset + 30 + name_length + extra_length + info.file_size
                 ranges.append((info.header_offset, end))
     return ranges
-
-
-def json_specimen(root: Path, name: str) -> Specimen:
-    return specimen(root, root / name, [])
 
 
 # ---- damage --------------------------------------------------------------------------------
@@ -290,18 +299,21 @@ def test_gguf_truncated(gguf_file, data):
 
 
 def gguf_header_slots(reader: GGUFReader) -> list:
-    """(byte offset, width, is a tensor type) of every header field: counts, the version,
-    key lengths, value types, values, array lengths, tensor ranks, dims, types, offsets."""
+    """(byte offset, width, role) of every numeric header field: counts, the version, key
+    lengths, value types, values, array lengths, tensor ranks, dims, types ("type") and
+    data offsets ("offset")."""
     base = reader.data.ctypes.data
+    roles = {4: "type", 5: "offset"}  # the parts of a tensor-info field (gguf's reader)
     slots = []
-    fields = [(f, False) for f in reader.fields.values()] + [(t.field, True) for t in reader.tensors]
-    for field, is_tensor in fields:
+    fields = [(f, {}) for f in reader.fields.values()]
+    fields += [(t.field, roles) for t in reader.tensors]
+    for field, part_roles in fields:
         for i, part in enumerate(field.parts):
             if part.dtype != np.uint8:  # numbers; the bytes of strings are flipped elsewhere
                 width = part.dtype.itemsize
                 for k in range(min(part.size, 4)):
                     slots.append((part.ctypes.data - base + k * width, width,
-                                  is_tensor and i == 4))
+                                  part_roles.get(i, "")))
     return slots
 
 
@@ -309,13 +321,34 @@ def gguf_header_slots(reader: GGUFReader) -> list:
 @given(data=st.data())
 def test_gguf_header_fields(gguf_file, data):
     s, reader = gguf_file
-    at, width, is_type = data.draw(st.sampled_from(gguf_header_slots(reader)))
-    value = data.draw(st.one_of(st.integers(0, 40), st.integers(0, 2**(8 * width) - 1)))
+    at, width, role = data.draw(st.sampled_from(gguf_header_slots(reader)))
+    original = int.from_bytes(s.original[at:at + width], "little")
+    values = [st.integers(0, 40), st.integers(0, 2**(8 * width) - 1)]
+    if role == "offset":  # still aligned: it would read another tensor's bytes unchecked
+        values.append(st.integers(-64, 64).map(lambda k: max(original + 32 * k, 0)))
+    value = data.draw(st.one_of(values))
     damaged = bytearray(s.original)
     damaged[at:at + width] = value.to_bytes(width, "little")
-    # A tensor type of the same width (F32 has no other; F16 <-> BF16) reads the same
-    # bytes as other values; norms and rope_freqs are F32 here, matrices F32 too.
-    load_damaged(s, bytes(damaged), changes_values=is_type)
+    # A tensor type of the same width (F16 <-> BF16) reads the same bytes as other values.
+    load_damaged(s, bytes(damaged), changes_values=role == "type")
+
+
+@FUZZ
+@given(data=st.data())
+def test_gguf_tokenizer_metadata(gguf_with_tokenizer, data):
+    """The tokenizer a damaged GGUF describes loads and works, or is refused by name."""
+    s = gguf_with_tokenizer
+    damaged, _ = data.draw(bit_flips(s))
+    replace_file(s.target, damaged)
+    try:
+        tokenizer = load_tokenizer(read_checkpoint(s.root))
+        ids = tokenizer.encode("hello, wörld 42", bos=True)
+        assert all(0 <= i < tokenizer.n_vocab for i in ids)
+        tokenizer.decode(ids)
+    except Llama3Error:
+        pass
+    finally:
+        replace_file(s.target, s.original)
 
 
 # ---- safetensors -----------------------------------------------------------------------------
@@ -337,11 +370,22 @@ def safetensors_parts(raw: bytes) -> tuple:
     return json.loads(raw[8:8 + size]), raw[8 + size:]
 
 
+@st.composite
+def shifted_offsets(draw, header: dict) -> dict:
+    """One tensor's data_offsets moved together, keeping its span: it would read another
+    tensor's bytes if the reader did not check that tensors tile the data."""
+    header = json.loads(json.dumps(header))
+    name = draw(st.sampled_from(sorted(k for k in header if k != "__metadata__")))
+    shift = draw(st.integers(-4096, 4096).filter(bool))
+    header[name]["data_offsets"] = [n + shift for n in header[name]["data_offsets"]]
+    return header
+
+
 @FUZZ
 @given(data=st.data())
 def test_safetensors_header_values(hf_dir, data):
     header, tensor_data = safetensors_parts(hf_dir.original)
-    damaged_header = data.draw(json_mutations(header))
+    damaged_header = data.draw(st.one_of(json_mutations(header), shifted_offsets(header)))
     encoded = json.dumps(damaged_header).encode()
     # A dtype of the same width reads the same bytes as other values.
     changes_values = any(isinstance(entry, dict) and entry.get("dtype") in ("F16", "BF16")
@@ -430,9 +474,8 @@ def test_pth_zip_header_fields(meta_dir, data):
                                            ("hf_dir", "generation_config.json"),
                                            ("hf_sharded", "model.safetensors.index.json")])
 def test_json_files(request, fixture, name):
-    value = request.getfixturevalue(fixture)
-    root = value.root if isinstance(value, Specimen) else value
-    s = json_specimen(root, name)
+    root = request.getfixturevalue(fixture).root
+    s = specimen(root, root / name, [])
     document = json.loads(s.original)
 
     @FUZZ
@@ -451,3 +494,57 @@ def test_json_files(request, fixture, name):
 
     damaged_values()
     damaged_text()
+
+
+# ---- tokenizer.json and tokenizer_config.json ----------------------------------------------------
+
+def hf_tokenizer_documents() -> tuple:
+    """A tiny SmolLM2-shaped tokenizer.json (bytes, three merges, digits split off, ChatML
+    specials, bos added by the post-processor) and its tokenizer_config.json."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    spelling = bytes_to_unicode()
+    tokens = [spelling[b] for b in range(256)] + ["he", "ll", "hell"]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokenizer = {
+        "added_tokens": [{"id": 259 + i, "content": name, "special": True}
+                         for i, name in enumerate(specials)],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": True},
+            {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}]},
+        "post_processor": {"type": "TemplateProcessing", "single": [
+            {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
+            {"Sequence": {"id": "A", "type_id": 0}}]},
+        "model": {"type": "BPE", "vocab": {t: i for i, t in enumerate(tokens)},
+                  "merges": [["h", "e"], ["l", "l"], ["he", "ll"]]},
+    }
+    config = {"bos_token": "<|endoftext|>", "eos_token": {"content": "<|im_end|>"},
+              "chat_template": "{% for m in messages %}<|im_start|>{{ m.content }}<|im_end|>"
+                               "{% endfor %}"}
+    return tokenizer, config
+
+
+@FUZZ
+@given(data=st.data())
+def test_tokenizer_json(workspace, data):
+    """A damaged tokenizer.json or tokenizer_config.json gives a tokenizer that works, or a
+    Llama3Error; never another exception."""
+    tokenizer, config = hf_tokenizer_documents()
+    if data.draw(st.booleans()):
+        tokenizer = data.draw(json_mutations(tokenizer))
+    else:
+        config = data.draw(json_mutations(config))
+    directory = workspace / "tokenizer_json"
+    directory.mkdir(exist_ok=True)
+    (directory / "tokenizer.json").write_text(json.dumps(tokenizer))
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    try:
+        loaded = Tokenizer.from_hf_tokenizer_json(directory / "tokenizer.json")
+        ids = loaded.encode("hello 42", bos=loaded.bos_id is not None)
+        loaded.decode(ids)
+        if loaded.chat_format is not None:
+            loaded.encode_dialog([{"role": "user", "content": "hi"}])
+    except Llama3Error:
+        pass
+

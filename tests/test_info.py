@@ -126,7 +126,7 @@ def test_config_file_errors_are_one_clear_sentence(tmp_path):
         read_config_file(tmp_path / "missing.json")
     broken = tmp_path / "broken.json"
     broken.write_text("{oops")
-    with pytest.raises(ConfigError, match="broken.json is not readable JSON"):
+    with pytest.raises(ConfigError, match="broken.json is not valid JSON"):
         read_config_file(broken)
     with pytest.raises(ConfigError, match="neither a Meta params.json"):
         read_config_file(write_config(tmp_path, {"layers": 3}, "y.json"))

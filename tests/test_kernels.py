@@ -2,6 +2,7 @@
 and to_dtype conversions; the path without numba; threads.configure_threads."""
 
 import importlib.util
+import os
 import sys
 
 import numpy as np
@@ -16,8 +17,11 @@ from llama3_np.storage import BF16, bf16_bits_to_float32, float32_to_bf16_bits
 from llama3_np.threads import configure_threads
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
-BACKENDS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
-    not HAVE_NUMBA, reason="numba is not installed"))]
+NEEDS_NUMBA = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
+# "numba-parallel": numba with every GEMV on the multi-threaded path, which otherwise
+# only matrices of millions of weights take.
+BACKENDS = ["numpy", pytest.param("numba", marks=NEEDS_NUMBA),
+            pytest.param("numba-parallel", marks=NEEDS_NUMBA)]
 U32 = 2.0 ** -24  # float32 unit roundoff
 
 
@@ -25,6 +29,17 @@ U32 = 2.0 ** -24  # float32 unit roundoff
 def restore_backend():
     yield
     kernels.set_backend("auto")
+
+
+@pytest.fixture
+def use_backend(monkeypatch):
+    def use(backend: str):
+        if backend == "numba-parallel":
+            from llama3_np import kernels_numba
+            monkeypatch.setattr(kernels_numba, "PARALLEL_MIN_WEIGHTS", 0)
+            backend = "numba"
+        kernels.set_backend(backend)
+    return use
 
 
 @pytest.fixture
@@ -48,7 +63,8 @@ def gguf_blocks(kind: str, n_rows: int, n_cols: int, seed=0) -> QuantizedTensor:
 
 
 def weight_in(dtype: str, w: np.ndarray):
-    """A float32 matrix in the in-memory form `dtype`, and that form decoded to float32."""
+    """w in the in-memory form `dtype` (for gguf_q4_0: random blocks of w's shape), and
+    that form decoded to float32."""
     if dtype == "f16":
         stored = w.astype(np.float16)
     elif dtype == "gguf_q4_0":  # a stored tensor without a kernel of its own
@@ -73,8 +89,9 @@ def assert_matches_float64(y, x, w_float32):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", ["f32", "bf16", "q8", "f16", "gguf_q4_0"])
 @pytest.mark.parametrize("n_rows", [1, 7])
-def test_linear_matches_float64_on_the_decoded_weight(backend, dtype, n_rows, small_tiles):
-    kernels.set_backend(backend)
+def test_linear_matches_float64_on_the_decoded_weight(backend, dtype, n_rows, small_tiles,
+                                                     use_backend):
+    use_backend(backend)
     w, w_float32 = weight_in(dtype, random_matrix((67, 544)))
     x = random_matrix((n_rows, 544), seed=1)
     assert_matches_float64(kernels.linear(x, w), x, w_float32)
@@ -83,8 +100,9 @@ def test_linear_matches_float64_on_the_decoded_weight(backend, dtype, n_rows, sm
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", ["bf16", "f16"])
 @pytest.mark.parametrize("n_rows", [1, 7])
-def test_linear_row_length_not_a_multiple_of_the_vector_width(backend, dtype, n_rows):
-    kernels.set_backend(backend)
+def test_linear_row_length_not_a_multiple_of_the_vector_width(backend, dtype, n_rows,
+                                                              use_backend):
+    use_backend(backend)
     w, w_float32 = weight_in(dtype, random_matrix((5, 37)))
     x = random_matrix((n_rows, 37), seed=1)
     assert_matches_float64(kernels.linear(x, w), x, w_float32)
@@ -92,8 +110,8 @@ def test_linear_row_length_not_a_multiple_of_the_vector_width(backend, dtype, n_
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", ["f32", "bf16", "q8"])
-def test_linear_keeps_the_leading_shape_of_x(backend, dtype):
-    kernels.set_backend(backend)
+def test_linear_keeps_the_leading_shape_of_x(backend, dtype, use_backend):
+    use_backend(backend)
     w, w_float32 = weight_in(dtype, random_matrix((12, 64)))
     for x_shape in [(64,), (1, 64), (2, 3, 64)]:
         x = random_matrix(x_shape, seed=2)
@@ -103,13 +121,27 @@ def test_linear_keeps_the_leading_shape_of_x(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_linear_reads_weights_from_read_only_memory(backend):
+def test_linear_reads_weights_from_read_only_memory(backend, use_backend):
     """Weights memory-mapped from a checkpoint are read-only arrays."""
-    kernels.set_backend(backend)
+    use_backend(backend)
     w = to_dtype(random_matrix((9, 64)), "bf16")
     w.bits.flags.writeable = False
     x = random_matrix((1, 64), seed=3)
     assert_matches_float64(kernels.linear(x, w), x, w.to_float32())
+
+
+@NEEDS_NUMBA
+@pytest.mark.parametrize("backend", ["numba", "numba-parallel"])
+@pytest.mark.parametrize("dtype", ["bf16", "q8"])
+def test_numba_decodes_one_row_with_the_fused_gemv(backend, dtype, monkeypatch, use_backend):
+    """The point of the numba backend: one token never decodes weights to memory."""
+    def no_tiles(*args):
+        raise AssertionError("decoded weight tiles for a single row")
+    monkeypatch.setattr(kernels, "_tiled_matmul", no_tiles)
+    use_backend(backend)
+    w, w_float32 = weight_in(dtype, random_matrix((67, 544)))
+    x = random_matrix((1, 544), seed=6)
+    assert_matches_float64(kernels.linear(x, w), x, w_float32)
 
 
 def test_linear_rejects_a_feature_mismatch():
@@ -145,7 +177,7 @@ def test_without_numba_auto_falls_back_to_numpy(monkeypatch):
             assert_matches_float64(kernels.linear(x, w), x, w_float32)
 
 
-@pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
+@NEEDS_NUMBA
 def test_auto_uses_numba_when_installed():
     kernels.set_backend("auto")
     assert kernels.active_backend() == "numba"
@@ -159,7 +191,6 @@ def test_configure_threads_sets_blas_and_numba_variables_unless_user_set(monkeyp
     monkeypatch.setenv("MKL_NUM_THREADS", "5")
     picked_up = configure_threads(3)
     assert picked_up is False  # NumPy is imported already in this process
-    import os
     assert [os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                     "NUMBA_NUM_THREADS")] == ["3", "3", "3"]
     assert os.environ["MKL_NUM_THREADS"] == "5"

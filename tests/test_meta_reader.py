@@ -8,6 +8,7 @@ import io
 import mmap
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import zipfile
@@ -133,6 +134,10 @@ def _eval(marker):
     return eval, (f"open({str(marker)!r}, 'w').close()",)
 
 
+def _exec(marker):
+    return exec, (f"open({str(marker)!r}, 'w').close()",)
+
+
 def _popen(marker):
     return subprocess.Popen, (["touch", str(marker)],)
 
@@ -147,7 +152,8 @@ class Payload:
         return self.reduce
 
 
-@pytest.mark.parametrize("payload", [_system, _eval, _popen], ids=["system", "eval", "Popen"])
+@pytest.mark.parametrize("payload", [_system, _eval, _exec, _popen],
+                         ids=["system", "eval", "exec", "Popen"])
 def test_malicious_pickle_is_refused_before_it_runs(tmp_path, weights, payload):
     # Control: plain pickle really runs the payload, so the marker check below means something.
     control = tmp_path / "control"
@@ -165,9 +171,38 @@ def test_malicious_pickle_is_refused_before_it_runs(tmp_path, weights, payload):
     assert not marker.exists()
 
 
+def _global_call(module: str, name: str, command: str) -> bytes:
+    """A protocol-0 pickle written by hand: GLOBAL module.name, called on one string."""
+    return f"c{module}\n{name}\n(V{command}\ntR.".encode()
+
+
+def _getattr_chain(command: str) -> bytes:
+    """getattr(__import__("os"), "system")(command): only builtins that look harmless."""
+    return (b"cbuiltins\ngetattr\n(cbuiltins\n__import__\n(Vos\ntRVsystem\ntR(V"
+            + command.encode() + b"\ntR.")
+
+
+@pytest.mark.parametrize("make, refused", [
+    (lambda cmd: _global_call("os", "system", cmd), "os.system"),
+    (lambda cmd: _global_call("posix", "system", cmd), "posix.system"),
+    (lambda cmd: _global_call("subprocess", "getoutput", cmd), "subprocess.getoutput"),
+    (_getattr_chain, "builtins.getattr"),
+], ids=["os.system", "posix.system", "subprocess.getoutput", "getattr"])
+def test_hand_written_global_opcodes_are_refused(tmp_path, weights, make, refused):
+    pickle.loads(make(f"touch {tmp_path / 'control'}"))  # plain pickle runs it
+    assert (tmp_path / "control").exists()
+
+    marker = tmp_path / "marker"
+    write_meta_checkpoint(tmp_path, weights, PARAMS)
+    write_torch_zip(tmp_path / "consolidated.00.pth", make(f"touch {marker}"))
+    with pytest.raises(CheckpointError, match=f"refuses to load global {re.escape(refused)}"):
+        read_meta(tmp_path)
+    assert not marker.exists()
+
+
 class FakeStorage:
-    def __init__(self, key, numel):
-        self.key, self.numel = key, numel
+    def __init__(self, key, numel, kind=torch.FloatStorage):
+        self.key, self.numel, self.kind = key, numel, kind
 
 
 class TensorRecord:
@@ -183,7 +218,7 @@ class TensorRecord:
 class TorchLikePickler(pickle.Pickler):
     def persistent_id(self, obj):
         if isinstance(obj, FakeStorage):
-            return ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel)
+            return ("storage", obj.kind, obj.key, "cpu", obj.numel)
         return None
 
 
@@ -199,6 +234,51 @@ def test_crafted_record_reads_like_torch(tmp_path):
     record = TensorRecord(FakeStorage("0", 16), 4, (3, 4), (4, 1))
     loaded = read_pth(crafted_pth(tmp_path / "ok.pth", record, 16))
     np.testing.assert_array_equal(loaded["x"], np.arange(4, 16, dtype=np.float32).reshape(3, 4))
+
+
+class Call:
+    """Pickles as fn(*args), then BUILD with `state` if given (a pickle may do both)."""
+
+    def __init__(self, fn, args, state=None):
+        self.reduce = (fn, args) if state is None else (fn, args, state)
+
+    def __reduce__(self):
+        return self.reduce
+
+
+@pytest.mark.parametrize("record, message", [
+    (Call(OrderedDict, (5,)), r"data\.pkl is corrupt \(TypeError"),
+    (Call(torch._utils._rebuild_tensor_v2, ("no storage", 0, (4,), (1,))),
+     "builds a tensor without a storage"),
+    (Call(torch._utils._rebuild_tensor_v2, (FakeStorage("0", 16), 0, "4", (1,))),
+     "invalid layout"),
+    (Call(torch._utils._rebuild_tensor_v2, (FakeStorage("0", 16), 0, (4,), (1,), False,
+                                            OrderedDict()), {"shape": (2, 2)}),
+     r"data\.pkl is corrupt"),
+    (Call(torch._utils._rebuild_tensor_v2, (FakeStorage("0", 32, torch.BFloat16Storage), 0,
+                                            (4,), (1,), False, OrderedDict()),
+          {"bits": "not an array"}),
+     "rewrites the bits of tensor 'x'"),
+], ids=["OrderedDict(5)", "no-storage", "size-not-tuple", "BUILD-on-array", "BUILD-on-bf16"])
+def test_allowed_globals_with_bogus_arguments_are_refused(tmp_path, record, message):
+    """REDUCE / BUILD on allow-listed callables with arguments no torch.save writes."""
+    buffer = io.BytesIO()
+    TorchLikePickler(buffer, protocol=2).dump({"x": record})
+    path = write_torch_zip(tmp_path / "bogus.pth", buffer.getvalue(), {"0": bytes(64)})
+    with pytest.raises(CheckpointError, match=message):
+        read_pth(path)
+
+
+def test_compressed_pickle_is_refused(tmp_path):
+    path = tmp_path / "zipped.pth"
+    torch.save({"x": torch.ones(4)}, path)
+    with zipfile.ZipFile(path) as archive:
+        members = {name.split("/", 1)[1]: archive.read(name) for name in archive.namelist()}
+    storages = {name.removeprefix("data/"): blob for name, blob in members.items()
+                if name.startswith("data/")}
+    write_torch_zip(path, members["data.pkl"], storages, compression=zipfile.ZIP_DEFLATED)
+    with pytest.raises(CheckpointError, match="data.pkl is compressed"):
+        read_pth(path)
 
 
 def test_tensor_reaching_past_its_storage_is_refused(tmp_path):

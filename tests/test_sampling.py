@@ -58,6 +58,7 @@ def test_same_seed_same_tokens_different_seed_differs():
 @pytest.mark.parametrize("options", [
     dict(temperature=-0.1), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-1),
     dict(top_k=2.5), dict(seed=1.5), dict(seed=-3), dict(temperature=float("nan")),
+    dict(temperature=float("inf")),
 ])
 def test_bad_options_are_refused(options):
     with pytest.raises(InputError):

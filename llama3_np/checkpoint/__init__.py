@@ -93,10 +93,10 @@ def select_canonical(stored: dict, config: ModelConfig, source, *,
                                   f"but {config_name} implies {shape}")
         tensors[name] = tensor
         used.add(key)
-    for key in stored:
-        if key not in used and not ignore(key):
-            raise CheckpointError(f"{source}: tensor '{key}' does not belong to a "
-                                  f"{config.n_layers}-layer Llama model")
+    unknown = [key for key in stored if key not in used and not ignore(key)]
+    if unknown:
+        raise CheckpointError(f"{source}: tensor '{unknown[0]}' does not belong to a "
+                              f"{config.n_layers}-layer Llama model")
     if config.tie_embeddings:
         tensors["output.weight"] = tensors["tok_embeddings.weight"]
     return tensors

@@ -61,6 +61,10 @@ SUPPORTED_TYPES = (*_FLOAT_DTYPES, *BLOCK_FORMATS)
 
 _MAX_DIMS = 4  # GGML_MAX_DIMS
 _MAX_ARRAY_NESTING = 8  # arrays of arrays: the gguf package writes them, ggml reads none
+# Far beyond any real key, value or vocabulary (Llama 3: 128256 tokens), and low enough
+# that a corrupt length cannot turn gigabytes of a large file into Python objects.
+_MAX_STRING_BYTES = 1 << 26
+_MAX_ARRAY_LENGTH = 1 << 24
 
 
 @dataclass
@@ -96,8 +100,16 @@ class _Cursor:
     def u64(self, what: str) -> int:
         return int(self.numbers(_SCALAR_DTYPES[10], 1, what)[0])
 
+    def count(self, limit: int, what: str) -> int:
+        """A uint64 length, refused above `limit` before anything that large is read."""
+        n = self.u64(what)
+        if n > limit:
+            raise CheckpointError(f"{self.path} is corrupt: {what} claims a length of {n} "
+                                  f"(at most {limit} is plausible)")
+        return n
+
     def string(self, what: str) -> str:
-        raw = bytes(self.take(self.u64(what), what))
+        raw = bytes(self.take(self.count(_MAX_STRING_BYTES, what), what))
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -113,7 +125,7 @@ class _Cursor:
             if depth == _MAX_ARRAY_NESTING:
                 raise CheckpointError(f"{self.path}: {what} nests arrays more than "
                                       f"{_MAX_ARRAY_NESTING} deep")
-            item_type, count = self.u32(what), self.u64(what)
+            item_type, count = self.u32(what), self.count(_MAX_ARRAY_LENGTH, what)
             if item_type in _SCALAR_DTYPES:  # one vectorised read, not a loop
                 return self.numbers(_SCALAR_DTYPES[item_type], count, what).tolist()
             if item_type not in (_STRING, _ARRAY):  # refuse before looping `count` times

@@ -43,6 +43,9 @@ _HF_LAYER_NAMES = {
     "feed_forward.w2.weight": "mlp.down_proj.weight",
     "feed_forward.w3.weight": "mlp.up_proj.weight",
 }
+# The safetensors library's own limit: a corrupt length must not make us read gigabytes.
+MAX_HEADER_BYTES = 100_000_000
+
 # Buffers older transformers saved next to the weights; recomputed, never needed.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -99,6 +102,9 @@ def _read_header(path: Path) -> tuple:
                 raise CheckpointError(f"{path}: header length {header_size} runs past the "
                                       f"end of the file ({file_size} bytes); truncated or "
                                       "not safetensors")
+            if header_size > MAX_HEADER_BYTES:
+                raise CheckpointError(f"{path}: header length {header_size} is over the "
+                                      f"safetensors limit of {MAX_HEADER_BYTES} bytes")
             raw = f.read(header_size)
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror}") from e
@@ -175,8 +181,9 @@ def _read_hf_tensors(directory: Path) -> dict:
                                   f"though {INDEX_FILE} says it does")
         tensors[name] = shards[shard][name]
     for shard, held in shards.items():  # an unlisted tensor (lm_head?) would be lost
-        for name in held.keys() - weight_map.keys():
-            raise CheckpointError(f"{directory / shard} holds tensor '{name}', which "
+        unlisted = held.keys() - weight_map.keys()
+        if unlisted:
+            raise CheckpointError(f"{directory / shard} holds tensor '{min(unlisted)}', which "
                                   f"{INDEX_FILE} does not list")
     return tensors
 

@@ -111,17 +111,20 @@ def _check_same_names(shards: list) -> None:
     """Model-parallel shards each hold a slice of every tensor: the same names in all."""
     first_path, first = shards[0]
     for path, tensors in shards[1:]:
-        for name in first.keys() - tensors.keys():
-            raise CheckpointError(f"{path} has no tensor '{name}', which {first_path.name} has")
-        for name in tensors.keys() - first.keys():
-            raise CheckpointError(f"{first_path} has no tensor '{name}', which {path.name} has")
+        for lacking, holding, names in ((path, first_path, first.keys() - tensors.keys()),
+                                        (first_path, path, tensors.keys() - first.keys())):
+            if names:
+                raise CheckpointError(f"{lacking} has no tensor '{min(names)}', which "
+                                      f"{holding.name} has")
 
 
 def _join_shards(shards: list, dim: int, directory: Path) -> dict:
     """Name -> the whole tensor, each stored tensor checked to be floating point."""
-    return {name: _join(name, [_float_tensor(path, tensors[name], name) for path, tensors in shards],
-                        dim, directory)
-            for name in shards[0][1]}
+    joined = {}
+    for name in shards[0][1]:
+        parts = [_float_tensor(path, tensors[name], name) for path, tensors in shards]
+        joined[name] = _join(name, parts, dim, directory)
+    return joined
 
 
 def _float_tensor(path: Path, tensor, name: str):
@@ -181,6 +184,10 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, Valu
                OverflowError, struct.error, zlib.error, NotImplementedError, RuntimeError)
 
 
+# A 70B shard's data.pkl is about 100 KB; a corrupt size must not make us read gigabytes.
+_MAX_PICKLE_BYTES = 100_000_000
+
+
 class _TorchArchive:
     """A torch.save zip: its data.pkl bytes and its storages mapped (not read) from disk."""
 
@@ -195,10 +202,14 @@ class _TorchArchive:
                                           "checkpoint: it has no single data.pkl")
                 # The archive's top directory is named after whatever file torch.save wrote.
                 self.prefix = pickles[0][: -len("data.pkl")]
-                if self.members[pickles[0]].compress_type != zipfile.ZIP_STORED:
+                pickle_info = self.members[pickles[0]]
+                if pickle_info.compress_type != zipfile.ZIP_STORED:
                     # torch.save stores every record; a compressed one could be a zip bomb
                     raise CheckpointError(f"{path}: {pickles[0]} is compressed; torch.save "
                                           "stores it uncompressed, so this file was repacked")
+                if pickle_info.file_size > _MAX_PICKLE_BYTES:
+                    raise CheckpointError(f"{path}: {pickles[0]} claims {pickle_info.file_size} "
+                                          "bytes; a state dict's pickle is far smaller")
                 self.pickle_bytes = archive.read(pickles[0])
                 byteorder_member = self.prefix + "byteorder"
                 byteorder = (archive.read(byteorder_member) if byteorder_member in self.members

@@ -53,6 +53,12 @@ def main(argv: list) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except MemoryError:
+        if args.debug:
+            raise
+        print("error: out of memory; keep the weights smaller with --dtype bf16 or --dtype q8",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

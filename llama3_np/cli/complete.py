@@ -20,8 +20,8 @@ def run(args) -> int:
     from ..generate import GenerationStats
 
     tokens = model.encode_prompt(prompt)
-    room = model.context_room(len(tokens))
-    if 0 < room < args.max_tokens:
+    room = model.context_room(len(tokens))  # refuses a prompt that fills the context
+    if room < args.max_tokens:
         print(f"note: --max-tokens {args.max_tokens} capped to {room}: the prompt's "
               f"{len(tokens)} tokens leave {room} of the {model.config.max_seq_len}-token "
               "context", file=sys.stderr)
@@ -37,13 +37,16 @@ def run(args) -> int:
 
 
 def read_prompt(prompt):
-    """The prompt argument, or standard input for '-'."""
+    """The prompt argument, or standard input for '-', as valid UTF-8 text. (Python turns
+    undecodable bytes in arguments into lone surrogates, which the tokenizer would quietly
+    replace; they are refused instead.)"""
     if prompt is None:
         raise InputError("no prompt given: python run.py \"The capital of France is\"")
-    if prompt != "-":
-        return prompt
+    where = "standard input" if prompt == "-" else "the prompt"
     try:
-        return sys.stdin.read()
-    except UnicodeDecodeError as e:
-        raise InputError(f"standard input is not UTF-8 text ({e.reason} at byte {e.start})") \
+        text = sys.stdin.buffer.read().decode("utf-8") if prompt == "-" else prompt
+        text.encode("utf-8")
+    except UnicodeError as e:
+        raise InputError(f"{where} is not UTF-8 text ({e.reason} at position {e.start})") \
             from None
+    return text

@@ -9,10 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
+import llama3_np
+from llama3_np.checkpoint.detect import read_checkpoint
+from llama3_np.config import RopeScaling
 from llama3_np.rope import RotaryTable, apply_rope, rope_frequencies
+from llama3_np.storage import BF16
 
+from . import reference
 from .models import (ParityModel, canonical_weights, load_hf_reference, load_ours,
                      meta_reference)
 from .steps import (HFSteps, StepError, hf_heads_to_meta, meta_heads_to_hf, meta_steps,
@@ -24,7 +30,12 @@ GENERATED_TOKENS = 32
 
 
 def tolerance_of(_name: str) -> float:
+    """Every step gets the same relative tolerance (see tolerances.py)."""
     return FLOAT32
+
+
+def max_relative(errors) -> float:
+    return max((e.relative for e in errors), default=0.0)
 
 
 def our_steps(directory: Path, tokens) -> dict:
@@ -45,12 +56,30 @@ def hf_steps(model, tokens) -> dict:
     return steps.tensors
 
 
-def reference_steps(model, shape, tokens) -> tuple:
-    """(transformers' steps, Meta-reference steps) for one LlamaForCausalLM's weights.
-    Meta's reference also records what transformers does not expose: q and k after
-    RoPE in Meta's layout, the raw and the masked attention scores."""
-    meta = meta_reference(canonical_weights(model, shape), shape, max_positions=len(tokens))
-    return hf_steps(model, tokens), meta_steps(meta, tokens)
+@dataclass
+class StepRun:
+    """One prompt through llama3_np and through both references, every step recorded."""
+
+    ours: dict
+    hf: dict  # what transformers' modules expose
+    meta: dict  # Meta's model.py: every step, q/k after RoPE and raw scores included
+
+    @property
+    def reference(self) -> dict:
+        """Transformers where its modules show the step, Meta's reference elsewhere."""
+        return {**self.meta, **self.hf}
+
+    def source(self, name: str) -> str:
+        return "transformers" if name in self.hf else "Meta model.py"
+
+
+def step_run(snapshot: Path, reference_model, shape, tokens) -> StepRun:
+    """llama3_np loading `snapshot` against `reference_model` (a LlamaForCausalLM) and
+    Meta's reference over the same weights."""
+    meta = meta_reference(canonical_weights(reference_model, shape), shape,
+                          max_positions=len(tokens))
+    return StepRun(our_steps(snapshot, tokens), hf_steps(reference_model, tokens),
+                   meta_steps(meta, tokens))
 
 
 @dataclass
@@ -73,9 +102,9 @@ def greedy_generation(pm: ParityModel, prompt: list,
     with the logits each side chose from at every step."""
     with torch.no_grad():
         out = pm.reference.generate(
-            torch.tensor([prompt]), max_new_tokens=n_tokens, min_new_tokens=n_tokens,
-            do_sample=False, eos_token_id=None, pad_token_id=0, output_logits=True,
-            return_dict_in_generate=True)
+            torch.tensor([prompt]), max_new_tokens=n_tokens, do_sample=False,
+            eos_token_id=None, pad_token_id=0,  # one sequence: nothing to stop or pad
+            output_logits=True, return_dict_in_generate=True)
     reference_logits = [step[0].numpy() for step in out.logits]
     ours = load_ours(pm.snapshots["float32"])
     with ours.trace("logits") as trace:
@@ -91,14 +120,6 @@ def greedy_generation(pm: ParityModel, prompt: list,
                          list(completion.tokens), errors, margins)
 
 
-def max_relative(errors) -> float:
-    return max((e.relative for e in errors), default=0.0)
-
-
-def worst(errors) -> StepError:
-    return max(errors, key=lambda e: e.relative)
-
-
 LONG_PROMPT = 8300  # ends past 8192, where Llama 3.1 scaling starts to matter
 LONG_PROMPT_LAST_CHUNK = 8190  # the last prefill call starts here: 8190..8299
 PREFILL_CHUNK = 1024  # keeps our (heads, chunk, positions) score arrays ~100 MB
@@ -107,7 +128,7 @@ DECODED_PAST_PROMPT = 4  # then single tokens at 8300..8303 through the KV cache
 
 @dataclass
 class LongContextRun:
-    logit_errors: list  # StepError per forward call, ours vs transformers (sdpa)
+    logit_errors: dict  # phase -> StepErrors of its forward calls, ours vs transformers
     rotation_errors: list  # q and k after RoPE at 8190..8299 vs transformers' rotary_emb
     unscaled_rotation_error: StepError  # the same q rotated WITHOUT scaling: must be far off
 
@@ -118,32 +139,37 @@ def long_context_run(pm: ParityModel) -> LongContextRun:
     8304 tokens in one call with position_ids 0..8303; and q, k after RoPE at positions
     8190..8299 against transformers' own scaled rotary embedding at those positions."""
     shape, tokens = pm.shape, pm.prompt(LONG_PROMPT + DECODED_PAST_PROMPT, seed=4)
-    reference = load_hf_reference(pm.snapshots["float32"], attn_implementation="sdpa")
+    hf_model = load_hf_reference(pm.snapshots["float32"], attn_implementation="sdpa")
     with torch.no_grad():
-        reference_logits = reference(torch.tensor([tokens])).logits[0].numpy()
+        reference_logits = hf_model(torch.tensor([tokens])).logits[0].numpy()
 
-    ours = load_ours(pm.snapshots["float32"])
-    starts = [*range(0, LONG_PROMPT_LAST_CHUNK, PREFILL_CHUNK), LONG_PROMPT_LAST_CHUNK,
-              *range(LONG_PROMPT, len(tokens))]
-    ends = starts[1:] + [len(tokens)]
+    last = LONG_PROMPT_LAST_CHUNK
+    phases = {f"prefill 0..{last - 1}": range(0, last, PREFILL_CHUNK),
+              f"prefill {last}..{LONG_PROMPT - 1}": [last],
+              f"decode {LONG_PROMPT}..{len(tokens) - 1}": range(LONG_PROMPT, len(tokens))}
+    starts = [start for phase_starts in phases.values() for start in phase_starts]
+    ends = dict(zip(starts, starts[1:] + [len(tokens)]))
     rope_steps = ["layers.0.attention." + s for s in ("q", "k", "q_rotated", "k_rotated")]
-    logit_errors = []
+    ours = load_ours(pm.snapshots["float32"])
+    logit_errors = {}
     with ours.trace(*rope_steps) as trace:
-        for start, end in zip(starts, ends):
-            logits = ours.forward(tokens[start:end], start_pos=start)
-            logit_errors.append(step_error(f"logits at positions {start}..{end - 1}", logits,
-                                           reference_logits[start:end], FLOAT32))
-    recorded = trace.steps[starts.index(LONG_PROMPT_LAST_CHUNK)]
+        for phase, phase_starts in phases.items():
+            for start in phase_starts:
+                logits = ours.forward(tokens[start:ends[start]], start_pos=start)
+                logit_errors.setdefault(phase, []).append(step_error(
+                    f"logits at positions {start}..{ends[start] - 1}", logits,
+                    reference_logits[start:ends[start]], FLOAT32))
+    recorded = trace.steps[starts.index(last)]
 
-    positions = np.arange(LONG_PROMPT_LAST_CHUNK, LONG_PROMPT)
-    hf_rotated = hf_rotary(reference, recorded["layers.0.attention.q"],
+    positions = np.arange(last, LONG_PROMPT)
+    hf_rotated = hf_rotary(hf_model, recorded["layers.0.attention.q"],
                            recorded["layers.0.attention.k"], positions)
-    rotation_errors = [step_error(name + " at positions 8190..8299", recorded[name], theirs,
-                                  FLOAT32)
+    rotation_errors = [step_error(f"{name} at positions {last}..{LONG_PROMPT - 1}",
+                                  recorded[name], theirs, FLOAT32)
                        for name, theirs in zip(rope_steps[2:], hf_rotated)]
     unscaled = RotaryTable(rope_frequencies(shape.head_dim, shape.rope_theta))
     q_unscaled = apply_rope(recorded["layers.0.attention.q"],
-                            unscaled.rotations(LONG_PROMPT_LAST_CHUNK, len(positions)))
+                            unscaled.rotations(last, len(positions)))
     return LongContextRun(logit_errors, rotation_errors,
                           step_error("q rotated without scaling", q_unscaled, hf_rotated[0],
                                      FLOAT32))
@@ -159,3 +185,48 @@ def hf_rotary(model, q: np.ndarray, k: np.ndarray, positions: np.ndarray) -> tup
         q_hf, k_hf = apply_rotary_pos_emb(q_hf, k_hf, cos, sin)
     return tuple(hf_heads_to_meta(x[0].transpose(0, 1), x.shape[1]).numpy()
                  for x in (q_hf, k_hf))
+
+
+@dataclass
+class LayoutComparison:
+    """One model read from its HF and its Meta snapshot (see test_formats.py)."""
+
+    formats: tuple  # as detected: ("hf", "meta")
+    configs_equal: bool
+    names_equal: bool
+    differing_tensors: list  # canonical names whose stored bits differ (or are not bf16)
+    tied_output_shared: bool  # tied: output.weight IS tok_embeddings.weight (Meta side)
+    logits_equal: bool
+    logits_finite: bool
+
+
+def compare_layouts(snapshots: dict, tokens) -> LayoutComparison:
+    """Read snapshots["hf"] and snapshots["meta"] with read_checkpoint; then load each
+    with llama3_np.load (bf16 kept in memory, NumPy kernels) and run `tokens`."""
+    hf, meta = read_checkpoint(snapshots["hf"]), read_checkpoint(snapshots["meta"])
+    differing = [name for name, tensor in hf.tensors.items()
+                 if not (isinstance(tensor, BF16) and isinstance(meta.tensors.get(name), BF16)
+                         and np.array_equal(tensor.bits, meta.tensors[name].bits))]
+    shared = meta.tensors.get("output.weight") is meta.tensors.get("tok_embeddings.weight")
+    hf_logits, meta_logits = (llama3_np.load(snapshots[k], dtype="bf16", backend="numpy")
+                              .forward(tokens) for k in ("hf", "meta"))
+    return LayoutComparison(
+        formats=(hf.format, meta.format), configs_equal=hf.config == meta.config,
+        names_equal=hf.tensors.keys() == meta.tensors.keys(), differing_tensors=differing,
+        tied_output_shared=shared or not meta.config.tie_embeddings,
+        logits_equal=np.array_equal(hf_logits, meta_logits),
+        logits_finite=bool(np.isfinite(hf_logits).all()))
+
+
+def rope_frequency_differences(shape) -> dict:
+    """Largest relative difference of rope.rope_frequencies from transformers' inv_freq
+    and from Meta's apply_scaling, for `shape`'s head_dim, theta and scaling."""
+    scaling = None if shape.rope_factor is None else RopeScaling(factor=shape.rope_factor)
+    ours = rope_frequencies(shape.head_dim, shape.rope_theta, scaling)
+    theirs = {
+        "transformers": LlamaRotaryEmbedding(LlamaConfig(**shape.hf_config_kwargs())).inv_freq,
+        "Meta model.py": reference.rope_frequencies(shape.head_dim, shape.rope_theta,
+                                                    shape.rope_factor),
+    }
+    return {name: float(np.abs(ours.astype(np.float64) / freqs.numpy() - 1).max())
+            for name, freqs in theirs.items()}

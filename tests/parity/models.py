@@ -8,7 +8,7 @@ side always loads a directory through llama3_np.load, as a user would.
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from llama3_np.checkpoint.hf import hf_name
 from tests.checkpoints.hf import hf_unpermute
 
 from .reference import MetaReference
-from .shapes import FULL_VOCAB, Shape
+from .shapes import FULL_VOCAB, SHAPES_BY_NAME, Shape
 
 # transformers' initializer_range. Embeddings this small leave the residual stream to
 # the layers' outputs; with O(1) embeddings a tied model's logits are dominated by the
@@ -30,11 +30,16 @@ from .shapes import FULL_VOCAB, Shape
 EMBEDDING_STD = 0.02
 
 
+def matrix_std(name: str, shape: tuple) -> float:
+    """The spread of a random weight matrix: EMBEDDING_STD for the embedding, else
+    1/sqrt(fan_in), so activations stay O(1) through the layers (as in tests/tiny.py)."""
+    return EMBEDDING_STD if name == "model.embed_tokens.weight" else shape[1] ** -0.5
+
+
 def random_hf_model(shape: Shape, seed: int, attn_implementation: str = "eager"):
-    """A float32 LlamaForCausalLM of `shape` with seeded random weights: norm gains
-    1 + 0.1 u, embeddings EMBEDDING_STD * u, every matrix u / sqrt(fan_in) (so
-    activations stay O(1) through the layers, as in tests/tiny.py), u of mean 0 and
-    variance 1. u is uniform: it draws several times faster than a normal."""
+    """A float32 LlamaForCausalLM of `shape` with seeded random weights: matrices
+    matrix_std * u, norm gains 1 + 0.1 u, with u of mean 0 and variance 1 (uniform: it
+    draws several times faster than a normal)."""
     config = LlamaConfig(**shape.hf_config_kwargs(), attn_implementation=attn_implementation)
     with no_init_weights():  # transformers' own init is slow and overwritten anyway
         model = LlamaForCausalLM(config)
@@ -46,10 +51,8 @@ def random_hf_model(shape: Shape, seed: int, attn_implementation: str = "eager")
             param.uniform_(-half_width, half_width, generator=generator)
             if param.ndim == 1:
                 param.mul_(0.1).add_(1.0)
-            elif name == "model.embed_tokens.weight":
-                param.mul_(EMBEDDING_STD)
             else:
-                param.mul_(param.shape[1] ** -0.5)
+                param.mul_(matrix_std(name, param.shape))
     return model.eval()
 
 
@@ -159,12 +162,7 @@ def random_bf16_model(shape: Shape, seed: int):
     model.tie_weights()
     rng = np.random.default_rng(seed)
     for name, param in model.named_parameters():
-        if param.ndim == 1:
-            scale = 1.0
-        elif name == "model.embed_tokens.weight":
-            scale = EMBEDDING_STD
-        else:
-            scale = param.shape[1] ** -0.5
+        scale = 1.0 if param.ndim == 1 else matrix_std(name, param.shape)
         # |value| in [2^e, 2^(e+1)) with e = floor(log2(scale)): within 2x of the scale
         exponent = np.uint16(127 + int(np.floor(np.log2(scale))))
         bits = rng.integers(0, 1 << 16, param.shape, dtype=np.uint16) & np.uint16(0x807F)
@@ -200,3 +198,14 @@ def restate_snapshots(snapshots: dict, shape: Shape, root: Path) -> dict:
     LlamaConfig(**shape.hf_config_kwargs(), dtype=torch.bfloat16).save_pretrained(hf)
     (meta / "params.json").write_text(json.dumps(shape.meta_params()))
     return {"hf": hf, "meta": meta}
+
+
+def write_full_vocab_8b(root: Path, tokenizer_path: Path) -> dict:
+    """{shape name: {"hf": dir, "meta": dir}} for Llama 3.0 and 3.1 8B with the full
+    vocabulary (Meta's layout needs it, see build_parity_model), 1 layer, bfloat16: the
+    two 128256 x 4096 matrices are 2 GB even so. Both share one set of weight files:
+    they differ only in configuration (rope scaling)."""
+    v30, v31 = (replace(SHAPES_BY_NAME[name], vocab_size=FULL_VOCAB, n_layers=1)
+                for name in ("llama-3.0-8b", "llama-3.1-8b"))
+    snapshots = write_format_snapshots(v31, root / v31.name, tokenizer_path)
+    return {v31.name: snapshots, v30.name: restate_snapshots(snapshots, v30, root / v30.name)}

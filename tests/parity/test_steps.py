@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from .measure import PROMPT_LENGTH, our_steps, reference_steps, tolerance_of
+from .measure import PROMPT_LENGTH, step_run, tolerance_of
 from .models import load_hf_reference
 from .steps import assert_steps_match, step_error
 from .tolerances import FLOAT32
@@ -18,25 +18,24 @@ pytestmark = pytest.mark.parity
 
 def test_float32_snapshot_every_step(parity_model):
     tokens = parity_model.prompt(PROMPT_LENGTH)
-    ours = our_steps(parity_model.snapshots["float32"], tokens)
-    hf, meta = reference_steps(parity_model.reference, parity_model.shape, tokens)
+    run = step_run(parity_model.snapshots["float32"], parity_model.reference,
+                   parity_model.shape, tokens)
     # Meta's reference stands in for the steps transformers hides (q/k after RoPE, raw and
     # masked scores), so first it must agree with transformers on every step both show.
-    assert_steps_match(meta, hf, tolerance_of, expected_steps=["embeddings", "logits"])
-    assert_steps_match(ours, {**meta, **hf}, tolerance_of, expected_steps=list(ours))
+    assert_steps_match(run.meta, run.hf, tolerance_of, expected_steps=["embeddings", "logits"])
+    assert_steps_match(run.ours, run.reference, tolerance_of, expected_steps=list(run.ours))
 
 
 def test_bfloat16_snapshot_every_step(parity_model):
     """The bf16 snapshot (transformers' own conversion) against transformers running the
     same bf16-rounded weights in float32: the float32 tolerance applies unchanged."""
     tokens = parity_model.prompt(PROMPT_LENGTH)
-    ours = our_steps(parity_model.snapshots["bfloat16"], tokens)
     rounded = load_hf_reference(parity_model.snapshots["bfloat16"])
-    hf, meta = reference_steps(rounded, parity_model.shape, tokens)
-    assert_steps_match(ours, {**meta, **hf}, tolerance_of, expected_steps=list(ours))
+    run = step_run(parity_model.snapshots["bfloat16"], rounded, parity_model.shape, tokens)
+    assert_steps_match(run.ours, run.reference, tolerance_of, expected_steps=list(run.ours))
+    assert np.array_equal(run.ours["embeddings"], run.hf["embeddings"])  # a lookup: exact
 
     # The rounding is really there: the float32 model's logits are far outside tolerance.
     with torch.no_grad():
         unrounded = parity_model.reference(torch.tensor([tokens])).logits[0].numpy()
-    assert not step_error("logits", ours["logits"], unrounded, FLOAT32).ok
-    assert np.array_equal(ours["embeddings"], hf["embeddings"])  # a lookup: exact
+    assert not step_error("logits", run.ours["logits"], unrounded, FLOAT32).ok

@@ -19,3 +19,8 @@ FLOAT32 = 1e-5
 # runner-up by more than the two sides may disagree: each logit may move FLOAT32 * scale,
 # so a lead above twice that cannot be overturned.
 MARGIN = 2 * FLOAT32
+
+# Rope frequencies: one power and one division (plus the scaling's blend), each rounded
+# in float32 on every side; libm's pow may round an ulp differently (an ulp is 2^-23 =
+# 1.2e-7 relative). Measured here: identical bits.
+FREQUENCIES = 4 * 2.0 ** -23

@@ -1,0 +1,187 @@
+"""One row of bench.py's table, measured in a fresh process; prints one JSON line.
+
+    python benchmarks/bench_case.py CHECKPOINT --engine llama3_np|torch --dtype f32|bf16|q8
+        [--backend numpy|numba] [--threads 2] [--prompt 128] [--decode 32]
+
+Loads the checkpoint, warms up (pages the weights in, compiles numba's kernels, starts
+the thread pools), prefills a prompt of random token ids twice (keeping the faster),
+then decodes greedily one token at a time, timing every step. A process per row keeps
+each row's peak memory its own, and keeps PyTorch's OpenMP threads from competing with
+numba's and OpenBLAS's.
+
+For PyTorch: LlamaForCausalLM.from_pretrained from the same checkpoint, cast to the
+dtype, torch.set_num_threads, a manual forward with past_key_values, and logits for
+the last position only (logits_to_keep=1, as transformers' generate does) just as
+llama3_np's forward(last_only=True).
+"""
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from llama3_np.threads import configure_threads  # noqa: E402  (before NumPy loads BLAS)
+
+ENGINES = ("llama3_np", "torch")
+WARMUP_TOKENS = 8
+PROMPT_SEED = 0
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--engine", choices=ENGINES, default="llama3_np")
+    parser.add_argument("--dtype", choices=("f32", "bf16", "q8"), default="f32")
+    parser.add_argument("--backend", choices=("numpy", "numba"), default="numpy",
+                        help="llama3_np's kernel backend")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompt", type=int, default=128, help="prompt tokens to prefill")
+    parser.add_argument("--decode", type=int, default=32, help="tokens to decode")
+    return parser.parse_args(argv)
+
+
+class Llama3NpRunner:
+    """llama3_np's model behind the two calls the measurement needs."""
+
+    def __init__(self, checkpoint: Path, dtype: str, backend: str, threads: int):
+        import llama3_np
+        from llama3_np import kernels
+        from llama3_np.sampling import Sampler
+
+        self.llama = llama3_np.load(checkpoint, dtype=dtype, backend=backend)
+        kernels.set_threads(threads)
+        kernels.warmup()
+        self.sample = Sampler(temperature=0)  # greedy, as the PyTorch side
+
+    def prefill(self, tokens: list) -> int:
+        """Run the prompt from position 0 (replacing whatever the cache held)."""
+        return self.sample(self.llama.forward(tokens, 0, last_only=True)[-1])
+
+    def decode(self, token: int, position: int) -> int:
+        return self.sample(self.llama.forward([token], position, last_only=True)[-1])
+
+    def weight_bytes_per_token(self) -> int:
+        """Bytes of weights one decode step reads: every tensor once (a tied embedding
+        once, as the output matrix), except a separate embedding, of which a step reads
+        one row."""
+        from llama3_np.storage import BF16
+
+        weights = self.llama.weights
+        unique = {id(t): t for t in weights.values()}
+        if weights["tok_embeddings.weight"] is not weights["output.weight"]:
+            del unique[id(weights["tok_embeddings.weight"])]
+        return sum(t.bits.nbytes if isinstance(t, BF16) else t.nbytes for t in unique.values())
+
+    def threads_in_use(self) -> dict:
+        from llama3_np import kernels
+
+        from machine import blas_threads
+
+        used = {"blas": blas_threads()}
+        if kernels.active_backend() == "numba":
+            import numba
+
+            used["numba"] = numba.get_num_threads()
+        return used
+
+
+class TorchRunner:
+    """transformers' LlamaForCausalLM behind the same two calls."""
+
+    def __init__(self, checkpoint: Path, dtype: str, threads: int):
+        import torch
+        from transformers import LlamaForCausalLM
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        torch_dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
+        self.model = LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch_dtype).eval()
+        self.cache = None
+
+    def _step(self, tokens: list) -> int:
+        with self.torch.inference_mode():
+            out = self.model(input_ids=self.torch.tensor([tokens]), past_key_values=self.cache,
+                             use_cache=True, logits_to_keep=1)
+        self.cache = out.past_key_values
+        return int(out.logits[0, -1].argmax())
+
+    def prefill(self, tokens: list) -> int:
+        self.cache = None  # a new cache: the prompt starts at position 0
+        return self._step(tokens)
+
+    def decode(self, token: int, position: int) -> int:
+        return self._step([token])
+
+    def weight_bytes_per_token(self) -> int:
+        """As Llama3NpRunner's: named_parameters lists a tied embedding once."""
+        params = dict(self.model.named_parameters())
+        total = sum(p.numel() * p.element_size() for p in params.values())
+        if not self.model.config.tie_word_embeddings:
+            embedding = params["model.embed_tokens.weight"]
+            total -= embedding.numel() * embedding.element_size()
+        return total
+
+    def threads_in_use(self) -> dict:
+        return {"torch": self.torch.get_num_threads()}
+
+
+def peak_memory() -> dict:
+    """Peak resident memory of this process in bytes, as the kernel reports it two ways
+    (both count the pages of memory-mapped weight files that were touched)."""
+    with open("/proc/self/status") as f:
+        status = dict(line.split(":", 1) for line in f)
+    return {"ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "VmHWM": int(status["VmHWM"].split()[0]) * 1024}
+
+
+def measure(runner, prompt: list, n_decode: int) -> dict:
+    """Prefill and decode timings (seconds): the prompt twice, then n_decode steps."""
+    runner.decode(runner.prefill(prompt[:WARMUP_TOKENS]), WARMUP_TOKENS)  # warm up
+    prefill_seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        token = runner.prefill(prompt)
+        prefill_seconds.append(time.perf_counter() - start)
+    decode_seconds = []
+    for position in range(len(prompt), len(prompt) + n_decode):
+        start = time.perf_counter()
+        token = runner.decode(token, position)
+        decode_seconds.append(time.perf_counter() - start)
+    return {"prefill_seconds": prefill_seconds, "decode_seconds": decode_seconds}
+
+
+def make_runner(args):
+    if args.engine == "torch":
+        return TorchRunner(args.checkpoint, args.dtype, args.threads)
+    return Llama3NpRunner(args.checkpoint, args.dtype, args.backend, args.threads)
+
+
+def run_case(args) -> dict:
+    import numpy as np
+
+    start = time.perf_counter()
+    runner = make_runner(args)
+    load_seconds = time.perf_counter() - start
+    vocab = json.loads((args.checkpoint / "config.json").read_text())["vocab_size"]
+    prompt = np.random.default_rng(PROMPT_SEED).integers(0, vocab, args.prompt).tolist()
+    timings = measure(runner, prompt, args.decode)
+    return {"engine": args.engine, "dtype": args.dtype,
+            "backend": args.backend if args.engine == "llama3_np" else "",
+            "threads": args.threads, "threads_in_use": runner.threads_in_use(),
+            "prompt_tokens": args.prompt, "load_seconds": load_seconds, **timings,
+            "weight_bytes_per_token": runner.weight_bytes_per_token(), **peak_memory()}
+
+
+def main():
+    args = parse_args()
+    configure_threads(args.threads)
+    if args.engine == "torch" and args.dtype == "q8":
+        sys.exit("bench_case.py: PyTorch runs f32 and bf16 only")
+    print(json.dumps(run_case(args)))
+
+
+if __name__ == "__main__":
+    main()

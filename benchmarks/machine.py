@@ -1,0 +1,119 @@
+"""What machine a benchmark ran on, and the memory bandwidth it can actually reach.
+
+Call threads.configure_threads before importing this module: it imports NumPy.
+"""
+
+import ctypes
+import os
+import platform
+import time
+from importlib import metadata
+
+import numpy as np
+
+_GIB = 1 << 30
+
+
+def _cpuinfo_field(name: str) -> str:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key.strip() == name:
+                return value.strip()
+    return "unknown"
+
+
+def _meminfo_bytes(name: str) -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _l3_cache() -> str:
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index3/size") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def blas_library() -> str:
+    """NumPy's BLAS as np.show_config reports it, e.g. "scipy-openblas 0.3.31 (... Haswell)"."""
+    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    detail = blas.get("openblas configuration", "")
+    return f"{blas.get('name', 'unknown')} {blas.get('version', '')}" + \
+        (f" ({' '.join(detail.split())})" if detail else "")
+
+
+def blas_threads():
+    """The thread count OpenBLAS uses now (asked through its C API), or None if NumPy's
+    BLAS is not an OpenBLAS whose symbol we know."""
+    with open("/proc/self/maps") as f:
+        paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
+    for path in paths:
+        library = ctypes.CDLL(path)
+        for symbol in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
+                       "openblas_get_num_threads"):
+            if hasattr(library, symbol):
+                return int(getattr(library, symbol)())
+    return None
+
+
+def describe_machine() -> dict:
+    """Label -> value, for the header of RESULTS.md."""
+    flags = set(_cpuinfo_field("flags").split())
+    vector = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "amx_bf16")
+              if f in flags]
+    return {
+        "CPU": f"{_cpuinfo_field('model name')} ({', '.join(vector)}; L3 {_l3_cache()})",
+        "cores": f"{os.cpu_count()} logical, {len(os.sched_getaffinity(0))} usable by "
+                 "this process",
+        "memory": f"{_meminfo_bytes('MemTotal') / _GIB:.1f} GiB "
+                  f"({_meminfo_bytes('MemAvailable') / _GIB:.1f} GiB available at start)",
+        "load average at start": open("/proc/loadavg").read().split()[0] +
+                                 " (other processes competing for the cores)",
+        "OS": f"{platform.system()} {platform.release()}",
+        "Python": platform.python_version(),
+        "versions": ", ".join(f"{p} {_version(p)}" for p in
+                              ("numpy", "numba", "torch", "transformers", "safetensors")),
+        "BLAS": blas_library(),
+    }
+
+
+def _best_seconds(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def memory_bandwidth(buffer_bytes: int = _GIB // 2, repeats: int = 3) -> dict:
+    """GB/s over float32 buffers 16x the L3 cache, best of `repeats`:
+
+    "sum":  np.sum (one thread, reads the buffer)
+    "gemv": BLAS matrix @ vector (reads the matrix, BLAS's thread count); this is what
+            a float32 decode step does, so it is the fairest bound for one
+    "copy": np.copyto (one thread; bytes read + bytes written)"""
+    columns = 8192
+    matrix = np.ones((buffer_bytes // 4 // columns, columns), dtype=np.float32)
+    copy = np.empty_like(matrix)
+    vector = np.ones(columns, dtype=np.float32)
+    np.copyto(copy, matrix)  # fault every page in before timing
+    seconds = {
+        "sum": _best_seconds(lambda: matrix.sum(), repeats),
+        "gemv": _best_seconds(lambda: matrix @ vector, repeats),
+        "copy": _best_seconds(lambda: np.copyto(copy, matrix), repeats),
+    }
+    moved = {"sum": matrix.nbytes, "gemv": matrix.nbytes, "copy": 2 * matrix.nbytes}
+    return {name: moved[name] / seconds[name] / 1e9 for name in seconds}
