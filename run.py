@@ -6,7 +6,6 @@
     python run.py COMMAND --help                              # complete, chat, inspect, info, ppl
 """
 
-import os
 import sys
 
 
@@ -21,11 +20,10 @@ def _threads_requested(argv: list) -> str:
 
 
 if __name__ == "__main__":
+    from llama3_np.threads import configure_threads  # imports no NumPy
+
     threads = _threads_requested(sys.argv[1:])
-    if threads.isdigit() and int(threads) > 0:
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                    "NUMBA_NUM_THREADS"):
-            os.environ[var] = threads
+    configure_threads(int(threads) if threads.isdigit() and int(threads) > 0 else None)
     from llama3_np.cli import main
 
     sys.exit(main(sys.argv[1:]))

@@ -43,6 +43,18 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def weight_bytes_per_token(weights: dict) -> int:
+    """Bytes of llama3_np weights one decode step reads: every tensor once (a tied
+    embedding once, as the output matrix), except a separate embedding, of which a step
+    reads one row."""
+    from llama3_np.storage import BF16
+
+    unique = {id(t): t for t in weights.values()}
+    if weights["tok_embeddings.weight"] is not weights["output.weight"]:
+        del unique[id(weights["tok_embeddings.weight"])]
+    return sum(t.bits.nbytes if isinstance(t, BF16) else t.nbytes for t in unique.values())
+
+
 class Llama3NpRunner:
     """llama3_np's model behind the two calls the measurement needs."""
 
@@ -64,16 +76,7 @@ class Llama3NpRunner:
         return self.sample(self.llama.forward([token], position, last_only=True)[-1])
 
     def weight_bytes_per_token(self) -> int:
-        """Bytes of weights one decode step reads: every tensor once (a tied embedding
-        once, as the output matrix), except a separate embedding, of which a step reads
-        one row."""
-        from llama3_np.storage import BF16
-
-        weights = self.llama.weights
-        unique = {id(t): t for t in weights.values()}
-        if weights["tok_embeddings.weight"] is not weights["output.weight"]:
-            del unique[id(weights["tok_embeddings.weight"])]
-        return sum(t.bits.nbytes if isinstance(t, BF16) else t.nbytes for t in unique.values())
+        return weight_bytes_per_token(self.llama.weights)
 
     def threads_in_use(self) -> dict:
         from llama3_np import kernels

@@ -71,6 +71,11 @@ def hf_tensor_shapes(hf_config: dict) -> dict:
             if not (name == "output.weight" and config.tie_embeddings)}
 
 
+def checkpoint_bytes(shape: str) -> int:
+    """Bytes of tensor data in a checkpoint of `shape` (a key of SHAPES)."""
+    return BF16_BYTES * sum(math.prod(s) for s in hf_tensor_shapes(SHAPES[shape]).values())
+
+
 def random_bf16_chunks(rng: np.random.Generator, name: str, shape: tuple):
     """A random tensor's bfloat16 bits (uint16), a few MB of rows at a time.
 
@@ -95,7 +100,8 @@ def write_random_safetensors(path: Path, shapes: dict, rng: np.random.Generator)
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, shape in shapes.items():
         size = BF16_BYTES * math.prod(shape)
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        header[name] = {"dtype": "BF16", "shape": list(shape),
+                        "data_offsets": [offset, offset + size]}
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the safetensors library pads the header to 8 bytes
@@ -142,7 +148,7 @@ def write_random_checkpoint(directory, shape: str = "llama-3.2-1b", seed: int = 
     shapes = hf_tensor_shapes(hf_config)
     rng = np.random.default_rng(seed)
     shards = plan_shards(shapes, max_shard_bytes)
-    total_bytes = sum(BF16_BYTES * math.prod(s) for s in shapes.values())
+    total_bytes = checkpoint_bytes(shape)
     log(f"writing a random {shape} checkpoint ({total_bytes / 1e9:.1f} GB bf16, "
         f"{len(shards)} file(s)) to {directory}")
     start = time.perf_counter()

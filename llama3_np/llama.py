@@ -109,11 +109,12 @@ def load(path, dtype: str = "f32", backend: str = "auto", tokenizer_path=None,
     """Load a Meta, Hugging Face or GGUF checkpoint; weights kept in `dtype` in memory.
 
     progress(done, total) is called after each tensor is converted (a ProgressBar fits)."""
-    from .kernels import set_backend
+    from .kernels import set_backend, warmup
     from .quantize import to_dtype
 
     checkpoint = read_checkpoint(path)
     set_backend(backend)
+    warmup()  # compile the numba kernels now, not during the first token
     weights, converted = {}, {}
     for done, (name, tensor) in enumerate(checkpoint.tensors.items(), start=1):
         # Tied embeddings: convert the shared tensor once and keep it shared.

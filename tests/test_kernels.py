@@ -23,6 +23,7 @@ NEEDS_NUMBA = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed"
 BACKENDS = ["numpy", pytest.param("numba", marks=NEEDS_NUMBA),
             pytest.param("numba-parallel", marks=NEEDS_NUMBA)]
 U32 = 2.0 ** -24  # float32 unit roundoff
+N_OUT, N_IN = 67, 544  # 17 Q8 blocks a row; 67 rows: a prime, so tiles end ragged
 
 
 @pytest.fixture(autouse=True)
@@ -44,8 +45,8 @@ def use_backend(monkeypatch):
 
 @pytest.fixture
 def small_tiles(monkeypatch):
-    """Tiles of 10 weight rows, so 67-row weights take 6 full tiles and a partial one."""
-    monkeypatch.setattr(kernels, "_TILE_VALUES", 10 * 544)
+    """Tiles of 10 weight rows: 6 full tiles and a partial one for N_OUT rows."""
+    monkeypatch.setattr(kernels, "_TILE_VALUES", 10 * N_IN)
 
 
 def random_matrix(shape, seed=0):
@@ -92,8 +93,8 @@ def assert_matches_float64(y, x, w_float32):
 def test_linear_matches_float64_on_the_decoded_weight(backend, dtype, n_rows, small_tiles,
                                                      use_backend):
     use_backend(backend)
-    w, w_float32 = weight_in(dtype, random_matrix((67, 544)))
-    x = random_matrix((n_rows, 544), seed=1)
+    w, w_float32 = weight_in(dtype, random_matrix((N_OUT, N_IN)))
+    x = random_matrix((n_rows, N_IN), seed=1)
     assert_matches_float64(kernels.linear(x, w), x, w_float32)
 
 
@@ -139,8 +140,8 @@ def test_numba_decodes_one_row_with_the_fused_gemv(backend, dtype, monkeypatch, 
         raise AssertionError("decoded weight tiles for a single row")
     monkeypatch.setattr(kernels, "_tiled_matmul", no_tiles)
     use_backend(backend)
-    w, w_float32 = weight_in(dtype, random_matrix((67, 544)))
-    x = random_matrix((1, 544), seed=6)
+    w, w_float32 = weight_in(dtype, random_matrix((N_OUT, N_IN)))
+    x = random_matrix((1, N_IN), seed=6)
     assert_matches_float64(kernels.linear(x, w), x, w_float32)
 
 
@@ -187,7 +188,8 @@ def test_auto_uses_numba_when_installed():
 def test_configure_threads_sets_blas_and_numba_variables_unless_user_set(monkeypatch):
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                      "NUMBA_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT"):
-        monkeypatch.delenv(variable, raising=False)
+        monkeypatch.setenv(variable, "")  # so monkeypatch restores it afterwards ...
+        monkeypatch.delenv(variable)  # ... and unset, as in a fresh shell
     monkeypatch.setenv("MKL_NUM_THREADS", "5")
     picked_up = configure_threads(3)
     assert picked_up is False  # NumPy is imported already in this process

@@ -36,7 +36,11 @@ def model_path(args) -> Path:
 
 def load_model(args):
     from .. import load
+    from ..kernels import set_threads
     from ..progress import ProgressBar
+
+    if args.threads is not None:
+        set_threads(args.threads)  # BLAS got the same count from run.py, before NumPy loaded
 
     with ProgressBar(0, "loading") as bar:  # drawn only on a terminal
         return load(model_path(args), dtype=args.dtype, backend=args.backend,

@@ -29,11 +29,6 @@ PROMPT_LENGTH = 12  # long enough for a real causal mask, short enough for 8B sh
 GENERATED_TOKENS = 32
 
 
-def tolerance_of(_name: str) -> float:
-    """Every step gets the same relative tolerance (see tolerances.py)."""
-    return FLOAT32
-
-
 def max_relative(errors) -> float:
     return max((e.relative for e in errors), default=0.0)
 

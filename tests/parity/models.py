@@ -105,7 +105,7 @@ def load_ours(directory: Path):
     return llama3_np.load(directory, dtype="f32")
 
 
-def meta_reference(weights: dict, shape: Shape, max_positions: int = 512) -> MetaReference:
+def meta_reference(weights: dict, shape: Shape, max_positions: int) -> MetaReference:
     """Meta's model.py over the canonical weights (tied: output is the embedding)."""
     weights = dict(weights)
     weights.setdefault("output.weight", weights["tok_embeddings.weight"])
@@ -126,11 +126,10 @@ def load_hf_reference(directory: Path, attn_implementation: str = "eager"):
 @dataclass
 class ParityModel:
     """One random model of a shape, kept for a whole session: the float32 transformers
-    model (the reference), its canonical weights, and its snapshots on disk."""
+    model (the reference) and its snapshots on disk."""
 
     shape: Shape
     reference: LlamaForCausalLM  # float32, eager attention
-    weights: dict  # canonical torch tensors (shared with `reference`, q/k reordered)
     snapshots: dict  # "float32" / "bfloat16": HF snapshot; "meta": Meta's layout, if any
 
     def prompt(self, length: int, seed: int = 1) -> list:
@@ -144,11 +143,11 @@ def build_parity_model(shape: Shape, root: Path, tokenizer_path: Path,
     is written only with the full vocabulary: a params.json implies the Llama 3 special
     token ids, which a reduced vocabulary does not hold."""
     model = random_hf_model(shape, seed)
-    weights = canonical_weights(model, shape)
     snapshots = write_hf_snapshots(model, root, tokenizer_path)
     if shape.vocab_size == FULL_VOCAB:
-        snapshots["meta"] = write_meta_snapshot(weights, shape, root / "meta", tokenizer_path)
-    return ParityModel(shape, model, weights, snapshots)
+        snapshots["meta"] = write_meta_snapshot(canonical_weights(model, shape), shape,
+                                                root / "meta", tokenizer_path)
+    return ParityModel(shape, model, snapshots)
 
 
 def random_bf16_model(shape: Shape, seed: int):

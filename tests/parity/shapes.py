@@ -1,10 +1,10 @@
 """The Llama 3 model shapes the parity suite checks: real widths, fewer layers.
 
-Hidden size, head counts, kv heads, head_dim (128), FFN width, rope theta and scaling
-are each model's own; only the depth is cut (2 layers), and for the two 8B shapes the
-vocabulary (4096 instead of 128256: two untied 128256 x 4096 matrices would be 4 GB
-of float32 per model). The tied Llama 3.2 shapes keep the full 128256 vocabulary, so
-the Llama 3 special token ids are real there.
+Hidden size, head counts, kv heads, head_dim (128; 64 for Llama 3.2 1B: 2048 / 32),
+FFN width, rope theta and scaling are each model's own; only the depth is cut (2
+layers), and for the two 8B shapes the vocabulary (4096 instead of 128256: two untied
+128256 x 4096 matrices would be 4 GB of float32 per model). The tied Llama 3.2 shapes
+keep the full 128256 vocabulary, so the Llama 3 special token ids are real there.
 """
 
 from dataclasses import dataclass

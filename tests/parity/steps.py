@@ -141,19 +141,18 @@ def step_error(name: str, ours: np.ndarray, reference: np.ndarray, tolerance: fl
     return StepError(name, float(diff.max(initial=0.0)), scale, tolerance)
 
 
-def compare_steps(ours: dict, reference: dict, tolerance_of) -> list:
-    """StepErrors for every step both sides recorded, in the order ours recorded them;
-    `tolerance_of(name)` gives each step's tolerance."""
-    return [step_error(name, tensor, reference[name], tolerance_of(name))
+def compare_steps(ours: dict, reference: dict, tolerance: float) -> list:
+    """StepErrors for every step both sides recorded, in the order ours recorded them."""
+    return [step_error(name, tensor, reference[name], tolerance)
             for name, tensor in ours.items() if name in reference]
 
 
-def assert_steps_match(ours: dict, reference: dict, tolerance_of, expected_steps=()) -> list:
+def assert_steps_match(ours: dict, reference: dict, tolerance: float, expected_steps=()) -> list:
     """Fail at the first step that diverges, saying by how much (and how the step before
     it did, to show where the error entered); return all StepErrors otherwise."""
     missing = [name for name in expected_steps if name not in ours or name not in reference]
     assert not missing, f"steps not recorded on both sides: {missing}"
-    errors = compare_steps(ours, reference, tolerance_of)
+    errors = compare_steps(ours, reference, tolerance)
     for i, error in enumerate(errors):
         if not error.ok:
             before = f"; the step before, {errors[i - 1]}" if i else ""

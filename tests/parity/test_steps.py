@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from .measure import PROMPT_LENGTH, step_run, tolerance_of
+from .measure import PROMPT_LENGTH, step_run
 from .models import load_hf_reference
 from .steps import assert_steps_match, step_error
 from .tolerances import FLOAT32
@@ -22,8 +22,8 @@ def test_float32_snapshot_every_step(parity_model):
                    parity_model.shape, tokens)
     # Meta's reference stands in for the steps transformers hides (q/k after RoPE, raw and
     # masked scores), so first it must agree with transformers on every step both show.
-    assert_steps_match(run.meta, run.hf, tolerance_of, expected_steps=["embeddings", "logits"])
-    assert_steps_match(run.ours, run.reference, tolerance_of, expected_steps=list(run.ours))
+    assert_steps_match(run.meta, run.hf, FLOAT32, expected_steps=["embeddings", "logits"])
+    assert_steps_match(run.ours, run.reference, FLOAT32, expected_steps=list(run.ours))
 
 
 def test_bfloat16_snapshot_every_step(parity_model):
@@ -32,7 +32,7 @@ def test_bfloat16_snapshot_every_step(parity_model):
     tokens = parity_model.prompt(PROMPT_LENGTH)
     rounded = load_hf_reference(parity_model.snapshots["bfloat16"])
     run = step_run(parity_model.snapshots["bfloat16"], rounded, parity_model.shape, tokens)
-    assert_steps_match(run.ours, run.reference, tolerance_of, expected_steps=list(run.ours))
+    assert_steps_match(run.ours, run.reference, FLOAT32, expected_steps=list(run.ours))
     assert np.array_equal(run.ours["embeddings"], run.hf["embeddings"])  # a lookup: exact
 
     # The rounding is really there: the float32 model's logits are far outside tolerance.
