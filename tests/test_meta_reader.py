@@ -269,14 +269,20 @@ def test_allowed_globals_with_bogus_arguments_are_refused(tmp_path, record, mess
         read_pth(path)
 
 
-def test_compressed_pickle_is_refused(tmp_path):
-    path = tmp_path / "zipped.pth"
-    torch.save({"x": torch.ones(4)}, path)
+def save_compressed(path, state: dict, compress_pickle: bool = True) -> None:
+    """torch.save, then the same members re-zipped with deflate (torch never compresses)."""
+    torch.save(state, path)
     with zipfile.ZipFile(path) as archive:
         members = {name.split("/", 1)[1]: archive.read(name) for name in archive.namelist()}
     storages = {name.removeprefix("data/"): blob for name, blob in members.items()
                 if name.startswith("data/")}
-    write_torch_zip(path, members["data.pkl"], storages, compression=zipfile.ZIP_DEFLATED)
+    write_torch_zip(path, members["data.pkl"], storages, compression=zipfile.ZIP_DEFLATED,
+                    compress_pickle=compress_pickle)
+
+
+def test_compressed_pickle_is_refused(tmp_path):
+    path = tmp_path / "zipped.pth"
+    save_compressed(path, {"x": torch.ones(4)})
     with pytest.raises(CheckpointError, match="data.pkl is compressed"):
         read_pth(path)
 
@@ -318,13 +324,8 @@ def test_truncated_shard(tmp_path, weights):
 
 def test_compressed_storage_is_refused(tmp_path):
     shard = tmp_path / "consolidated.00.pth"
-    torch.save({"x": torch.ones(64)}, shard)
-    with zipfile.ZipFile(shard) as archive:
-        members = {name.split("/", 1)[1]: archive.read(name) for name in archive.namelist()}
-    storages = {name.removeprefix("data/"): blob for name, blob in members.items()
-                if name.startswith("data/")}
-    write_torch_zip(shard, members["data.pkl"], storages, compression=zipfile.ZIP_DEFLATED)
-    with pytest.raises(CheckpointError, match="is compressed"):
+    save_compressed(shard, {"x": torch.ones(64)}, compress_pickle=False)
+    with pytest.raises(CheckpointError, match=r"data/0 is compressed"):
         read_pth(shard)
 
 
