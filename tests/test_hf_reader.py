@@ -129,6 +129,24 @@ def test_missing_lm_head_means_tied_even_if_config_says_otherwise(tmp_path):
     assert ckpt.tensors["output.weight"] is ckpt.tensors["tok_embeddings.weight"]
 
 
+@pytest.mark.parametrize("same_values", [True, False])
+def test_lm_head_stored_beside_a_tied_config(tmp_path, same_values):
+    """transformers' rule: an lm_head equal to the embedding is tied; one that differs
+    is the output matrix, whatever tie_word_embeddings says."""
+    config = small_config()
+    weights = random_weights(config)
+    if same_values:
+        weights["output.weight"] = weights["tok_embeddings.weight"].copy()
+    write_hf_checkpoint(tmp_path, weights, config, dtype="float32")
+    edit_json(tmp_path / "config.json", tie_word_embeddings=True)
+
+    ckpt = read_hf(tmp_path)
+
+    assert ckpt.config.tie_embeddings == same_values
+    assert (ckpt.tensors["output.weight"] is ckpt.tensors["tok_embeddings.weight"]) == same_values
+    np.testing.assert_array_equal(ckpt.tensors["output.weight"], weights["output.weight"])
+
+
 @pytest.mark.parametrize("config", [
     tiny_config(),  # Llama 3 vocabulary and special ids, llama3 rope scaling
     small_config(rope_scaling=None, rope_theta=10000.0, norm_eps=1e-6, tie_embeddings=True),

@@ -207,6 +207,17 @@ def _tokenizer_file(directory: Path) -> Optional[Path]:
     return None
 
 
+def _differs_from_embedding(hf_tensors: dict) -> bool:
+    """Whether a stored lm_head holds other values than the embedding (tied files
+    normally store none; one that is a copy is tied all the same)."""
+    head = hf_tensors.get("lm_head.weight")
+    embedding = hf_tensors.get("model.embed_tokens.weight")
+    if head is None or embedding is None or type(head) is not type(embedding):
+        return head is not None
+    raw = (lambda t: t.bits) if isinstance(head, BF16) else (lambda t: t)
+    return head.shape != embedding.shape or not np.array_equal(raw(head), raw(embedding))
+
+
 def read_hf(directory: Path) -> Checkpoint:
     """A Hugging Face Llama snapshot directory as a Checkpoint in Meta's names and layout."""
     directory = Path(directory)
@@ -222,7 +233,9 @@ def read_hf(directory: Path) -> Checkpoint:
     hf_tensors = _read_hf_tensors(directory)
     if "lm_head.weight" not in hf_tensors and not config.tie_embeddings:
         config = replace(config, tie_embeddings=True)  # no lm_head: the embedding is the output
-    # A stored lm_head is ignored when tied: tied means the output is the embedding.
+    if config.tie_embeddings and _differs_from_embedding(hf_tensors):
+        # As transformers does: an lm_head that differs from the embedding is not tied.
+        config = replace(config, tie_embeddings=False)
     tensors = select_canonical(hf_tensors, config, directory, stored_name=hf_name,
                                ignore=lambda name: name == "lm_head.weight"
                                or name.endswith(_IGNORED_SUFFIXES))
