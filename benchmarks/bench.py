@@ -74,7 +74,10 @@ def parse_args():
                              "or several joined by '/': e.g. 'f32,bf16/numba,torch'")
     parser.add_argument("--checkpoint", type=Path,
                         help="reuse the checkpoint in DIR, or write it there and keep it")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    return args
 
 
 def selected_cases(only: str) -> list:
@@ -197,11 +200,11 @@ def targets(rows: list, bandwidth: float, prompt_tokens: int) -> list:
     return out
 
 
-def results_markdown(args, tokens, machine_description, bandwidths, rows, failures,
-                     target_rows, sampling) -> str:
+def results_markdown(args, tokens, machine_description, loads, bandwidths, bandwidth, rows,
+                     failures, target_rows, sampling) -> str:
+    from machine import BANDWIDTH_BUFFER_BYTES
     from results import machine_markdown, markdown_table
 
-    bandwidth = max(max(b["sum"], b["gemv"]) for b in bandwidths)
     table = markdown_table(
         ["engine, weights (backend)", f"prefill {tokens['prompt']} tok/s", "decode tok/s",
          "decode ms/token", "weights read GB/s", "% of bandwidth", "bound tok/s",
@@ -212,7 +215,8 @@ def results_markdown(args, tokens, machine_description, bandwidths, rows, failur
           f"{r.peak_rss / 1e9:.1f}", f"{r.load_seconds:.0f}",
           ", ".join(f"{k} {v}" for k, v in r.threads_in_use.items())] for r in rows])
     bandwidth_table = markdown_table(
-        ["when", "np.sum, 1 thread (read)", f"BLAS f32 GEMV, {args.threads} threads (read)",
+        ["when", "np.sum, 1 thread (read)",
+         f"BLAS f32 GEMV, {args.threads} thread{'s' * (args.threads > 1)} (read)",
          "np.copyto, 1 thread (read + write)"],
         [[when, f"{b['sum']:.1f} GB/s", f"{b['gemv']:.1f} GB/s", f"{b['copy']:.1f} GB/s"]
          for when, b in zip(("before the rows", "after the rows"), bandwidths)])
@@ -224,7 +228,10 @@ def results_markdown(args, tokens, machine_description, bandwidths, rows, failur
         f"layers, 32/8 heads, ffn 8192, vocab 128256, tied), prompt {tokens['prompt']} random "
         f"tokens, then {tokens['decode']} greedy decode steps (decode tok/s = 1 / median step).",
         machine_markdown(machine_description),
-        "### Memory bandwidth (buffers 16x the L3 cache)",
+        f"Load average {loads[0]:.2f} at the start, {loads[1]:.2f} at the end"
+        + (": other programs were competing for the cores, so these numbers measure them "
+           "too; re-run on a quiet machine." if max(loads) > 0.5 else "."),
+        f"### Memory bandwidth ({BANDWIDTH_BUFFER_BYTES >> 20} MiB buffers)",
         bandwidth_table,
         f"Bound used below: {bandwidth:.1f} GB/s, the best read rate above. Bound tok/s = "
         "that / bytes of weights one decode step reads.",
@@ -243,13 +250,14 @@ def results_markdown(args, tokens, machine_description, bandwidths, rows, failur
 def main():
     args = parse_args()
     configure_threads(args.threads)
-    from machine import describe_machine, memory_bandwidth
+    from machine import best_read_gbps, describe_machine, load_average, memory_bandwidth
     from make_checkpoint import is_complete, write_random_checkpoint
     from results import write_section
 
     cases = selected_cases(args.only)
     tokens = QUICK if args.quick else FULL
     machine_description = describe_machine()
+    loads = [load_average()]
     bandwidths = [memory_bandwidth()]
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     checkpoint = args.checkpoint or Path(tempfile.mkdtemp(prefix="llama3np-bench-"))
@@ -270,11 +278,12 @@ def main():
     finally:
         if args.checkpoint is None:
             shutil.rmtree(checkpoint, ignore_errors=True)
+    loads.append(load_average())
     bandwidths.append(memory_bandwidth())
-    bandwidth = max(max(b["sum"], b["gemv"]) for b in bandwidths)
-    target_rows = targets(rows, bandwidth, tokens["prompt"])
-    markdown = results_markdown(args, tokens, machine_description, bandwidths, rows, failures,
-                                target_rows, sampling_costs())
+    bandwidth = best_read_gbps(bandwidths)
+    markdown = results_markdown(args, tokens, machine_description, loads, bandwidths, bandwidth,
+                                rows, failures, targets(rows, bandwidth, tokens["prompt"]),
+                                sampling_costs())
     print(markdown)
     write_section("bench.py", markdown)
 

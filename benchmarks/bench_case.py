@@ -40,7 +40,12 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens to prefill")
     parser.add_argument("--decode", type=int, default=32, help="tokens to decode")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if min(args.threads, args.prompt, args.decode) < 1:
+        parser.error("--threads, --prompt and --decode must be at least 1")
+    if args.engine == "torch" and args.dtype == "q8":
+        parser.error("PyTorch runs f32 and bf16 only")
+    return args
 
 
 def weight_bytes_per_token(weights: dict) -> int:
@@ -181,8 +186,6 @@ def run_case(args) -> dict:
 def main():
     args = parse_args()
     configure_threads(args.threads)
-    if args.engine == "torch" and args.dtype == "q8":
-        sys.exit("bench_case.py: PyTorch runs f32 and bf16 only")
     print(json.dumps(run_case(args)))
 
 

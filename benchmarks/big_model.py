@@ -37,7 +37,11 @@ def parse_args():
     parser.add_argument("--tokens", type=int, default=8, help="tokens to generate")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backend", default="auto", choices=("auto", "numpy", "numba"))
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.threads < 1 or args.tokens < 2:
+        parser.error("--threads must be at least 1 and --tokens at least 2 (the first token "
+                     "comes out of the prefill; decode speed needs a second)")
+    return args
 
 
 def memory_status() -> dict:
@@ -154,13 +158,12 @@ def report(args, m: dict, bandwidth: float, machine: dict) -> str:
 def main():
     args = parse_args()
     configure_threads(args.threads)
-    from machine import describe_machine, memory_bandwidth
+    from machine import best_read_gbps, describe_machine, load_average, memory_bandwidth
     from make_checkpoint import is_complete
     from results import write_section
 
-    machine = describe_machine()
-    bandwidths = memory_bandwidth()
-    bandwidth = max(bandwidths["sum"], bandwidths["gemv"])
+    machine = {**describe_machine(), "load average at start": load_average()}
+    bandwidth = best_read_gbps([memory_bandwidth()])
     directory = args.dir or Path(tempfile.mkdtemp(prefix="llama3np-8b-"))
     reused = is_complete(directory, SHAPE)
     try:

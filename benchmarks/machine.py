@@ -12,6 +12,7 @@ from importlib import metadata
 import numpy as np
 
 _GIB = 1 << 30
+BANDWIDTH_BUFFER_BYTES = _GIB // 2  # 16x a 32 MB L3 cache: measures memory, not cache
 
 
 def _cpuinfo_field(name: str) -> str:
@@ -68,6 +69,13 @@ def blas_threads():
     return None
 
 
+def load_average() -> float:
+    """Runnable processes, averaged over the last minute: above ~0.5 before a benchmark
+    starts, other programs compete for the cores and the numbers measure them too."""
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
 def describe_machine() -> dict:
     """Label -> value, for the header of RESULTS.md."""
     flags = set(_cpuinfo_field("flags").split())
@@ -79,8 +87,6 @@ def describe_machine() -> dict:
                  "this process",
         "memory": f"{_meminfo_bytes('MemTotal') / _GIB:.1f} GiB "
                   f"({_meminfo_bytes('MemAvailable') / _GIB:.1f} GiB available at start)",
-        "load average at start": open("/proc/loadavg").read().split()[0] +
-                                 " (other processes competing for the cores)",
         "OS": f"{platform.system()} {platform.release()}",
         "Python": platform.python_version(),
         "versions": ", ".join(f"{p} {_version(p)}" for p in
@@ -98,8 +104,8 @@ def _best_seconds(fn, repeats: int) -> float:
     return best
 
 
-def memory_bandwidth(buffer_bytes: int = _GIB // 2, repeats: int = 3) -> dict:
-    """GB/s over float32 buffers 16x the L3 cache, best of `repeats`:
+def memory_bandwidth(buffer_bytes: int = BANDWIDTH_BUFFER_BYTES, repeats: int = 3) -> dict:
+    """GB/s over float32 buffers far bigger than the cache, best of `repeats`:
 
     "sum":  np.sum (one thread, reads the buffer)
     "gemv": BLAS matrix @ vector (reads the matrix, BLAS's thread count); this is what
@@ -117,3 +123,9 @@ def memory_bandwidth(buffer_bytes: int = _GIB // 2, repeats: int = 3) -> dict:
     }
     moved = {"sum": matrix.nbytes, "gemv": matrix.nbytes, "copy": 2 * matrix.nbytes}
     return {name: moved[name] / seconds[name] / 1e9 for name in seconds}
+
+
+def best_read_gbps(measurements: list) -> float:
+    """The fastest read rate among memory_bandwidth() results: the bound for a decode
+    step, which only reads weights."""
+    return max(max(m["sum"], m["gemv"]) for m in measurements)
