@@ -64,7 +64,7 @@ CASES = [Case("llama3_np", "f32", "numpy"),
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help=f"prompt {QUICK['prompt']} and {QUICK['decode']} decoded tokens "
                              f"instead of {FULL['prompt']} and {FULL['decode']}")

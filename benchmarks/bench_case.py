@@ -147,7 +147,8 @@ def peak_memory() -> dict:
 
 def measure(runner, prompt: list, n_decode: int) -> dict:
     """Prefill and decode timings (seconds): the prompt twice, then n_decode steps."""
-    runner.decode(runner.prefill(prompt[:WARMUP_TOKENS]), WARMUP_TOKENS)  # warm up
+    warmup = prompt[:WARMUP_TOKENS]
+    runner.decode(runner.prefill(warmup), len(warmup))
     prefill_seconds = []
     for _ in range(2):
         start = time.perf_counter()

@@ -410,8 +410,8 @@ def test_token_ids_outside_the_vocabulary(model, tokens, message):
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(temperature=-0.5), r"temperature must be a number >= 0, got -0\.5"),
-    (dict(temperature=float("nan")), r"temperature must be a number >= 0, got nan"),
+    (dict(temperature=-0.5), r"temperature must be a finite number >= 0, got -0\.5"),
+    (dict(temperature=float("nan")), r"temperature must be a finite number >= 0, got nan"),
     (dict(top_p=0.0), r"top-p must be in \(0, 1\], got 0\.0"),
     (dict(top_p=1.5), r"top-p must be in \(0, 1\], got 1\.5"),
     (dict(top_k=-3), r"top-k must be an integer >= 0 \(0 = off\), got -3"),
@@ -510,7 +510,7 @@ def malicious_pth(tmp_path) -> Path:
     ("malicious pth", lambda t, r: ["--model", malicious_pth(t), "hi"],
      ["refuses to load global posix.system"]),
     ("bad temperature", lambda t, r: ["--model", r, "--temperature", "-1", "hi"],
-     ["temperature must be a number >= 0, got -1.0"]),
+     ["temperature must be a finite number >= 0, got -1.0"]),
     ("bad top-p", lambda t, r: ["--model", r, "--top-p", "1.5", "hi"], ["top-p must be in"]),
     ("too-long prompt", lambda t, r: ["--model", r, "x" * 40],
      ["the prompt has 41 tokens", "16-token context window"]),
