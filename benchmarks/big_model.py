@@ -1,5 +1,6 @@
-"""Llama 3 8B in 24 GiB: load a bf16 8B checkpoint with dtype="bf16" and decode a few
-tokens, reporting peak memory and speed. Appends its section to benchmarks/RESULTS.md.
+"""Llama 3 8B in 24 GiB: load a bf16 8B checkpoint with dtype="bf16" and generate a few
+tokens (twice: the first run faults the memory-mapped weights in), reporting peak
+memory and speed. Writes its section of benchmarks/RESULTS.md.
 
     python benchmarks/big_model.py [--dir DIR] [--keep] [--tokens 8] [--threads 2]
 

@@ -6,9 +6,9 @@ stored tensor (storage.py), e.g. a GGUF QuantizedTensor.
 
 How, fastest first:
 - float32 weights: NumPy's BLAS. Its GEMV already runs at memory bandwidth.
-- one row of x (decoding a token), bf16 / q8 weights, numba backend: a fused
-  GEMV that decodes each weight in registers, so only the stored bytes cross
-  the memory bus (kernels_numba.py).
+- a few rows of x (decoding a token, a short prompt), bf16 / q8 weights, numba
+  backend: a fused GEMV per row that decodes each weight in registers, so only
+  the stored bytes cross the memory bus (kernels_numba.py).
 - otherwise (prefill, or the numpy backend): decode a tile of weight rows to
   float32 in a reused buffer (a few MB, cache-sized) and let BLAS multiply every
   row of x by it. Prefill is compute bound, and BLAS sgemm beats any loop here;
@@ -31,6 +31,10 @@ BACKENDS = ("numpy", "numba", "auto")
 # Float32 values per decoded tile (4 MB): big enough for BLAS to run at full speed,
 # small enough to stay in the 32 MB L3 cache between decoding and multiplying.
 _TILE_VALUES = 1 << 20
+
+# Up to this many rows of x (a decode step, a short chat turn), one fused GEMV per row
+# beats decoding the whole matrix into tiles for BLAS: each GEMV reads only stored bytes.
+_GEMV_MAX_ROWS = 4
 
 _backend = "auto"
 _numba_threads = None  # set_threads' wish, applied when numba loads
@@ -83,10 +87,11 @@ def linear(x: np.ndarray, w) -> np.ndarray:
         return x @ w.T
     rows = x.reshape(-1, n_in)
     kernels = _numba_kernels() if active_backend() == "numba" else None
-    gemv = _fused_gemv(w, kernels) if len(rows) == 1 else None
+    gemv = _fused_gemv(w, kernels) if len(rows) <= _GEMV_MAX_ROWS else None
     if gemv is not None:
-        out = np.empty(n_out, dtype=np.float32)
-        gemv(np.ascontiguousarray(rows[0]), out)
+        out = np.empty((len(rows), n_out), dtype=np.float32)
+        for row, row_out in zip(rows, out):
+            gemv(np.ascontiguousarray(row), row_out)
     else:
         out = _tiled_matmul(rows, w.shape, _tile_decoder(w, kernels))
     return out.reshape(x.shape[:-1] + (n_out,))

@@ -28,23 +28,37 @@ class Sampler:
 
     def candidates(self, logits: np.ndarray):
         """Token ids allowed by top-k and top-p, with their renormalised probabilities."""
+        logits = np.asarray(logits, dtype=np.float32)
         ids = np.arange(len(logits))
         if 0 < self.top_k < len(logits):
             ids = np.argpartition(-logits, self.top_k - 1)[: self.top_k]
-        if self.top_p < 1:  # top-p needs the candidates in order, most likely first
-            ids = ids[np.argsort(-logits[ids], kind="stable")]
-        scaled = logits[ids].astype(np.float64) / self.temperature
+        scaled = logits[ids] / np.float32(self.temperature)
         probs = np.exp(scaled - scaled.max())
         probs /= probs.sum()
         if self.top_p < 1:
-            # Keep a token while the mass before it is still short of top_p (Meta's rule).
-            keep = (np.cumsum(probs) - probs) < self.top_p
-            ids, probs = ids[keep], probs[keep] / probs[keep].sum()
+            ids, probs = self.nucleus(ids, probs)
         return ids, probs
+
+    def nucleus(self, ids: np.ndarray, probs: np.ndarray):
+        """Top-p: the most likely tokens, kept while the mass before each is still short of
+        top_p (Meta's rule). Sorting a 128k vocabulary per token is slow and the nucleus is
+        usually small, so only the n most likely are sorted, n doubling until some fall out."""
+        n = min(64, len(probs))
+        while True:
+            top = np.argpartition(-probs, n - 1)[:n] if n < len(probs) else np.arange(n)
+            top = top[np.argsort(-probs[top], kind="stable")]
+            keep = (np.cumsum(probs[top]) - probs[top]) < self.top_p
+            if not keep.all() or n == len(probs):
+                break
+            n = min(2 * n, len(probs))
+        top = top[keep]
+        return ids[top], probs[top] / probs[top].sum()
 
     def __call__(self, logits: np.ndarray) -> int:
         logits = np.asarray(logits).reshape(-1)
         if self.temperature == 0:
             return int(np.argmax(logits))
         ids, probs = self.candidates(logits)
-        return int(ids[self.rng.choice(len(ids), p=probs)])
+        cumulative = np.cumsum(probs)
+        i = np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right")
+        return int(ids[min(i, len(ids) - 1)])

@@ -134,14 +134,17 @@ def test_linear_reads_weights_from_read_only_memory(backend, use_backend):
 @NEEDS_NUMBA
 @pytest.mark.parametrize("backend", ["numba", "numba-parallel"])
 @pytest.mark.parametrize("dtype", ["bf16", "q8"])
-def test_numba_decodes_one_row_with_the_fused_gemv(backend, dtype, monkeypatch, use_backend):
-    """The point of the numba backend: one token never decodes weights to memory."""
+@pytest.mark.parametrize("n_rows", [1, kernels._GEMV_MAX_ROWS])
+def test_numba_decodes_few_rows_with_the_fused_gemv(backend, dtype, n_rows, monkeypatch,
+                                                     use_backend):
+    """The point of the numba backend: a token (or a short prompt) never decodes weights
+    to memory."""
     def no_tiles(*args):
-        raise AssertionError("decoded weight tiles for a single row")
+        raise AssertionError(f"decoded weight tiles for {n_rows} row(s)")
     monkeypatch.setattr(kernels, "_tiled_matmul", no_tiles)
     use_backend(backend)
     w, w_float32 = weight_in(dtype, random_matrix((N_OUT, N_IN)))
-    x = random_matrix((1, N_IN), seed=6)
+    x = random_matrix((n_rows, N_IN), seed=6)
     assert_matches_float64(kernels.linear(x, w), x, w_float32)
 
 

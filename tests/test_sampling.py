@@ -63,3 +63,17 @@ def test_same_seed_same_tokens_different_seed_differs():
 def test_bad_options_are_refused(options):
     with pytest.raises(InputError):
         Sampler(**{"temperature": 1.0, **options})
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.999])
+def test_nucleus_equals_a_full_sort(top_p):
+    """The partial sort (doubling n) keeps exactly the tokens a full sort would keep."""
+    for seed in range(3):
+        logits = random_logits(seed, vocab=5000)
+        ids, probs = Sampler(temperature=0.7, top_p=top_p).candidates(logits)
+        full = np.exp((logits - logits.max()) / 0.7)
+        full /= full.sum()
+        order = np.argsort(-full, kind="stable")
+        expected = order[(np.cumsum(full[order]) - full[order]) < top_p]
+        assert ids.tolist() == expected.tolist()
+        np.testing.assert_allclose(probs, full[expected] / full[expected].sum(), rtol=1e-4)
