@@ -202,7 +202,7 @@ def targets(rows: list, bandwidth: float, prompt_tokens: int) -> list:
 
 def results_markdown(args, tokens, machine_description, loads, bandwidths, bandwidth, rows,
                      failures, target_rows, sampling) -> str:
-    from machine import BANDWIDTH_BUFFER_BYTES
+    from machine import BANDWIDTH_BUFFER_BYTES, QUIET_LOAD
     from results import machine_markdown, markdown_table
 
     table = markdown_table(
@@ -228,9 +228,10 @@ def results_markdown(args, tokens, machine_description, loads, bandwidths, bandw
         f"layers, 32/8 heads, ffn 8192, vocab 128256, tied), prompt {tokens['prompt']} random "
         f"tokens, then {tokens['decode']} greedy decode steps (decode tok/s = 1 / median step).",
         machine_markdown(machine_description),
-        f"Load average {loads[0]:.2f} at the start, {loads[1]:.2f} at the end"
+        f"Load average {loads[0]:.2f} before the run ({loads[1]:.2f} at the end, which counts "
+        "this benchmark's own threads)"
         + (": other programs were competing for the cores, so these numbers measure them "
-           "too; re-run on a quiet machine." if max(loads) > 0.5 else "."),
+           "too; re-run on a quiet machine." if loads[0] > QUIET_LOAD else "."),
         f"### Memory bandwidth ({BANDWIDTH_BUFFER_BYTES >> 20} MiB buffers)",
         bandwidth_table,
         f"Bound used below: {bandwidth:.1f} GB/s, the best read rate above. Bound tok/s = "

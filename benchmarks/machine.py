@@ -69,9 +69,13 @@ def blas_threads():
     return None
 
 
+# Above this 1-minute load average before a benchmark starts, other programs compete for
+# the cores (up to one core's worth is the decaying trace of what ran just before).
+QUIET_LOAD = 1.0
+
+
 def load_average() -> float:
-    """Runnable processes, averaged over the last minute: above ~0.5 before a benchmark
-    starts, other programs compete for the cores and the numbers measure them too."""
+    """Runnable processes, averaged over the last minute (see QUIET_LOAD)."""
     with open("/proc/loadavg") as f:
         return float(f.read().split()[0])
 
