@@ -4,15 +4,14 @@ the machine's memory bandwidth, plus prefill GEMM GFLOP/s. Takes well under a mi
     python benchmarks/kernels_bench.py [--threads 2] [--shape 2048 8192] [--prefill 128]
 
 GEMV (decoding one token) is bound by memory bandwidth, so its GB/s (stored weight
-bytes read per second) should approach the "BLAS f32 GEMV 256 MB" line. The default
+bytes read per second) should approach the "memory: BLAS f32 GEMV" line. The default
 weight is Llama 3.2 1B's w2; at 16-64 MB it partly fits the L3 cache, so GEMV can beat
-the 256 MB line. On a shared machine neighbours come and go, so every measurement is
+that line. On a shared machine neighbours come and go, so every measurement is
 repeated over several interleaved rounds and the best time is kept.
 """
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,15 +28,6 @@ def parse_args():
     return parser.parse_args()
 
 
-def best_seconds(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def main():
     args = parse_args()
     configure_threads(args.threads)
@@ -46,6 +36,7 @@ def main():
     from llama3_np import kernels
     from llama3_np.quantize import DTYPES, to_dtype
     from llama3_np.storage import BF16
+    from machine import best_seconds, memory_bandwidth
 
     if args.threads:
         kernels.set_threads(args.threads)
@@ -56,14 +47,12 @@ def main():
     weight = rng.standard_normal((n_out, n_in), dtype=np.float32) / np.float32(np.sqrt(n_in))
     x_one = rng.standard_normal((1, n_in), dtype=np.float32)
     x_many = rng.standard_normal((args.prefill, n_in), dtype=np.float32)
-    big = np.ones((8192, 8192), dtype=np.float32)  # 256 MB, far beyond any cache
-    big_copy, ones = np.empty_like(big), np.ones(8192, dtype=np.float32)
+    bandwidth = memory_bandwidth()
+    print(f"{'memory: np.sum (1 thread, read)':44s} {bandwidth['sum']:7.1f} GB/s")
+    print(f"{'memory: BLAS f32 GEMV (all threads, read)':44s} {bandwidth['gemv']:7.1f} GB/s")
 
     # (label, bytes or flops per call, unit, backend, fn, repeats per round)
-    cases = [("memory copy 256 MB (1 thread, read+write)", 2 * big.nbytes, "GB/s", "numpy",
-              lambda: np.copyto(big_copy, big), 2),
-             ("BLAS f32 GEMV 256 MB (read, all threads)", big.nbytes, "GB/s", "numpy",
-              lambda: big @ ones, 2)]
+    cases = []
     for dtype in DTYPES:
         w = to_dtype(weight, dtype)
         stored_bytes = w.bits.nbytes if isinstance(w, BF16) else w.nbytes  # ndarray, Q8

@@ -99,7 +99,8 @@ def describe_machine() -> dict:
     }
 
 
-def _best_seconds(fn, repeats: int) -> float:
+def best_seconds(fn, repeats: int) -> float:
+    """The fastest of `repeats` calls of fn, in seconds."""
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -121,9 +122,9 @@ def memory_bandwidth(buffer_bytes: int = BANDWIDTH_BUFFER_BYTES, repeats: int = 
     vector = np.ones(columns, dtype=np.float32)
     np.copyto(copy, matrix)  # fault every page in before timing
     seconds = {
-        "sum": _best_seconds(lambda: matrix.sum(), repeats),
-        "gemv": _best_seconds(lambda: matrix @ vector, repeats),
-        "copy": _best_seconds(lambda: np.copyto(copy, matrix), repeats),
+        "sum": best_seconds(lambda: matrix.sum(), repeats),
+        "gemv": best_seconds(lambda: matrix @ vector, repeats),
+        "copy": best_seconds(lambda: np.copyto(copy, matrix), repeats),
     }
     moved = {"sum": matrix.nbytes, "gemv": matrix.nbytes, "copy": 2 * matrix.nbytes}
     return {name: moved[name] / seconds[name] / 1e9 for name in seconds}
