@@ -7,7 +7,10 @@ the loop is written. What vectorises (measured on AVX2):
 
 - one flat inner loop over a contiguous row, j = 0..in_features, accumulating in a
   float32 scalar with reassociation allowed (so LLVM may keep 8-wide partial sums);
-- a Q8 scale looked up as scales[j >> 5] inside that flat loop.
+- a Q8 scale looked up as scales[j >> 5] inside that flat loop;
+- bf16: four rows per pass sharing each load of x (6-10% faster than one row on a
+  layer's matrices read from DRAM). The same for Q8 ran 10-30% slower, so Q8 keeps
+  one row per pass.
 
 A GEMV with a nested per-block loop (for block: for j in 32) ran 6-8x slower, and
 one with a 32-float accumulator array 2.5x slower.
@@ -57,8 +60,20 @@ def _bf16_to_float32(typingctx, bits):
 @njit(**_SERIAL)
 def _gemv_bf16_rows(x, bits, out, start, stop):
     """out[r] = sum_j x[j] * bf16(bits[r, j]) for r in start..stop.
-    x (K,) float32, bits (N, K) uint16."""
-    for r in range(start, stop):
+    x (K,) float32, bits (N, K) uint16. Four rows per pass share each load of x."""
+    r = start
+    while r + 4 <= stop:
+        row0, row1, row2, row3 = bits[r], bits[r + 1], bits[r + 2], bits[r + 3]
+        acc0 = acc1 = acc2 = acc3 = np.float32(0)
+        for j in range(bits.shape[1]):
+            xj = x[j]
+            acc0 += xj * _bf16_to_float32(np.uint32(row0[j]))
+            acc1 += xj * _bf16_to_float32(np.uint32(row1[j]))
+            acc2 += xj * _bf16_to_float32(np.uint32(row2[j]))
+            acc3 += xj * _bf16_to_float32(np.uint32(row3[j]))
+        out[r], out[r + 1], out[r + 2], out[r + 3] = acc0, acc1, acc2, acc3
+        r += 4
+    for r in range(r, stop):  # the last stop - start mod 4 rows
         row = bits[r]
         acc = np.float32(0)
         for j in range(bits.shape[1]):
