@@ -25,7 +25,7 @@ to forget the oldest exchanges, after which the kept history is re-encoded.
 """
 
 from .errors import InputError, TokenizerError
-from .generate import GenerationStats, generate_tokens
+from .generate import GenerationStats, check_max_tokens, generate_tokens
 from .model import KVCache
 from .sampling import Sampler
 from .tokenizer import StreamDecoder
@@ -38,8 +38,7 @@ class ChatSession:
         """model: a Llama (llama3_np.load). max_tokens bounds each reply. drop_oldest:
         when a turn would not fit the context window, forget the oldest exchanges
         (the system prompt stays) and re-encode the rest, instead of refusing."""
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise InputError(f"max-tokens must be a positive integer, got {max_tokens!r}")
+        check_max_tokens(max_tokens)
         self.model = model
         self.tokenizer = model.tokenizer
         self.system = system

@@ -3,8 +3,15 @@
 import time
 from dataclasses import dataclass
 
+from .errors import InputError
 from .model import Transformer
 from .sampling import Sampler
+
+
+def check_max_tokens(max_tokens) -> int:
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise InputError(f"max-tokens must be a positive integer, got {max_tokens!r}")
+    return max_tokens
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 
 from .checkpoint.detect import read_checkpoint
 from .errors import InputError
-from .generate import GenerationStats, generate_tokens
+from .generate import GenerationStats, check_max_tokens, generate_tokens
 from .model import Transformer
 from .sampling import Sampler
 from .tokenizer import StreamDecoder, load_tokenizer
@@ -92,8 +92,7 @@ class Llama:
         """(token, text) pairs; text holds only complete UTF-8 characters, and a final
         (None, rest) pair flushes whatever an unfinished character left over."""
         tokens = self.encode_prompt(prompt)
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise InputError(f"max-tokens must be a positive integer, got {max_tokens!r}")
+        check_max_tokens(max_tokens)
         room = self.context_room(len(tokens), start_pos)
         sampler = Sampler(temperature, top_k, top_p, seed)
         stops = self.config.stop_ids if stop_ids is None else stop_ids
