@@ -92,7 +92,7 @@ class Llama3NpRunner:
         if kernels.active_backend() == "numba":
             import numba
 
-            used["numba"] = numba.get_num_threads()
+            used["numba"] = f"{numba.get_num_threads()} ({numba.threading_layer()})"
         return used
 
 

@@ -12,13 +12,16 @@ the loop is written. What vectorises (measured on AVX2):
   layer's matrices read from DRAM). The same for Q8 ran 10-30% slower, so Q8 keeps
   one row per pass.
 
+bf16 then runs at DRAM bandwidth on two cores (~32 GB/s here). Q8 does more work per
+byte (widen, convert, scale) and is compute bound: ~14 GB/s on one core, ~25 on two.
+
 A GEMV with a nested per-block loop (for block: for j in 32) ran 6-8x slower, and
 one with a 32-float accumulator array 2.5x slower.
 
-Each GEMV is a serial loop over a range of rows; for big matrices a parallel loop
-hands each thread contiguous blocks of rows. Small ones stay on one thread: waking
-the workers costs ~30 us here, more than a matrix of under ~2M weights takes
-(measured, bf16: 1M weights 55 us serial / 67 us parallel; 4M 233 / 146 us).
+Each GEMV is a serial loop over a range of rows, run by a parallel loop that hands
+each thread contiguous blocks of rows. With OpenMP (below) starting the workers costs
+~2.5 us, so even Llama 3.2 1B's smallest matrix (wk, 1M weights) is faster split:
+bf16 66 us on two threads against 118 us on one.
 """
 
 import os
@@ -28,11 +31,16 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-# numba's default OpenMP layer busy-waits between parallel regions and starves the
-# OpenBLAS threads that run the next matmul (measured: prefill 10x slower on 2 cores).
-# The workqueue layer sleeps instead. A user's explicit choice wins.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+# Threading layer. A decode step runs ~80 parallel GEMVs, so starting the workers must
+# be cheap: GNU OpenMP takes ~2.5 us per parallel region here, numba's workqueue 40-65
+# us (1B bf16 decode: 89 against 122 ms/token). workqueue stays the fallback where
+# libgomp is missing; a user's NUMBA_THREADING_LAYER(_PRIORITY) wins.
+if not {"NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY"} & set(os.environ):
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
+# OpenMP workers busy-wait after a region by default, starving the OpenBLAS threads of
+# the prefill GEMMs that run between tile decodes (prefill 2x slower). Spinning 1000
+# rounds before sleeping costs decoding nothing measurable. libgomp reads it on loading.
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 # "reassoc" lets LLVM split a float32 sum into vector lanes; NaN/inf stay IEEE.
 _FAST = {"reassoc", "contract"}
@@ -40,9 +48,6 @@ _SERIAL = dict(fastmath=_FAST, cache=True, nogil=True)
 _PARALLEL = dict(_SERIAL, parallel=True)
 _Q8_SHIFT = 5  # j >> 5 is the index of j's 32-value Q8 block
 _ROWS_PER_TASK = 16  # the unit of rows handed to a thread
-
-# Below this many weights a GEMV runs on the calling thread (see the module docstring).
-PARALLEL_MIN_WEIGHTS = 1 << 21
 
 
 @intrinsic
@@ -93,7 +98,8 @@ def _gemv_q8_rows(x, values, scales, out, start, stop):
 
 
 @njit(**_PARALLEL)
-def _gemv_bf16_parallel(x, bits, out):
+def gemv_bf16(x, bits, out):
+    """out = bf16 matrix `bits` (N, K) @ x (K,), decoding in registers."""
     n_rows = bits.shape[0]
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         start = task * _ROWS_PER_TASK
@@ -101,27 +107,12 @@ def _gemv_bf16_parallel(x, bits, out):
 
 
 @njit(**_PARALLEL)
-def _gemv_q8_parallel(x, values, scales, out):
+def gemv_q8(x, values, scales, out):
+    """out = Q8 matrix (values (N, K) int8, scales (N, K/32) float32) @ x (K,)."""
     n_rows = values.shape[0]
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         start = task * _ROWS_PER_TASK
         _gemv_q8_rows(x, values, scales, out, start, min(n_rows, start + _ROWS_PER_TASK))
-
-
-def gemv_bf16(x, bits, out) -> None:
-    """out = bf16 matrix `bits` (N, K) @ x (K,), decoding in registers."""
-    if bits.size < PARALLEL_MIN_WEIGHTS:
-        _gemv_bf16_rows(x, bits, out, 0, bits.shape[0])
-    else:
-        _gemv_bf16_parallel(x, bits, out)
-
-
-def gemv_q8(x, values, scales, out) -> None:
-    """out = Q8 matrix (values (N, K) int8, scales (N, K/32) float32) @ x (K,)."""
-    if values.size < PARALLEL_MIN_WEIGHTS:
-        _gemv_q8_rows(x, values, scales, out, 0, values.shape[0])
-    else:
-        _gemv_q8_parallel(x, values, scales, out)
 
 
 @njit(**_PARALLEL)
@@ -157,10 +148,8 @@ def warmup() -> None:
         scales = np.zeros((n_rows, n_cols >> _Q8_SHIFT), dtype=np.float32)
         for weight in (bits, values, scales):
             weight.flags.writeable = writable
-        _gemv_bf16_rows(x, bits, out, 0, n_rows)
-        _gemv_q8_rows(x, values, scales, out, 0, n_rows)
-        _gemv_bf16_parallel(x, bits, out)
-        _gemv_q8_parallel(x, values, scales, out)
+        gemv_bf16(x, bits, out)
+        gemv_q8(x, values, scales, out)
         decode_bf16(bits, 0, tile)
         decode_q8(values, scales, 0, tile)
 

@@ -3,7 +3,9 @@ and to_dtype conversions; the path without numba; threads.configure_threads."""
 
 import importlib.util
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,10 +20,7 @@ from llama3_np.threads import configure_threads
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 NEEDS_NUMBA = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
-# "numba-parallel": numba with every GEMV on the multi-threaded path, which otherwise
-# only matrices of millions of weights take.
-BACKENDS = ["numpy", pytest.param("numba", marks=NEEDS_NUMBA),
-            pytest.param("numba-parallel", marks=NEEDS_NUMBA)]
+BACKENDS = ["numpy", pytest.param("numba", marks=NEEDS_NUMBA)]
 U32 = 2.0 ** -24  # float32 unit roundoff
 N_OUT, N_IN = 67, 544  # 17 Q8 blocks a row; 67 rows: a prime, so tiles end ragged
 
@@ -30,17 +29,6 @@ N_OUT, N_IN = 67, 544  # 17 Q8 blocks a row; 67 rows: a prime, so tiles end ragg
 def restore_backend():
     yield
     kernels.set_backend("auto")
-
-
-@pytest.fixture
-def use_backend(monkeypatch):
-    def use(backend: str):
-        if backend == "numba-parallel":
-            from llama3_np import kernels_numba
-            monkeypatch.setattr(kernels_numba, "PARALLEL_MIN_WEIGHTS", 0)
-            backend = "numba"
-        kernels.set_backend(backend)
-    return use
 
 
 @pytest.fixture
@@ -90,9 +78,8 @@ def assert_matches_float64(y, x, w_float32):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", ["f32", "bf16", "q8", "f16", "gguf_q4_0"])
 @pytest.mark.parametrize("n_rows", [1, 7])
-def test_linear_matches_float64_on_the_decoded_weight(backend, dtype, n_rows, small_tiles,
-                                                     use_backend):
-    use_backend(backend)
+def test_linear_matches_float64_on_the_decoded_weight(backend, dtype, n_rows, small_tiles):
+    kernels.set_backend(backend)
     w, w_float32 = weight_in(dtype, random_matrix((N_OUT, N_IN)))
     x = random_matrix((n_rows, N_IN), seed=1)
     assert_matches_float64(kernels.linear(x, w), x, w_float32)
@@ -101,9 +88,8 @@ def test_linear_matches_float64_on_the_decoded_weight(backend, dtype, n_rows, sm
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", ["bf16", "f16"])
 @pytest.mark.parametrize("n_rows", [1, 7])
-def test_linear_row_length_not_a_multiple_of_the_vector_width(backend, dtype, n_rows,
-                                                              use_backend):
-    use_backend(backend)
+def test_linear_row_length_not_a_multiple_of_the_vector_width(backend, dtype, n_rows):
+    kernels.set_backend(backend)
     w, w_float32 = weight_in(dtype, random_matrix((5, 37)))
     x = random_matrix((n_rows, 37), seed=1)
     assert_matches_float64(kernels.linear(x, w), x, w_float32)
@@ -111,8 +97,8 @@ def test_linear_row_length_not_a_multiple_of_the_vector_width(backend, dtype, n_
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", ["f32", "bf16", "q8"])
-def test_linear_keeps_the_leading_shape_of_x(backend, dtype, use_backend):
-    use_backend(backend)
+def test_linear_keeps_the_leading_shape_of_x(backend, dtype):
+    kernels.set_backend(backend)
     w, w_float32 = weight_in(dtype, random_matrix((12, 64)))
     for x_shape in [(64,), (1, 64), (2, 3, 64)]:
         x = random_matrix(x_shape, seed=2)
@@ -122,9 +108,9 @@ def test_linear_keeps_the_leading_shape_of_x(backend, dtype, use_backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_linear_reads_weights_from_read_only_memory(backend, use_backend):
+def test_linear_reads_weights_from_read_only_memory(backend):
     """Weights memory-mapped from a checkpoint are read-only arrays."""
-    use_backend(backend)
+    kernels.set_backend(backend)
     w = to_dtype(random_matrix((9, 64)), "bf16")
     w.bits.flags.writeable = False
     x = random_matrix((1, 64), seed=3)
@@ -132,17 +118,15 @@ def test_linear_reads_weights_from_read_only_memory(backend, use_backend):
 
 
 @NEEDS_NUMBA
-@pytest.mark.parametrize("backend", ["numba", "numba-parallel"])
 @pytest.mark.parametrize("dtype", ["bf16", "q8"])
 @pytest.mark.parametrize("n_rows", [1, kernels._GEMV_MAX_ROWS])
-def test_numba_decodes_few_rows_with_the_fused_gemv(backend, dtype, n_rows, monkeypatch,
-                                                     use_backend):
+def test_numba_decodes_few_rows_with_the_fused_gemv(dtype, n_rows, monkeypatch):
     """The point of the numba backend: a token (or a short prompt) never decodes weights
     to memory."""
     def no_tiles(*args):
         raise AssertionError(f"decoded weight tiles for {n_rows} row(s)")
     monkeypatch.setattr(kernels, "_tiled_matmul", no_tiles)
-    use_backend(backend)
+    kernels.set_backend("numba")
     w, w_float32 = weight_in(dtype, random_matrix((N_OUT, N_IN)))
     x = random_matrix((n_rows, N_IN), seed=6)
     assert_matches_float64(kernels.linear(x, w), x, w_float32)
@@ -186,6 +170,29 @@ def test_auto_uses_numba_when_installed():
     kernels.set_backend("auto")
     assert kernels.active_backend() == "numba"
     kernels.warmup()
+
+
+@NEEDS_NUMBA
+def test_numba_runs_on_openmp_that_sleeps_soon_when_libgomp_is_there():
+    """A decode step starts ~80 parallel regions: OpenMP starts one in microseconds,
+    numba's workqueue in tens of them (kernels_numba.py). Checked in a fresh process, as
+    the layer is chosen once, at the first parallel call."""
+    code = ("import os, numba, numpy as np\n"
+            "from llama3_np import kernels_numba\n"
+            "kernels_numba.gemv_bf16(np.ones(64, np.float32), np.zeros((2, 64), np.uint16),"
+            " np.empty(2, np.float32))\n"
+            "print(numba.threading_layer(), os.environ['GOMP_SPINCOUNT'])")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("NUMBA_THREADING_LAYER", "GOMP_"))}
+    try:
+        from numba.np.ufunc import omppool  # noqa: F401  (fails without libgomp)
+        expected = "omp"
+    except ImportError:
+        expected = "workqueue"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [expected, "1000"]
 
 
 def test_configure_threads_sets_blas_and_numba_variables_unless_user_set(monkeypatch):
