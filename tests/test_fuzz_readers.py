@@ -147,7 +147,13 @@ def gguf_file(workspace):
     path = write_llama_gguf(workspace / "gguf" / "m.gguf", CONFIG, random_weights(CONFIG, 1))
     reader = GGUFReader(path)
     data = [(t.data_offset, t.data_offset + t.n_bytes) for t in reader.tensors]
-    return specimen(path, path, data), reader
+    return specimen(path, path, data)
+
+
+@pytest.fixture(scope="module")
+def gguf_reader(gguf_file):
+    """The gguf package's view of the undamaged file (where each header field lies)."""
+    return GGUFReader(gguf_file.target)
 
 
 @pytest.fixture(scope="module")
@@ -230,11 +236,6 @@ def truncations(s: Specimen):
     return st.integers(0, len(s.original) - 1).map(lambda n: s.original[:n])
 
 
-def flip_property(s: Specimen, data) -> None:
-    damaged, changes_values = data.draw(bit_flips(s))
-    load_damaged(s, damaged, changes_values)
-
-
 # JSON values a damaged or hand-edited file might hold in place of the right one.
 json_values = st.one_of(
     st.none(), st.booleans(), st.integers(-3, 300), st.integers(-2**70, 2**70),
@@ -277,26 +278,28 @@ def json_mutations(document: dict):
     return mutate()
 
 
+# ---- every format: flipped bits, a file cut short ---------------------------------------------
+
+@pytest.mark.parametrize("fixture", ["gguf_file", "gguf_q8", "hf_dir", "meta_dir"])
+def test_bit_flips_and_truncation(request, fixture):
+    s = request.getfixturevalue(fixture)
+
+    @FUZZ
+    @given(data=st.data())
+    def flipped_bits(data):
+        damaged, changes_values = data.draw(bit_flips(s))
+        load_damaged(s, damaged, changes_values)
+
+    @FUZZ
+    @given(damaged=truncations(s))
+    def truncated(damaged):
+        load_damaged(s, damaged, changes_values=False)
+
+    flipped_bits()
+    truncated()
+
+
 # ---- GGUF ----------------------------------------------------------------------------------
-
-@FUZZ
-@given(data=st.data())
-def test_gguf_bit_flips(gguf_file, data):
-    flip_property(gguf_file[0], data)
-
-
-@FUZZ
-@given(data=st.data())
-def test_gguf_q8_bit_flips(gguf_q8, data):
-    flip_property(gguf_q8, data)
-
-
-@FUZZ
-@given(data=st.data())
-def test_gguf_truncated(gguf_file, data):
-    s = gguf_file[0]
-    load_damaged(s, data.draw(truncations(s)), changes_values=False)
-
 
 def gguf_header_slots(reader: GGUFReader) -> list:
     """(byte offset, width, role) of every numeric header field: counts, the version, key
@@ -319,9 +322,9 @@ def gguf_header_slots(reader: GGUFReader) -> list:
 
 @FUZZ
 @given(data=st.data())
-def test_gguf_header_fields(gguf_file, data):
-    s, reader = gguf_file
-    at, width, role = data.draw(st.sampled_from(gguf_header_slots(reader)))
+def test_gguf_header_fields(gguf_file, gguf_reader, data):
+    s = gguf_file
+    at, width, role = data.draw(st.sampled_from(gguf_header_slots(gguf_reader)))
     original = int.from_bytes(s.original[at:at + width], "little")
     values = [st.integers(0, 40), st.integers(0, 2**(8 * width) - 1)]
     if role == "offset":  # still aligned: it would read another tensor's bytes unchecked
@@ -352,18 +355,6 @@ def test_gguf_tokenizer_metadata(gguf_with_tokenizer, data):
 
 
 # ---- safetensors -----------------------------------------------------------------------------
-
-@FUZZ
-@given(data=st.data())
-def test_safetensors_bit_flips(hf_dir, data):
-    flip_property(hf_dir, data)
-
-
-@FUZZ
-@given(data=st.data())
-def test_safetensors_truncated(hf_dir, data):
-    load_damaged(hf_dir, data.draw(truncations(hf_dir)), changes_values=False)
-
 
 def safetensors_parts(raw: bytes) -> tuple:
     (size,) = struct.unpack("<Q", raw[:8])
@@ -401,18 +392,6 @@ def test_safetensors_header_length(hf_dir, length):
 
 
 # ---- Meta .pth ---------------------------------------------------------------------------------
-
-@FUZZ
-@given(data=st.data())
-def test_pth_bit_flips(meta_dir, data):
-    flip_property(meta_dir, data)
-
-
-@FUZZ
-@given(data=st.data())
-def test_pth_truncated(meta_dir, data):
-    load_damaged(meta_dir, data.draw(truncations(meta_dir)), changes_values=False)
-
 
 @pytest.fixture(scope="module")
 def pth_parts(meta_dir):
