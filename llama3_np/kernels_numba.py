@@ -97,22 +97,83 @@ def _gemv_q8_rows(x, values, scales, out, start, stop):
         out[r] = acc
 
 
+@njit(**_SERIAL)
+def _matmul_bf16_rows(x, bits, out, start, stop):
+    """out[i, r] = x[i] . bf16(bits[r]) for every row i of x (M, K), r in start..stop.
+
+    Rows of x go two at a time, so each decoded weight serves two products (four weight
+    rows per pass: eight sums); an odd last row of x takes the GEMV. Between pairs the
+    task's weight rows stay in the L2 cache: memory delivers them once."""
+    n_x, n_cols = x.shape
+    for i in range(0, n_x - 1, 2):
+        x0, x1 = x[i], x[i + 1]
+        r = start
+        while r + 4 <= stop:
+            row0, row1, row2, row3 = bits[r], bits[r + 1], bits[r + 2], bits[r + 3]
+            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0)
+            for j in range(n_cols):
+                w0 = _bf16_to_float32(np.uint32(row0[j]))
+                w1 = _bf16_to_float32(np.uint32(row1[j]))
+                w2 = _bf16_to_float32(np.uint32(row2[j]))
+                w3 = _bf16_to_float32(np.uint32(row3[j]))
+                a0 += x0[j] * w0
+                a1 += x0[j] * w1
+                a2 += x0[j] * w2
+                a3 += x0[j] * w3
+                b0 += x1[j] * w0
+                b1 += x1[j] * w1
+                b2 += x1[j] * w2
+                b3 += x1[j] * w3
+            out[i, r], out[i, r + 1], out[i, r + 2], out[i, r + 3] = a0, a1, a2, a3
+            out[i + 1, r], out[i + 1, r + 1], out[i + 1, r + 2], out[i + 1, r + 3] = \
+                b0, b1, b2, b3
+            r += 4
+        for r in range(r, stop):  # the last stop - start mod 4 weight rows
+            row = bits[r]
+            a = b = np.float32(0)
+            for j in range(n_cols):
+                w = _bf16_to_float32(np.uint32(row[j]))
+                a += x0[j] * w
+                b += x1[j] * w
+            out[i, r], out[i + 1, r] = a, b
+    if n_x % 2:
+        _gemv_bf16_rows(x[n_x - 1], bits, out[n_x - 1], start, stop)
+
+
+@njit(**_SERIAL)
+def _matmul_q8_rows(x, values, scales, out, start, stop):
+    """As _matmul_bf16_rows, for Q8 weights (one weight row per pass)."""
+    n_x, n_cols = x.shape
+    for i in range(0, n_x - 1, 2):
+        x0, x1 = x[i], x[i + 1]
+        for r in range(start, stop):
+            row, row_scales = values[r], scales[r]
+            a = b = np.float32(0)
+            for j in range(n_cols):
+                w = np.float32(row[j]) * row_scales[j >> _Q8_SHIFT]
+                a += x0[j] * w
+                b += x1[j] * w
+            out[i, r], out[i + 1, r] = a, b
+    if n_x % 2:
+        _gemv_q8_rows(x[n_x - 1], values, scales, out[n_x - 1], start, stop)
+
+
 @njit(**_PARALLEL)
-def gemv_bf16(x, bits, out):
-    """out = bf16 matrix `bits` (N, K) @ x (K,), decoding in registers."""
+def matmul_bf16(x, bits, out):
+    """out = x (M, K) @ bf16 matrix `bits` (N, K).T, decoding in registers: (M, N)."""
     n_rows = bits.shape[0]
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         start = task * _ROWS_PER_TASK
-        _gemv_bf16_rows(x, bits, out, start, min(n_rows, start + _ROWS_PER_TASK))
+        _matmul_bf16_rows(x, bits, out, start, min(n_rows, start + _ROWS_PER_TASK))
 
 
 @njit(**_PARALLEL)
-def gemv_q8(x, values, scales, out):
-    """out = Q8 matrix (values (N, K) int8, scales (N, K/32) float32) @ x (K,)."""
+def matmul_q8(x, values, scales, out):
+    """out = x (M, K) @ Q8 matrix (values (N, K) int8, scales (N, K/32) float32).T."""
     n_rows = values.shape[0]
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         start = task * _ROWS_PER_TASK
-        _gemv_q8_rows(x, values, scales, out, start, min(n_rows, start + _ROWS_PER_TASK))
+        _matmul_q8_rows(x, values, scales, out, start, min(n_rows, start + _ROWS_PER_TASK))
 
 
 @njit(**_PARALLEL)
@@ -139,8 +200,8 @@ def warmup() -> None:
     """Compile (or load from numba's on-disk cache) every kernel for the array kinds
     the loader produces: writable arrays, and read-only ones (memory-mapped files)."""
     n_rows, n_cols = 2, 64
-    x = np.zeros(n_cols, dtype=np.float32)
-    out = np.empty(n_rows, dtype=np.float32)
+    x = np.zeros((n_rows, n_cols), dtype=np.float32)
+    out = np.empty((n_rows, n_rows), dtype=np.float32)
     tile = np.empty((n_rows, n_cols), dtype=np.float32)
     for writable in (True, False):
         bits = np.zeros((n_rows, n_cols), dtype=np.uint16)
@@ -148,8 +209,8 @@ def warmup() -> None:
         scales = np.zeros((n_rows, n_cols >> _Q8_SHIFT), dtype=np.float32)
         for weight in (bits, values, scales):
             weight.flags.writeable = writable
-        gemv_bf16(x, bits, out)
-        gemv_q8(x, values, scales, out)
+        matmul_bf16(x, bits, out)
+        matmul_q8(x, values, scales, out)
         decode_bf16(bits, 0, tile)
         decode_q8(values, scales, 0, tile)
 

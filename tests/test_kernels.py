@@ -119,10 +119,10 @@ def test_linear_reads_weights_from_read_only_memory(backend):
 
 @NEEDS_NUMBA
 @pytest.mark.parametrize("dtype", ["bf16", "q8"])
-@pytest.mark.parametrize("n_rows", [1, kernels._GEMV_MAX_ROWS])
-def test_numba_decodes_few_rows_with_the_fused_gemv(dtype, n_rows, monkeypatch):
+@pytest.mark.parametrize("n_rows", [1, 2, 3, kernels._FUSED_MAX_ROWS])
+def test_numba_multiplies_few_rows_without_decoding_weights(dtype, n_rows, monkeypatch):
     """The point of the numba backend: a token (or a short prompt) never decodes weights
-    to memory."""
+    to memory. Odd and even counts: rows of x go through the kernels in pairs."""
     def no_tiles(*args):
         raise AssertionError(f"decoded weight tiles for {n_rows} row(s)")
     monkeypatch.setattr(kernels, "_tiled_matmul", no_tiles)
@@ -179,8 +179,8 @@ def test_numba_runs_on_openmp_that_sleeps_soon_when_libgomp_is_there():
     the layer is chosen once, at the first parallel call."""
     code = ("import os, numba, numpy as np\n"
             "from llama3_np import kernels_numba\n"
-            "kernels_numba.gemv_bf16(np.ones(64, np.float32), np.zeros((2, 64), np.uint16),"
-            " np.empty(2, np.float32))\n"
+            "kernels_numba.matmul_bf16(np.ones((1, 64), np.float32), np.zeros((2, 64), np.uint16),"
+            " np.empty((1, 2), np.float32))\n"
             "print(numba.threading_layer(), os.environ['GOMP_SPINCOUNT'])")
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("NUMBA_THREADING_LAYER", "GOMP_"))}
