@@ -52,12 +52,12 @@ def weight_bytes_per_token(weights: dict) -> int:
     """Bytes of llama3_np weights one decode step reads: every tensor once (a tied
     embedding once, as the output matrix), except a separate embedding, of which a step
     reads one row."""
-    from llama3_np.storage import BF16
+    from llama3_np.storage import distinct
 
-    unique = {id(t): t for t in weights.values()}
-    if weights["tok_embeddings.weight"] is not weights["output.weight"]:
-        del unique[id(weights["tok_embeddings.weight"])]
-    return sum(t.bits.nbytes if isinstance(t, BF16) else t.nbytes for t in unique.values())
+    embedding = weights["tok_embeddings.weight"]
+    read = [t for t in distinct(weights.values())
+            if t is not embedding or embedding is weights["output.weight"]]
+    return sum(t.nbytes for t in read)
 
 
 class Llama3NpRunner:

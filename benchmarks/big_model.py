@@ -67,10 +67,10 @@ def weight_forms(weights: dict) -> dict:
     """(in-memory form, file-backed?) -> [tensor count, bytes], each tensor once."""
     import numpy as np
 
-    from llama3_np.storage import BF16
+    from llama3_np.storage import BF16, distinct
 
     forms = {}
-    for tensor in {id(t): t for t in weights.values()}.values():
+    for tensor in distinct(weights.values()):
         data = tensor.bits if isinstance(tensor, BF16) else tensor
         kind = "BF16 (uint16 bits)" if isinstance(tensor, BF16) else (
             f"{data.dtype} ndarray" if isinstance(data, np.ndarray) else type(tensor).__name__)

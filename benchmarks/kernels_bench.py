@@ -35,7 +35,6 @@ def main():
 
     from llama3_np import kernels
     from llama3_np.quantize import DTYPES, to_dtype
-    from llama3_np.storage import BF16
     from machine import best_seconds, memory_bandwidth
 
     if args.threads:
@@ -55,10 +54,9 @@ def main():
     cases = []
     for dtype in DTYPES:
         w = to_dtype(weight, dtype)
-        stored_bytes = w.bits.nbytes if isinstance(w, BF16) else w.nbytes  # ndarray, Q8
         for backend in (["numpy"] if dtype == "f32" else backends):  # f32 is always BLAS
             name = f"{dtype} {'BLAS' if dtype == 'f32' else backend}"
-            cases.append((f"{name} GEMV {n_out}x{n_in}", stored_bytes, "GB/s", backend,
+            cases.append((f"{name} GEMV {n_out}x{n_in}", w.nbytes, "GB/s", backend,
                           lambda w=w: kernels.linear(x_one, w), 10))
             cases.append((f"{name} GEMM {n_out}x{n_in}, {args.prefill} rows",
                           2 * n_out * n_in * args.prefill, "GFLOP/s", backend,

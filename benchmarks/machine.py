@@ -11,6 +11,8 @@ from importlib import metadata
 
 import numpy as np
 
+from llama3_np.memory import meminfo_bytes
+
 _GIB = 1 << 30
 BANDWIDTH_BUFFER_BYTES = _GIB // 2  # 16x a 32 MB L3 cache: measures memory, not cache
 
@@ -22,14 +24,6 @@ def _cpuinfo_field(name: str) -> str:
             if key.strip() == name:
                 return value.strip()
     return "unknown"
-
-
-def _meminfo_bytes(name: str) -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(name + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def _version(package: str) -> str:
@@ -89,8 +83,8 @@ def describe_machine() -> dict:
         "CPU": f"{_cpuinfo_field('model name')} ({', '.join(vector)}; L3 {_l3_cache()})",
         "cores": f"{os.cpu_count()} logical, {len(os.sched_getaffinity(0))} usable by "
                  "this process",
-        "memory": f"{_meminfo_bytes('MemTotal') / _GIB:.1f} GiB "
-                  f"({_meminfo_bytes('MemAvailable') / _GIB:.1f} GiB available at start)",
+        "memory": f"{meminfo_bytes('MemTotal') / _GIB:.1f} GiB "
+                  f"({meminfo_bytes('MemAvailable') / _GIB:.1f} GiB available at start)",
         "OS": f"{platform.system()} {platform.release()}",
         "Python": platform.python_version(),
         "versions": ", ".join(f"{p} {_version(p)}" for p in

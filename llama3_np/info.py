@@ -11,7 +11,7 @@ from pathlib import Path
 from .checkpoint import canonical_shapes, read_json_object
 from .config import ModelConfig, from_hf_config, from_meta_params
 from .errors import ConfigError
-from .quantize import Q8_BLOCK
+from .quantize import BYTES_PER_WEIGHT
 
 # Components in the order a forward pass meets them.
 COMPONENTS = ("embedding", "attention q", "attention k", "attention v", "attention o",
@@ -26,8 +26,7 @@ _COMPONENT_OF = {  # canonical name (without "layers.{i}.") -> component
 }
 
 # Bits each weight of a matrix takes in memory at each --dtype (quantize.py's formats).
-# q8: an int8 per weight, plus one float32 scale per block of Q8_BLOCK (32) weights.
-BITS_PER_WEIGHT = {"f32": 32.0, "bf16": 16.0, "q8": 8.0 + 32.0 / Q8_BLOCK}
+BITS_PER_WEIGHT = {dtype: 8 * size for dtype, size in BYTES_PER_WEIGHT.items()}
 NORM_BITS = 32.0  # norm gains (vectors) stay float32 at every dtype
 
 

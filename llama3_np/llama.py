@@ -109,9 +109,12 @@ def load(path, dtype: str = "f32", backend: str = "auto", tokenizer_path=None,
 
     progress(done, total) is called after each tensor is converted (a ProgressBar fits)."""
     from .kernels import set_backend, warmup
+    from .memory import check_weights_fit
     from .quantize import to_dtype
+    from .storage import distinct
 
     checkpoint = read_checkpoint(path)
+    check_weights_fit(distinct(checkpoint.tensors.values()), dtype, source=str(path))
     set_backend(backend)
     warmup()  # compile the numba kernels now, not during the first token
     weights, converted = {}, {}

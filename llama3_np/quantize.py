@@ -17,6 +17,8 @@ from .storage import BF16, as_float32, float32_to_bf16_bits, take_rows
 DTYPES = ("f32", "bf16", "q8")
 
 Q8_BLOCK = 32  # values sharing one scale
+# Memory per matrix weight in each form (q8: an int8 plus its share of a float32 scale).
+BYTES_PER_WEIGHT = {"f32": 4.0, "bf16": 2.0, "q8": 1.0 + 4.0 / Q8_BLOCK}
 _Q8_MAX = 127  # symmetric: -127..127, so -128 is never produced
 
 # Convert big matrices this many values at a time: bounds the float32 temporaries to a
@@ -95,31 +97,54 @@ def to_dtype(tensor, dtype: str, name: str = "weight"):
     quantisation whatever `dtype` asks: re-encoding would only cost memory or
     precision. A tensor already in the asked form is returned as is (no copy).
     """
-    if dtype not in DTYPES:
-        raise InputError(f"unknown weight dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if len(tensor.shape) != 2:
+    form = _conversion(tensor, dtype)
+    if form == "kept":
+        return tensor
+    if form == "f32":
         return as_float32(tensor)
-    kernel_form = _gguf_kernel_form(tensor)
-    if kernel_form is not None:
-        return kernel_form
-    if dtype == "f32":
-        return as_float32(tensor)
-    if dtype == "bf16":
+    if form == "Q8_0":
+        return _q8_from_gguf_q8_0(tensor)
+    if form == "bf16":
         if isinstance(tensor, BF16):  # kernels read rows as contiguous runs
-            return tensor if tensor.bits.flags.c_contiguous else BF16(
-                np.ascontiguousarray(tensor.bits))
+            return BF16(np.ascontiguousarray(tensor.bits))
         bits = np.empty(tensor.shape, dtype=np.uint16)
         for rows, chunk in _float32_row_chunks(tensor):
             bits[rows] = float32_to_bf16_bits(chunk)
         return BF16(bits)
-    if isinstance(tensor, Q8):
-        return tensor
     values = np.empty(tensor.shape, dtype=np.int8)
     scales = np.empty(tensor.shape[:-1] + (tensor.shape[-1] // Q8_BLOCK,), dtype=np.float32)
     for rows, chunk in _float32_row_chunks(tensor):
         q = quantize_q8(chunk, name)
         values[rows], scales[rows] = q.values, q.scales
     return Q8(values, scales)
+
+
+def new_bytes(tensor, dtype: str) -> int:
+    """Bytes of new memory to_dtype(tensor, dtype) allocates: 0 when it keeps the tensor
+    as it is (e.g. bf16 bits memory-mapped from the checkpoint, asked for as bf16)."""
+    form = _conversion(tensor, dtype)
+    if form == "kept":
+        return 0
+    made = "q8" if form == "Q8_0" else form  # GGUF's Q8_0 becomes a Q8
+    return int(np.prod(tensor.shape, dtype=np.int64) * BYTES_PER_WEIGHT[made])
+
+
+def _conversion(tensor, dtype: str) -> str:
+    """What to_dtype makes of `tensor`: "kept" (the tensor itself), "f32", "bf16", "q8",
+    or "Q8_0" (a GGUF Q8_0 matrix, laid out again as Q8)."""
+    if dtype not in DTYPES:
+        raise InputError(f"unknown weight dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    is_float32 = isinstance(tensor, np.ndarray) and tensor.dtype == np.float32
+    if len(tensor.shape) != 2:
+        return "kept" if is_float32 else "f32"
+    if getattr(tensor, "ggml_type", None) == "Q8_0":
+        return "Q8_0"
+    if dtype == "f32":
+        return "kept" if is_float32 else "f32"
+    if dtype == "bf16":
+        kept = isinstance(tensor, BF16) and tensor.bits.flags.c_contiguous
+        return "kept" if kept else "bf16"
+    return "kept" if isinstance(tensor, Q8) else "q8"
 
 
 def _float32_row_chunks(tensor):
@@ -131,12 +156,9 @@ def _float32_row_chunks(tensor):
         yield rows, take_rows(tensor, rows)
 
 
-def _gguf_kernel_form(tensor):
-    """A GGUF block-quantised tensor in the form its kernel uses, or None if it has none.
-
-    Q8_0 is Q8 with float16 scales: widening the scales to float32 is exact."""
-    if getattr(tensor, "ggml_type", None) != "Q8_0":
-        return None
+def _q8_from_gguf_q8_0(tensor) -> Q8:
+    """A GGUF Q8_0 matrix as Q8: each 34-byte block is a float16 scale and 32 int8
+    values; widening the scales to float32 is exact."""
     n_rows, n_cols = tensor.shape
     blocks = np.asarray(tensor.raw).reshape(n_rows, n_cols // Q8_BLOCK, 2 + Q8_BLOCK)
     scales = blocks[:, :, :2].copy().view("<f2")[:, :, 0].astype(np.float32)

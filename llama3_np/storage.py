@@ -38,6 +38,10 @@ class BF16:
     def shape(self) -> tuple:
         return self.bits.shape
 
+    @property
+    def nbytes(self) -> int:
+        return self.bits.nbytes
+
     def to_float32(self) -> np.ndarray:
         return bf16_bits_to_float32(self.bits)
 
@@ -53,6 +57,11 @@ def as_float32(tensor) -> np.ndarray:
     if isinstance(tensor, np.ndarray):
         return tensor if tensor.dtype == np.float32 else tensor.astype(np.float32)
     return tensor.to_float32()
+
+
+def distinct(tensors) -> list:
+    """Each stored tensor once: tied embeddings are one tensor under two names."""
+    return list({id(t): t for t in tensors}.values())
 
 
 def take_rows(tensor, rows) -> np.ndarray:

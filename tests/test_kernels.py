@@ -14,7 +14,7 @@ import llama3_np
 from llama3_np import kernels
 from llama3_np.checkpoint.gguf_quants import QuantizedTensor
 from llama3_np.errors import CheckpointError, InputError
-from llama3_np.quantize import Q8, dequantize_q8, quantize_q8, to_dtype
+from llama3_np.quantize import Q8, dequantize_q8, new_bytes, quantize_q8, to_dtype
 from llama3_np.storage import BF16, bf16_bits_to_float32, float32_to_bf16_bits
 from llama3_np.threads import configure_threads
 
@@ -306,6 +306,22 @@ def test_gguf_block_format_without_kernel_is_converted():
     np.testing.assert_array_equal(to_dtype(tensor, "f32"), decoded)
     np.testing.assert_array_equal(to_dtype(tensor, "bf16").bits, float32_to_bf16_bits(decoded))
     np.testing.assert_array_equal(to_dtype(tensor, "q8").values, quantize_q8(decoded).values)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "q8"])
+def test_new_bytes_is_what_to_dtype_allocates(dtype):
+    """load() checks the memory a conversion takes before making it: new_bytes must be
+    exactly what to_dtype allocates, and 0 for what it hands back untouched."""
+    w = random_matrix((8, 64))
+    bf16_bits = float32_to_bf16_bits(random_matrix((8, 128)))
+    stored = [w, w.astype(np.float16), BF16(bf16_bits[:, :64]), BF16(bf16_bits[:, 64:].copy()),
+              quantize_q8(w), gguf_blocks("Q8_0", 6, 96), gguf_blocks("Q4_0", 6, 96),
+              w[0], w[0].astype(np.float16)]
+    for tensor in stored:
+        converted = to_dtype(tensor, dtype)
+        expected = 0 if converted is tensor else converted.nbytes
+        assert new_bytes(tensor, dtype) == expected, (tensor, dtype)
+    assert new_bytes(w, "f32") == 0 and new_bytes(w, "bf16") == w.size * 2  # both branches seen
 
 
 def test_to_dtype_rejects_an_unknown_dtype():

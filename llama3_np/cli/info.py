@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..info import (BITS_PER_WEIGHT, COMPONENTS, kv_cache_bytes_per_token, parameter_counts,
                     read_config_file, weight_bytes)
-from ..storage import BF16
+from ..memory import human_size
+from ..storage import BF16, distinct
 from .common import model_path
 
 
@@ -42,7 +43,7 @@ def describe(config, checkpoint=None, tokenizer=None) -> list:
     lines = [_row("source", f"{checkpoint.path} ({checkpoint.format})" if checkpoint
                   else c.source)]
     if checkpoint is not None:
-        stored = Counter(_storage_kind(t) for t in _distinct(checkpoint.tensors.values()))
+        stored = Counter(_storage_kind(t) for t in distinct(checkpoint.tensors.values()))
         lines.append(_row("stored as", ", ".join(f"{kind} ({n} tensor{'s' * (n != 1)})"
                                                  for kind, n in stored.most_common())))
     lines += [
@@ -67,11 +68,11 @@ def describe(config, checkpoint=None, tokenizer=None) -> list:
         lines.append(_row("  " + component, f"{counts[component]:>15,}  {share:6.1%}{note}"))
     lines += [_row("  total", f"{counts['total']:>15,}"), "", "memory for the weights"]
     for dtype, bits in BITS_PER_WEIGHT.items():
-        lines.append(_row(f"  {dtype}", f"{_size(weight_bytes(c, dtype)):>10}  "
+        lines.append(_row(f"  {dtype}", f"{human_size(weight_bytes(c, dtype)):>10}  "
                                         f"({bits:g} bits per matrix weight)"))
     per_token = kv_cache_bytes_per_token(c)
-    lines.append(_row("kv cache", f"{_size(per_token)} per token (float32), "
-                                  f"{_size(per_token * c.max_seq_len)} at the full context"))
+    lines.append(_row("kv cache", f"{human_size(per_token)} per token (float32), "
+                                  f"{human_size(per_token * c.max_seq_len)} at the full context"))
     lines += ["", _tokenizer_line(c, tokenizer)]
     return lines
 
@@ -99,18 +100,6 @@ def _tokenizer_line(c, tokenizer) -> str:
     return _row("tokenizer", f"{tokenizer.n_vocab:,} tokens ({specials} special), chat format "
                              f"{chat}, bos {tokenizer.bos_id}, stop ids "
                              f"{', '.join(map(str, tokenizer.stop_ids))}")
-
-
-def _size(n_bytes: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n_bytes < 1024 or unit == "GiB":
-            return f"{n_bytes:.1f} {unit}" if unit != "B" else f"{n_bytes:.0f} B"
-        n_bytes /= 1024
-
-
-def _distinct(tensors) -> list:
-    """Each stored tensor once (tied embeddings share one)."""
-    return list({id(t): t for t in tensors}.values())
 
 
 def _storage_kind(tensor) -> str:
