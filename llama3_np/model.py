@@ -34,6 +34,14 @@ def silu(x: np.ndarray) -> np.ndarray:
         return x / (np.float32(1) + np.exp(-x))
 
 
+def causal_mask(start_pos: int, seq: int) -> np.ndarray:
+    """(seq, start_pos + seq): 0 where a query may look (itself and every position
+    before it), -inf at the positions ahead of it."""
+    query_pos = start_pos + np.arange(seq)[:, None]
+    ahead = np.arange(start_pos + seq)[None, :] > query_pos
+    return np.where(ahead, np.float32(-np.inf), np.float32(0))
+
+
 def softmax(x: np.ndarray) -> np.ndarray:
     """Row-wise softmax; -inf entries (masked) become exactly 0."""
     e = np.exp(x - np.max(x, axis=-1, keepdims=True))
@@ -95,12 +103,13 @@ class Transformer:
         self.check_positions(len(tokens), start_pos)
         self.cache.reserve(start_pos + len(tokens))
         rotations = self.rotary.rotations(start_pos, len(tokens))
+        mask = causal_mask(start_pos, len(tokens))  # the same for every layer
         trace("tokens", tokens)
 
         x = take_rows(w["tok_embeddings.weight"], tokens)  # (seq, dim)
         trace("embeddings", x)
         for i in range(c.n_layers):
-            x = self.transformer_block(i, x, start_pos, rotations)
+            x = self.transformer_block(i, x, start_pos, rotations, mask)
         self.cache.length = start_pos + len(tokens)
 
         if last_only:
@@ -121,7 +130,7 @@ class Transformer:
             raise InputError(f"{start_pos + n_tokens} positions exceed the context window "
                              f"of {self.config.max_seq_len} tokens")
 
-    def transformer_block(self, i: int, x, start_pos: int, rotations) -> np.ndarray:
+    def transformer_block(self, i: int, x, start_pos: int, rotations, mask) -> np.ndarray:
         c, w, trace, p = self.config, self.weights, self.trace, f"layers.{i}."
         seq = len(x)
 
@@ -149,9 +158,7 @@ class Transformer:
         scores = scores.reshape(c.n_heads, seq, total)
         trace(p + "attention.scores", scores)
 
-        query_pos = start_pos + np.arange(seq)[:, None]
-        future = np.arange(total)[None, :] > query_pos  # (seq, total)
-        masked = np.where(future, np.float32(-np.inf), scores)
+        masked = scores + mask  # -inf ahead of each query: softmax gives those keys 0
         trace(p + "attention.masked_scores", masked)
         probs = softmax(masked)  # (n_heads, seq, total)
         trace(p + "attention.probs", probs)

@@ -7,7 +7,7 @@ import pytest
 
 from llama3_np.config import RopeScaling
 from llama3_np.errors import InputError
-from llama3_np.model import Transformer
+from llama3_np.model import Transformer, causal_mask
 from llama3_np.rope import RotaryTable, apply_rope, rope_frequencies
 from llama3_np.trace import Trace
 from tests.tiny import random_weights, tiny_config
@@ -115,6 +115,17 @@ def test_rope_scores_depend_only_on_relative_position():
                                       apply_rope(k, table.rotations(j, 1))))
     assert score(10, 3) == pytest.approx(score(107, 100), abs=1e-4)
     assert score(10, 3) != pytest.approx(score(10, 4), abs=1e-3)
+
+
+def test_causal_mask_hides_exactly_the_positions_ahead_of_each_query():
+    """Three new tokens after two cached ones: query i (position 2 + i) sees 0 .. 2 + i."""
+    inf = np.inf
+    np.testing.assert_array_equal(causal_mask(2, 3), np.array(
+        [[0, 0, 0, -inf, -inf],
+         [0, 0, 0, 0, -inf],
+         [0, 0, 0, 0, 0]], dtype=np.float32))
+    assert causal_mask(2, 3).dtype == np.float32
+    assert not causal_mask(7, 1).any()  # one new token sees everything before it
 
 
 def test_masked_probabilities_are_exactly_zero_and_rows_sum_to_one():
