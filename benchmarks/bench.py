@@ -35,6 +35,7 @@ SHAPE = "llama-3.2-1b"
 FULL = {"prompt": 128, "decode": 32}
 QUICK = {"prompt": 32, "decode": 8}
 SAMPLING_VOCAB = 128256
+BANDWIDTH_DRIFT = 0.10  # more change than this between the two measurements is noted
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,18 @@ def targets(rows: list, bandwidth: float, prompt_tokens: int) -> list:
     return out
 
 
+def bandwidth_drift_note(bandwidths: list) -> str:
+    """A warning when the GEMV bandwidth before and after the rows differs by more than
+    BANDWIDTH_DRIFT: on a shared host, neighbours take memory bandwidth without showing
+    in the load average, and every row measured them too."""
+    rates = [b["gemv"] for b in bandwidths]
+    drift = max(rates) / min(rates) - 1
+    if drift <= BANDWIDTH_DRIFT:
+        return ""
+    return (f" The bandwidth moved by {100 * drift:.0f}% during the run: the memory is "
+            "shared with other machines, so compare rows with care and re-run when it is quiet.")
+
+
 def results_markdown(args, tokens, machine_description, loads, bandwidths, bandwidth, rows,
                      failures, target_rows, sampling) -> str:
     from machine import BANDWIDTH_BUFFER_BYTES, QUIET_LOAD
@@ -235,7 +248,7 @@ def results_markdown(args, tokens, machine_description, loads, bandwidths, bandw
         f"### Memory bandwidth ({BANDWIDTH_BUFFER_BYTES >> 20} MiB buffers)",
         bandwidth_table,
         f"Bound used below: {bandwidth:.1f} GB/s, the best read rate above. Bound tok/s = "
-        "that / bytes of weights one decode step reads.",
+        "that / bytes of weights one decode step reads." + bandwidth_drift_note(bandwidths),
         "### Throughput", table]
     if failures:
         parts.append("Rows that failed: " + "; ".join(f"{c.label}: {e}" for c, e in failures))
