@@ -1,12 +1,12 @@
 """linear(x, w): the one place a matrix multiplication is chosen.
 
 x is float32 (..., in_features); w is (out_features, in_features) in an in-memory
-form from quantize.py (float32 ndarray, storage.BF16, quantize.Q8) or any other
+form from quantize.py (float32 ndarray, storage.BF16, quantize.Q8 / Q4) or any other
 stored tensor (storage.py), e.g. a GGUF QuantizedTensor.
 
 How, fastest first:
 - float32 weights: NumPy's BLAS. Its GEMV already runs at memory bandwidth.
-- up to 32 rows of x (decoding a token, a chat turn, a short prompt), bf16 / q8
+- up to 32 rows of x (decoding a token, a chat turn, a short prompt), bf16 / q8 / Q4
   weights, numba backend: fused kernels that decode each weight in registers, so
   only the stored bytes cross the memory bus, once for all rows (kernels_numba.py).
 - otherwise (prefill, or the numpy backend): decode a tile of weight rows to
@@ -23,7 +23,7 @@ Not thread-safe: the tile buffer is shared, so one caller at a time.
 import numpy as np
 
 from .errors import InputError
-from .quantize import Q8, dequantize_q8
+from .quantize import Q4, Q8, dequantize_q4, dequantize_q8
 from .storage import BF16
 
 BACKENDS = ("numpy", "numba", "auto")
@@ -106,7 +106,19 @@ def _fused_matmul(w, kernels):
         return lambda rows, out: kernels.matmul_bf16(rows, w.bits, out)
     if isinstance(w, Q8):
         return lambda rows, out: kernels.matmul_q8(rows, w.values, w.scales, out)
+    if isinstance(w, Q4):
+        return lambda rows, out: kernels.matmul_q4(*_split_for_q4(rows), w.packed, w.scales,
+                                                   w.mins, out)
     return None
+
+
+def _split_for_q4(rows: np.ndarray) -> tuple:
+    """x (M, K) as the Q4 kernel reads it: each 32-value block's first and second half
+    (x_low, x_high: (M, K/2), beside the nibbles that multiply them) and its sum."""
+    halves = rows.reshape(len(rows), -1, 2, 16)  # (M, blocks, half, 16)
+    x_low = np.ascontiguousarray(halves[:, :, 0]).reshape(len(rows), -1)
+    x_high = np.ascontiguousarray(halves[:, :, 1]).reshape(len(rows), -1)
+    return x_low, x_high, halves.sum(axis=(2, 3), dtype=np.float32)
 
 
 def _tile_decoder(w, kernels):
@@ -122,6 +134,12 @@ def _tile_decoder(w, kernels):
             return lambda start, tile: kernels.decode_q8(w.values, w.scales, start, tile)
         return lambda start, tile: dequantize_q8(w.values[start:start + len(tile)],
                                                  w.scales[start:start + len(tile)], out=tile)
+    if isinstance(w, Q4):
+        if kernels is not None:
+            return lambda start, tile: kernels.decode_q4(w.packed, w.scales, w.mins, start, tile)
+        return lambda start, tile: dequantize_q4(w.packed[start:start + len(tile)],
+                                                 w.scales[start:start + len(tile)],
+                                                 w.mins[start:start + len(tile)], out=tile)
     if isinstance(w, np.ndarray):  # float16
         return lambda start, tile: np.copyto(tile, w[start:start + len(tile)])
     # Any other stored tensor (a GGUF block format without its own kernel).

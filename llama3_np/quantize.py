@@ -5,12 +5,15 @@
     "q8"    Q8 below: blocks of 32 int8 values sharing one float32 scale (like ggml's
             Q8_0), 1.125 bytes per weight
 
-`to_dtype` turns any stored tensor a checkpoint reader returns into one of these.
+`to_dtype` turns any stored tensor a checkpoint reader returns into one of these, except
+GGUF matrices that a kernel multiplies in their own quantisation: Q8_0 becomes a Q8,
+and Q4_0, Q4_1, Q4_K a Q4 (below, 0.75 bytes per weight), exactly, whatever dtype asks.
 Math on them lives in kernels.py.
 """
 
 import numpy as np
 
+from .checkpoint.gguf_quants import Q4_KINDS, q4_parts
 from .errors import CheckpointError, InputError
 from .storage import BF16, as_float32, float32_to_bf16_bits, take_rows
 
@@ -19,6 +22,7 @@ DTYPES = ("f32", "bf16", "q8")
 Q8_BLOCK = 32  # values sharing one scale
 # Memory per matrix weight in each form (q8: an int8 plus its share of a float32 scale).
 BYTES_PER_WEIGHT = {"f32": 4.0, "bf16": 2.0, "q8": 1.0 + 4.0 / Q8_BLOCK}
+Q4_BYTES_PER_WEIGHT = 0.5 + 8.0 / Q8_BLOCK  # a nibble, and a float32 scale and min per 32
 _Q8_MAX = 127  # symmetric: -127..127, so -128 is never produced
 
 # Convert big matrices this many values at a time: bounds the float32 temporaries to a
@@ -59,6 +63,50 @@ class Q8:
 
     def __repr__(self) -> str:
         return f"Q8(shape={self.shape})"
+
+
+class Q4:
+    """A matrix of 4-bit values in blocks of 32 along each row: w = scale * q + min.
+
+    packed: (..., in_features / 2) uint8, per block 16 bytes, byte i holding q of value
+    i (low nibble) and of value 16 + i (high nibble), as GGUF's Q4_0 lays them out;
+    scales, mins: (..., in_features / 32) float32. Made from GGUF's Q4_0, Q4_1 and
+    Q4_K only (checkpoint.gguf_quants.q4_parts). Follows storage.py's protocol."""
+
+    def __init__(self, packed: np.ndarray, scales: np.ndarray, mins: np.ndarray):
+        self.packed, self.scales, self.mins = packed, scales, mins
+
+    @property
+    def shape(self) -> tuple:
+        return self.packed.shape[:-1] + (2 * self.packed.shape[-1],)
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes + self.scales.nbytes + self.mins.nbytes
+
+    def to_float32(self) -> np.ndarray:
+        return dequantize_q4(self.packed, self.scales, self.mins)
+
+    def take(self, rows) -> "Q4":
+        return Q4(self.packed[rows], self.scales[rows], self.mins[rows])
+
+    def __repr__(self) -> str:
+        return f"Q4(shape={self.shape})"
+
+
+def dequantize_q4(packed: np.ndarray, scales: np.ndarray, mins: np.ndarray,
+                  out: np.ndarray = None) -> np.ndarray:
+    """scale * q + min per block, in float32 (..., in_features); into `out` if given."""
+    if out is None:
+        out = np.empty(packed.shape[:-1] + (2 * packed.shape[-1],), dtype=np.float32)
+    nibbles = packed.reshape(packed.shape[:-1] + (-1, Q8_BLOCK // 2))  # (..., blocks, 16)
+    q = np.empty(nibbles.shape[:-1] + (2, Q8_BLOCK // 2), dtype=np.uint8)
+    np.bitwise_and(nibbles, 15, out=q[..., 0, :])  # values 0-15 of each block
+    np.right_shift(nibbles, 4, out=q[..., 1, :])  # values 16-31
+    blocks = out.reshape(nibbles.shape[:-1] + (Q8_BLOCK,))
+    np.multiply(q.reshape(blocks.shape), scales[..., None], out=blocks)
+    blocks += mins[..., None]
+    return out
 
 
 def dequantize_q8(values: np.ndarray, scales: np.ndarray, out: np.ndarray = None) -> np.ndarray:
@@ -104,6 +152,8 @@ def to_dtype(tensor, dtype: str, name: str = "weight"):
         return as_float32(tensor)
     if form == "Q8_0":
         return _q8_from_gguf_q8_0(tensor)
+    if form in Q4_KINDS:
+        return _q4_from_gguf(tensor)
     if form == "bf16":
         if isinstance(tensor, BF16):  # kernels read rows as contiguous runs
             return BF16(np.ascontiguousarray(tensor.bits))
@@ -125,20 +175,22 @@ def new_bytes(tensor, dtype: str) -> int:
     form = _conversion(tensor, dtype)
     if form == "kept":
         return 0
-    made = "q8" if form == "Q8_0" else form  # GGUF's Q8_0 becomes a Q8
-    return int(np.prod(tensor.shape, dtype=np.int64) * BYTES_PER_WEIGHT[made])
+    per_weight = (Q4_BYTES_PER_WEIGHT if form in Q4_KINDS else
+                  BYTES_PER_WEIGHT["q8" if form == "Q8_0" else form])  # Q8_0 becomes a Q8
+    return int(np.prod(tensor.shape, dtype=np.int64) * per_weight)
 
 
 def _conversion(tensor, dtype: str) -> str:
     """What to_dtype makes of `tensor`: "kept" (the tensor itself), "f32", "bf16", "q8",
-    or "Q8_0" (a GGUF Q8_0 matrix, laid out again as Q8)."""
+    or a GGUF type with a kernel: "Q8_0" (laid out again as Q8), or one of Q4_KINDS (as Q4)."""
     if dtype not in DTYPES:
         raise InputError(f"unknown weight dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     is_float32 = isinstance(tensor, np.ndarray) and tensor.dtype == np.float32
     if len(tensor.shape) != 2:
         return "kept" if is_float32 else "f32"
-    if getattr(tensor, "ggml_type", None) == "Q8_0":
-        return "Q8_0"
+    ggml_type = getattr(tensor, "ggml_type", None)
+    if ggml_type == "Q8_0" or ggml_type in Q4_KINDS:
+        return ggml_type
     if dtype == "f32":
         return "kept" if is_float32 else "f32"
     if dtype == "bf16":
@@ -164,3 +216,16 @@ def _q8_from_gguf_q8_0(tensor) -> Q8:
     scales = blocks[:, :, :2].copy().view("<f2")[:, :, 0].astype(np.float32)
     values = np.ascontiguousarray(blocks[:, :, 2:]).view(np.int8).reshape(n_rows, n_cols)
     return Q8(values, scales)
+
+
+def _q4_from_gguf(tensor) -> Q4:
+    """A GGUF Q4_0 / Q4_1 / Q4_K matrix as Q4, a few MB of rows at a time."""
+    n_rows, n_cols = tensor.shape
+    q4 = Q4(np.empty((n_rows, n_cols // 2), np.uint8),
+            *(np.empty((n_rows, n_cols // Q8_BLOCK), np.float32) for _ in range(2)))
+    step = max(1, _CONVERT_CHUNK_VALUES // max(1, n_cols))
+    for start in range(0, n_rows, step):
+        rows = slice(start, min(n_rows, start + step))
+        q4.packed[rows], q4.scales[rows], q4.mins[rows] = q4_parts(tensor.raw[rows],
+                                                                  tensor.ggml_type)
+    return q4

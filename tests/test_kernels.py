@@ -14,15 +14,18 @@ import llama3_np
 from llama3_np import kernels
 from llama3_np.checkpoint.gguf_quants import QuantizedTensor
 from llama3_np.errors import CheckpointError, InputError
-from llama3_np.quantize import Q8, dequantize_q8, new_bytes, quantize_q8, to_dtype
+from llama3_np.quantize import Q4, Q8, dequantize_q8, new_bytes, quantize_q8, to_dtype
 from llama3_np.storage import BF16, bf16_bits_to_float32, float32_to_bf16_bits
 from llama3_np.threads import configure_threads
+from tests.checkpoints.gguf import random_blocks
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 NEEDS_NUMBA = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
 BACKENDS = ["numpy", pytest.param("numba", marks=NEEDS_NUMBA)]
 U32 = 2.0 ** -24  # float32 unit roundoff
 N_OUT, N_IN = 67, 544  # 17 Q8 blocks a row; 67 rows: a prime, so tiles end ragged
+N_IN_K = 256  # K-quants (Q4_K) come in super-blocks of 256 values
+GGUF_KINDS = ["gguf_q4_0", "gguf_q4_1", "gguf_q4_k", "gguf_q5_0"]
 
 
 @pytest.fixture(autouse=True)
@@ -52,12 +55,15 @@ def gguf_blocks(kind: str, n_rows: int, n_cols: int, seed=0) -> QuantizedTensor:
 
 
 def weight_in(dtype: str, w: np.ndarray):
-    """w in the in-memory form `dtype` (for gguf_q4_0: random blocks of w's shape), and
-    that form decoded to float32."""
+    """w in the in-memory form `dtype`, and that form decoded to float32. "gguf_X": random
+    GGUF blocks of type X in w's shape, as load() keeps them: Q4_0, Q4_1, Q4_K become a
+    Q4; Q5_0 has no kernel of its own and stays a stored tensor."""
     if dtype == "f16":
         stored = w.astype(np.float16)
-    elif dtype == "gguf_q4_0":  # a stored tensor without a kernel of its own
-        stored = gguf_blocks("Q4_0", *w.shape)
+    elif dtype.startswith("gguf_"):
+        kind = dtype[len("gguf_"):].upper()
+        blocks = QuantizedTensor(random_blocks(kind, *w.shape, np.random.default_rng(5)), kind)
+        stored = blocks if kind == "Q5_0" else to_dtype(blocks, "f32")
     else:
         stored = to_dtype(w, dtype)
     return stored, np.asarray(stored if isinstance(stored, np.ndarray) else
@@ -76,12 +82,13 @@ def assert_matches_float64(y, x, w_float32):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", ["f32", "bf16", "q8", "f16", "gguf_q4_0"])
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "q8", "f16"] + GGUF_KINDS)
 @pytest.mark.parametrize("n_rows", [1, 7])
 def test_linear_matches_float64_on_the_decoded_weight(backend, dtype, n_rows, small_tiles):
     kernels.set_backend(backend)
-    w, w_float32 = weight_in(dtype, random_matrix((N_OUT, N_IN)))
-    x = random_matrix((n_rows, N_IN), seed=1)
+    n_in = 2 * N_IN_K if dtype == "gguf_q4_k" else N_IN
+    w, w_float32 = weight_in(dtype, random_matrix((N_OUT, n_in)))
+    x = random_matrix((n_rows, n_in), seed=1)
     assert_matches_float64(kernels.linear(x, w), x, w_float32)
 
 
@@ -118,7 +125,7 @@ def test_linear_reads_weights_from_read_only_memory(backend):
 
 
 @NEEDS_NUMBA
-@pytest.mark.parametrize("dtype", ["bf16", "q8"])
+@pytest.mark.parametrize("dtype", ["bf16", "q8", "gguf_q4_1", "gguf_q4_k"])
 @pytest.mark.parametrize("n_rows", [1, 2, 3, kernels._FUSED_MAX_ROWS])
 def test_numba_multiplies_few_rows_without_decoding_weights(dtype, n_rows, monkeypatch):
     """The point of the numba backend: a token (or a short prompt) never decodes weights
@@ -127,8 +134,9 @@ def test_numba_multiplies_few_rows_without_decoding_weights(dtype, n_rows, monke
         raise AssertionError(f"decoded weight tiles for {n_rows} row(s)")
     monkeypatch.setattr(kernels, "_tiled_matmul", no_tiles)
     kernels.set_backend("numba")
-    w, w_float32 = weight_in(dtype, random_matrix((N_OUT, N_IN)))
-    x = random_matrix((n_rows, N_IN), seed=6)
+    n_in = 2 * N_IN_K if dtype == "gguf_q4_k" else N_IN
+    w, w_float32 = weight_in(dtype, random_matrix((N_OUT, n_in)))
+    x = random_matrix((n_rows, n_in), seed=6)
     assert_matches_float64(kernels.linear(x, w), x, w_float32)
 
 
@@ -158,7 +166,7 @@ def test_without_numba_auto_falls_back_to_numpy(monkeypatch):
         kernels.set_backend("numba")
     kernels.warmup()  # nothing to compile, must not fail
     kernels.set_threads(1)
-    for dtype in ("bf16", "q8"):
+    for dtype in ("bf16", "q8", "gguf_q4_1"):
         w, w_float32 = weight_in(dtype, random_matrix((20, 64)))
         for n_rows in (1, 7):
             x = random_matrix((n_rows, 64), seed=4)
@@ -300,8 +308,19 @@ def test_gguf_q8_0_becomes_q8_exactly_whatever_dtype_is_asked(dtype):
     np.testing.assert_array_equal(kept.to_float32(), tensor.to_float32())
 
 
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "q8"])
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q4_K"])
+def test_gguf_4_bit_formats_become_q4_exactly_whatever_dtype_is_asked(kind, dtype):
+    tensor = QuantizedTensor(random_blocks(kind, 6, 512, np.random.default_rng(7)), kind)
+    kept = to_dtype(tensor, dtype)
+    assert isinstance(kept, Q4) and kept.shape == (6, 512)
+    np.testing.assert_array_equal(kept.to_float32(), tensor.to_float32())
+    np.testing.assert_array_equal(kept.take(slice(2, 4)).to_float32(),
+                                  tensor.to_float32()[2:4])
+
+
 def test_gguf_block_format_without_kernel_is_converted():
-    tensor = gguf_blocks("Q4_0", 6, 96)
+    tensor = QuantizedTensor(random_blocks("Q5_0", 6, 96, np.random.default_rng(8)), "Q5_0")
     decoded = tensor.to_float32()
     np.testing.assert_array_equal(to_dtype(tensor, "f32"), decoded)
     np.testing.assert_array_equal(to_dtype(tensor, "bf16").bits, float32_to_bf16_bits(decoded))
@@ -316,6 +335,8 @@ def test_new_bytes_is_what_to_dtype_allocates(dtype):
     bf16_bits = float32_to_bf16_bits(random_matrix((8, 128)))
     stored = [w, w.astype(np.float16), BF16(bf16_bits[:, :64]), BF16(bf16_bits[:, 64:].copy()),
               quantize_q8(w), gguf_blocks("Q8_0", 6, 96), gguf_blocks("Q4_0", 6, 96),
+              QuantizedTensor(random_blocks("Q4_K", 2, 256, np.random.default_rng(9)), "Q4_K"),
+              QuantizedTensor(random_blocks("Q5_0", 2, 64, np.random.default_rng(9)), "Q5_0"),
               w[0], w[0].astype(np.float16)]
     for tensor in stored:
         converted = to_dtype(tensor, dtype)

@@ -108,6 +108,41 @@ def _q6_k(blocks):
     return (step[:, :, None] * q.reshape(len(q), 16, 16)).reshape(len(q), QK_K)
 
 
+# --- 4-bit formats as one kernel form ---------------------------------------------------
+#
+# Q4_0, Q4_1 and Q4_K all store each value as scale * q + min, q in 0..15, with one
+# scale and min per 32 values (Q4_0: min = -8 * scale; Q4_K: scale = d * sc and
+# min = -dmin * m of its sub-block). q4_parts rewrites them in one layout, Q4_0's:
+# per 32 values 16 bytes, byte i holding value i in its low nibble and value 16 + i in
+# its high one. scale * q + min then computes what the decoders above compute, bit for bit.
+
+Q4_KINDS = ("Q4_0", "Q4_1", "Q4_K")
+
+
+def q4_parts(raw: np.ndarray, ggml_type: str) -> tuple:
+    """(n_rows, bytes_per_row) uint8 of a Q4_KINDS type -> (packed (n_rows, K/2) uint8,
+    scales (n_rows, K/32) float32, mins (n_rows, K/32) float32)."""
+    fmt = BLOCK_FORMATS[ggml_type]
+    n_rows = raw.shape[0]
+    blocks = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1, fmt.bytes_per_block)
+    if ggml_type == "Q4_0":
+        d, packed = _split(blocks, 2, 16)
+        scales = _f16(d)
+        mins = -8 * scales  # d * (q - 8), exactly: d carries 11 bits, q - 8 four
+    elif ggml_type == "Q4_1":
+        d, m, packed = _split(blocks, 2, 2, 16)
+        scales, mins = _f16(d), _f16(m)
+    else:
+        d, dmin, k_scales, qs = _split(blocks, 2, 2, 12, QK_K // 2)
+        sc, mn = _k_scales(k_scales)
+        scales, mins = _f16(d) * sc, -(_f16(dmin) * mn)  # (n_blocks, 8 sub-blocks)
+        q = _unpack(qs, 4, 32).reshape(-1, 2, 16)  # (32-value sub-blocks, halves, 16)
+        packed = q[:, 0] | (q[:, 1] << 4)
+    return (np.ascontiguousarray(packed).reshape(n_rows, -1),
+            np.ascontiguousarray(scales, dtype=np.float32).reshape(n_rows, -1),
+            np.ascontiguousarray(mins, dtype=np.float32).reshape(n_rows, -1))
+
+
 @dataclass(frozen=True)
 class BlockFormat:
     name: str
