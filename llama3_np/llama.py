@@ -108,20 +108,21 @@ def load(path, dtype: str = "f32", backend: str = "auto", tokenizer_path=None,
     """Load a Meta, Hugging Face or GGUF checkpoint; weights kept in `dtype` in memory.
 
     progress(done, total) is called after each tensor is converted (a ProgressBar fits)."""
-    from .kernels import set_backend, warmup
+    from .kernels import active_backend, set_backend, warmup
     from .memory import check_weights_fit
     from .quantize import to_dtype
     from .storage import distinct
 
     checkpoint = read_checkpoint(path)
-    check_weights_fit(distinct(checkpoint.tensors.values()), dtype, source=str(path))
     set_backend(backend)
+    gguf_kernels = active_backend() == "numba"  # GGUF Q8_0 / Q4 stay quantised only then
+    check_weights_fit(distinct(checkpoint.tensors.values()), dtype, str(path), gguf_kernels)
     warmup()  # compile the numba kernels now, not during the first token
     weights, converted = {}, {}
     for done, (name, tensor) in enumerate(checkpoint.tensors.items(), start=1):
         # Tied embeddings: convert the shared tensor once and keep it shared.
         if id(tensor) not in converted:
-            converted[id(tensor)] = to_dtype(tensor, dtype)
+            converted[id(tensor)] = to_dtype(tensor, dtype, name, gguf_kernels)
         weights[name] = converted[id(tensor)]
         if progress is not None:
             progress(done, len(checkpoint.tensors))

@@ -34,13 +34,14 @@ def meminfo_bytes(name: str):
     return None
 
 
-def check_weights_fit(tensors, dtype: str, source: str) -> None:
-    """Refuse (InputError) to convert `tensors` into `dtype` when the new memory that
-    takes exceeds what the machine has available; do nothing where that is unknown."""
+def check_weights_fit(tensors, dtype: str, source: str, gguf_kernels: bool = True) -> None:
+    """Refuse (InputError) to convert `tensors` into `dtype` (as quantize.to_dtype does,
+    with gguf_kernels) when the new memory that takes exceeds what the machine has
+    available; do nothing where that is unknown."""
     available = meminfo_bytes("MemAvailable")
     if available is None:
         return
-    needs = {d: sum(new_bytes(t, d) for t in tensors) for d in DTYPES}
+    needs = {d: sum(new_bytes(t, d, gguf_kernels) for t in tensors) for d in DTYPES}
     if needs[dtype] <= available:
         return
     fitting = [f"--dtype {d} ({human_size(needs[d])})" for d in DTYPES if needs[d] <= available]

@@ -136,16 +136,18 @@ def quantize_q8(w: np.ndarray, name: str = "weight") -> Q8:
     return Q8(values, scales)
 
 
-def to_dtype(tensor, dtype: str, name: str = "weight"):
+def to_dtype(tensor, dtype: str, name: str = "weight", gguf_kernels: bool = True):
     """Any stored tensor (ndarray, BF16, Q8, GGUF QuantizedTensor) in the in-memory
     form `dtype` ("f32", "bf16" or "q8") that kernels.linear multiplies by.
 
     Vectors (norm gains) are always float32: they are tiny and used elementwise.
-    A GGUF block-quantised tensor that a kernel can multiply directly keeps its
-    quantisation whatever `dtype` asks: re-encoding would only cost memory or
-    precision. A tensor already in the asked form is returned as is (no copy).
+    With gguf_kernels (the fused numba kernels will run), a GGUF block-quantised tensor
+    that a kernel multiplies directly keeps its quantisation whatever `dtype` asks:
+    re-encoding would only cost memory or precision. Without them NumPy would decode it
+    for every product, slower than multiplying `dtype`, so it is converted like the rest.
+    A tensor already in the asked form is returned as is (no copy).
     """
-    form = _conversion(tensor, dtype)
+    form = _conversion(tensor, dtype, gguf_kernels)
     if form == "kept":
         return tensor
     if form == "f32":
@@ -169,10 +171,11 @@ def to_dtype(tensor, dtype: str, name: str = "weight"):
     return Q8(values, scales)
 
 
-def new_bytes(tensor, dtype: str) -> int:
-    """Bytes of new memory to_dtype(tensor, dtype) allocates: 0 when it keeps the tensor
-    as it is (e.g. bf16 bits memory-mapped from the checkpoint, asked for as bf16)."""
-    form = _conversion(tensor, dtype)
+def new_bytes(tensor, dtype: str, gguf_kernels: bool = True) -> int:
+    """Bytes of new memory to_dtype(tensor, dtype, gguf_kernels=...) allocates: 0 when
+    it keeps the tensor as it is (e.g. bf16 bits memory-mapped from the checkpoint,
+    asked for as bf16)."""
+    form = _conversion(tensor, dtype, gguf_kernels)
     if form == "kept":
         return 0
     per_weight = (Q4_BYTES_PER_WEIGHT if form in Q4_KINDS else
@@ -180,7 +183,7 @@ def new_bytes(tensor, dtype: str) -> int:
     return int(np.prod(tensor.shape, dtype=np.int64) * per_weight)
 
 
-def _conversion(tensor, dtype: str) -> str:
+def _conversion(tensor, dtype: str, gguf_kernels: bool) -> str:
     """What to_dtype makes of `tensor`: "kept" (the tensor itself), "f32", "bf16", "q8",
     or a GGUF type with a kernel: "Q8_0" (laid out again as Q8), or one of Q4_KINDS (as Q4)."""
     if dtype not in DTYPES:
@@ -189,7 +192,7 @@ def _conversion(tensor, dtype: str) -> str:
     if len(tensor.shape) != 2:
         return "kept" if is_float32 else "f32"
     ggml_type = getattr(tensor, "ggml_type", None)
-    if ggml_type == "Q8_0" or ggml_type in Q4_KINDS:
+    if gguf_kernels and (ggml_type == "Q8_0" or ggml_type in Q4_KINDS):
         return ggml_type
     if dtype == "f32":
         return "kept" if is_float32 else "f32"

@@ -1,5 +1,5 @@
-"""kernels.linear against float64 math on the dequantised weight; quantize.py's Q8 format
-and to_dtype conversions; the path without numba; threads.configure_threads."""
+"""kernels.linear against float64 math on the dequantised weight; quantize.py's Q8 and Q4
+formats and to_dtype conversions; the path without numba; threads.configure_threads."""
 
 import importlib.util
 import os
@@ -12,12 +12,15 @@ import pytest
 
 import llama3_np
 from llama3_np import kernels
+from llama3_np.checkpoint.detect import read_checkpoint
 from llama3_np.checkpoint.gguf_quants import QuantizedTensor
 from llama3_np.errors import CheckpointError, InputError
 from llama3_np.quantize import Q4, Q8, dequantize_q8, new_bytes, quantize_q8, to_dtype
 from llama3_np.storage import BF16, bf16_bits_to_float32, float32_to_bf16_bits
 from llama3_np.threads import configure_threads
-from tests.checkpoints.gguf import random_blocks
+from tests.checkpoints.gguf import (byte_level_model_config, byte_level_tokenizer_metadata,
+                                    random_blocks, write_llama_gguf)
+from tests.tiny import random_weights
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 NEEDS_NUMBA = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
@@ -319,6 +322,20 @@ def test_gguf_4_bit_formats_become_q4_exactly_whatever_dtype_is_asked(kind, dtyp
                                   tensor.to_float32()[2:4])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_load_keeps_gguf_quantisation_only_where_the_numba_kernels_run(backend, tmp_path):
+    """Without the fused kernels NumPy would decode a Q4 matrix for every product, slower
+    than multiplying float32: then GGUF matrices are converted to the dtype asked."""
+    config = byte_level_model_config()
+    path = write_llama_gguf(tmp_path / "q4_0.gguf", config, random_weights(config), "Q4_0",
+                            metadata=byte_level_tokenizer_metadata())
+    wq = llama3_np.load(path, dtype="f32", backend=backend).weights["layers.0.attention.wq.weight"]
+    decoded = read_checkpoint(path).tensors["layers.0.attention.wq.weight"].to_float32()
+    assert isinstance(wq, Q4 if backend == "numba" else np.ndarray)
+    np.testing.assert_array_equal(np.asarray(wq.to_float32() if backend == "numba" else wq),
+                                  decoded)
+
+
 def test_gguf_block_format_without_kernel_is_converted():
     tensor = QuantizedTensor(random_blocks("Q5_0", 6, 96, np.random.default_rng(8)), "Q5_0")
     decoded = tensor.to_float32()
@@ -327,8 +344,9 @@ def test_gguf_block_format_without_kernel_is_converted():
     np.testing.assert_array_equal(to_dtype(tensor, "q8").values, quantize_q8(decoded).values)
 
 
+@pytest.mark.parametrize("gguf_kernels", [True, False])
 @pytest.mark.parametrize("dtype", ["f32", "bf16", "q8"])
-def test_new_bytes_is_what_to_dtype_allocates(dtype):
+def test_new_bytes_is_what_to_dtype_allocates(dtype, gguf_kernels):
     """load() checks the memory a conversion takes before making it: new_bytes must be
     exactly what to_dtype allocates, and 0 for what it hands back untouched."""
     w = random_matrix((8, 64))
@@ -339,9 +357,9 @@ def test_new_bytes_is_what_to_dtype_allocates(dtype):
               QuantizedTensor(random_blocks("Q5_0", 2, 64, np.random.default_rng(9)), "Q5_0"),
               w[0], w[0].astype(np.float16)]
     for tensor in stored:
-        converted = to_dtype(tensor, dtype)
+        converted = to_dtype(tensor, dtype, gguf_kernels=gguf_kernels)
         expected = 0 if converted is tensor else converted.nbytes
-        assert new_bytes(tensor, dtype) == expected, (tensor, dtype)
+        assert new_bytes(tensor, dtype, gguf_kernels) == expected, (tensor, dtype)
     assert new_bytes(w, "f32") == 0 and new_bytes(w, "bf16") == w.size * 2  # both branches seen
 
 
