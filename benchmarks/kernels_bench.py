@@ -34,7 +34,7 @@ def main():
     import numpy as np
 
     from llama3_np import kernels
-    from llama3_np.quantize import DTYPES, Q4, Q8_BLOCK, to_dtype
+    from llama3_np.quantize import DTYPES, Q4, Q4_BLOCK, to_dtype
     from machine import best_seconds, memory_bandwidth
 
     if args.threads:
@@ -52,7 +52,7 @@ def main():
 
     # (label, bytes or flops per call, unit, backend, fn, repeats per round)
     cases = []
-    n_blocks = n_in // Q8_BLOCK  # GGUF Q4_0 / Q4_1 / Q4_K matrices are kept as a Q4:
+    n_blocks = n_in // Q4_BLOCK  # GGUF Q4_0 / Q4_1 / Q4_K matrices are kept as a Q4:
     q4 = Q4(rng.integers(0, 256, (n_out, n_in // 2), dtype=np.uint8),  # random nibbles
             *(rng.uniform(-0.01, 0.01, (n_out, n_blocks)).astype(np.float32) for _ in "sm"))
     forms = {dtype: to_dtype(weight, dtype) for dtype in DTYPES} | {"Q4 (GGUF 4-bit)": q4}

@@ -83,8 +83,8 @@ def describe_machine() -> dict:
         "CPU": f"{_cpuinfo_field('model name')} ({', '.join(vector)}; L3 {_l3_cache()})",
         "cores": f"{os.cpu_count()} logical, {len(os.sched_getaffinity(0))} usable by "
                  "this process",
-        "memory": f"{meminfo_bytes('MemTotal') / _GIB:.1f} GiB "
-                  f"({meminfo_bytes('MemAvailable') / _GIB:.1f} GiB available at start)",
+        "memory": f"{(meminfo_bytes('MemTotal') or 0) / _GIB:.1f} GiB "
+                  f"({(meminfo_bytes('MemAvailable') or 0) / _GIB:.1f} GiB available at start)",
         "OS": f"{platform.system()} {platform.release()}",
         "Python": platform.python_version(),
         "versions": ", ".join(f"{p} {_version(p)}" for p in

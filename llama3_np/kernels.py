@@ -23,7 +23,7 @@ Not thread-safe: the tile buffer is shared, so one caller at a time.
 import numpy as np
 
 from .errors import InputError
-from .quantize import Q4, Q8, dequantize_q4, dequantize_q8
+from .quantize import Q4, Q4_BLOCK, Q8, dequantize_q4, dequantize_q8
 from .storage import BF16
 
 BACKENDS = ("numpy", "numba", "auto")
@@ -115,7 +115,7 @@ def _fused_matmul(w, kernels):
 def _split_for_q4(rows: np.ndarray) -> tuple:
     """x (M, K) as the Q4 kernel reads it: each 32-value block's first and second half
     (x_low, x_high: (M, K/2), beside the nibbles that multiply them) and its sum."""
-    halves = rows.reshape(len(rows), -1, 2, 16)  # (M, blocks, half, 16)
+    halves = rows.reshape(len(rows), -1, 2, Q4_BLOCK // 2)  # (M, blocks, half, 16)
     x_low = np.ascontiguousarray(halves[:, :, 0]).reshape(len(rows), -1)
     x_high = np.ascontiguousarray(halves[:, :, 1]).reshape(len(rows), -1)
     return x_low, x_high, halves.sum(axis=(2, 3), dtype=np.float32)

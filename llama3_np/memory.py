@@ -8,8 +8,10 @@ they are stored (memory-mapped) need no new memory: the kernel can drop and re-r
 their pages.
 """
 
+from pathlib import Path
+
 from .errors import InputError
-from .quantize import DTYPES, new_bytes
+from .quantize import DTYPES, check_dtype, new_bytes
 
 
 def human_size(n_bytes: float) -> str:
@@ -34,11 +36,58 @@ def meminfo_bytes(name: str):
     return None
 
 
+def available_bytes():
+    """Memory this process can still take without swapping: the kernel's MemAvailable,
+    or less where a cgroup (a container's memory limit) leaves less; None if unknown."""
+    known = [n for n in (meminfo_bytes("MemAvailable"), cgroup_room()) if n is not None]
+    return min(known) if known else None
+
+
+# cgroup v2 and v1 files: limit, usage, and the memory.stat line of reclaimable page cache
+_CGROUP_FILES = {2: ("memory.max", "memory.current", "inactive_file"),
+                 1: ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")}
+_NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as a number near 2^63
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROCESS_CGROUPS = Path("/proc/self/cgroup")
+
+
+def cgroup_room():
+    """limit - (usage - inactive page cache) of this process's memory cgroup, as
+    container tools count its working set; None without a memory limit."""
+    try:
+        lines = PROCESS_CGROUPS.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:  # "0::/path" (v2) or "4:memory:/path" (v1)
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
+        version = 2 if controllers == "" else 1 if "memory" in controllers.split(",") else None
+        if version is None:
+            continue
+        folder = CGROUP_ROOT / ("memory" if version == 1 else "") / path.lstrip("/")
+        limit_file, usage_file, inactive_key = _CGROUP_FILES[version]
+        try:
+            limit = (folder / limit_file).read_text().strip()
+            if limit == "max" or int(limit) >= _NO_LIMIT:
+                continue
+            usage = int((folder / usage_file).read_text())
+            stat = dict(entry.split() for entry in
+                        (folder / "memory.stat").read_text().splitlines())
+            return max(0, int(limit) - usage + int(stat.get(inactive_key, 0)))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def check_weights_fit(tensors, dtype: str, source: str, gguf_kernels: bool = True) -> None:
     """Refuse (InputError) to convert `tensors` into `dtype` (as quantize.to_dtype does,
-    with gguf_kernels) when the new memory that takes exceeds what the machine has
-    available; do nothing where that is unknown."""
-    available = meminfo_bytes("MemAvailable")
+    with gguf_kernels) when the new memory that takes exceeds what this process has
+    available; do nothing where that is unknown. Only the weights are counted: the KV
+    cache and activations of a long context come on top."""
+    check_dtype(dtype)
+    available = available_bytes()
     if available is None:
         return
     needs = {d: sum(new_bytes(t, d, gguf_kernels) for t in tensors) for d in DTYPES}

@@ -5,9 +5,10 @@
     "q8"    Q8 below: blocks of 32 int8 values sharing one float32 scale (like ggml's
             Q8_0), 1.125 bytes per weight
 
-`to_dtype` turns any stored tensor a checkpoint reader returns into one of these, except
-GGUF matrices that a kernel multiplies in their own quantisation: Q8_0 becomes a Q8,
-and Q4_0, Q4_1, Q4_K a Q4 (below, 0.75 bytes per weight), exactly, whatever dtype asks.
+`to_dtype` turns any stored tensor a checkpoint reader returns into one of these, except,
+where the numba kernels run, GGUF matrices they multiply in their own quantisation: Q8_0
+becomes a Q8, and Q4_0, Q4_1, Q4_K a Q4 (below, 0.75 bytes per weight), with the stored
+values exactly, whatever dtype asks.
 Math on them lives in kernels.py.
 """
 
@@ -22,7 +23,8 @@ DTYPES = ("f32", "bf16", "q8")
 Q8_BLOCK = 32  # values sharing one scale
 # Memory per matrix weight in each form (q8: an int8 plus its share of a float32 scale).
 BYTES_PER_WEIGHT = {"f32": 4.0, "bf16": 2.0, "q8": 1.0 + 4.0 / Q8_BLOCK}
-Q4_BYTES_PER_WEIGHT = 0.5 + 8.0 / Q8_BLOCK  # a nibble, and a float32 scale and min per 32
+Q4_BLOCK = 32  # values sharing one scale and min
+Q4_BYTES_PER_WEIGHT = 0.5 + 8.0 / Q4_BLOCK  # a nibble, and a float32 scale and min per 32
 _Q8_MAX = 127  # symmetric: -127..127, so -128 is never produced
 
 # Convert big matrices this many values at a time: bounds the float32 temporaries to a
@@ -99,11 +101,11 @@ def dequantize_q4(packed: np.ndarray, scales: np.ndarray, mins: np.ndarray,
     """scale * q + min per block, in float32 (..., in_features); into `out` if given."""
     if out is None:
         out = np.empty(packed.shape[:-1] + (2 * packed.shape[-1],), dtype=np.float32)
-    nibbles = packed.reshape(packed.shape[:-1] + (-1, Q8_BLOCK // 2))  # (..., blocks, 16)
-    q = np.empty(nibbles.shape[:-1] + (2, Q8_BLOCK // 2), dtype=np.uint8)
+    nibbles = packed.reshape(packed.shape[:-1] + (-1, Q4_BLOCK // 2))  # (..., blocks, 16)
+    q = np.empty(nibbles.shape[:-1] + (2, Q4_BLOCK // 2), dtype=np.uint8)
     np.bitwise_and(nibbles, 15, out=q[..., 0, :])  # values 0-15 of each block
     np.right_shift(nibbles, 4, out=q[..., 1, :])  # values 16-31
-    blocks = out.reshape(nibbles.shape[:-1] + (Q8_BLOCK,))
+    blocks = out.reshape(nibbles.shape[:-1] + (Q4_BLOCK,))
     np.multiply(q.reshape(blocks.shape), scales[..., None], out=blocks)
     blocks += mins[..., None]
     return out
@@ -183,11 +185,15 @@ def new_bytes(tensor, dtype: str, gguf_kernels: bool = True) -> int:
     return int(np.prod(tensor.shape, dtype=np.int64) * per_weight)
 
 
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise InputError(f"unknown weight dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+
+
 def _conversion(tensor, dtype: str, gguf_kernels: bool) -> str:
     """What to_dtype makes of `tensor`: "kept" (the tensor itself), "f32", "bf16", "q8",
     or a GGUF type with a kernel: "Q8_0" (laid out again as Q8), or one of Q4_KINDS (as Q4)."""
-    if dtype not in DTYPES:
-        raise InputError(f"unknown weight dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    check_dtype(dtype)
     is_float32 = isinstance(tensor, np.ndarray) and tensor.dtype == np.float32
     if len(tensor.shape) != 2:
         return "kept" if is_float32 else "f32"
@@ -225,7 +231,7 @@ def _q4_from_gguf(tensor) -> Q4:
     """A GGUF Q4_0 / Q4_1 / Q4_K matrix as Q4, a few MB of rows at a time."""
     n_rows, n_cols = tensor.shape
     q4 = Q4(np.empty((n_rows, n_cols // 2), np.uint8),
-            *(np.empty((n_rows, n_cols // Q8_BLOCK), np.float32) for _ in range(2)))
+            *(np.empty((n_rows, n_cols // Q4_BLOCK), np.float32) for _ in range(2)))
     step = max(1, _CONVERT_CHUNK_VALUES // max(1, n_cols))
     for start in range(0, n_rows, step):
         rows = slice(start, min(n_rows, start + step))

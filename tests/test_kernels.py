@@ -84,9 +84,13 @@ def assert_matches_float64(y, x, w_float32):
     np.testing.assert_array_less(np.abs(y - exact), 4 * U32 * np.sqrt(k) * scale + 1e-30)
 
 
+# 1 and 7 rows: a token, a short prompt (numba: fused kernels); more: decoded tiles.
+ROW_COUNTS = [1, 7, kernels._FUSED_MAX_ROWS + 1]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", ["f32", "bf16", "q8", "f16"] + GGUF_KINDS)
-@pytest.mark.parametrize("n_rows", [1, 7])
+@pytest.mark.parametrize("n_rows", ROW_COUNTS)
 def test_linear_matches_float64_on_the_decoded_weight(backend, dtype, n_rows, small_tiles):
     kernels.set_backend(backend)
     n_in = 2 * N_IN_K if dtype == "gguf_q4_k" else N_IN
@@ -118,12 +122,13 @@ def test_linear_keeps_the_leading_shape_of_x(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_linear_reads_weights_from_read_only_memory(backend):
+@pytest.mark.parametrize("n_rows", ROW_COUNTS)
+def test_linear_reads_weights_from_read_only_memory(backend, n_rows):
     """Weights memory-mapped from a checkpoint are read-only arrays."""
     kernels.set_backend(backend)
     w = to_dtype(random_matrix((9, 64)), "bf16")
     w.bits.flags.writeable = False
-    x = random_matrix((1, 64), seed=3)
+    x = random_matrix((n_rows, 64), seed=3)
     assert_matches_float64(kernels.linear(x, w), x, w.to_float32())
 
 

@@ -36,9 +36,8 @@ def matrix_weights(path) -> int:
 
 
 def available(monkeypatch, n_bytes):
-    """Pretend the machine has n_bytes available (None: it cannot tell)."""
-    monkeypatch.setattr(memory, "meminfo_bytes",
-                        lambda name: n_bytes if name == "MemAvailable" else None)
+    """Pretend the process has n_bytes available (None: it cannot tell)."""
+    monkeypatch.setattr(memory, "available_bytes", lambda: n_bytes)
 
 
 def test_weights_that_do_not_fit_are_refused_before_any_conversion(f16_model, monkeypatch):
@@ -102,3 +101,45 @@ def test_meminfo_is_read_in_bytes():
 def test_human_size():
     assert [human_size(n) for n in (0, 1023, 1536, 5 << 20, 3 << 30, 5000 << 30)] == \
         ["0 B", "1023 B", "1.5 KiB", "5.0 MiB", "3.0 GiB", "5000.0 GiB"]
+
+
+def cgroup(tmp_path, monkeypatch, line: str, folder: str, files: dict):
+    """A fake /proc/self/cgroup holding `line`, and the cgroup's files in `folder`."""
+    (tmp_path / "proc_cgroup").write_text(line + "\n")
+    (tmp_path / folder).mkdir(parents=True)
+    for name, text in files.items():
+        (tmp_path / folder / name).write_text(text)
+    monkeypatch.setattr(memory, "PROCESS_CGROUPS", tmp_path / "proc_cgroup")
+    monkeypatch.setattr(memory, "CGROUP_ROOT", tmp_path)
+
+
+def test_a_container_limit_counts_as_available_memory_less_its_working_set(tmp_path,
+                                                                            monkeypatch):
+    """cgroup v2: limit 1000 MB, 600 MB used of which 100 MB reclaimable page cache."""
+    cgroup(tmp_path, monkeypatch, "0::/box", "box", {
+        "memory.max": "1000000000\n", "memory.current": "600000000\n",
+        "memory.stat": "anon 500000000\ninactive_file 100000000\n"})
+    assert memory.cgroup_room() == 500_000_000
+    assert memory.available_bytes() == min(500_000_000, meminfo_bytes("MemAvailable") or 1 << 62)
+
+
+def test_cgroup_v1_limit_and_no_limit(tmp_path, monkeypatch):
+    cgroup(tmp_path, monkeypatch, "4:memory:/box", "memory/box", {
+        "memory.limit_in_bytes": "2000\n", "memory.usage_in_bytes": "1500\n",
+        "memory.stat": "cache 400\ntotal_inactive_file 300\n"})
+    assert memory.cgroup_room() == 800
+    (tmp_path / "memory/box/memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert memory.cgroup_room() is None  # v1 writes "no limit" as a huge number
+
+
+def test_no_memory_cgroup_means_no_cgroup_limit(tmp_path, monkeypatch):
+    cgroup(tmp_path, monkeypatch, "0::/unlimited", "unlimited", {
+        "memory.max": "max\n", "memory.current": "5\n", "memory.stat": ""})
+    assert memory.cgroup_room() is None
+    monkeypatch.setattr(memory, "PROCESS_CGROUPS", tmp_path / "missing")
+    assert memory.cgroup_room() is None
+
+
+def test_an_unknown_dtype_is_named_before_memory_is_checked(f16_model):
+    with pytest.raises(InputError, match="unknown weight dtype 'fp16'"):
+        llama3_np.load(f16_model, dtype="fp16")

@@ -114,7 +114,8 @@ def _q6_k(blocks):
 # scale and min per 32 values (Q4_0: min = -8 * scale; Q4_K: scale = d * sc and
 # min = -dmin * m of its sub-block). q4_parts rewrites them in one layout, Q4_0's:
 # per 32 values 16 bytes, byte i holding value i in its low nibble and value 16 + i in
-# its high one. scale * q + min then computes what the decoders above compute, bit for bit.
+# its high one. scale * q + min then gives the decoders' values exactly (Q4_0 aside
+# from the sign of a zero: ggml's d * (q - 8) can be -0).
 
 Q4_KINDS = ("Q4_0", "Q4_1", "Q4_K")
 
