@@ -210,11 +210,15 @@ def _conversion(tensor, dtype: str, gguf_kernels: bool) -> str:
 
 def _float32_row_chunks(tensor):
     """(row slice, float32 rows) pieces of a 2-D stored tensor, a few MB each."""
-    n_rows, n_cols = tensor.shape
+    for rows in _row_slices(*tensor.shape):
+        yield rows, take_rows(tensor, rows)
+
+
+def _row_slices(n_rows: int, n_cols: int):
+    """Slices of consecutive rows holding about _CONVERT_CHUNK_VALUES values each."""
     step = max(1, _CONVERT_CHUNK_VALUES // max(1, n_cols))
     for start in range(0, n_rows, step):
-        rows = slice(start, min(n_rows, start + step))
-        yield rows, take_rows(tensor, rows)
+        yield slice(start, min(n_rows, start + step))
 
 
 def _q8_from_gguf_q8_0(tensor) -> Q8:
@@ -232,9 +236,7 @@ def _q4_from_gguf(tensor) -> Q4:
     n_rows, n_cols = tensor.shape
     q4 = Q4(np.empty((n_rows, n_cols // 2), np.uint8),
             *(np.empty((n_rows, n_cols // Q4_BLOCK), np.float32) for _ in range(2)))
-    step = max(1, _CONVERT_CHUNK_VALUES // max(1, n_cols))
-    for start in range(0, n_rows, step):
-        rows = slice(start, min(n_rows, start + step))
+    for rows in _row_slices(n_rows, n_cols):
         q4.packed[rows], q4.scales[rows], q4.mins[rows] = q4_parts(tensor.raw[rows],
                                                                   tensor.ggml_type)
     return q4

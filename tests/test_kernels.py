@@ -318,7 +318,9 @@ def test_gguf_q8_0_becomes_q8_exactly_whatever_dtype_is_asked(dtype):
 
 @pytest.mark.parametrize("dtype", ["f32", "bf16", "q8"])
 @pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q4_K"])
-def test_gguf_4_bit_formats_become_q4_exactly_whatever_dtype_is_asked(kind, dtype):
+def test_gguf_4_bit_formats_become_q4_exactly_whatever_dtype_is_asked(kind, dtype,
+                                                                      monkeypatch):
+    monkeypatch.setattr(llama3_np.quantize, "_CONVERT_CHUNK_VALUES", 2 * 512)  # 2 rows a chunk
     tensor = QuantizedTensor(random_blocks(kind, 6, 512, np.random.default_rng(7)), kind)
     kept = to_dtype(tensor, dtype)
     assert isinstance(kept, Q4) and kept.shape == (6, 512)
