@@ -200,6 +200,8 @@ def _conversion(tensor, dtype: str, gguf_kernels: bool) -> str:
     ggml_type = getattr(tensor, "ggml_type", None)
     if gguf_kernels and (ggml_type == "Q8_0" or ggml_type in Q4_KINDS):
         return ggml_type
+    if ggml_type == "Q8_0" and dtype == "q8":  # asked for what it is: re-laid, not re-quantised
+        return ggml_type
     if dtype == "f32":
         return "kept" if is_float32 else "f32"
     if dtype == "bf16":

@@ -343,6 +343,14 @@ def test_load_keeps_gguf_quantisation_only_where_the_numba_kernels_run(backend, 
                                   decoded)
 
 
+def test_gguf_q8_0_asked_for_as_q8_is_re_laid_without_the_kernels_too():
+    tensor = gguf_blocks("Q8_0", 6, 96)
+    kept = to_dtype(tensor, "q8", gguf_kernels=False)
+    assert isinstance(kept, Q8)
+    np.testing.assert_array_equal(kept.to_float32(), tensor.to_float32())
+    assert isinstance(to_dtype(tensor, "f32", gguf_kernels=False), np.ndarray)
+
+
 def test_gguf_block_format_without_kernel_is_converted():
     tensor = QuantizedTensor(random_blocks("Q5_0", 6, 96, np.random.default_rng(8)), "Q5_0")
     decoded = tensor.to_float32()
