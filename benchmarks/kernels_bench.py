@@ -53,8 +53,8 @@ def main():
     # (label, bytes or flops per call, unit, backend, fn, repeats per round)
     cases = []
     n_blocks = n_in // Q4_BLOCK  # GGUF Q4_0 / Q4_1 / Q4_K matrices are kept as a Q4:
-    q4 = Q4(rng.integers(0, 256, (n_out, n_in // 2), dtype=np.uint8),  # random nibbles
-            *(rng.uniform(-0.01, 0.01, (n_out, n_blocks)).astype(np.float32) for _ in "sm"))
+    scales, mins = rng.uniform(-0.01, 0.01, (2, n_out, n_blocks)).astype(np.float32)
+    q4 = Q4(rng.integers(0, 256, (n_out, n_in // 2), dtype=np.uint8), scales, mins)
     forms = {dtype: to_dtype(weight, dtype) for dtype in DTYPES} | {"Q4 (GGUF 4-bit)": q4}
     for dtype, w in forms.items():
         for backend in (["numpy"] if dtype == "f32" else backends):  # f32 is always BLAS

@@ -14,7 +14,7 @@ Math on them lives in kernels.py.
 
 import numpy as np
 
-from .checkpoint.gguf_quants import Q4_KINDS, q4_parts
+from .checkpoint.gguf_quants import Q4_KINDS, q4_parts, q8_0_parts
 from .errors import CheckpointError, InputError
 from .storage import BF16, as_float32, float32_to_bf16_bits, take_rows
 
@@ -224,13 +224,8 @@ def _row_slices(n_rows: int, n_cols: int):
 
 
 def _q8_from_gguf_q8_0(tensor) -> Q8:
-    """A GGUF Q8_0 matrix as Q8: each 34-byte block is a float16 scale and 32 int8
-    values; widening the scales to float32 is exact."""
-    n_rows, n_cols = tensor.shape
-    blocks = np.asarray(tensor.raw).reshape(n_rows, n_cols // Q8_BLOCK, 2 + Q8_BLOCK)
-    scales = blocks[:, :, :2].copy().view("<f2")[:, :, 0].astype(np.float32)
-    values = np.ascontiguousarray(blocks[:, :, 2:]).view(np.int8).reshape(n_rows, n_cols)
-    return Q8(values, scales)
+    """A GGUF Q8_0 matrix as Q8: the same values, each block's float16 scale widened."""
+    return Q8(*q8_0_parts(tensor.raw))
 
 
 def _q4_from_gguf(tensor) -> Q4:

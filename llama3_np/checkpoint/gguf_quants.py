@@ -108,7 +108,18 @@ def _q6_k(blocks):
     return (step[:, :, None] * q.reshape(len(q), 16, 16)).reshape(len(q), QK_K)
 
 
-# --- 4-bit formats as one kernel form ---------------------------------------------------
+# --- the forms the kernels multiply ---------------------------------------------------
+
+def q8_0_parts(raw: np.ndarray) -> tuple:
+    """(n_rows, bytes_per_row) uint8 of Q8_0 blocks (a float16 scale, 32 int8 values)
+    -> (values (n_rows, K) int8, scales (n_rows, K/32) float32); widening is exact."""
+    n_rows = raw.shape[0]
+    d, qs = _split(np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1, 2 + 32), 2, 32)
+    return (np.ascontiguousarray(qs).view(np.int8).reshape(n_rows, -1),
+            _f16(d).reshape(n_rows, -1))
+
+
+# 4-bit formats as one kernel form.
 #
 # Q4_0, Q4_1 and Q4_K all store each value as scale * q + min, q in 0..15, with one
 # scale and min per 32 values (Q4_0: min = -8 * scale; Q4_K: scale = d * sc and
