@@ -10,9 +10,15 @@ from .config import RopeScaling
 
 
 def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling = None) -> np.ndarray:
-    """The head_dim/2 rotation speeds, fastest first: theta ** (-2j / head_dim)."""
+    """The head_dim/2 rotation speeds, fastest first: theta ** (-2j / head_dim).
+
+    The references compute this in float32 with a correctly rounded power; NumPy's
+    float32 power differs by an ulp on some CPUs (AVX-512), and position * freq
+    magnifies that. So the power is taken in float64 and rounded once: the same bits
+    as the references, on every CPU."""
     exponents = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
-    freqs = np.float32(1.0) / (np.float32(theta) ** exponents)
+    powers = (np.float64(theta) ** exponents.astype(np.float64)).astype(np.float32)
+    freqs = np.float32(1.0) / powers
     return freqs if scaling is None else scale_frequencies(freqs, scaling)
 
 
@@ -46,6 +52,8 @@ class RotaryTable:
         if end > len(self.table):
             positions = np.arange(max(end, 2 * len(self.table)), dtype=np.float32)
             angles = np.outer(positions, self.freqs)  # float32, as the references compute it
+            # cos and sin in float64, rounded once: float32 SIMD versions differ by CPU.
+            angles = angles.astype(np.float64)
             self.table = (np.cos(angles) + 1j * np.sin(angles)).astype(np.complex64)
         return self.table[start:end]
 

@@ -7,10 +7,22 @@ import numpy as np
 from .errors import InputError
 
 
+def most_likely(values: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the n largest values, largest first; equal values by lower index."""
+    if n < len(values):
+        nth = np.partition(values, len(values) - n)[len(values) - n]  # the n-th largest
+        above = np.flatnonzero(values > nth)
+        chosen = np.concatenate([above, np.flatnonzero(values == nth)[:n - len(above)]])
+    else:
+        chosen = np.arange(len(values))
+    return chosen[np.lexsort((chosen, -values[chosen]))]
+
+
 class Sampler:
     """temperature 0 is greedy (argmax); otherwise sample from softmax(logits / T)
     restricted to the top_k most likely tokens (0: no limit) and then to the smallest
-    set whose probability reaches top_p (1.0: no limit)."""
+    set whose probability reaches top_p (1.0: no limit). Equal logits are ranked by
+    token id, lower first, so the candidates never depend on how a sort breaks ties."""
 
     def __init__(self, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  seed=None):
@@ -31,7 +43,7 @@ class Sampler:
         logits = np.asarray(logits, dtype=np.float32)
         ids = np.arange(len(logits))
         if 0 < self.top_k < len(logits):
-            ids = np.argpartition(-logits, self.top_k - 1)[: self.top_k]
+            ids = most_likely(logits, self.top_k)
         scaled = logits[ids] / np.float32(self.temperature)
         probs = np.exp(scaled - scaled.max())
         probs /= probs.sum()
@@ -45,8 +57,7 @@ class Sampler:
         usually small, so only the n most likely are sorted, n doubling until some fall out."""
         n = min(64, len(probs))
         while True:
-            top = np.argpartition(-probs, n - 1)[:n] if n < len(probs) else np.arange(n)
-            top = top[np.argsort(-probs[top], kind="stable")]
+            top = most_likely(probs, n)
             keep = (np.cumsum(probs[top]) - probs[top]) < self.top_p
             if not keep.all() or n == len(probs):
                 break

@@ -8,6 +8,7 @@ broken fetch cannot pass as a green run.
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,3 +36,15 @@ def llama3_tokenizer_path() -> Path:
 @pytest.fixture(scope="session")
 def demo_model_path() -> Path:
     return _require(DEMO_MODEL, f"the demo model {DEMO_MODEL.name}")
+
+
+def pytest_report_header(config):
+    """Which SIMD code NumPy dispatches: float32 results may differ between them in the
+    last bits, so a run says which it saw (CI runs the parity suite under both)."""
+    from numpy._core._multiarray_umath import __cpu_features__ as features
+
+    disabled = os.environ.get("NPY_DISABLE_CPU_FEATURES", "")
+    return (f"numpy {np.__version__}: AVX-512 dispatch "
+            f"{'on' if features.get('X86_V4') else 'off'}"
+            + (f" (NPY_DISABLE_CPU_FEATURES={disabled})" if disabled else ""))
+

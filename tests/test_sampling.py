@@ -73,7 +73,17 @@ def test_nucleus_equals_a_full_sort(top_p):
         ids, probs = Sampler(temperature=0.7, top_p=top_p).candidates(logits)
         full = np.exp((logits - logits.max()) / 0.7)
         full /= full.sum()
-        order = np.argsort(-full, kind="stable")
+        order = np.lexsort((np.arange(len(full)), -full))  # equal: lower id first
         expected = order[(np.cumsum(full[order]) - full[order]) < top_p]
         assert ids.tolist() == expected.tolist()
         np.testing.assert_allclose(probs, full[expected] / full[expected].sum(), rtol=1e-4)
+
+
+def test_ties_go_to_the_lower_token_id():
+    logits = np.zeros(200, dtype=np.float32)
+    logits[[150, 7, 90, 3]] = [2.0, 1.0, 1.0, 1.0]
+    assert Sampler(temperature=1.0, top_k=3).candidates(logits)[0].tolist() == [150, 3, 7]
+    # the nucleus with all 200 tokens equally likely after the first three: by id too
+    ids, _ = Sampler(temperature=1.0, top_p=0.5).candidates(logits)
+    assert ids.tolist()[:4] == [150, 3, 7, 90]
+    assert ids.tolist()[4:] == sorted(ids.tolist()[4:])

@@ -20,7 +20,9 @@ FLOAT32 = 1e-5
 # so a lead above twice that cannot be overturned.
 MARGIN = 2 * FLOAT32
 
-# Rope frequencies: one power and one division (plus the scaling's blend), each rounded
-# in float32 on every side; libm's pow may round an ulp differently (an ulp is 2^-23 =
-# 1.2e-7 relative). Measured here: identical bits.
-FREQUENCIES = 4 * 2.0 ** -23
+# Rope frequencies: every reference computes them in float32 with a correctly rounded
+# power and one division; rope.py takes the power in float64 and rounds once, so the bits
+# are the same on every CPU (measured: identical with NumPy's AVX-512 dispatch on and
+# off). Any difference is a bug: one ulp at frequency f turns position p by p * f * 2^-24
+# radians more, visible in q past position ~8000.
+FREQUENCIES = 0.0
