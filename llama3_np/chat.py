@@ -18,15 +18,14 @@ format's end-of-turn tokens, exactly as a finished reply is (and as one ended by
 another stop id, e.g. <|end_of_text|>), so the conversation stays well-formed and
 nothing needs to be recomputed.
 
-The session owns its KV cache and swaps it into the model only for its own forward
-calls, so using the model otherwise between turns does not disturb it. A turn that
+The session owns its KV cache, so other uses of the model between turns (or other
+sessions on the same model) do not disturb it. A turn that
 no longer fits the context window is refused (InputError) unless drop_oldest asks
 to forget the oldest exchanges, after which the kept history is re-encoded.
 """
 
 from .errors import InputError, TokenizerError
 from .generate import GenerationStats, check_max_tokens, generate_tokens
-from .model import KVCache
 from .sampling import Sampler
 from .tokenizer import StreamDecoder
 
@@ -46,8 +45,7 @@ class ChatSession:
         self.drop_oldest = drop_oldest
         self.sampler = Sampler(temperature, top_k, top_p, seed)
         self.closing = reply_closing_tokens(self.tokenizer)
-        self.cache = KVCache(model.config)  # the session's own: model.generate can't clobber it
-        self._model = _OnCache(model.model, self.cache)
+        self.cache = model.new_cache()
         self.last_stats = GenerationStats()
         self.dropped_exchanges = 0  # by the last turn, to make room (drop_oldest)
         self._replying = False  # a reply's generator has started and not yet finished
@@ -98,9 +96,9 @@ class ChatSession:
         decoder = StreamDecoder(self.tokenizer)
         reply = []
         try:
-            for token in generate_tokens(self._model, feed, self.sampler,
+            for token in generate_tokens(self.model.model, feed, self.sampler,
                                          min(self.max_tokens, room), self.tokenizer.stop_ids,
-                                         self.cached, stats):
+                                         self.cache, self.cached, stats):
                 reply.append(token)
                 self.tokens.append(token)  # fed to the cache on the next step
                 piece = decoder.push(token)
@@ -179,19 +177,3 @@ def reply_closing_tokens(tokenizer) -> list:
                              f"{tokenizer.chat_format} chat format closes a reply")
     return answered[len(prompt):]
 
-
-class _OnCache:
-    """The transformer, made to run on the session's own KV cache for each call (and to
-    give its own back after), so other uses of the model between turns or even between
-    a reply's pieces leave the conversation intact."""
-
-    def __init__(self, transformer, cache: KVCache):
-        self.transformer, self.cache = transformer, cache
-        self.config = transformer.config
-
-    def forward(self, tokens, start_pos: int = 0, last_only: bool = False):
-        own, self.transformer.cache = self.transformer.cache, self.cache
-        try:
-            return self.transformer.forward(tokens, start_pos, last_only)
-        finally:
-            self.transformer.cache = own

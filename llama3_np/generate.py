@@ -4,6 +4,7 @@ import time
 from dataclasses import dataclass
 
 from .errors import InputError
+from .kv_cache import KVCache
 from .model import Transformer
 from .sampling import Sampler
 
@@ -43,17 +44,20 @@ class GenerationStats:
 
 
 def generate_tokens(model: Transformer, prompt: list, sampler: Sampler, max_tokens: int,
-                    stop_ids, start_pos: int = 0, stats: GenerationStats = None):
+                    stop_ids, cache: KVCache, start_pos: int = 0,
+                    stats: GenerationStats = None):
     """Yield generated token ids until a stop token, max_tokens or the context's end.
 
-    The prompt is placed at start_pos (a chat continues its cache there). A stop
-    token ends generation; it is neither yielded nor run through the model, but
-    kept in stats.stop_token for a chat's next turn to feed first."""
+    The prompt is placed at start_pos of `cache` (a chat continues its cache there),
+    whose room for every position this may fill is reserved first. A stop token ends
+    generation; it is neither yielded nor run through the model, but kept in
+    stats.stop_token for a chat's next turn to feed first."""
     stats = stats if stats is not None else GenerationStats()
     stats.prompt_tokens = len(prompt)
     stop_ids = set(stop_ids)
+    cache.reserve(min(start_pos + len(prompt) + max_tokens - 1, model.config.max_seq_len))
     t0 = time.perf_counter()
-    logits = model.forward(prompt, start_pos, last_only=True)
+    logits = model.forward(prompt, start_pos, last_only=True, cache=cache)
     stats.prefill_seconds = time.perf_counter() - t0
     position = start_pos + len(prompt)
     t0 = time.perf_counter()
@@ -70,6 +74,6 @@ def generate_tokens(model: Transformer, prompt: list, sampler: Sampler, max_toke
         if position >= model.config.max_seq_len:
             stats.stopped_by = "context full"
             break
-        logits = model.forward([token], position, last_only=True)
+        logits = model.forward([token], position, last_only=True, cache=cache)
         position += 1
         stats.decode_seconds = time.perf_counter() - t0

@@ -12,6 +12,7 @@ import numpy as np
 from .checkpoint.detect import read_checkpoint
 from .errors import InputError
 from .generate import GenerationStats, check_max_tokens, generate_tokens
+from .kv_cache import KVCache, check_kv_dtype
 from .model import Transformer
 from .sampling import Sampler
 from .tokenizer import StreamDecoder, load_tokenizer
@@ -26,19 +27,32 @@ class Completion:
 
 
 class Llama:
-    def __init__(self, config, weights: dict, tokenizer, source: str = ""):
+    """A loaded model: weights and tokenizer. It keeps no conversation state, so several
+    generations, chats or perplexity runs (threads included) can share one."""
+
+    def __init__(self, config, weights: dict, tokenizer, source: str = "",
+                 kv_dtype: str = "f32"):
+        check_kv_dtype(kv_dtype)
         self.config = config
         self.tokenizer = tokenizer
         self.model = Transformer(config, weights)
         self.source = source
+        self.kv_dtype = kv_dtype  # what new_cache() keeps keys and values in
 
     @property
     def weights(self) -> dict:
         return self.model.weights
 
-    def forward(self, tokens, start_pos: int = 0, last_only: bool = False) -> np.ndarray:
-        """float32 logits (seq, vocab); positions before start_pos come from the KV cache."""
-        return self.model.forward(tokens, start_pos, last_only)
+    def new_cache(self, capacity: int = 0) -> KVCache:
+        """An empty KV cache for one sequence (room grows as it is used)."""
+        return self.model.new_cache(self.kv_dtype, capacity)
+
+    def forward(self, tokens, start_pos: int = 0, last_only: bool = False,
+                cache: KVCache = None) -> np.ndarray:
+        """float32 logits (seq, vocab). Positions before start_pos come from `cache`
+        (model.new_cache()), which also keeps this call's; without one, `tokens` is a
+        whole sequence."""
+        return self.model.forward(tokens, start_pos, last_only, cache)
 
     def trace(self, *patterns: str) -> Trace:
         """`with model.trace("layers.0.*") as t: model.forward(tokens)`, then t[name]."""
@@ -72,7 +86,8 @@ class Llama:
         """Yield the completion's text piece by piece as tokens are generated.
 
         `prompt` is text (encoded with the beginning-of-text token) or token ids;
-        options: temperature, top_k, top_p, seed, stop_ids, start_pos, stats."""
+        options: temperature, top_k, top_p, seed, stop_ids, stats, and cache with
+        start_pos to continue a sequence (by default a new cache, from position 0)."""
         for _, text in self._generate(prompt, max_tokens, **options):
             if text:
                 yield text
@@ -88,7 +103,7 @@ class Llama:
 
     def _generate(self, prompt, max_tokens: int, temperature: float = 0.0, top_k: int = 0,
                   top_p: float = 1.0, seed=None, stop_ids=None, start_pos: int = 0,
-                  stats: GenerationStats = None):
+                  stats: GenerationStats = None, cache: KVCache = None):
         """(token, text) pairs; text holds only complete UTF-8 characters, and a final
         (None, rest) pair flushes whatever an unfinished character left over."""
         tokens = self.encode_prompt(prompt)
@@ -97,15 +112,17 @@ class Llama:
         sampler = Sampler(temperature, top_k, top_p, seed)
         stops = self.config.stop_ids if stop_ids is None else stop_ids
         decoder = StreamDecoder(self.tokenizer)
+        cache = self.new_cache() if cache is None else cache
         for token in generate_tokens(self.model, tokens, sampler, min(max_tokens, room),
-                                     stops, start_pos, stats):
+                                     stops, cache, start_pos, stats):
             yield token, decoder.push(token)
         yield None, decoder.flush()
 
 
 def load(path, dtype: str = "f32", backend: str = "auto", tokenizer_path=None,
-         progress=None) -> Llama:
-    """Load a Meta, Hugging Face or GGUF checkpoint; weights kept in `dtype` in memory.
+         progress=None, kv_dtype: str = "f32") -> Llama:
+    """Load a Meta, Hugging Face or GGUF checkpoint; weights kept in `dtype` in memory,
+    the KV caches of its sequences in `kv_dtype` ("f32" or "bf16").
 
     progress(done, total) is called after each tensor is converted (a ProgressBar fits)."""
     from .kernels import active_backend, set_backend, warmup
@@ -113,6 +130,7 @@ def load(path, dtype: str = "f32", backend: str = "auto", tokenizer_path=None,
     from .quantize import to_dtype
     from .storage import distinct
 
+    check_kv_dtype(kv_dtype)
     checkpoint = read_checkpoint(path)
     set_backend(backend)
     gguf_kernels = active_backend() == "numba"  # GGUF Q8_0 / Q4 stay quantised only then
@@ -127,4 +145,5 @@ def load(path, dtype: str = "f32", backend: str = "auto", tokenizer_path=None,
         if progress is not None:
             progress(done, len(checkpoint.tensors))
     tokenizer = load_tokenizer(checkpoint, tokenizer_path)
-    return Llama(checkpoint.config, weights, tokenizer, source=str(Path(path)))
+    return Llama(checkpoint.config, weights, tokenizer, source=str(Path(path)),
+                 kv_dtype=kv_dtype)

@@ -15,12 +15,10 @@ import numpy as np
 from .config import ModelConfig
 from .errors import InputError
 from .kernels import linear
+from .kv_cache import KVCache
 from .rope import RotaryTable, apply_rope, rope_frequencies
 from .storage import take_rows
-
-
-def _no_trace(name: str, tensor: np.ndarray) -> None:
-    pass
+from .tiled_attention import plain_attention_fits, tiled_attention
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -48,140 +46,182 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / np.sum(e, axis=-1, keepdims=True)
 
 
-class KVCache:
-    """Keys and values of every position seen so far, one buffer per layer.
+class NoTrace:
+    """The default trace: records nothing and costs nothing (see trace.Trace)."""
 
-    Buffers are (n_kv_heads, capacity, head_dim), preallocated and doubled when
-    full, so a decode step writes one row instead of concatenating."""
+    active = False
 
-    def __init__(self, config: ModelConfig, capacity: int = 256):
-        self.config = config
-        self.length = 0  # positions held
-        shape = (config.n_kv_heads, min(capacity, config.max_seq_len), config.head_dim)
-        self.keys = [np.zeros(shape, np.float32) for _ in range(config.n_layers)]
-        self.values = [np.zeros(shape, np.float32) for _ in range(config.n_layers)]
+    def __call__(self, name: str, tensor: np.ndarray) -> None:
+        pass
 
-    @property
-    def capacity(self) -> int:
-        return self.keys[0].shape[1]
+    def many(self, prefix: str, **tensors) -> None:
+        for name, tensor in tensors.items():
+            self(f"{prefix}.{name}", tensor)
 
-    def reserve(self, end: int) -> None:
-        if end <= self.capacity:
-            return
-        new_capacity = min(max(end, 2 * self.capacity), self.config.max_seq_len)
-        for buffers in (self.keys, self.values):
-            for i, old in enumerate(buffers):
-                grown = np.zeros((old.shape[0], new_capacity, old.shape[2]), np.float32)
-                grown[:, : self.length] = old[:, : self.length]
-                buffers[i] = grown
+    def wants(self, *names: str) -> bool:
+        return False
 
-    def store(self, layer: int, start: int, k: np.ndarray, v: np.ndarray):
-        """Write k, v (seq, n_kv_heads, head_dim) at positions start..; return all so far."""
-        end = start + len(k)
-        self.keys[layer][:, start:end] = k.transpose(1, 0, 2)
-        self.values[layer][:, start:end] = v.transpose(1, 0, 2)
-        return self.keys[layer][:, :end], self.values[layer][:, :end]
+    def check_room(self, config: ModelConfig, seq: int, total: int) -> None:
+        pass
+
+
+NO_TRACE = NoTrace()
+
+
+# Tokens per pass through the whole model when prefilling a long prompt (llama.cpp's
+# micro-batch): keeps activations bounded (512 x ffn_dim floats) while BLAS still
+# multiplies big blocks at full speed.
+PREFILL_CHUNK = 512
+
+
+def group_queries(q: np.ndarray, n_kv_heads: int) -> np.ndarray:
+    """(seq, n_heads, head_dim) -> (n_kv_heads, n_rep * seq, head_dim).
+
+    Grouped-query attention: n_rep = n_heads / n_kv_heads consecutive query heads share
+    one kv head. Meta's code copies each kv head n_rep times (repeat_kv); stacking each
+    group's queries instead lets one matmul per kv head serve the whole group, no copy."""
+    seq, n_heads, head_dim = q.shape
+    return q.transpose(1, 0, 2).reshape(n_kv_heads, n_heads // n_kv_heads * seq, head_dim)
+
+
+def ungroup_heads(out: np.ndarray, seq: int) -> np.ndarray:
+    """group_queries' inverse: (n_kv_heads, n_rep * seq, head_dim) -> (seq, n_heads, head_dim)."""
+    return out.reshape(-1, seq, out.shape[-1]).transpose(1, 0, 2)
 
 
 class Transformer:
+    """The weights and the forward pass; the KV cache belongs to the caller."""
+
     def __init__(self, config: ModelConfig, weights: dict):
         self.config = config
         self.weights = weights
         self.rotary = RotaryTable(
             rope_frequencies(config.head_dim, config.rope_theta, config.rope_scaling))
-        self.cache = KVCache(config)
-        self.trace = _no_trace
+        self.trace = NO_TRACE
 
-    def forward(self, tokens, start_pos: int = 0, last_only: bool = False) -> np.ndarray:
+    def new_cache(self, kv_dtype: str = "f32", capacity: int = 0) -> KVCache:
+        return KVCache(self.config, kv_dtype, capacity)
+
+    def forward(self, tokens, start_pos: int = 0, last_only: bool = False,
+                cache: KVCache = None) -> np.ndarray:
         """Logits (seq, vocab) for `tokens` placed at positions start_pos.. .
 
-        Positions before start_pos come from the KV cache, so a prompt is prefilled
-        in one call and then generation feeds one token per call. With last_only,
-        only the last position's logits are computed (all that sampling needs)."""
-        c, w, trace = self.config, self.weights, self.trace
+        `cache` holds the keys and values of the positions before start_pos and takes
+        this call's: a prompt is prefilled in one call, then each generated token is fed
+        in its own call with the same cache. Without a cache the tokens are a whole
+        sequence (start_pos 0). With last_only, only the last position's logits are
+        computed (all that sampling needs)."""
+        chunks = list(self.forward_chunks(tokens, start_pos, cache, last_only))
+        return chunks[-1] if last_only else np.concatenate(chunks)
+
+    def forward_chunks(self, tokens, start_pos: int = 0, cache: KVCache = None,
+                       last_only: bool = False):
+        """forward(), one chunk of PREFILL_CHUNK tokens at a time, yielding each chunk's
+        logits (with last_only: only the last chunk's last row), so neither activations
+        nor logits grow with the prompt. A trace sees the whole call as one chunk."""
         tokens = np.asarray(tokens, dtype=np.int64)
-        self.check_positions(len(tokens), start_pos)
-        self.cache.reserve(start_pos + len(tokens))
-        rotations = self.rotary.rotations(start_pos, len(tokens))
-        mask = causal_mask(start_pos, len(tokens))  # the same for every layer
-        trace("tokens", tokens)
+        cache = self.checked_cache(cache, start_pos, len(tokens))
+        self.trace.check_room(self.config, len(tokens), start_pos + len(tokens))
+        step = len(tokens) if self.trace.active else PREFILL_CHUNK
+        for begin in range(0, len(tokens), step):
+            last_chunk = begin + step >= len(tokens)
+            if last_only and not last_chunk:
+                self.run_layers(tokens[begin:begin + step], start_pos + begin, cache)
+            else:
+                yield self.logits(tokens[begin:begin + step], start_pos + begin, cache,
+                                  last_only)
 
-        x = take_rows(w["tok_embeddings.weight"], tokens)  # (seq, dim)
-        trace("embeddings", x)
-        for i in range(c.n_layers):
-            x = self.transformer_block(i, x, start_pos, rotations, mask)
-        self.cache.length = start_pos + len(tokens)
-
+    def logits(self, tokens, start_pos: int, cache: KVCache, last_only: bool) -> np.ndarray:
+        c, w = self.config, self.weights
+        x = self.run_layers(tokens, start_pos, cache)
         if last_only:
             x = x[-1:]
-        x = rms_norm(x, w["norm.weight"], c.norm_eps)
-        trace("norm", x)
+        x = rms_norm(x, w["norm.weight"], c.norm_eps)  # (seq, dim)
+        self.trace("norm", x)
         logits = linear(x, w["output.weight"])  # (seq, vocab)
-        trace("logits", logits)
+        self.trace("logits", logits)
         return logits
 
-    def check_positions(self, n_tokens: int, start_pos: int) -> None:
+    def run_layers(self, tokens, start_pos: int, cache: KVCache) -> np.ndarray:
+        """The token embeddings, through every transformer block: (seq, dim)."""
+        self.trace("tokens", tokens)
+        rotations = self.rotary.rotations(start_pos, len(tokens))  # (seq, head_dim / 2)
+        x = take_rows(self.weights["tok_embeddings.weight"], tokens)  # (seq, dim)
+        self.trace("embeddings", x)
+        for i in range(self.config.n_layers):
+            x = self.transformer_block(i, x, start_pos, rotations, cache)
+        cache.length = start_pos + len(tokens)
+        return x
+
+    def checked_cache(self, cache, start_pos: int, n_tokens: int) -> KVCache:
+        """`cache`, or a new one for a whole sequence, with room for this call's tokens."""
         if n_tokens == 0:
             raise InputError("forward() needs at least one token")
-        if not 0 <= start_pos <= self.cache.length:
+        if cache is None:
+            if start_pos != 0:
+                raise InputError(f"start_pos {start_pos} needs the KV cache that holds the "
+                                 "positions before it: pass cache=")
+            cache = self.new_cache(capacity=n_tokens)
+        if not 0 <= start_pos <= cache.length:
             raise InputError(f"start_pos {start_pos} leaves a gap: the cache holds "
-                             f"{self.cache.length} positions")
+                             f"{cache.length} positions")
         if start_pos + n_tokens > self.config.max_seq_len:
             raise InputError(f"{start_pos + n_tokens} positions exceed the context window "
                              f"of {self.config.max_seq_len} tokens")
+        cache.reserve(start_pos + n_tokens)
+        return cache
 
-    def transformer_block(self, i: int, x, start_pos: int, rotations, mask) -> np.ndarray:
-        c, w, trace, p = self.config, self.weights, self.trace, f"layers.{i}."
-        seq = len(x)
-
-        # Attention: each query position looks at itself and everything before it.
-        x_norm = rms_norm(x, w[p + "attention_norm.weight"], c.norm_eps)
-        trace(p + "attention_norm", x_norm)
-        q = linear(x_norm, w[p + "attention.wq.weight"]).reshape(seq, c.n_heads, c.head_dim)
-        k = linear(x_norm, w[p + "attention.wk.weight"]).reshape(seq, c.n_kv_heads, c.head_dim)
-        v = linear(x_norm, w[p + "attention.wv.weight"]).reshape(seq, c.n_kv_heads, c.head_dim)
-        trace(p + "attention.q", q)
-        trace(p + "attention.k", k)
-        trace(p + "attention.v", v)
-
-        q = apply_rope(q, rotations)
-        k = apply_rope(k, rotations)
-        trace(p + "attention.q_rotated", q)
-        trace(p + "attention.k_rotated", k)
-        keys, values = self.cache.store(i, start_pos, k, v)  # (n_kv_heads, total, head_dim)
-        total = keys.shape[1]
-
-        # Grouped-query attention: n_rep consecutive query heads share one kv head, so
-        # group the queries by kv head instead of copying keys and values n_rep times.
-        q = q.transpose(1, 0, 2).reshape(c.n_kv_heads, c.n_rep * seq, c.head_dim)
-        scores = (q @ keys.transpose(0, 2, 1)) / np.float32(np.sqrt(c.head_dim))
-        scores = scores.reshape(c.n_heads, seq, total)
-        trace(p + "attention.scores", scores)
-
-        masked = scores + mask  # -inf ahead of each query: softmax gives those keys 0
-        trace(p + "attention.masked_scores", masked)
-        probs = softmax(masked)  # (n_heads, seq, total)
-        trace(p + "attention.probs", probs)
-
-        heads_out = probs.reshape(c.n_kv_heads, c.n_rep * seq, total) @ values
-        heads_out = heads_out.reshape(c.n_heads, seq, c.head_dim).transpose(1, 0, 2)
-        trace(p + "attention.heads_out", heads_out)  # (seq, n_heads, head_dim)
-        attention_out = linear(heads_out.reshape(seq, c.dim), w[p + "attention.wo.weight"])
-        trace(p + "attention.out", attention_out)
-        x = x + attention_out
-        trace(p + "attention_residual", x)
-
-        # Feed-forward: SwiGLU, a gated expansion to ffn_dim and back.
-        x_norm = rms_norm(x, w[p + "ffn_norm.weight"], c.norm_eps)
-        trace(p + "ffn_norm", x_norm)
-        gate = linear(x_norm, w[p + "feed_forward.w1.weight"])
-        up = linear(x_norm, w[p + "feed_forward.w3.weight"])
-        trace(p + "ffn.gate", gate)
-        trace(p + "ffn.up", up)
-        hidden = silu(gate) * up
-        trace(p + "ffn.hidden", hidden)
-        ffn_out = linear(hidden, w[p + "feed_forward.w2.weight"])
-        trace(p + "ffn.out", ffn_out)
-        x = x + ffn_out
-        trace(p + "residual", x)
+    def transformer_block(self, i: int, x, start_pos: int, rotations, cache) -> np.ndarray:
+        c, w, p = self.config, self.weights, f"layers.{i}."
+        x = x + self.attention(i, rms_norm(x, w[p + "attention_norm.weight"], c.norm_eps),
+                               start_pos, rotations, cache)
+        self.trace(p + "attention_residual", x)
+        x = x + self.feed_forward(i, rms_norm(x, w[p + "ffn_norm.weight"], c.norm_eps))
+        self.trace(p + "residual", x)
         return x
+
+    def attention(self, i: int, x, start_pos: int, rotations, cache) -> np.ndarray:
+        """Each position looks at itself and every position before it."""
+        c, w, trace, p = self.config, self.weights, self.trace, f"layers.{i}.attention"
+        seq = len(x)
+        trace(p + "_norm", x)  # (seq, dim)
+        q = linear(x, w[p + ".wq.weight"]).reshape(seq, c.n_heads, c.head_dim)
+        k = linear(x, w[p + ".wk.weight"]).reshape(seq, c.n_kv_heads, c.head_dim)
+        v = linear(x, w[p + ".wv.weight"]).reshape(seq, c.n_kv_heads, c.head_dim)
+        trace.many(p, q=q, k=k, v=v)
+
+        q = apply_rope(q, rotations)  # (seq, n_heads, head_dim)
+        k = apply_rope(k, rotations)  # (seq, n_kv_heads, head_dim)
+        trace.many(p, q_rotated=q, k_rotated=k)
+        cache.store(i, start_pos, k, v)
+        total = start_pos + seq  # positions attended: the cached ones and these
+
+        q = group_queries(q, c.n_kv_heads)  # (n_kv_heads, n_rep * seq, head_dim)
+        if plain_attention_fits(c.n_heads, seq, total) or \
+                trace.wants(p + ".scores", p + ".masked_scores", p + ".probs"):
+            keys, values = cache.read(i, 0, total)  # (n_kv_heads, total, head_dim)
+            scores = (q @ keys.transpose(0, 2, 1)) / np.float32(np.sqrt(c.head_dim))
+            scores = scores.reshape(c.n_heads, seq, total)
+            masked = scores + causal_mask(start_pos, seq)  # -inf ahead: softmax gives 0
+            probs = softmax(masked)  # (n_heads, seq, total)
+            trace.many(p, scores=scores, masked_scores=masked, probs=probs)
+            out = probs.reshape(c.n_kv_heads, -1, total) @ values
+        else:  # the same, key tile by key tile, when all scores at once would be large
+            out = tiled_attention(q, cache, i, start_pos, seq)
+        heads_out = ungroup_heads(out, seq)  # (seq, n_heads, head_dim)
+        trace(p + ".heads_out", heads_out)
+        out = linear(heads_out.reshape(seq, c.dim), w[p + ".wo.weight"])  # (seq, dim)
+        trace(p + ".out", out)
+        return out
+
+    def feed_forward(self, i: int, x) -> np.ndarray:
+        """SwiGLU: a gated expansion to ffn_dim and back."""
+        w, trace, p = self.weights, self.trace, f"layers.{i}."
+        trace(p + "ffn_norm", x)  # (seq, dim)
+        gate = linear(x, w[p + "feed_forward.w1.weight"])  # (seq, ffn_dim)
+        up = linear(x, w[p + "feed_forward.w3.weight"])  # (seq, ffn_dim)
+        hidden = silu(gate) * up  # (seq, ffn_dim)
+        trace.many(p + "ffn", gate=gate, up=up, hidden=hidden)
+        out = linear(hidden, w[p + "feed_forward.w2.weight"])  # (seq, dim)
+        trace(p + "ffn.out", out)
+        return out

@@ -79,7 +79,8 @@ def check_window(ctx: int, stride: int, max_seq_len: int) -> None:
 
 def perplexity(model, tokens, ctx: int = 512, stride: int = None, progress=None) -> Perplexity:
     """Score `tokens` (ids, the first one given as context: begin-of-text for Llama 3)
-    with `model` (a Llama or Transformer: anything with forward(tokens, start_pos)).
+    with `model` (a Llama or Transformer). Each window runs on a fresh KV cache and is
+    scored chunk by chunk, so a long window never holds all its logits at once.
 
     progress(done, total) is called after each window (a ProgressBar fits)."""
     tokens = [int(t) for t in tokens]
@@ -90,13 +91,20 @@ def perplexity(model, tokens, ctx: int = 512, stride: int = None, progress=None)
                          f"score), got {len(tokens)}")
     plan = windows(len(tokens), ctx, stride)
     nll_sum, scored = 0.0, 0
+    transformer = getattr(model, "model", model)
     for done, w in enumerate(plan, start=1):
-        logits = model.forward(tokens[w.begin:w.end], 0)  # a fresh cache for each window
-        # Row r predicts the token at position begin + r + 1.
-        rows = logits[w.first_scored - 1 - w.begin: w.end - 1 - w.begin]
-        token_lp = log_probs(rows, tokens[w.first_scored:w.end])
-        nll_sum -= float(token_lp.sum(dtype=np.float64))  # float64 for the running sum only
-        scored += len(token_lp)
+        chunk_begin = w.begin
+        for logits in transformer.forward_chunks(tokens[w.begin:w.end], 0, model.new_cache()):
+            # Row r predicts the token at position chunk_begin + r + 1; score the rows
+            # whose targets lie in first_scored .. end - 1.
+            first, stop = max(chunk_begin, w.first_scored - 1), chunk_begin + len(logits)
+            stop = min(stop, w.end - 1)
+            if first < stop:
+                token_lp = log_probs(logits[first - chunk_begin:stop - chunk_begin],
+                                     tokens[first + 1:stop + 1])
+                nll_sum -= float(token_lp.sum(dtype=np.float64))  # float64: the sum only
+                scored += len(token_lp)
+            chunk_begin += len(logits)
         if progress is not None:
             progress(done, len(plan))
     return Perplexity(nll_sum, scored, len(plan), ctx, stride)

@@ -4,24 +4,32 @@ The model hands every step to `model.trace(name, tensor)`; normally that is a
 function that does nothing. A Trace, while active, records copies of the
 tensors whose names match its patterns, one dict per forward call:
 
+    cache = transformer.new_cache()
     with Trace(transformer, "layers.0.*") as t:   # or llama.trace("layers.0.*")
-        transformer.forward(tokens)                # prefill: t.steps[0]
-        transformer.forward([next_token], len(tokens))  # a decode step: t.steps[1]
+        transformer.forward(tokens, cache=cache)   # prefill: t.steps[0]
+        transformer.forward([next_token], len(tokens), cache=cache)  # decode: t.steps[1]
     t["layers.0.attention.probs"]                  # from the latest call that has it
+
+While a trace is active, a long prompt is not split into chunks and every layer
+whose scores or probs are recorded takes the plain attention path, so what is
+recorded is exactly the walk-through's tensors. Before such a call, check_room
+refuses (with the filter to add) when the recorded tensors would not fit in memory.
 
 The names, their walk-through order and each tensor's axes are read off the model
 itself (step_axes), so this file holds no second copy of the story.
 """
 
 import dataclasses
+import math
 from fnmatch import fnmatchcase
 from functools import lru_cache
 
 import numpy as np
 
 from .config import ModelConfig
+from .errors import InputError
 from .kernels import linear
-from .model import Transformer, rms_norm, softmax
+from .model import NoTrace, Transformer, rms_norm, softmax
 
 # What each axis of a traced tensor runs along.
 AXES = {
@@ -36,14 +44,20 @@ AXES = {
 }
 
 
-class Trace:
+class Trace(NoTrace):
+    active = True
+
     def __init__(self, model, *patterns: str):
         self.model = model
         self.patterns = patterns or ("*",)
         self.steps = []  # one {name: tensor} per forward call
         self._wanted = {}  # name -> whether a pattern matches; names repeat every call
 
-    def wants(self, name: str) -> bool:
+    def wants(self, *names: str) -> bool:
+        """Whether any of `names` is recorded."""
+        return any(self._wants(name) for name in names)
+
+    def _wants(self, name: str) -> bool:
         wanted = self._wanted.get(name)
         if wanted is None:
             # The tokens are always kept: every other tensor is read against them.
@@ -51,15 +65,31 @@ class Trace:
             self._wanted[name] = wanted
         return wanted
 
-    def record(self, name: str, tensor: np.ndarray) -> None:
+    def __call__(self, name: str, tensor: np.ndarray) -> None:
+        """The model's hook: keep a copy of `tensor` if `name` is wanted."""
         if name == "tokens":  # every forward call starts here
             self.steps.append({})
-        if self.wants(name):
+        if self._wants(name):
             self.steps[-1][name] = np.array(tensor, copy=True)
+
+    def check_room(self, config: ModelConfig, seq: int, total: int) -> None:
+        """Refuse a forward call whose recorded tensors would not fit in memory, before
+        it starts, naming the filters that record less."""
+        from .memory import available_bytes, human_size
+
+        wanted = [name for name in step_names(config) if self._wants(name)]
+        needed = 4 * sum(math.prod(step_shape(config, name, seq, total)) for name in wanted)
+        room = available_bytes()
+        if room is not None and needed > room:
+            raise InputError(
+                f"recording {len(wanted)} steps of a {seq}-token call needs "
+                f"{human_size(needed)}, but only {human_size(room)} is available; record "
+                "fewer layers or steps (inspect --layer N or --step GLOB, e.g. '*.residual'; "
+                "model.trace('layers.0.*')) or use a shorter prompt")
 
     def __enter__(self) -> "Trace":
         self._previous = self.model.trace
-        self.model.trace = self.record
+        self.model.trace = self
         return self
 
     def __exit__(self, *exc) -> None:
@@ -94,6 +124,11 @@ def _miniature(n_layers: int) -> ModelConfig:
 _SEQ, _START = 3, 2  # the miniature's traced call: 3 tokens after 2 cached ones
 
 
+class _MiniatureTrace(Trace):
+    def check_room(self, config: ModelConfig, seq: int, total: int) -> None:
+        pass  # its tensors are tiny, and the check itself needs this miniature's steps
+
+
 @lru_cache(maxsize=8)
 def _traced_axes(n_layers: int) -> tuple:
     from .checkpoint import canonical_shapes  # the checkpoint package imports config only
@@ -102,9 +137,10 @@ def _traced_axes(n_layers: int) -> tuple:
     weights = {name: np.zeros(shape, np.float32)
                for name, shape in canonical_shapes(mini).items()}
     model = Transformer(mini, weights)
-    model.forward([0] * _START)
-    with Trace(model) as t:
-        model.forward([0] * _SEQ, start_pos=_START)
+    cache = model.new_cache()
+    model.forward([0] * _START, cache=cache)
+    with _MiniatureTrace(model) as t:
+        model.forward([0] * _SEQ, start_pos=_START, cache=cache)
     size_names = {mini.dim: "dim", mini.n_heads: "n_heads", mini.n_kv_heads: "n_kv_heads",
                   mini.head_dim: "head_dim", mini.ffn_dim: "ffn_dim",
                   mini.vocab_size: "vocab_size", _SEQ: "seq", _SEQ + _START: "total"}

@@ -15,6 +15,7 @@ import llama3_np
 from llama3_np.chat import ChatSession, reply_closing_tokens
 from llama3_np.errors import InputError
 from llama3_np.llama import Llama
+from llama3_np.model import NoTrace
 from llama3_np.tokenizer import Tokenizer
 from tests.conftest import REPO
 from tests.tiny import random_weights, tiny_config
@@ -38,6 +39,18 @@ def tiny(llama3_tokenizer):
     return tiny_llama(llama3_tokenizer)
 
 
+class CtrlC(NoTrace):
+    """A trace hook that presses Ctrl-C once, at step `at` of forward call number `call`."""
+
+    def __init__(self, call: int, at: str):
+        self.calls, self.call, self.at = 0, call, at
+
+    def __call__(self, name, tensor):
+        self.calls += name == "tokens"
+        if self.calls == self.call and name == self.at:
+            raise KeyboardInterrupt
+
+
 def ask_and_record(session, text: str):
     """Ask, recording each forward call: (reply, [(tokens fed, last logits row), ...])."""
     with session.model.trace("logits") as t:
@@ -50,7 +63,7 @@ def assert_matches_recomputation(session, steps, atol) -> int:
     returns the position the turn's first call started at.
 
     The calls fed consecutive tokens of the history, ending where the cache now ends.
-    The fresh pass runs on the model's own cache, which the session never touches."""
+    The fresh pass runs on a cache of its own, not the session's."""
     fed = [token for tokens, _ in steps for token in tokens]
     start = session.cached - len(fed)
     assert session.tokens[start:session.cached] == fed
@@ -92,14 +105,8 @@ def test_cache_continued_turns_equal_recomputation(tiny):
 def test_an_interrupted_reply_is_kept_and_closed(tiny):
     session = ChatSession(tiny, max_tokens=20)
     session.ask("First question")
-    calls = []
-
-    def ctrl_c_in_the_third_forward_call(name, tensor):
-        calls.append(name) if name == "tokens" else None
-        if len(calls) == 3 and name == "layers.1.attention.q":  # mid-pass: layer 0 wrote
-            raise KeyboardInterrupt
-
-    no_trace, tiny.model.trace = tiny.model.trace, ctrl_c_in_the_third_forward_call
+    # In the third forward call, mid-pass: layer 0 wrote to the cache.
+    no_trace, tiny.model.trace = tiny.model.trace, CtrlC(call=3, at="layers.1.attention.q")
     try:
         with pytest.raises(KeyboardInterrupt):
             session.ask("Second question")
@@ -135,14 +142,7 @@ def test_cli_keeps_chatting_after_ctrl_c(tiny, monkeypatch, capsys):
     from llama3_np.cli.chat import converse
 
     session = ChatSession(tiny, max_tokens=8)
-    calls = []
-
-    def ctrl_c_once_in_the_second_forward_call(name, tensor):
-        calls.append(name) if name == "tokens" else None
-        if len(calls) == 2 and name == "layers.0.attention.q":
-            raise KeyboardInterrupt
-
-    no_trace, tiny.model.trace = tiny.model.trace, ctrl_c_once_in_the_second_forward_call
+    no_trace, tiny.model.trace = tiny.model.trace, CtrlC(call=2, at="layers.0.attention.q")
     monkeypatch.setattr(sys, "stdin", io.StringIO("First\nSecond\n/exit\nThird\n"))
     try:
         converse(session)

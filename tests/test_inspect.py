@@ -40,10 +40,11 @@ def documented_names(n_layers: int) -> list:
 def traced_prefill_and_decode(config, weights, *patterns):
     """A 5-token prefill, then 2 decode steps of one token: three forward calls."""
     model = Transformer(config, weights)
+    model.cache = model.new_cache()  # kept on the model only for the tests to look at
     with Trace(model, *patterns) as trace:
-        model.forward(TOKENS[:5])
-        model.forward(TOKENS[5:6], start_pos=5)
-        model.forward(TOKENS[6:7], start_pos=6)
+        model.forward(TOKENS[:5], cache=model.cache)
+        model.forward(TOKENS[5:6], start_pos=5, cache=model.cache)
+        model.forward(TOKENS[6:7], start_pos=6, cache=model.cache)
     return model, trace
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from llama3_np.config import RopeScaling
 from llama3_np.errors import InputError
+from llama3_np.kv_cache import KVCache
 from llama3_np.model import Transformer, causal_mask
 from llama3_np.rope import RotaryTable, apply_rope, rope_frequencies
 from llama3_np.trace import Trace
@@ -19,9 +20,9 @@ def test_kv_cache_decoding_equals_full_recomputation():
     config = tiny_config()
     weights = random_weights(config)
     full = Transformer(config, weights).forward(TOKENS)
-    model = Transformer(config, weights)
-    stepped = [model.forward(TOKENS[:4])]  # prefill, then one token at a time
-    stepped += [model.forward([t], start_pos=4 + i) for i, t in enumerate(TOKENS[4:])]
+    model, cache = Transformer(config, weights), KVCache(config)
+    stepped = [model.forward(TOKENS[:4], cache=cache)]  # prefill, then one token at a time
+    stepped += [model.forward([t], 4 + i, cache=cache) for i, t in enumerate(TOKENS[4:])]
     stepped = np.concatenate(stepped)
     assert stepped.dtype == np.float32 and stepped.shape == (len(TOKENS), config.vocab_size)
     # Same arithmetic in a different order (matmul shapes differ): float32 rounding only.
@@ -33,10 +34,10 @@ def test_cache_grows_past_its_first_capacity():
     weights = random_weights(config)
     tokens = list(np.random.default_rng(0).integers(0, 128000, 300))
     full = Transformer(config, weights).forward(tokens)
-    model = Transformer(config, weights)
-    model.forward(tokens[:255])
-    steps = [model.forward([t], 255 + i) for i, t in enumerate(tokens[255:])]
-    assert model.cache.capacity >= 300
+    model, cache = Transformer(config, weights), KVCache(config, capacity=8)
+    model.forward(tokens[:255], cache=cache)
+    steps = [model.forward([t], 255 + i, cache=cache) for i, t in enumerate(tokens[255:])]
+    assert cache.capacity >= 300
     np.testing.assert_allclose(np.concatenate(steps), full[255:], atol=2e-5 * np.abs(full).max())
 
 
@@ -131,9 +132,10 @@ def test_causal_mask_hides_exactly_the_positions_ahead_of_each_query():
 def test_masked_probabilities_are_exactly_zero_and_rows_sum_to_one():
     config = tiny_config()
     model = Transformer(config, random_weights(config))
+    cache = model.new_cache()
     with Trace(model, "layers.*.attention.probs") as trace:
-        model.forward(TOKENS[:5])
-        model.forward(TOKENS[5:7], start_pos=5)
+        model.forward(TOKENS[:5], cache=cache)
+        model.forward(TOKENS[5:7], start_pos=5, cache=cache)
     first, second = trace.steps[0]["layers.1.attention.probs"], trace["layers.1.attention.probs"]
     assert first.shape == (config.n_heads, 5, 5) and second.shape == (config.n_heads, 2, 7)
     assert np.all(first[:, np.triu_indices(5, 1)[0], np.triu_indices(5, 1)[1]] == 0)

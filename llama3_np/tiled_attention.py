@@ -1,0 +1,52 @@
+"""Attention over a long context without the (heads, seq, total) score matrix.
+
+The walk-through's attention (model.py) builds every score at once: at 8192 tokens
+and 32 heads that is 8 GiB, three times over. This variant gives the same result
+within float32 rounding (tests/test_tiled_attention.py) in a fixed budget: it
+walks the cached keys in tiles and keeps, per query row, the running maximum of
+its scores, the running sum of their exponentials and the running weighted sum of
+values (the "online softmax" of FlashAttention). When a later tile raises the
+maximum, what was summed so far is rescaled by exp(old max - new max).
+"""
+
+import numpy as np
+
+# Scores computed at once, in float32 values (16 MiB): the plain path runs when all
+# of a call's scores fit, the tiled path takes key tiles of this size.
+SCORES_BUDGET = 1 << 22
+
+
+def plain_attention_fits(n_heads: int, seq: int, total: int) -> bool:
+    return n_heads * seq * total <= SCORES_BUDGET
+
+
+def tiled_attention(q: np.ndarray, cache, layer: int, start_pos: int, seq: int) -> np.ndarray:
+    """softmax(q k^T / sqrt(head_dim) + causal mask) v, key tile by key tile.
+
+    q: the queries grouped by the kv head they read, (n_kv_heads, n_rep * seq, head_dim),
+    row r * seq + s being query head r of the group at position start_pos + s (as
+    model.py groups them); keys and values come from `cache` (positions up to
+    start_pos + seq). Returns the heads' outputs in the same grouped layout."""
+    n_rows, head_dim = q.shape[1], q.shape[2]
+    total = start_pos + seq
+    query_pos = start_pos + np.arange(n_rows) % seq  # (rows,)
+    tile = max(1, SCORES_BUDGET // (q.shape[0] * n_rows))
+    scale = np.float32(np.sqrt(head_dim))
+
+    running_max = np.full((q.shape[0], n_rows, 1), -np.inf, dtype=np.float32)
+    running_sum = np.zeros((q.shape[0], n_rows, 1), dtype=np.float32)
+    out = np.zeros(q.shape, dtype=np.float32)
+    for begin in range(0, total, tile):
+        end = min(total, begin + tile)
+        keys, values = cache.read(layer, begin, end)  # (n_kv_heads, end - begin, head_dim)
+        scores = (q @ keys.transpose(0, 2, 1)) / scale  # (n_kv_heads, rows, end - begin)
+        if end - 1 > start_pos:  # some keys lie ahead of some queries: mask them
+            scores[:, np.arange(begin, end)[None, :] > query_pos[:, None]] = -np.inf
+        # Every row sees key 0 in the first tile, so its maximum is finite from then on.
+        new_max = np.maximum(running_max, scores.max(axis=-1, keepdims=True))
+        rescale = np.exp(running_max - new_max)  # 0 on the first tile
+        weights = np.exp(scores - new_max)
+        running_sum = running_sum * rescale + weights.sum(axis=-1, keepdims=True)
+        out = out * rescale + weights @ values
+        running_max = new_max
+    return out / running_sum
