@@ -16,16 +16,18 @@ WALKTHROUGH = Path(__file__).resolve().parent / "walkthrough.ipynb"
 SETTINGS = ("LLAMA3_NP_MODEL", "LLAMA3_NP_DTYPE")  # the notebook's own choices
 
 
-def execute(path=WALKTHROUGH, model=None, timeout=300):
+def execute(path=WALKTHROUGH, model=None, dtype=None, timeout=300):
     """The notebook at `path`, executed in a fresh kernel of this Python on `model` (None:
-    the demo model); raises nbclient's CellExecutionError at the first failing cell."""
+    the demo model) with weights kept in `dtype` (None: f32); raises nbclient's
+    CellExecutionError at the first failing cell."""
     import nbformat
     from nbclient import NotebookClient
 
     notebook = nbformat.read(path, as_version=4)
     saved = {name: os.environ.pop(name, None) for name in SETTINGS}
-    if model is not None:
-        os.environ["LLAMA3_NP_MODEL"] = str(model)
+    for name, value in zip(SETTINGS, (model, dtype)):
+        if value is not None:
+            os.environ[name] = str(value)
     try:  # the kernel inherits this environment
         NotebookClient(notebook, timeout=timeout, kernel_name="python3", record_timing=False,
                        resources={"metadata": {"path": str(Path(path).parent)}}).execute()
