@@ -59,11 +59,6 @@ def weight_bytes(config: ModelConfig, dtype: str) -> int:
     return int(round((matrices * BITS_PER_WEIGHT[dtype] + norms * NORM_BITS) / 8))
 
 
-def kv_cache_bytes_per_token(config: ModelConfig) -> int:
-    """The float32 keys and values one position adds to the cache, over all layers."""
-    return 2 * config.n_layers * config.n_kv_heads * config.head_dim * 4
-
-
 def read_config_file(path) -> ModelConfig:
     """A ModelConfig from Meta's params.json or Hugging Face's config.json alone.
 

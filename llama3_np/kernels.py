@@ -17,8 +17,10 @@ How, fastest first:
 Backends: "numpy" always works; "numba" needs numba; "auto" (default) is numba
 when it imports. Thread counts: threads.configure_threads (before NumPy is
 imported) sets BLAS's; set_threads changes numba's at run time.
-Not thread-safe: the tile buffer is shared, so one caller at a time.
+Thread-safe: each thread decodes tiles into a buffer of its own.
 """
+
+import threading
 
 import numpy as np
 
@@ -40,7 +42,7 @@ _FUSED_MAX_ROWS = 32
 _backend = "auto"
 _numba_threads = None  # set_threads' wish, applied when numba loads
 _numba_state = {}  # "module": kernels_numba, or None when numba is unavailable
-_tile_buffer = np.empty(0, dtype=np.float32)
+_scratch = threading.local()  # .tile: this thread's tile buffer
 
 
 def set_backend(name: str) -> None:
@@ -149,15 +151,15 @@ def _tile_decoder(w, kernels):
 
 def _tiled_matmul(rows: np.ndarray, shape: tuple, decode) -> np.ndarray:
     """rows @ w.T, decoding w one tile of rows at a time into a reused buffer."""
-    global _tile_buffer
     n_out, n_in = shape
     out = np.empty((len(rows), n_out), dtype=np.float32)
     tile_rows = max(1, min(n_out, _TILE_VALUES // max(1, n_in)))
-    if _tile_buffer.size < tile_rows * n_in:
-        _tile_buffer = np.empty(tile_rows * n_in, dtype=np.float32)
+    buffer = getattr(_scratch, "tile", None)
+    if buffer is None or buffer.size < tile_rows * n_in:
+        buffer = _scratch.tile = np.empty(tile_rows * n_in, dtype=np.float32)
     for start in range(0, n_out, tile_rows):
         stop = min(n_out, start + tile_rows)
-        tile = _tile_buffer[:(stop - start) * n_in].reshape(stop - start, n_in)
+        tile = buffer[:(stop - start) * n_in].reshape(stop - start, n_in)
         decode(start, tile)
         np.matmul(rows, tile.T, out=out[:, start:stop])
     return out

@@ -48,14 +48,16 @@ class RotaryTable:
 
     def rotations(self, start: int, length: int) -> np.ndarray:
         """(length, head_dim/2) rotations for positions start .. start+length-1."""
-        end = start + length
-        if end > len(self.table):
-            positions = np.arange(max(end, 2 * len(self.table)), dtype=np.float32)
+        end, table = start + length, self.table  # one read: other threads may grow it
+        if end > len(table):
+            positions = np.arange(max(end, 2 * len(table)), dtype=np.float32)
             angles = np.outer(positions, self.freqs)  # float32, as the references compute it
             # cos and sin in float64, rounded once: float32 SIMD versions differ by CPU.
             angles = angles.astype(np.float64)
-            self.table = (np.cos(angles) + 1j * np.sin(angles)).astype(np.complex64)
-        return self.table[start:end]
+            table = (np.cos(angles) + 1j * np.sin(angles)).astype(np.complex64)
+            if len(table) > len(self.table):
+                self.table = table
+        return table[start:end]
 
 
 def apply_rope(x: np.ndarray, rotations: np.ndarray) -> np.ndarray:

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from llama3_np.errors import ConfigError
-from llama3_np.info import (COMPONENTS, kv_cache_bytes_per_token, parameter_counts,
+from llama3_np.info import (COMPONENTS, parameter_counts,
                             read_config_file, weight_bytes)
+from llama3_np.kv_cache import kv_bytes_per_position
 from tests.conftest import REPO
 from tests.tiny import random_weights, tiny_config
 
@@ -101,7 +102,8 @@ def test_memory_at_each_precision(tmp_path):
     # q8: 32 int8 weights and their float32 scale, 36 bytes per block (quantize.Q8).
     assert weight_bytes(config, "q8") == matrices // 32 * 36 + 4 * norms
     # keys and values x 32 layers x 8 kv heads x head dim 128, float32.
-    assert kv_cache_bytes_per_token(config) == 2 * 32 * 8 * 128 * 4
+    assert kv_bytes_per_position(config) == 2 * 32 * 8 * 128 * 4
+    assert kv_bytes_per_position(config, "bf16") == 2 * 32 * 8 * 128 * 2
 
 
 def test_memory_matches_the_converted_weights():

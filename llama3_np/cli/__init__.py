@@ -56,8 +56,10 @@ def main(argv: list) -> int:
     except MemoryError:
         if args.debug:
             raise
-        print("error: out of memory; keep the weights smaller with --dtype bf16 or --dtype q8",
-              file=sys.stderr)
+        # Loading and the KV cache say so themselves (with advice); what is left is the
+        # working memory of a forward pass.
+        print("error: out of memory while running the model (activations and attention "
+              "working memory); use a shorter prompt (or a smaller ppl --ctx)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -19,6 +19,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="tokenizer.model to use instead of the one found with the model")
     group.add_argument("--dtype", choices=("f32", "bf16", "q8"), default="f32",
                        help="precision the weights are kept in while running (default f32)")
+    group.add_argument("--kv-dtype", choices=("f32", "bf16"), default="f32",
+                       help="precision of the KV cache (default f32; bf16 halves it)")
     group.add_argument("--backend", choices=("auto", "numpy", "numba"), default="auto",
                        help="matmul kernels (default: numba when installed)")
     group.add_argument("--threads", type=int, default=None,
@@ -42,9 +44,14 @@ def load_model(args):
     if args.threads is not None:
         set_threads(args.threads)  # BLAS got the same count from run.py, before NumPy loaded
 
-    with ProgressBar(0, "loading") as bar:  # drawn only on a terminal
-        return load(model_path(args), dtype=args.dtype, backend=args.backend,
-                    tokenizer_path=args.tokenizer, progress=bar)
+    path = model_path(args)
+    try:
+        with ProgressBar(0, "loading") as bar:  # drawn only on a terminal
+            return load(path, dtype=args.dtype, backend=args.backend,
+                        tokenizer_path=args.tokenizer, progress=bar, kv_dtype=args.kv_dtype)
+    except MemoryError:
+        raise InputError(f"{path}: out of memory while loading the weights in {args.dtype}; "
+                         "keep them smaller with --dtype bf16 or --dtype q8") from None
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, max_tokens: int = 256) -> None:

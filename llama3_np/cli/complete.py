@@ -25,9 +25,12 @@ def run(args) -> int:
         print(f"note: --max-tokens {args.max_tokens} capped to {room}: the prompt's "
               f"{len(tokens)} tokens leave {room} of the {model.config.max_seq_len}-token "
               "context", file=sys.stderr)
+    # Reserve the KV cache for every position this may fill before echoing anything, so a
+    # cache that cannot fit is refused with nothing half-printed.
+    cache = model.new_cache(len(tokens) + min(args.max_tokens, room) - 1)
     stats = GenerationStats()
     sys.stdout.write(prompt)
-    for text in model.stream(tokens, args.max_tokens, stats=stats, **options):
+    for text in model.stream(tokens, args.max_tokens, stats=stats, cache=cache, **options):
         sys.stdout.write(text)
         sys.stdout.flush()
     sys.stdout.write("\n")

@@ -5,8 +5,8 @@ alone (e.g. to see what Llama 3 70B would need before downloading it)."""
 from collections import Counter
 from pathlib import Path
 
-from ..info import (BITS_PER_WEIGHT, COMPONENTS, kv_cache_bytes_per_token, parameter_counts,
-                    read_config_file, weight_bytes)
+from ..info import BITS_PER_WEIGHT, COMPONENTS, parameter_counts, read_config_file, weight_bytes
+from ..kv_cache import KV_DTYPES, kv_bytes_per_position
 from ..memory import human_size
 from ..storage import BF16, distinct
 from .common import model_path
@@ -70,9 +70,12 @@ def describe(config, checkpoint=None, tokenizer=None) -> list:
     for dtype, bits in BITS_PER_WEIGHT.items():
         lines.append(_row(f"  {dtype}", f"{human_size(weight_bytes(c, dtype)):>10}  "
                                         f"({bits:g} bits per matrix weight)"))
-    per_token = kv_cache_bytes_per_token(c)
-    lines.append(_row("kv cache", f"{human_size(per_token)} per token (float32), "
-                                  f"{human_size(per_token * c.max_seq_len)} at the full context"))
+    lines += ["", f"kv cache (keys and values of every position, all layers; --kv-dtype)"]
+    for kv_dtype in KV_DTYPES:
+        per_token = kv_bytes_per_position(c, kv_dtype)
+        lines.append(_row(f"  {kv_dtype}", f"{human_size(per_token):>10} per token, "
+                                           f"{human_size(per_token * c.max_seq_len)} at the "
+                                           f"full context of {c.max_seq_len:,} tokens"))
     lines += ["", _tokenizer_line(c, tokenizer)]
     return lines
 
