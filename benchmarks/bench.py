@@ -125,7 +125,7 @@ class Row:
     def from_measurement(cls, case: Case, m: dict) -> "Row":
         return cls(case, prefill_tps=m["prompt_tokens"] / min(m["prefill_seconds"]),
                    decode_tps=1 / statistics.median(m["decode_seconds"]),
-                   weight_bytes=m["weight_bytes_per_token"], peak_rss=m["VmHWM"],
+                   weight_bytes=m["weight_bytes_per_token"], peak_rss=m["ru_maxrss"],
                    load_seconds=m["load_seconds"], threads_in_use=m["threads_in_use"])
 
     @property

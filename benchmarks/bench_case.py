@@ -40,9 +40,13 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens to prefill")
     parser.add_argument("--decode", type=int, default=32, help="tokens to decode")
+    parser.add_argument("--prefill-repeats", type=int, default=2,
+                        help="prefills of the prompt, the fastest kept (default 2)")
+    parser.add_argument("--kv-dtype", choices=("f32", "bf16"), default="f32",
+                        help="llama3_np's KV cache precision")
     args = parser.parse_args(argv)
-    if min(args.threads, args.prompt, args.decode) < 1:
-        parser.error("--threads, --prompt and --decode must be at least 1")
+    if min(args.threads, args.prompt, args.decode, args.prefill_repeats) < 1:
+        parser.error("--threads, --prompt, --decode and --prefill-repeats must be at least 1")
     if args.engine == "torch" and args.dtype == "q8":
         parser.error("PyTorch runs f32 and bf16 only")
     return args
@@ -63,22 +67,25 @@ def weight_bytes_per_token(weights: dict) -> int:
 class Llama3NpRunner:
     """llama3_np's model behind the two calls the measurement needs."""
 
-    def __init__(self, checkpoint: Path, dtype: str, backend: str, threads: int):
+    def __init__(self, checkpoint: Path, dtype: str, backend: str, threads: int,
+                 kv_dtype: str = "f32"):
         import llama3_np
         from llama3_np import kernels
         from llama3_np.sampling import Sampler
 
-        self.llama = llama3_np.load(checkpoint, dtype=dtype, backend=backend)
+        self.llama = llama3_np.load(checkpoint, dtype=dtype, backend=backend, kv_dtype=kv_dtype)
         kernels.set_threads(threads)
         kernels.warmup()
         self.sample = Sampler(temperature=0)  # greedy, as the PyTorch side
 
     def prefill(self, tokens: list) -> int:
-        """Run the prompt from position 0 (replacing whatever the cache held)."""
-        return self.sample(self.llama.forward(tokens, 0, last_only=True)[-1])
+        """Run the prompt from position 0 on a new KV cache."""
+        self.cache = self.llama.new_cache()
+        return self.sample(self.llama.forward(tokens, 0, last_only=True, cache=self.cache)[-1])
 
     def decode(self, token: int, position: int) -> int:
-        return self.sample(self.llama.forward([token], position, last_only=True)[-1])
+        return self.sample(self.llama.forward([token], position, last_only=True,
+                                              cache=self.cache)[-1])
 
     def weight_bytes_per_token(self) -> int:
         return weight_bytes_per_token(self.llama.weights)
@@ -138,19 +145,35 @@ class TorchRunner:
 
 def peak_memory() -> dict:
     """Peak resident memory of this process in bytes, as the kernel reports it two ways
-    (both count the pages of memory-mapped weight files that were touched)."""
-    with open("/proc/self/status") as f:
-        status = dict(line.split(":", 1) for line in f)
+    (both count the pages of memory-mapped weight files that were touched); VmHWM since
+    the last reset_peak_memory()."""
+    status = _status()
     return {"ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "VmHWM": int(status["VmHWM"].split()[0]) * 1024}
+            "VmHWM": status["VmHWM"]}
 
 
-def measure(runner, prompt: list, n_decode: int) -> dict:
-    """Prefill and decode timings (seconds): the prompt twice, then n_decode steps."""
+def _status() -> dict:
+    """/proc/self/status's memory lines in bytes."""
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return {k: int(v.split()[0]) * 1024 for k, v in fields.items() if k.startswith("Vm")}
+
+
+def reset_peak_memory() -> int:
+    """Start VmHWM over from the current resident size (Linux: clear_refs 5), so the
+    peak that follows is the run's, not loading's; returns that resident size."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status()["VmRSS"]
+
+
+def measure(runner, prompt: list, n_decode: int, prefill_repeats: int = 2) -> dict:
+    """Prefill and decode timings (seconds): the prompt prefill_repeats times, then
+    n_decode steps."""
     warmup = prompt[:WARMUP_TOKENS]
     runner.decode(runner.prefill(warmup), len(warmup))
     prefill_seconds = []
-    for _ in range(2):
+    for _ in range(prefill_repeats):
         start = time.perf_counter()
         token = runner.prefill(prompt)
         prefill_seconds.append(time.perf_counter() - start)
@@ -165,7 +188,8 @@ def measure(runner, prompt: list, n_decode: int) -> dict:
 def make_runner(args):
     if args.engine == "torch":
         return TorchRunner(args.checkpoint, args.dtype, args.threads)
-    return Llama3NpRunner(args.checkpoint, args.dtype, args.backend, args.threads)
+    return Llama3NpRunner(args.checkpoint, args.dtype, args.backend, args.threads,
+                          args.kv_dtype)
 
 
 def run_case(args) -> dict:
@@ -176,12 +200,14 @@ def run_case(args) -> dict:
     load_seconds = time.perf_counter() - start
     vocab = json.loads((args.checkpoint / "config.json").read_text())["vocab_size"]
     prompt = np.random.default_rng(PROMPT_SEED).integers(0, vocab, args.prompt).tolist()
-    timings = measure(runner, prompt, args.decode)
+    resident_after_load = reset_peak_memory()
+    timings = measure(runner, prompt, args.decode, args.prefill_repeats)
     return {"engine": args.engine, "dtype": args.dtype,
             "backend": args.backend if args.engine == "llama3_np" else "",
             "threads": args.threads, "threads_in_use": runner.threads_in_use(),
             "prompt_tokens": args.prompt, "load_seconds": load_seconds, **timings,
-            "weight_bytes_per_token": runner.weight_bytes_per_token(), **peak_memory()}
+            "weight_bytes_per_token": runner.weight_bytes_per_token(),
+            "resident_after_load": resident_after_load, **peak_memory()}
 
 
 def main():

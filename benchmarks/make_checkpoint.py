@@ -71,9 +71,15 @@ def hf_tensor_shapes(hf_config: dict) -> dict:
             if not (name == "output.weight" and config.tie_embeddings)}
 
 
-def checkpoint_bytes(shape: str) -> int:
+def hf_config_of(shape: str, n_layers: int = None) -> dict:
+    """config.json of `shape` (a key of SHAPES), cut to its first n_layers when given."""
+    return {**SHAPES[shape], **({} if n_layers is None else {"num_hidden_layers": n_layers})}
+
+
+def checkpoint_bytes(shape: str, n_layers: int = None) -> int:
     """Bytes of tensor data in a checkpoint of `shape` (a key of SHAPES)."""
-    return BF16_BYTES * sum(math.prod(s) for s in hf_tensor_shapes(SHAPES[shape]).values())
+    shapes = hf_tensor_shapes(hf_config_of(shape, n_layers))
+    return BF16_BYTES * sum(math.prod(s) for s in shapes.values())
 
 
 def random_bf16_chunks(rng: np.random.Generator, name: str, shape: tuple):
@@ -132,23 +138,26 @@ def shard_file_name(k: int, n: int) -> str:
     return f"model-{k:05d}-of-{n:05d}.safetensors"
 
 
-def is_complete(directory: Path, shape: str) -> bool:
+def is_complete(directory: Path, shape: str, n_layers: int = None) -> bool:
     """True when `directory` holds a finished checkpoint of `shape` (config.json is
     written last, so an interrupted write is never taken for a finished one)."""
     config_path = Path(directory) / "config.json"
-    return config_path.is_file() and json.loads(config_path.read_text()) == SHAPES[shape]
+    return config_path.is_file() and \
+        json.loads(config_path.read_text()) == hf_config_of(shape, n_layers)
 
 
 def write_random_checkpoint(directory, shape: str = "llama-3.2-1b", seed: int = 0,
-                            max_shard_bytes: int = MAX_SHARD_BYTES, log=print) -> Path:
-    """A random bfloat16 HF snapshot of `shape` (a key of SHAPES) in `directory`."""
+                            max_shard_bytes: int = MAX_SHARD_BYTES, log=print,
+                            n_layers: int = None) -> Path:
+    """A random bfloat16 HF snapshot of `shape` (a key of SHAPES) in `directory`, with
+    only its first n_layers layers when given (long-context benchmarks)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    hf_config = SHAPES[shape]
+    hf_config = hf_config_of(shape, n_layers)
     shapes = hf_tensor_shapes(hf_config)
     rng = np.random.default_rng(seed)
     shards = plan_shards(shapes, max_shard_bytes)
-    total_bytes = checkpoint_bytes(shape)
+    total_bytes = checkpoint_bytes(shape, n_layers)
     log(f"writing a random {shape} checkpoint ({total_bytes / 1e9:.1f} GB bf16, "
         f"{len(shards)} file(s)) to {directory}")
     start = time.perf_counter()

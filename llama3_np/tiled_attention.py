@@ -27,26 +27,29 @@ def tiled_attention(q: np.ndarray, cache, layer: int, start_pos: int, seq: int) 
     row r * seq + s being query head r of the group at position start_pos + s (as
     model.py groups them); keys and values come from `cache` (positions up to
     start_pos + seq). Returns the heads' outputs in the same grouped layout."""
-    n_rows, head_dim = q.shape[1], q.shape[2]
+    n_kv_heads, n_rows, head_dim = q.shape
     total = start_pos + seq
     query_pos = start_pos + np.arange(n_rows) % seq  # (rows,)
-    tile = max(1, SCORES_BUDGET // (q.shape[0] * n_rows))
-    scale = np.float32(np.sqrt(head_dim))
+    tile = max(1, SCORES_BUDGET // n_rows)
+    q = q * np.float32(1 / np.sqrt(head_dim))  # scaled once, not every score
 
-    running_max = np.full((q.shape[0], n_rows, 1), -np.inf, dtype=np.float32)
-    running_sum = np.zeros((q.shape[0], n_rows, 1), dtype=np.float32)
+    running_max = np.full((n_kv_heads, n_rows, 1), -np.inf, dtype=np.float32)
+    running_sum = np.zeros((n_kv_heads, n_rows, 1), dtype=np.float32)
     out = np.zeros(q.shape, dtype=np.float32)
     for begin in range(0, total, tile):
         end = min(total, begin + tile)
         keys, values = cache.read(layer, begin, end)  # (n_kv_heads, end - begin, head_dim)
-        scores = (q @ keys.transpose(0, 2, 1)) / scale  # (n_kv_heads, rows, end - begin)
-        if end - 1 > start_pos:  # some keys lie ahead of some queries: mask them
-            scores[:, np.arange(begin, end)[None, :] > query_pos[:, None]] = -np.inf
-        # Every row sees key 0 in the first tile, so its maximum is finite from then on.
-        new_max = np.maximum(running_max, scores.max(axis=-1, keepdims=True))
-        rescale = np.exp(running_max - new_max)  # 0 on the first tile
-        weights = np.exp(scores - new_max)
-        running_sum = running_sum * rescale + weights.sum(axis=-1, keepdims=True)
-        out = out * rescale + weights @ values
-        running_max = new_max
+        ahead = np.arange(begin, end)[None, :] > query_pos[:, None] \
+            if end - 1 > start_pos else None  # keys past some queries' positions
+        for g in range(n_kv_heads):  # 2-D matmuls: BLAS runs them faster than stacked ones
+            scores = q[g] @ keys[g].T  # (rows, end - begin)
+            if ahead is not None:
+                scores[ahead] = -np.inf
+            # Every row sees key 0 in the first tile, so its maximum is finite from then on.
+            new_max = np.maximum(running_max[g], scores.max(axis=-1, keepdims=True))
+            rescale = np.exp(running_max[g] - new_max)  # 0 on the first tile
+            weights = np.exp(np.subtract(scores, new_max, out=scores), out=scores)
+            running_sum[g] = running_sum[g] * rescale + weights.sum(axis=-1, keepdims=True)
+            out[g] = out[g] * rescale + weights @ values[g]
+            running_max[g] = new_max
     return out / running_sum
