@@ -99,3 +99,18 @@ def test_run_py_reports_bad_input_in_one_line(tmp_path):
     result = run_py("--model", tmp_path / "nowhere", PROMPT)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "nowhere" in result.stderr
+
+
+def test_a_kv_cache_that_cannot_fit_is_refused_before_anything_is_printed(
+        checkpoints, monkeypatch, capsys):
+    from llama3_np.cli import main
+
+    # 2 layers x (keys, values) x 2 kv heads x 16 x 4 bytes: 512 bytes a position.
+    monkeypatch.setattr("llama3_np.kv_cache.available_bytes", lambda: 4096)
+    code = main(["--model", str(checkpoints["meta"]), "--max-tokens", "20", PROMPT])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    assert err.startswith("error: the KV cache for 25 positions needs 12.5 KiB in f32") and \
+        "--kv-dtype bf16 (6.2 KiB)" in err and err.count("\n") == 1
+    code = main(["--model", str(checkpoints["meta"]), "--max-tokens", "2", PROMPT])
+    assert code == 0 and capsys.readouterr().out.startswith(PROMPT)  # 7 positions: fits

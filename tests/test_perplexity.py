@@ -79,8 +79,11 @@ def reference_nll(model, tokens, ctx, stride) -> float:
     return float(np.mean(nll))
 
 
+@pytest.mark.parametrize("chunk", [512, 3])  # a window in one chunk, or in many
 @pytest.mark.parametrize("ctx, stride", [(64, 32), (16, 8), (16, 5)])
-def test_perplexity_matches_a_token_by_token_reference(tiny_model, ctx, stride):
+def test_perplexity_matches_a_token_by_token_reference(tiny_model, ctx, stride, chunk,
+                                                       monkeypatch):
+    monkeypatch.setattr("llama3_np.model.PREFILL_CHUNK", chunk)
     tokens = np.random.default_rng(1).integers(0, 128000, size=41).tolist()
     result = perplexity(tiny_model, tokens, ctx=ctx, stride=stride)
     assert result.tokens == 40
