@@ -76,5 +76,6 @@ def entry() -> None:
     from ..threads import configure_threads, threads_requested
 
     configure_threads(threads_requested(sys.argv[1:]))
-    program = "run.py" if os.path.basename(sys.argv[0]) == "run.py" else "llama3-np"
+    program = {"run.py": "run.py", "__main__.py": "python -m llama3_np"}.get(
+        os.path.basename(sys.argv[0]), "llama3-np")
     sys.exit(main(sys.argv[1:], program))

@@ -23,9 +23,10 @@ def run(args) -> int:
     tokens = model.encode_prompt(prompt)
     room = model.context_room(len(tokens))  # refuses a prompt that fills the context
     if room < args.max_tokens:
+        verb = "leaves" if len(tokens) == 1 else "leave"
         print(f"note: --max-tokens {args.max_tokens} capped to {room}: the prompt's "
-              f"{count(len(tokens), 'token')} leave {room} of the {model.config.max_seq_len}-token "
-              "context", file=sys.stderr)
+              f"{count(len(tokens), 'token')} {verb} {room} of the "
+              f"{model.config.max_seq_len}-token context", file=sys.stderr)
     stats = GenerationStats()
     sys.stdout.write(prompt)
     for text in model.stream(tokens, args.max_tokens, stats=stats, **options):
