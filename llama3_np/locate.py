@@ -30,6 +30,7 @@ OLLAMA_PREFIX = "ollama:"
 OLLAMA_MODEL_LAYER = "application/vnd.ollama.image.model"
 OLLAMA_REGISTRY, OLLAMA_NAMESPACE, OLLAMA_TAG = "registry.ollama.ai", "library", "latest"
 _REPO_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # an org or a repo name on the Hub
+_FILE_SUFFIXES = (".gguf", ".pth", ".safetensors", ".json", ".bin")  # files, not repos
 
 
 # ---- where each tool keeps its models ----------------------------------------------------
@@ -78,17 +79,22 @@ def locate(spec) -> Path:
         return path
     if is_repo_id(text):
         return hf_cached(text)
-    if text and os.sep not in text and (meta_checkpoints() / text).is_dir():
+    if not text or os.sep in text:
+        raise CheckpointError(f"{text}: no such file or directory")
+    if (meta_checkpoints() / text).is_dir():
         return meta_checkpoints() / text
-    raise CheckpointError(f"{text}: no such file or directory")
+    raise CheckpointError(f"{text}: no such file or directory, nor a folder of that name in "
+                          f"{shown(meta_checkpoints())} (where `llama model download` saves)")
 
 
 def is_repo_id(text: str) -> bool:
-    """"org/name" or "org/name/file-inside", when "org" is not a local directory (so
-    weights/x stays a path, and its error says it is missing)."""
+    """"org/name" or "org/name/file-inside", when "org" is not a local directory and
+    "name" is not a checkpoint file's name (so weights/x and dir/model.gguf stay paths,
+    and their errors say they are missing)."""
     parts = text.split("/")
     return (len(parts) >= 2 and all(_REPO_PART.match(p) for p in parts[:2])
-            and ".." not in parts and not Path(parts[0]).expanduser().is_dir())
+            and ".." not in parts and not Path(parts[0]).expanduser().is_dir()
+            and not (len(parts) == 2 and parts[1].endswith(_FILE_SUFFIXES)))
 
 
 def hf_download_command(repo_id: str) -> str:

@@ -205,6 +205,9 @@ def test_a_local_path_wins_over_a_repo_id(home, tmp_path, monkeypatch, gguf_file
     assert locate("meta-llama/model.gguf") == Path("meta-llama/model.gguf")
     with pytest.raises(CheckpointError, match=r"^meta-llama/nope: no such file or directory$"):
         locate("meta-llama/nope")  # meta-llama/ is a local folder: a path, not a repo id
+    with pytest.raises(CheckpointError, match=r"^elsewhere/model.gguf: no such file or "
+                                              r"directory$"):
+        locate("elsewhere/model.gguf")  # a file's name: a path, not a repo id
 
 
 # ---- Ollama -------------------------------------------------------------------------------
