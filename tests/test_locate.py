@@ -9,6 +9,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def test_ollama_and_meta_stores_follow_their_variables(home, monkeypatch, tmp_pa
 
 # ---- Hugging Face -------------------------------------------------------------------------
 
-def test_a_repo_id_loads_the_snapshot_refs_main_names(home, hf_files):
+def test_a_repo_id_loads_the_snapshot_refs_main_names(home, hf_files, capsys):
     cache = home / ".cache" / "huggingface" / "hub"
     hf_store(cache, "meta-llama/Tiny-Llama", {"config.json": hf_files / "config.json"},
              commit=OLD_COMMIT)  # an older revision, no longer main
@@ -162,6 +163,11 @@ def test_a_repo_id_loads_the_snapshot_refs_main_names(home, hf_files):
     tokens = by_name.tokenizer.encode("The capital of France is", bos=True)
     np.testing.assert_array_equal(by_name.forward(tokens), by_path.forward(tokens))
     assert by_name.source == str(snapshot)
+    # every command's --model takes names (these two read the checkpoint without loading it)
+    assert cli.main(["info", "--model", "meta-llama/Tiny-Llama"]) == 0
+    assert capsys.readouterr().out.startswith(f"source        {snapshot} (hf)\n")
+    assert cli.main(["inspect", "--list", "--model", "meta-llama/Tiny-Llama"]) == 0
+    assert re.search(r"^embeddings +\(seq, 32\)", capsys.readouterr().out, re.M)
 
 
 def test_a_download_of_only_original_is_read_in_metas_format(home, hf_files, llama3_tokenizer_path):
