@@ -97,6 +97,6 @@ def check_weights_fit(tensors, dtype, source: str, gguf_kernels: bool = True) ->
     smallest = min(DTYPES, key=needs.get)
     advice = ("use " + " or ".join(fitting) if fitting else
               f"no --dtype fits (the smallest, {smallest}, needs {human_size(needs[smallest])})")
-    asked = dtype or "f32 (the default)"
+    asked = dtype or "the default precision"
     raise InputError(f"{source}: keeping the weights in {asked} needs {human_size(needs[dtype])} "
                      f"of new memory, but only {human_size(available)} is available; {advice}")

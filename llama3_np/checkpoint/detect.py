@@ -14,7 +14,7 @@ def detect_format(path: Path) -> str:
         # By content: Ollama keeps GGUF files as blobs/sha256-<hex>, without a suffix.
         if path.suffix == ".gguf" or _starts_with(path, GGUF_MAGIC):
             return "gguf"
-        raise CheckpointError(f"{path}: not a checkpoint (expected a .gguf file or a "
+        raise CheckpointError(f"{path}: not a checkpoint (expected a GGUF file or a "
                               "directory of a Meta or Hugging Face download)")
     try:
         names = {p.name for p in path.iterdir()}
