@@ -300,6 +300,7 @@ def test_list_shows_each_llama_model_by_the_name_model_takes(home, hf_files, ggu
     ollama_store(home / ".ollama" / "models", "tiny", gguf_file, tag="1b")
     meta_store(home / ".llama" / "checkpoints" / "Llama3.2-Tiny", llama3_tokenizer_path)
     (home / ".cache" / "huggingface" / "hub" / ".locks").mkdir()  # the cache's lock folder
+    hf_store(hf_hub_cache(), "meta-llama/Half-Done", {"config.json": hf_files / "config.json"})
 
     assert cli.main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -310,7 +311,7 @@ def test_list_shows_each_llama_model_by_the_name_model_takes(home, hf_files, ggu
     assert rows["ollama:tiny:1b"][:2] == ["gguf", "Q8_0"]
     assert rows["ollama:tiny:1b"][-1].startswith("~/.ollama/models/blobs/sha256-")
     assert rows["Llama3.2-Tiny"][0] == "meta"
-    assert "Qwen/Qwen-Tiny" not in rows
+    assert "Qwen/Qwen-Tiny" not in rows and "meta-llama/Half-Done" not in rows
     assert lines[-1].endswith("; not Llama: 1 qwen2")
     for name in ("meta-llama/Tiny-Llama", "ollama:tiny:1b", "Llama3.2-Tiny"):
         locate(name)  # each name listed is one --model takes

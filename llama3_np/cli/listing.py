@@ -51,6 +51,9 @@ def describe(path: Path) -> tuple:
     from ..errors import CheckpointError
 
     fmt = detect_format(path)
+    weights = {"meta": "consolidated.*.pth", "hf": "*.safetensors"}.get(fmt)
+    if weights and not any(path.glob(weights)):  # a config without weights: not runnable
+        raise CheckpointError(f"{path} has no {weights}")
     if fmt == "meta":
         return "meta", "llama"  # params.json has no architecture field: Meta's are Llama
     if fmt == "hf":
