@@ -28,6 +28,7 @@ from .errors import InputError, TokenizerError
 from .generate import GenerationStats, check_max_tokens, generate_tokens
 from .sampling import Sampler
 from .tokenizer import StreamDecoder
+from .wording import count
 
 
 class ChatSession:
@@ -131,7 +132,8 @@ class ChatSession:
         if not self.drop_oldest:
             raise InputError(
                 f"the conversation fills the {self.context_window}-token context window "
-                f"({len(self.tokens)} tokens so far, this message needs {len(new_turn)} more): "
+                f"({count(len(self.tokens), 'token')} so far, this message needs "
+                f"{len(new_turn)} more): "
                 "/reset to start over, or chat with --drop-oldest to forget the oldest turns")
         kept = self._drop_until_fits(user)
         self.dropped_exchanges = (len(self.messages) - len(kept)) // 2
@@ -149,8 +151,8 @@ class ChatSession:
                 break
             rest = rest[2:]  # one exchange: a user message and its reply
         if needed >= self.context_window:
-            raise InputError(f"this message alone ({needed} tokens with the system prompt) "
-                             f"fills the {self.context_window}-token context window")
+            raise InputError(f"this message alone ({count(needed, 'token')} with the system "
+                             f"prompt) fills the {self.context_window}-token context window")
         return head + rest
 
     def _turn_tokens(self, history: list, user: dict) -> list:

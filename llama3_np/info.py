@@ -35,7 +35,7 @@ def parameter_counts(config: ModelConfig) -> dict:
     embeddings the output matrix is the embedding, counted once (output: 0)."""
     counts = dict.fromkeys(COMPONENTS, 0)
     for name, shape in canonical_shapes(config).items():
-        component = _component(name)
+        component = component_of(name)
         if component == "output" and config.tie_embeddings:
             continue
         counts[component] += math.prod(shape)
@@ -43,7 +43,7 @@ def parameter_counts(config: ModelConfig) -> dict:
     return counts
 
 
-def _component(name: str) -> str:
+def component_of(name: str) -> str:
     # "layers.3.attention.wq.weight" -> "attention.wq.weight"; top-level names as they are.
     key = name.split(".", 2)[2] if name.startswith("layers.") else name
     return _COMPONENT_OF[key]

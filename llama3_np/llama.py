@@ -17,6 +17,7 @@ from .model import Transformer
 from .sampling import Sampler
 from .tokenizer import StreamDecoder, load_tokenizer
 from .trace import Trace
+from .wording import count
 
 
 @dataclass
@@ -29,6 +30,8 @@ class Completion:
 class Llama:
     """A loaded model: weights and tokenizer. It keeps no conversation state, so several
     generations, chats or perplexity runs (threads included) can share one."""
+
+    precision = ""  # what load() made of the weights: "weights: Q4_1 kept (4-bit kernel); ..."
 
     def __init__(self, config, weights: dict, tokenizer, source: str = "",
                  kv_dtype: str = "f32"):
@@ -77,9 +80,9 @@ class Llama:
         InputError if not even one)."""
         room = self.config.max_seq_len - start_pos - n_prompt_tokens
         if room < 1:
-            raise InputError(f"the prompt has {n_prompt_tokens} tokens; with {start_pos} "
-                             f"already in context that fills the {self.config.max_seq_len}-token "
-                             "context window")
+            raise InputError(f"the prompt has {count(n_prompt_tokens, 'token')}; with "
+                             f"{start_pos} already in context that fills the "
+                             f"{self.config.max_seq_len}-token context window")
         return room
 
     def stream(self, prompt, max_tokens: int = 256, **options):
@@ -119,18 +122,25 @@ class Llama:
         yield None, decoder.flush()
 
 
-def load(path, dtype: str = "f32", backend: str = "auto", tokenizer_path=None,
+def load(path, dtype: str = None, backend: str = "auto", tokenizer_path=None,
          progress=None, kv_dtype: str = "f32") -> Llama:
-    """Load a Meta, Hugging Face or GGUF checkpoint; weights kept in `dtype` in memory,
-    the KV caches of its sequences in `kv_dtype` ("f32" or "bf16").
+    """Load a Meta, Hugging Face or GGUF checkpoint; weights kept in `dtype` in memory
+    ("f32", "bf16", "q8"; None: GGUF Q8_0 / Q4 matrices as stored where the numba
+    kernels run, everything else f32), the KV caches of its sequences in `kv_dtype`
+    ("f32" or "bf16"). `path` is anything locate.locate takes: a path, a Hugging Face
+    repo id in the local cache, "ollama:name:tag", a Meta download's name.
+    The Llama's `precision` line says what the weights became.
 
     progress(done, total) is called after each tensor is converted (a ProgressBar fits)."""
     from .kernels import active_backend, set_backend, warmup
+    from .locate import locate
     from .memory import check_weights_fit
+    from .precision import summary, weight_groups
     from .quantize import to_dtype
     from .storage import distinct
 
     check_kv_dtype(kv_dtype)
+    path = locate(path)
     checkpoint = read_checkpoint(path)
     set_backend(backend)
     gguf_kernels = active_backend() == "numba"  # GGUF Q8_0 / Q4 stay quantised only then
@@ -145,5 +155,7 @@ def load(path, dtype: str = "f32", backend: str = "auto", tokenizer_path=None,
         if progress is not None:
             progress(done, len(checkpoint.tensors))
     tokenizer = load_tokenizer(checkpoint, tokenizer_path)
-    return Llama(checkpoint.config, weights, tokenizer, source=str(Path(path)),
-                 kv_dtype=kv_dtype)
+    llama = Llama(checkpoint.config, weights, tokenizer, source=str(Path(path)),
+                  kv_dtype=kv_dtype)
+    llama.precision = summary(weight_groups(checkpoint.tensors, dtype, gguf_kernels))
+    return llama

@@ -81,21 +81,22 @@ def cgroup_room():
     return None
 
 
-def check_weights_fit(tensors, dtype: str, source: str, gguf_kernels: bool = True) -> None:
+def check_weights_fit(tensors, dtype, source: str, gguf_kernels: bool = True) -> None:
     """Refuse (InputError) to convert `tensors` into `dtype` (as quantize.to_dtype does,
-    with gguf_kernels) when the new memory that takes exceeds what this process has
-    available; do nothing where that is unknown. Only the weights are counted: the KV
-    cache and activations of a long context come on top."""
+    with gguf_kernels; None: the default forms) when the new memory that takes exceeds
+    what this process has available; do nothing where that is unknown. Only the weights
+    are counted: the KV cache and activations of a long context come on top."""
     check_dtype(dtype)
     available = available_bytes()
     if available is None:
         return
-    needs = {d: sum(new_bytes(t, d, gguf_kernels) for t in tensors) for d in DTYPES}
+    needs = {d: sum(new_bytes(t, d, gguf_kernels) for t in tensors) for d in (None, *DTYPES)}
     if needs[dtype] <= available:
         return
     fitting = [f"--dtype {d} ({human_size(needs[d])})" for d in DTYPES if needs[d] <= available]
     smallest = min(DTYPES, key=needs.get)
     advice = ("use " + " or ".join(fitting) if fitting else
               f"no --dtype fits (the smallest, {smallest}, needs {human_size(needs[smallest])})")
-    raise InputError(f"{source}: keeping the weights in {dtype} needs {human_size(needs[dtype])} "
+    asked = dtype or "the default precision"
+    raise InputError(f"{source}: keeping the weights in {asked} needs {human_size(needs[dtype])} "
                      f"of new memory, but only {human_size(available)} is available; {advice}")

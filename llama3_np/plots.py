@@ -165,7 +165,7 @@ def logit_lens_figure(token_ids: np.ndarray, probs: np.ndarray, labels: list, to
                         interpolation="nearest")
     for layer in range(n_layers):
         for pos in range(seq):
-            text = token_label(tokenizer, token_ids[layer, pos])[:10]
+            text = token_label(tokenizer, token_ids[layer, pos], visible_spaces=True)[:10]
             axis.text(pos, layer, text, ha="center", va="center", fontsize=7,
                       color="white" if probs[layer, pos] > 0.6 else "black")
     axis.set_xticks(range(seq), labels, rotation=90, fontsize=8)
@@ -187,7 +187,7 @@ def write_plots(model, trace: Trace, directory, layers=None) -> list:
     except OSError as e:
         raise InputError(f"cannot create the plot directory {directory}: {e.strerror}") from None
     recorded, config, tokenizer = trace.steps[-1], model.config, model.tokenizer
-    labels = [token_label(tokenizer, t) for t in recorded["tokens"]]
+    labels = [token_label(tokenizer, t, visible_spaces=True) for t in recorded["tokens"]]
     lens = logit_lens(model, trace)
     shown = slice(-MAX_LENS_POSITIONS, None)
     drawings = {  # name -> how to draw it; drawn and saved one at a time to bound memory

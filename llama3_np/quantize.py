@@ -5,10 +5,11 @@
     "q8"    Q8 below: blocks of 32 int8 values sharing one float32 scale (like ggml's
             Q8_0), 1.125 bytes per weight
 
-`to_dtype` turns any stored tensor a checkpoint reader returns into one of these, except,
-where the numba kernels run, GGUF matrices they multiply in their own quantisation: Q8_0
-becomes a Q8, and Q4_0, Q4_1, Q4_K a Q4 (below, 0.75 bytes per weight), with the stored
-values exactly, whatever dtype asks.
+`to_dtype` turns any stored tensor a checkpoint reader returns into one of these. With no
+dtype asked for (None, the default), GGUF matrices the numba kernels multiply in their
+own quantisation keep it, where those kernels run: Q8_0 becomes a Q8, and Q4_0, Q4_1,
+Q4_K a Q4 (below, 0.75 bytes per weight), with the stored values exactly; everything
+else becomes f32. A dtype asked for explicitly is what every matrix becomes.
 Math on them lives in kernels.py.
 """
 
@@ -138,18 +139,19 @@ def quantize_q8(w: np.ndarray, name: str = "weight") -> Q8:
     return Q8(values, scales)
 
 
-def to_dtype(tensor, dtype: str, name: str = "weight", gguf_kernels: bool = True):
+def to_dtype(tensor, dtype, name: str = "weight", gguf_kernels: bool = True):
     """Any stored tensor (ndarray, BF16, Q8, GGUF QuantizedTensor) in the in-memory
-    form `dtype` ("f32", "bf16" or "q8") that kernels.linear multiplies by.
+    form `dtype` ("f32", "bf16" or "q8"; None: the default) that kernels.linear
+    multiplies by.
 
     Vectors (norm gains) are always float32: they are tiny and used elementwise.
-    With gguf_kernels (the fused numba kernels will run), a GGUF block-quantised tensor
-    that a kernel multiplies directly keeps its quantisation whatever `dtype` asks:
+    With dtype None and gguf_kernels (the fused numba kernels will run), a GGUF
+    block-quantised tensor that a kernel multiplies directly keeps its quantisation:
     re-encoding would only cost memory or precision. Without them NumPy would decode it
-    for every product, slower than multiplying `dtype`, so it is converted like the rest.
+    for every product, slower than multiplying f32, so it is converted like the rest.
     A tensor already in the asked form is returned as is (no copy).
     """
-    form = _conversion(tensor, dtype, gguf_kernels)
+    form = conversion(tensor, dtype, gguf_kernels)
     if form == "kept":
         return tensor
     if form == "f32":
@@ -173,11 +175,11 @@ def to_dtype(tensor, dtype: str, name: str = "weight", gguf_kernels: bool = True
     return Q8(values, scales)
 
 
-def new_bytes(tensor, dtype: str, gguf_kernels: bool = True) -> int:
+def new_bytes(tensor, dtype, gguf_kernels: bool = True) -> int:
     """Bytes of new memory to_dtype(tensor, dtype, gguf_kernels=...) allocates: 0 when
     it keeps the tensor as it is (e.g. bf16 bits memory-mapped from the checkpoint,
     asked for as bf16)."""
-    form = _conversion(tensor, dtype, gguf_kernels)
+    form = conversion(tensor, dtype, gguf_kernels)
     if form == "kept":
         return 0
     per_weight = (Q4_BYTES_PER_WEIGHT if form in Q4_KINDS else
@@ -185,12 +187,12 @@ def new_bytes(tensor, dtype: str, gguf_kernels: bool = True) -> int:
     return int(np.prod(tensor.shape, dtype=np.int64) * per_weight)
 
 
-def check_dtype(dtype: str) -> None:
-    if dtype not in DTYPES:
+def check_dtype(dtype) -> None:
+    if dtype is not None and dtype not in DTYPES:
         raise InputError(f"unknown weight dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
 
 
-def _conversion(tensor, dtype: str, gguf_kernels: bool) -> str:
+def conversion(tensor, dtype, gguf_kernels: bool) -> str:
     """What to_dtype makes of `tensor`: "kept" (the tensor itself), "f32", "bf16", "q8",
     or a GGUF type with a kernel: "Q8_0" (laid out again as Q8), or one of Q4_KINDS (as Q4)."""
     check_dtype(dtype)
@@ -198,11 +200,11 @@ def _conversion(tensor, dtype: str, gguf_kernels: bool) -> str:
     if len(tensor.shape) != 2:
         return "kept" if is_float32 else "f32"
     ggml_type = getattr(tensor, "ggml_type", None)
-    if gguf_kernels and (ggml_type == "Q8_0" or ggml_type in Q4_KINDS):
+    if dtype is None and gguf_kernels and (ggml_type == "Q8_0" or ggml_type in Q4_KINDS):
         return ggml_type
     if ggml_type == "Q8_0" and dtype == "q8":  # asked for what it is: re-laid, not re-quantised
         return ggml_type
-    if dtype == "f32":
+    if dtype in (None, "f32"):
         return "kept" if is_float32 else "f32"
     if dtype == "bf16":
         kept = isinstance(tensor, BF16) and tensor.bits.flags.c_contiguous

@@ -1,8 +1,9 @@
 """Thread settings that must reach the BLAS library before NumPy loads it.
 
 OpenBLAS reads its environment once, when `import numpy` loads it, and offers no
-portable way to change it afterwards. So run.py calls `configure_threads` first,
-before anything imports NumPy; this module therefore imports nothing heavy.
+portable way to change it afterwards. So the command line (cli.entry) calls
+`configure_threads` first, before anything imports NumPy; this module therefore
+imports nothing heavy.
 kernels.set_threads changes numba's share at run time.
 """
 
@@ -30,3 +31,14 @@ def configure_threads(n: int = None) -> bool:
             os.environ.setdefault(variable, str(n))
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", _BLAS_SPIN_EXPONENT)
     return "numpy" not in sys.modules
+
+
+def threads_requested(argv: list):
+    """--threads N from a command line, read before NumPy is imported (None when absent
+    or not a positive number: argparse reports a bad value later, in its own words)."""
+    for i, arg in enumerate(argv):
+        text = argv[i + 1] if arg == "--threads" and i + 1 < len(argv) else \
+            arg.split("=", 1)[1] if arg.startswith("--threads=") else None
+        if text is not None:
+            return int(text) if text.isdigit() and int(text) > 0 else None
+    return None

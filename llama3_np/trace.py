@@ -181,11 +181,16 @@ def step_layer(name: str):
     return int(parts[1]) if parts[0] == "layers" and len(parts) > 2 else None
 
 
-def token_label(tokenizer, token_id: int) -> str:
+VISIBLE_SPACE = "\u2423"  # ␣, the open box: a space that can be seen
+
+
+def token_label(tokenizer, token_id: int, visible_spaces: bool = False) -> str:
     """One token's text with control characters escaped; a token ending inside a UTF-8
-    character shows U+FFFD for its partial bytes."""
+    character shows U+FFFD for its partial bytes. With visible_spaces, spaces are drawn
+    as ␣ (for pictures, where no quotes show that " the" starts with one)."""
     text = tokenizer.token_bytes(int(token_id)).decode("utf-8", errors="replace")
-    return repr(text)[1:-1]
+    label = repr(text)[1:-1]
+    return label.replace(" ", VISIBLE_SPACE) if visible_spaces else label
 
 
 # ---- the logit lens ----------------------------------------------------------------------

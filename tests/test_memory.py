@@ -55,6 +55,14 @@ def test_weights_that_do_not_fit_are_refused_before_any_conversion(f16_model, mo
         f"({human_size(1.125 * n)})")
 
 
+def test_without_a_dtype_the_default_precision_is_checked(f16_model, monkeypatch):
+    n = matrix_weights(f16_model)  # float16 matrices are kept in f32 by default
+    available(monkeypatch, int(1.5 * n))
+    with pytest.raises(InputError, match=rf"keeping the weights in the default precision "
+                                         rf"needs {human_size(4 * n)} of new memory"):
+        llama3_np.load(f16_model)
+
+
 def test_a_dtype_that_fits_loads(f16_model, monkeypatch):
     n = matrix_weights(f16_model)
     available(monkeypatch, int(1.5 * n))

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from ..errors import CheckpointError
+from .gguf import MAGIC as GGUF_MAGIC
 
 
 def detect_format(path: Path) -> str:
@@ -10,9 +11,10 @@ def detect_format(path: Path) -> str:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
     if path.is_file():
-        if path.suffix == ".gguf":
+        # By content: Ollama keeps GGUF files as blobs/sha256-<hex>, without a suffix.
+        if path.suffix == ".gguf" or _starts_with(path, GGUF_MAGIC):
             return "gguf"
-        raise CheckpointError(f"{path}: not a checkpoint (expected a .gguf file or a "
+        raise CheckpointError(f"{path}: not a checkpoint (expected a GGUF file or a "
                               "directory of a Meta or Hugging Face download)")
     try:
         names = {p.name for p in path.iterdir()}
@@ -31,6 +33,14 @@ def detect_format(path: Path) -> str:
     raise CheckpointError(
         f"{path}: no checkpoint found (expected params.json + consolidated.*.pth from Meta, "
         "config.json + *.safetensors from Hugging Face, or a .gguf file)")
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as file:
+            return file.read(len(magic)) == magic
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror}") from None
 
 
 def read_checkpoint(path):

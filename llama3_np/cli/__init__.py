@@ -17,6 +17,7 @@ COMMANDS = {  # name -> (module, one-line description)
     "ppl": ("perplexity", "perplexity of a text file (sliding window)"),
     "info": ("info", "configuration, parameter counts and memory of a model"),
     "inspect": ("inspection", "every step of one forward pass: shapes, statistics, plots"),
+    "list": ("listing", "the Llama models on this machine (Hugging Face, Ollama, Meta), by name"),
 }
 
 
@@ -27,11 +28,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser(command: str) -> argparse.ArgumentParser:
+def build_parser(command: str, program: str = "run.py") -> argparse.ArgumentParser:
     module = importlib.import_module(f".{COMMANDS[command][0]}", __name__)
-    prog = "run.py" if command == "complete" else f"run.py {command}"
-    others = ", ".join(f"{name} ({desc})" for name, (_, desc) in COMMANDS.items())
-    parser = _Parser(prog=prog, description=module.__doc__, epilog=f"commands: {others}",
+    prog = program if command == "complete" else f"{program} {command}"
+    width = max(map(len, COMMANDS))
+    commands = "\n".join(f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items())
+    parser = _Parser(prog=prog, description=module.__doc__,
+                     epilog=f"commands ({program} COMMAND --help for each):\n{commands}",
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback when something goes wrong")
@@ -40,12 +43,12 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list) -> int:
+def main(argv: list, program: str = "run.py") -> int:
     if argv and argv[0] in COMMANDS:
         command, rest = argv[0], argv[1:]
     else:
         command, rest = "complete", argv
-    args = build_parser(command).parse_args(rest)
+    args = build_parser(command, program).parse_args(rest)
     try:
         return args.run(args) or 0
     except Llama3Error as error:
@@ -67,3 +70,14 @@ def main(argv: list) -> int:
     except BrokenPipeError:  # the reader went away (`run.py inspect | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def entry() -> None:
+    """The `llama3-np` command and `python run.py`: thread counts reach BLAS before NumPy
+    loads, then main() runs with the name the user typed."""
+    from ..threads import configure_threads, threads_requested
+
+    configure_threads(threads_requested(sys.argv[1:]))
+    program = {"run.py": "run.py", "__main__.py": "python -m llama3_np"}.get(
+        os.path.basename(sys.argv[0]), "llama3-np")
+    sys.exit(main(sys.argv[1:], program))

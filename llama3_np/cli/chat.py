@@ -12,6 +12,7 @@ import sys
 from contextlib import closing
 
 from ..errors import InputError
+from ..wording import count
 from .common import add_model_arguments, add_sampling_arguments, load_model, sampling_options
 
 COMMANDS_HELP = "commands: /reset starts over, /exit or Ctrl-D quits, Ctrl-C stops a reply"
@@ -49,8 +50,8 @@ def converse(session) -> None:
             import readline  # noqa: F401  (line editing and history for input())
         except ImportError:
             pass
-        print(f"chatting with {session.model.source} "
-              f"({session.tokenizer.chat_format} format); {COMMANDS_HELP}", file=sys.stderr)
+        print(f"chatting with {session.model.source} ({session.tokenizer.chat_format} "
+              f"format, {session.model.precision}); {COMMANDS_HELP}", file=sys.stderr)
     while True:
         try:
             line = input("> " if interactive else "")
@@ -83,7 +84,8 @@ def stream_reply(session, text: str) -> None:
     """Print the reply as it is generated; notices about it go to stderr."""
     pieces = session.send(text)
     if session.dropped_exchanges:
-        print(f"[forgot the oldest {session.dropped_exchanges} exchange(s) to make room]",
+        print(f"[forgot the oldest {count(session.dropped_exchanges, 'exchange')} to make "
+              "room]",
               file=sys.stderr)
     try:
         with closing(pieces):  # closed on Ctrl-C too: the session keeps and closes the reply

@@ -1,39 +1,51 @@
 """Options and model loading shared by every command."""
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..errors import InputError
 
-# The demo model fetched by weights/fetch.sh (SmolLM2-135M-Instruct, Llama architecture).
+# The demo model fetched by weights/fetch.sh (SmolLM2-135M-Instruct, Llama architecture):
+# in the repository's weights/, or in ./weights when the package is installed elsewhere.
+DEMO_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
-DEMO_MODEL = WEIGHTS_DIR / "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_MODEL = WEIGHTS_DIR / DEMO_NAME
+MODEL_HELP = ("a checkpoint: a path (Meta or Hugging Face directory, GGUF file), a Hugging "
+              "Face repo id in the local cache (meta-llama/Llama-3.2-1B-Instruct), "
+              "ollama:NAME:TAG, or a folder name in ~/.llama/checkpoints; `list` shows what "
+              f"is here (default: the demo model weights/{DEMO_NAME})")
+DTYPE_HELP = ("convert every weight matrix to this precision (default: a GGUF file's Q8_0 "
+              "and 4-bit matrices as stored where numba's kernels multiply them, the rest f32)")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", type=Path, default=None,
-                       help="checkpoint: a Meta or Hugging Face directory, or a .gguf file "
-                            f"(default: the demo model {DEMO_MODEL.relative_to(WEIGHTS_DIR.parent)})")
-    group.add_argument("--tokenizer", type=Path, default=None,
+    group.add_argument("--model", default=None, metavar="NAME", help=MODEL_HELP)
+    group.add_argument("--tokenizer", type=Path, default=None, metavar="FILE",
                        help="tokenizer.model to use instead of the one found with the model")
-    group.add_argument("--dtype", choices=("f32", "bf16", "q8"), default="f32",
-                       help="precision the weights are kept in while running (default f32)")
+    group.add_argument("--dtype", choices=("f32", "bf16", "q8"), default=None,
+                       metavar="{f32,bf16,q8}", help=DTYPE_HELP)
     group.add_argument("--kv-dtype", choices=("f32", "bf16"), default="f32",
                        help="precision of the KV cache (default f32; bf16 halves it)")
     group.add_argument("--backend", choices=("auto", "numpy", "numba"), default="auto",
                        help="matmul kernels (default: numba when installed)")
-    group.add_argument("--threads", type=int, default=None,
+    group.add_argument("--threads", type=int, default=None, metavar="N",
                        help="CPU threads for the matmuls (default: all cores)")
+    return group
 
 
 def model_path(args) -> Path:
+    """The checkpoint --model names (found by locate.locate), or the demo model."""
+    from ..locate import locate
+
     if args.model is not None:
-        return args.model
-    if not DEMO_MODEL.exists():
-        raise InputError(f"no --model given and the demo model {DEMO_MODEL} is not there: "
-                         "run `bash weights/fetch.sh` or pass --model PATH")
-    return DEMO_MODEL
+        return locate(args.model)
+    for demo in (DEMO_MODEL, Path.cwd() / "weights" / DEMO_NAME):
+        if demo.exists():
+            return demo
+    raise InputError(f"no --model given and the demo model weights/{DEMO_NAME} is not "
+                     "there: run `bash weights/fetch.sh` in the repository, or pass --model")
 
 
 def load_model(args):
@@ -50,23 +62,24 @@ def load_model(args):
             return load(path, dtype=args.dtype, backend=args.backend,
                         tokenizer_path=args.tokenizer, progress=bar, kv_dtype=args.kv_dtype)
     except MemoryError:
-        raise InputError(f"{path}: out of memory while loading the weights in {args.dtype}; "
-                         "keep them smaller with --dtype bf16 or --dtype q8") from None
+        raise InputError(f"{path}: out of memory while loading the weights; keep them "
+                         "smaller with --dtype bf16 or --dtype q8") from None
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, max_tokens: int = 256) -> None:
     group = parser.add_argument_group("sampling")
-    group.add_argument("--max-tokens", type=int, default=max_tokens,
+    group.add_argument("--max-tokens", type=int, default=max_tokens, metavar="N",
                        help=f"most tokens to generate (default {max_tokens})")
-    group.add_argument("--temperature", type=float, default=0.0,
+    group.add_argument("--temperature", type=float, default=0.0, metavar="T",
                        help="0 picks the most likely token (greedy, the default); higher is "
                             "more random")
-    group.add_argument("--top-k", type=int, default=0,
+    group.add_argument("--top-k", type=int, default=0, metavar="K",
                        help="sample only among the k most likely tokens (0: off)")
-    group.add_argument("--top-p", type=float, default=1.0,
+    group.add_argument("--top-p", type=float, default=1.0, metavar="P",
                        help="sample only among the most likely tokens holding this much "
                             "probability (1: off)")
-    group.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+    group.add_argument("--seed", type=int, default=None, metavar="S",
+                       help="makes sampling reproducible (same seed, same text)")
 
 
 def sampling_options(args) -> dict:
@@ -78,3 +91,22 @@ def sampling_options(args) -> dict:
                    seed=args.seed)
     Sampler(**options)
     return options
+
+
+def read_prompt(prompt, usage: str = 'python run.py "The capital of France is"') -> str:
+    """The prompt argument, or standard input for '-', as valid UTF-8 text. Standard
+    input loses one trailing newline, as a shell's $(...) drops it: `echo text |` means
+    the text, not the text and a line break. (Python turns undecodable bytes in arguments
+    into lone surrogates, which the tokenizer would quietly replace; they are refused.)"""
+    if prompt is None:
+        raise InputError(f"no prompt given: {usage}")
+    where = "standard input" if prompt == "-" else "the prompt"
+    try:
+        text = sys.stdin.buffer.read().decode("utf-8") if prompt == "-" else prompt
+        text.encode("utf-8")
+    except UnicodeError as e:
+        raise InputError(f"{where} is not UTF-8 text ({e.reason} at position {e.start})") \
+            from None
+    if prompt == "-":
+        text = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+    return text

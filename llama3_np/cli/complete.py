@@ -2,8 +2,9 @@
 
 import sys
 
-from ..errors import InputError
-from .common import add_model_arguments, add_sampling_arguments, load_model, sampling_options
+from ..wording import count
+from .common import (add_model_arguments, add_sampling_arguments, load_model, read_prompt,
+                     sampling_options)
 
 
 def add_arguments(parser) -> None:
@@ -22,9 +23,10 @@ def run(args) -> int:
     tokens = model.encode_prompt(prompt)
     room = model.context_room(len(tokens))  # refuses a prompt that fills the context
     if room < args.max_tokens:
+        verb = "leaves" if len(tokens) == 1 else "leave"
         print(f"note: --max-tokens {args.max_tokens} capped to {room}: the prompt's "
-              f"{len(tokens)} tokens leave {room} of the {model.config.max_seq_len}-token "
-              "context", file=sys.stderr)
+              f"{count(len(tokens), 'token')} {verb} {room} of the "
+              f"{model.config.max_seq_len}-token context", file=sys.stderr)
     # Reserve the KV cache for every position this may fill before echoing anything, so a
     # cache that cannot fit is refused with nothing half-printed.
     cache = model.new_cache(len(tokens) + min(args.max_tokens, room) - 1)
@@ -35,21 +37,5 @@ def run(args) -> int:
         sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()  # before the summary on stderr, so the two don't interleave
-    print(stats.summary(), file=sys.stderr)
+    print(f"{stats.summary()} | {model.precision}", file=sys.stderr)
     return 0
-
-
-def read_prompt(prompt):
-    """The prompt argument, or standard input for '-', as valid UTF-8 text. (Python turns
-    undecodable bytes in arguments into lone surrogates, which the tokenizer would quietly
-    replace; they are refused instead.)"""
-    if prompt is None:
-        raise InputError("no prompt given: python run.py \"The capital of France is\"")
-    where = "standard input" if prompt == "-" else "the prompt"
-    try:
-        text = sys.stdin.buffer.read().decode("utf-8") if prompt == "-" else prompt
-        text.encode("utf-8")
-    except UnicodeError as e:
-        raise InputError(f"{where} is not UTF-8 text ({e.reason} at position {e.start})") \
-            from None
-    return text

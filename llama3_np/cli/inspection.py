@@ -21,7 +21,8 @@ import numpy as np
 from ..errors import InputError
 from ..model import softmax
 from ..trace import AXES, axis_sizes, step_axes, step_layer, token_label
-from .common import add_model_arguments, load_model, model_path
+from ..wording import count
+from .common import add_model_arguments, load_model, model_path, read_prompt
 
 WIDTH = 100  # the terminal width the table is laid out for
 STAT_WIDTH = 10  # one "%.3g" number ("-1.23e-05") and a space
@@ -59,7 +60,8 @@ def run(args) -> int:
         config = read_checkpoint(model_path(args)).config
         print_step_list(config, selected_steps(config, args))
         return 0
-    prompt = _read_prompt(args.prompt)
+    prompt = read_prompt(args.prompt, 'python run.py inspect "The capital of France is" '
+                                      "(or --list for the step names)")
     if args.plot is not None:
         from ..plots import require_matplotlib
 
@@ -86,24 +88,16 @@ def run(args) -> int:
     if args.dump is not None:
         saved = {name: steps[name] for name in dict.fromkeys(["tokens", *recorded])}
         dump(args.dump, saved)
-        print(f"saved {len(saved)} tensors to {args.dump}", file=sys.stderr)
+        print(f"saved {count(len(saved), 'tensor')} to {args.dump}", file=sys.stderr)
     if args.plot is not None:
         from ..plots import write_plots
 
         paths = write_plots(model, trace, args.plot, _layers(args.layer, config.n_layers))
-        print(f"wrote {len(paths)} pictures to {args.plot}", file=sys.stderr)
+        print(f"wrote {count(len(paths), 'picture')} to {args.plot}", file=sys.stderr)
     return 0
 
 
 # ---- choosing steps ----------------------------------------------------------------------
-
-def _read_prompt(prompt):
-    prompt = sys.stdin.read() if prompt == "-" else prompt
-    if prompt is None:
-        raise InputError('no prompt given: python run.py inspect "The capital of France is" '
-                         "(or --list for the step names)")
-    return prompt
-
 
 def _layers(values, n_layers: int):
     """The layer indices named by --layer (None when not given); -1 is the last layer."""
@@ -116,7 +110,7 @@ def _layers(values, n_layers: int):
         except ValueError:
             raise InputError(f"--layer wants layer numbers, got {text!r}") from None
         if not -n_layers <= layer < n_layers:
-            raise InputError(f"--layer {layer}: the model has {n_layers} layers "
+            raise InputError(f"--layer {layer}: the model has {count(n_layers, 'layer')} "
                              f"(0 to {n_layers - 1})")
         layers.append(layer % n_layers)
     return sorted(set(layers))
@@ -205,9 +199,11 @@ def first_values(tensor: np.ndarray, axes: tuple, room: int) -> str:
 def print_header(model, n_tokens: int, overview: bool) -> None:
     c = model.config
     print(f"model  {Path(model.source).name or 'model'}")
-    print(f"shape  {c.n_layers} layers, dim {c.dim}, {c.n_heads} query / {c.n_kv_heads} "
+    print(f"shape  {count(c.n_layers, 'layer')}, dim {c.dim}, {c.n_heads} query / {c.n_kv_heads} "
           f"key-value heads of {c.head_dim}, ffn {c.ffn_dim}, vocabulary {c.vocab_size}")
-    print(f"\n{n_tokens} prompt tokens. Under each step: its first values at the last position.")
+    print(model.precision)
+    print(f"\n{count(n_tokens, 'prompt token')}. Under each step: its first values at the last "
+          "position.")
     if overview and c.n_layers > 2:
         print(f"Layers 1-{c.n_layers - 2} by their residual stream only "
               "(--layer N shows every step of layer N).")
@@ -245,7 +241,7 @@ def _sliced_axes(axes: tuple, head) -> tuple:
 
 
 def print_tokens(tokenizer, tokens: list) -> None:
-    print(f"\nthe prompt as {len(tokens)} tokens (id:'text'):")
+    print(f"\nthe prompt as {count(len(tokens), 'token')} (id:'text'):")
     line = ""
     for token in tokens:
         piece = f"{token}:'{token_label(tokenizer, token)}'"

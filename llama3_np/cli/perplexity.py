@@ -3,7 +3,7 @@
 Windows of --ctx tokens start every --stride tokens; each scores only the tokens no
 earlier window scored (Hugging Face's strided evaluation), so every token after the
 first is scored once (when --stride is below --ctx). Lower is better; compare
-precisions with --dtype f32, bf16, q8."""
+precisions with --dtype f32, bf16, q8 (the "weights" line says what they were)."""
 
 import sys
 from pathlib import Path
@@ -33,8 +33,8 @@ def run(args) -> int:
     with ProgressBar(0, "scoring", force=args.progress) as bar:
         result = perplexity(model, tokens, ctx=args.ctx, stride=args.stride, progress=bar)
     print(f"file           {args.file} ({len(tokens):,} tokens)")
-    print(f"windows        {result.windows} (ctx {result.ctx}, stride {result.stride}, "
-          f"dtype {args.dtype})")
+    print(f"windows        {result.windows} (ctx {result.ctx}, stride {result.stride})")
+    print(model.precision.replace("weights: ", "weights        ", 1))
     print(f"tokens scored  {result.tokens:,}")
     print(f"nll            {result.nll:.6f} nats per token (total {result.nll_sum:.3f})")
     print(f"perplexity     {result.ppl:.4f}")

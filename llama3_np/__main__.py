@@ -1,0 +1,5 @@
+"""`python -m llama3_np ...` is `python run.py ...`."""
+
+from .cli import entry
+
+entry()
