@@ -76,7 +76,7 @@ def read_config_file(path) -> ModelConfig:
     doc = read_json_object(path, ConfigError)
     if "hidden_size" in doc:
         generation = path.with_name("generation_config.json")
-        extra = read_json_object(generation, ConfigError) if generation.is_file() else None
+        extra = read_json_object(generation, ConfigError) if generation.exists() else None
         return from_hf_config(doc, extra, source=str(path))
     if "dim" in doc:
         tied = doc.get("dim") in (2048, 3072) and bool(doc.get("use_scaled_rope"))

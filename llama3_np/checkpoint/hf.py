@@ -223,11 +223,11 @@ def read_hf(directory: Path) -> Checkpoint:
     """A Hugging Face Llama snapshot directory as a Checkpoint in Meta's names and layout."""
     directory = Path(directory)
     config_path = directory / "config.json"
-    if not config_path.is_file():
+    if not config_path.exists():  # (exists, not is_file: a FIFO is refused when read)
         raise CheckpointError(f"{directory} has no config.json; not a Hugging Face snapshot")
     generation_path = directory / "generation_config.json"
     generation = (read_json_object(generation_path, ConfigError)
-                  if generation_path.is_file() else None)
+                  if generation_path.exists() else None)
     config = from_hf_config(read_json_object(config_path, ConfigError), generation,
                             source=str(config_path))
 

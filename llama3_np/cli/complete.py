@@ -4,6 +4,7 @@ import sys
 
 from ..errors import InputError
 from .common import add_model_arguments, add_sampling_arguments, load_model, sampling_options
+from .text import checked_text, read_text
 
 
 def add_arguments(parser) -> None:
@@ -37,16 +38,7 @@ def run(args) -> int:
 
 
 def read_prompt(prompt):
-    """The prompt argument, or standard input for '-', as valid UTF-8 text. (Python turns
-    undecodable bytes in arguments into lone surrogates, which the tokenizer would quietly
-    replace; they are refused instead.)"""
+    """The prompt argument, or standard input for '-', as valid UTF-8 text."""
     if prompt is None:
         raise InputError("no prompt given: python run.py \"The capital of France is\"")
-    where = "standard input" if prompt == "-" else "the prompt"
-    try:
-        text = sys.stdin.buffer.read().decode("utf-8") if prompt == "-" else prompt
-        text.encode("utf-8")
-    except UnicodeError as e:
-        raise InputError(f"{where} is not UTF-8 text ({e.reason} at position {e.start})") \
-            from None
-    return text
+    return read_text("-") if prompt == "-" else checked_text(prompt, "the prompt")
