@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from .errors import InputError
 from .model import Transformer
+from .numerics import checked_forward
 from .sampling import Sampler
 
 
@@ -53,7 +54,7 @@ def generate_tokens(model: Transformer, prompt: list, sampler: Sampler, max_toke
     stats.prompt_tokens = len(prompt)
     stop_ids = set(stop_ids)
     t0 = time.perf_counter()
-    logits = model.forward(prompt, start_pos, last_only=True)
+    logits = checked_forward(model, prompt, start_pos, last_only=True)
     stats.prefill_seconds = time.perf_counter() - t0
     position = start_pos + len(prompt)
     t0 = time.perf_counter()
@@ -70,6 +71,6 @@ def generate_tokens(model: Transformer, prompt: list, sampler: Sampler, max_toke
         if position >= model.config.max_seq_len:
             stats.stopped_by = "context full"
             break
-        logits = model.forward([token], position, last_only=True)
+        logits = checked_forward(model, [token], position, last_only=True)
         position += 1
         stats.decode_seconds = time.perf_counter() - t0

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
+from .numerics import checked_forward
 
 
 @dataclass
@@ -91,7 +92,7 @@ def perplexity(model, tokens, ctx: int = 512, stride: int = None, progress=None)
     plan = windows(len(tokens), ctx, stride)
     nll_sum, scored = 0.0, 0
     for done, w in enumerate(plan, start=1):
-        logits = model.forward(tokens[w.begin:w.end], 0)  # a fresh cache for each window
+        logits = checked_forward(model, tokens[w.begin:w.end], 0)  # a fresh cache per window
         # Row r predicts the token at position begin + r + 1.
         rows = logits[w.first_scored - 1 - w.begin: w.end - 1 - w.begin]
         token_lp = log_probs(rows, tokens[w.first_scored:w.end])

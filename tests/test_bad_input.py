@@ -23,8 +23,10 @@ import llama3_np
 from llama3_np.checkpoint.detect import read_checkpoint
 from llama3_np.checkpoint.hf import INDEX_FILE, read_safetensors
 from llama3_np.config import from_meta_params
-from llama3_np.errors import CheckpointError, ConfigError, InputError, TokenizerError
+from llama3_np.errors import (CheckpointError, ConfigError, InputError, NonFiniteError,
+                              TokenizerError)
 from llama3_np.llama import Llama
+from llama3_np.perplexity import perplexity
 from llama3_np.tokenizer import Tokenizer
 from tests.checkpoints.gguf import (byte_level_model_config, byte_level_tokenizer_metadata,
                                     encode, write_gguf, write_llama_gguf)
@@ -576,3 +578,53 @@ def test_run_py_stdin_that_is_not_utf8(runnable):
 def test_run_py_prompt_argument_that_is_not_utf8(runnable):
     latin1 = b"caf\xe9".decode("utf-8", "surrogateescape")  # as Python hands such bytes over
     assert_one_line_error(run_py("--model", runnable, latin1), "the prompt is not UTF-8 text")
+
+
+# ---- weights holding NaN or inf ----------------------------------------------------------------
+
+def one_inf(weights: dict) -> str:
+    weights["layers.1.feed_forward.w2.weight"][3, 5] = np.inf
+    return "layers.1.ffn.out"
+
+
+def all_nan(weights: dict) -> str:
+    for w in weights.values():
+        w[...] = np.nan
+    return "embeddings"
+
+
+@pytest.fixture(scope="module", params=[one_inf, all_nan], ids=["one-inf", "all-nan"])
+def damaged(request, tmp_path_factory):
+    """(a runnable GGUF whose weights hold NaN or inf, the step they first show in)."""
+    weights = random_weights(RUNNABLE, seed=1)
+    first = request.param(weights)
+    path = tmp_path_factory.mktemp("damaged") / "damaged.gguf"
+    write_llama_gguf(path, RUNNABLE, weights, metadata=byte_level_tokenizer_metadata())
+    return path, first
+
+
+@pytest.mark.parametrize("options", [{}, {"temperature": 0.8, "seed": 0},
+                                     {"temperature": 0.8, "top_p": 0.9, "seed": 0}],
+                         ids=["greedy", "temperature", "top-p"])
+def test_non_finite_logits_stop_generation_naming_the_step(damaged, options):
+    """Before: token 0 forever (greedy), no tokens (temperature), an IndexError (top-p)."""
+    path, first = damaged
+    model = llama3_np.load(path)
+    with pytest.raises(NonFiniteError, match=r"NaN or infinite logits at position 0\.\.2; the "
+                                             rf"first non-finite value is in {first}:"):
+        model.generate("hi", max_tokens=3, **options)
+
+
+def test_non_finite_logits_stop_perplexity(damaged):
+    """Before: `perplexity nan`."""
+    path, first = damaged
+    model = llama3_np.load(path)
+    with pytest.raises(NonFiniteError, match=rf"position 0\.\.7; the first non-finite value "
+                                             rf"is in {first}"):
+        perplexity(model, list(range(1, 20)), ctx=8)
+
+
+def test_non_finite_logits_end_run_py_with_one_line(damaged):
+    path, first = damaged
+    assert_one_line_error(run_py("--model", path, "--max-tokens", "3", "hi"),
+                          f"the first non-finite value is in {first}")
