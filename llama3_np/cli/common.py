@@ -38,9 +38,10 @@ def load_model(args):
     from .. import load
     from ..kernels import set_threads
     from ..progress import ProgressBar
+    from ..threads import usable_threads
 
-    if args.threads is not None:
-        set_threads(args.threads)  # BLAS got the same count from run.py, before NumPy loaded
+    if args.threads is not None:  # BLAS got the same count from run.py, before NumPy loaded
+        set_threads(usable_threads(args.threads))
 
     with ProgressBar(0, "loading") as bar:  # drawn only on a terminal
         return load(model_path(args), dtype=args.dtype, backend=args.backend,
