@@ -20,6 +20,11 @@ def _threads_requested(argv: list) -> str:
 
 
 if __name__ == "__main__":
+    import faulthandler
+
+    # A weight file truncated while memory-mapped kills the process with SIGBUS, which no
+    # Python handler survives (the faulting read repeats): at least say so, with the stack.
+    faulthandler.enable()
     from llama3_np.threads import configure_threads  # imports no NumPy
 
     threads = _threads_requested(sys.argv[1:])

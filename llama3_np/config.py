@@ -144,7 +144,7 @@ def config_value(values: dict, key: str, kind: type, *, source: str, default=_RE
             raise error(f"{source} has no '{key}'")
         return default
     if not _KIND_CHECKS.get(kind, lambda v: isinstance(v, kind))(value):
-        raise error(f"{source}: '{key}' should be {kind.__name__}, got {value!r}"[:300])
+        raise error(f"{source}: '{key}' should be {kind.__name__}, got {excerpt(value)}")
     return float(value) if kind is float else value
 
 
@@ -199,7 +199,7 @@ def _token_ids(values: dict, key: str, source: str) -> tuple:
     ids = [] if value is None else value if isinstance(value, list) else [value]
     if not all(_is_int(token) for token in ids):
         raise ConfigError(f"{source}: '{key}' should be a token id or a list of them, "
-                          f"got {value!r}"[:300])
+                          f"got {excerpt(value)}")
     return tuple(ids)
 
 

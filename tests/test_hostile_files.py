@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import resource
+import signal
 import struct
 import subprocess
 import sys
@@ -193,3 +194,36 @@ def test_ppl_reads_standard_input_with_a_cap():
     with open("/dev/zero", "rb") as zeros:
         assert_refused(run_bounded("ppl", "-", stdin=zeros),
                        "standard input is larger than 67,108,864 bytes")
+
+
+# ---- a weight file truncated under a running model ------------------------------------------
+
+TRUNCATE_AFTER_LOAD = """
+import os, runpy, sys
+import llama3_np
+path, load = sys.argv[1], llama3_np.load
+def load_then_truncate(*args, **kwargs):
+    model = load(*args, **kwargs)
+    os.truncate(path, 4096)  # the float32 weights stay memory-mapped: their pages go
+    return model
+llama3_np.load = load_then_truncate
+sys.argv = ["run.py", "--model", path, "--max-tokens", "2", "hi"]
+runpy.run_path("run.py", run_name="__main__")
+"""
+
+
+def test_weights_truncated_while_mapped_end_with_a_message(tmp_path):
+    """SIGBUS cannot be survived (the faulting read repeats), so run.py cannot print one
+    error line; it used to die silently, and now says "Bus error" with the stack."""
+    from tests.checkpoints.gguf import (byte_level_model_config, byte_level_tokenizer_metadata,
+                                        write_llama_gguf)
+    from tests.tiny import random_weights
+
+    config = byte_level_model_config(max_seq_len=16)
+    path = write_llama_gguf(tmp_path / "tiny.gguf", config, random_weights(config, seed=1),
+                            metadata=byte_level_tokenizer_metadata())
+    result = subprocess.run([sys.executable, "-c", TRUNCATE_AFTER_LOAD, str(path)], cwd=REPO,
+                            capture_output=True, timeout=SECONDS)
+    stderr = result.stderr.decode()
+    assert result.returncode == -signal.SIGBUS, stderr
+    assert stderr.startswith("Fatal Python error: Bus error"), stderr

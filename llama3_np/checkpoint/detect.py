@@ -3,13 +3,15 @@
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..files import regular_file
 
 
 def detect_format(path: Path) -> str:
     """'meta', 'hf' or 'gguf'; otherwise an error saying what is there and what is missing."""
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
-    if path.is_file():
+    if not path.is_dir():
+        regular_file(path, CheckpointError)  # a FIFO or device: say what it is
         if path.suffix == ".gguf":
             return "gguf"
         raise CheckpointError(f"{path}: not a checkpoint (expected a .gguf file or a "
