@@ -227,3 +227,9 @@ def test_weights_truncated_while_mapped_end_with_a_message(tmp_path):
     stderr = result.stderr.decode()
     assert result.returncode == -signal.SIGBUS, stderr
     assert stderr.startswith("Fatal Python error: Bus error"), stderr
+
+
+def test_tokenizer_pipe_is_refused(tmp_path):
+    os.mkfifo(tmp_path / "tokenizer.model")
+    assert_refused(run_bounded("info", "--tokenizer", tmp_path / "tokenizer.model"),
+                   "tokenizer.model is a named pipe, not a regular file")
