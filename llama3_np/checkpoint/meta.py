@@ -208,7 +208,7 @@ class _TorchArchive:
         except _ZIP_ERRORS as e:
             raise CheckpointError(f"{path} is not a complete zip archive (truncated, corrupt "
                                   f"or not a torch.save file): {type(e).__name__}: "
-                                  f"{excerpt(str(e))}") from e
+                                  f"{clip(str(e))}") from e
         if byteorder.strip() != b"little":
             raise CheckpointError(f"{path} stores {excerpt(byteorder)} endian data; only "
                                   "little-endian checkpoints are supported")
@@ -281,8 +281,11 @@ def _check_pickle_ops(path: Path, data: bytes) -> None:
     except CheckpointError:
         raise
     except Exception as e:  # genops: unknown opcodes, truncation, bad arguments
-        raise CheckpointError(f"{path}: data.pkl is corrupt ({type(e).__name__}: "
-                              f"{excerpt(str(e))})") from e
+        raise _corrupt_pickle(path, e) from e
+
+
+def _corrupt_pickle(path: Path, e: Exception) -> CheckpointError:
+    return CheckpointError(f"{path}: data.pkl is corrupt ({type(e).__name__}: {clip(str(e))})")
 
 
 # torch's storage types, by the name data.pkl refers to them; bfloat16 arrives as uint16 bits.
@@ -351,8 +354,7 @@ class _TensorUnpickler(pickle.Unpickler):
         except _StateRefused as e:
             raise CheckpointError(f"{self._archive.path}: {e}") from None
         except Exception as e:  # untrusted bytes can break the unpickler in any number of ways
-            raise CheckpointError(f"{self._archive.path}: data.pkl is corrupt "
-                                  f"({type(e).__name__}: {excerpt(str(e))})") from e
+            raise _corrupt_pickle(self._archive.path, e) from e
 
     def find_class(self, module: str, name: str):
         if module == "torch" and name in _STORAGE_DTYPES:
