@@ -70,10 +70,13 @@ def windows(n_tokens: int, ctx: int, stride: int) -> list:
     return plan
 
 
-def check_window(ctx: int, stride: int, max_seq_len: int) -> None:
-    if isinstance(ctx, bool) or not isinstance(ctx, int) or not 2 <= ctx <= max_seq_len:
-        raise InputError(f"ctx must be an integer from 2 to the model's context window "
-                         f"({max_seq_len}), got {ctx!r}")
+def check_window(ctx: int, stride: int, max_seq_len: int = None) -> None:
+    """max_seq_len None: before the model is loaded, all but ctx's upper bound."""
+    top = math.inf if max_seq_len is None else max_seq_len
+    if isinstance(ctx, bool) or not isinstance(ctx, int) or not 2 <= ctx <= top:
+        known = "" if max_seq_len is None else f" ({max_seq_len})"
+        raise InputError(f"ctx must be an integer from 2 to the model's context window"
+                         f"{known}, got {ctx!r}")
     if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= ctx:
         raise InputError(f"stride must be an integer from 1 to ctx ({ctx}), got {stride!r}")
 

@@ -150,6 +150,22 @@ def test_gguf_metadata_is_bounded(tmp_path, keys, count):
                    "is corrupt: the metadata up to metadata 'bomb.")
 
 
+def gguf_string(text: bytes) -> bytes:
+    return struct.pack("<Q", len(text)) + text
+
+
+@pytest.mark.parametrize("body, counts, message", [
+    ((gguf_string(b"k" * 1_000_000) + struct.pack("<IB", 0, 1)) * 2, (0, 2),
+     "metadata key 'kkkkk"),
+    (gguf_string(b"t" * 1_000_000) + struct.pack("<IQIQ", 1, 4, 0, 0), (1, 0),
+     "is 1000000 characters long; ggml allows 63"),
+], ids=["1MB-key-twice", "1MB-tensor-name"])
+def test_gguf_messages_quote_names_short(tmp_path, body, counts, message):
+    path = tmp_path / "long.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, *counts) + body)
+    assert_refused(run_bounded("info", "--model", path), message)
+
+
 # ---- configs ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("field, value, message", [

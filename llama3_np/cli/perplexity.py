@@ -23,14 +23,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..config import LIMITS
     from ..perplexity import check_window, perplexity, text_tokens
     from ..progress import ProgressBar
 
     text = read_text(args.file)
     # --ctx and --stride as far as they can be checked before the model says its context
     stride = args.ctx // 2 if args.stride is None else args.stride
-    check_window(args.ctx, stride, LIMITS["max_seq_len"])
+    check_window(args.ctx, stride)
     model = load_model(args)
     tokens = text_tokens(model.tokenizer, text)
     with ProgressBar(0, "scoring", force=args.progress) as bar:
