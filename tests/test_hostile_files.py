@@ -26,6 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 MEMORY_LIMIT = 1 << 30
 SECONDS = 30  # a run takes 1-3 s; each bomb took minutes, or forever
 LONGEST_MESSAGE = 600  # characters on the error line
+# A tiny model's config, for directories whose weight file is the bomb.
+HF_CONFIG = json.dumps(dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           vocab_size=64, intermediate_size=32))
+META_PARAMS = json.dumps(dict(dim=16, n_layers=1, n_heads=2, vocab_size=64, multiple_of=16))
 
 
 def run_bounded(*args, stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
@@ -104,11 +108,6 @@ def test_pth_layouts_are_checked_before_arithmetic(tmp_path, size, offset, messa
 
 
 # ---- safetensors --------------------------------------------------------------------------
-
-HF_CONFIG = json.dumps(dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                           vocab_size=64, intermediate_size=32))
-META_PARAMS = json.dumps(dict(dim=16, n_layers=1, n_heads=2, vocab_size=64, multiple_of=16))
-
 
 def hf_dir(tmp_path: Path, header: str) -> Path:
     (tmp_path / "config.json").write_text(HF_CONFIG)
