@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .errors import ConfigError
+from .errors import ConfigError, excerpt
 
 # Llama 3 tokenizer ids (Meta's tokenizer.model; the same in every HF snapshot).
 BEGIN_OF_TEXT = 128000
@@ -28,6 +28,15 @@ class RopeScaling:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_context: int = 8192
+
+
+# Far beyond any real model (Llama 3.1 405B: dim 16384, 126 layers, 128 heads, ffn 53248;
+# vocabularies reach ~256k; Llama 4 Scout's context is 10M), so only a corrupt or hostile
+# config meets them; everything sized from a config (the cache, the rope table, parameter
+# counts) stays finite and quick.
+LIMITS = {"dim": 1 << 16, "n_layers": 1 << 10, "n_heads": 1 << 10, "n_kv_heads": 1 << 10,
+          "vocab_size": 1 << 21, "ffn_dim": 1 << 18, "max_seq_len": 1 << 24,
+          "head_dim": 1 << 12, "original_context": 1 << 24, "factor": 1 << 16}
 
 
 @dataclass(frozen=True)
@@ -59,11 +68,14 @@ class ModelConfig:
                      "max_seq_len", "head_dim"):
             value = getattr(self, name)
             if not _is_int(value) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer{where}, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer{where}, "
+                                  f"got {excerpt(value)}")
+            _check_limit(name, value, where)
         for name in ("norm_eps", "rope_theta"):
             value = getattr(self, name)
             if not (_is_number(value) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name} must be a positive number{where}, got {value!r}")
+                raise ConfigError(f"{name} must be a positive number{where}, "
+                                  f"got {excerpt(value)}")
         if self.n_heads * self.head_dim != self.dim:
             raise ConfigError(f"n_heads ({self.n_heads}) x head_dim ({self.head_dim}) "
                               f"!= dim ({self.dim}){where}")
@@ -79,6 +91,9 @@ class ModelConfig:
                 and s.factor >= 1 and s.high_freq_factor > s.low_freq_factor > 0
                 and _is_int(s.original_context) and s.original_context > 0):
             raise ConfigError(f"rope scaling parameters are inconsistent{where}: {s}")
+        if s is not None:
+            _check_limit("rope scaling original_context", s.original_context, where)
+            _check_limit("rope scaling factor", s.factor, where)
         for token in (self.bos_id, *self.stop_ids):
             if token is not None and not (_is_int(token) and 0 <= token < self.vocab_size):
                 raise ConfigError(f"special token id {token} is outside the vocabulary "
@@ -88,6 +103,13 @@ class ModelConfig:
     def n_rep(self) -> int:
         """Query heads that share one key/value head (grouped-query attention)."""
         return self.n_heads // self.n_kv_heads
+
+
+def _check_limit(name: str, value, where: str) -> None:
+    limit = LIMITS[name.split()[-1]]
+    if value > limit:
+        raise ConfigError(f"{name} {excerpt(value)} is beyond any real model (at most "
+                          f"{limit}){where}")
 
 
 def meta_ffn_dim(dim: int, multiple_of: int, ffn_dim_multiplier: Optional[float]) -> int:
@@ -122,7 +144,7 @@ def config_value(values: dict, key: str, kind: type, *, source: str, default=_RE
             raise error(f"{source} has no '{key}'")
         return default
     if not _KIND_CHECKS.get(kind, lambda v: isinstance(v, kind))(value):
-        raise error(f"{source}: '{key}' should be {kind.__name__}, got {value!r}"[:300])
+        raise error(f"{source}: '{key}' should be {kind.__name__}, got {excerpt(value)}")
     return float(value) if kind is float else value
 
 
@@ -177,7 +199,7 @@ def _token_ids(values: dict, key: str, source: str) -> tuple:
     ids = [] if value is None else value if isinstance(value, list) else [value]
     if not all(_is_int(token) for token in ids):
         raise ConfigError(f"{source}: '{key}' should be a token id or a list of them, "
-                          f"got {value!r}"[:300])
+                          f"got {excerpt(value)}")
     return tuple(ids)
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from .errors import InputError
 from .kv_cache import KVCache
 from .model import Transformer
+from .numerics import checked_forward
 from .sampling import Sampler
 
 
@@ -57,7 +58,7 @@ def generate_tokens(model: Transformer, prompt: list, sampler: Sampler, max_toke
     stop_ids = set(stop_ids)
     cache.reserve(min(start_pos + len(prompt) + max_tokens - 1, model.config.max_seq_len))
     t0 = time.perf_counter()
-    logits = model.forward(prompt, start_pos, last_only=True, cache=cache)
+    logits = checked_forward(model, prompt, start_pos, last_only=True, cache=cache)
     stats.prefill_seconds = time.perf_counter() - t0
     position = start_pos + len(prompt)
     t0 = time.perf_counter()
@@ -74,6 +75,6 @@ def generate_tokens(model: Transformer, prompt: list, sampler: Sampler, max_toke
         if position >= model.config.max_seq_len:
             stats.stopped_by = "context full"
             break
-        logits = model.forward([token], position, last_only=True, cache=cache)
+        logits = checked_forward(model, [token], position, last_only=True, cache=cache)
         position += 1
         stats.decode_seconds = time.perf_counter() - t0

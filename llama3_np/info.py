@@ -6,6 +6,7 @@ any weights: Llama 3 8B has 8,030,261,248 parameters, Llama 3.2 1B 1,235,814,400
 """
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 from .checkpoint import canonical_shapes, read_json_object
@@ -32,13 +33,15 @@ NORM_BITS = 32.0  # norm gains (vectors) stay float32 at every dtype
 
 def parameter_counts(config: ModelConfig) -> dict:
     """Parameters per component (COMPONENTS order) and their "total"; with tied
-    embeddings the output matrix is the embedding, counted once (output: 0)."""
+    embeddings the output matrix is the embedding, counted once (output: 0). Arithmetic:
+    one layer's shapes times the layer count, not one entry per layer."""
     counts = dict.fromkeys(COMPONENTS, 0)
-    for name, shape in canonical_shapes(config).items():
+    for name, shape in canonical_shapes(replace(config, n_layers=1)).items():
         component = component_of(name)
         if component == "output" and config.tie_embeddings:
             continue
-        counts[component] += math.prod(shape)
+        copies = config.n_layers if name.startswith("layers.") else 1
+        counts[component] += copies * math.prod(shape)
     counts["total"] = sum(counts[c] for c in COMPONENTS)
     return counts
 
@@ -68,7 +71,7 @@ def read_config_file(path) -> ModelConfig:
     doc = read_json_object(path, ConfigError)
     if "hidden_size" in doc:
         generation = path.with_name("generation_config.json")
-        extra = read_json_object(generation, ConfigError) if generation.is_file() else None
+        extra = read_json_object(generation, ConfigError) if generation.exists() else None
         return from_hf_config(doc, extra, source=str(path))
     if "dim" in doc:
         tied = doc.get("dim") in (2048, 3072) and bool(doc.get("use_scaled_rope"))

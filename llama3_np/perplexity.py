@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
+from .numerics import check_finite
 
 
 @dataclass
@@ -69,10 +70,13 @@ def windows(n_tokens: int, ctx: int, stride: int) -> list:
     return plan
 
 
-def check_window(ctx: int, stride: int, max_seq_len: int) -> None:
-    if isinstance(ctx, bool) or not isinstance(ctx, int) or not 2 <= ctx <= max_seq_len:
-        raise InputError(f"ctx must be an integer from 2 to the model's context window "
-                         f"({max_seq_len}), got {ctx!r}")
+def check_window(ctx: int, stride: int, max_seq_len: int = None) -> None:
+    """max_seq_len None: before the model is loaded, all but ctx's upper bound."""
+    top = math.inf if max_seq_len is None else max_seq_len
+    if isinstance(ctx, bool) or not isinstance(ctx, int) or not 2 <= ctx <= top:
+        known = "" if max_seq_len is None else f" ({max_seq_len})"
+        raise InputError(f"ctx must be an integer from 2 to the model's context window"
+                         f"{known}, got {ctx!r}")
     if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= ctx:
         raise InputError(f"stride must be an integer from 1 to ctx ({ctx}), got {stride!r}")
 
@@ -93,8 +97,9 @@ def perplexity(model, tokens, ctx: int = 512, stride: int = None, progress=None)
     nll_sum, scored = 0.0, 0
     transformer = getattr(model, "model", model)
     for done, w in enumerate(plan, start=1):
-        chunk_begin = w.begin
-        for logits in transformer.forward_chunks(tokens[w.begin:w.end], 0, model.new_cache()):
+        chunk_begin, window = w.begin, tokens[w.begin:w.end]
+        for logits in transformer.forward_chunks(window, 0, model.new_cache()):
+            check_finite(logits, model, window)
             # Row r predicts the token at position chunk_begin + r + 1; score the rows
             # whose targets lie in first_scored .. end - 1.
             first, stop = max(chunk_begin, w.first_scored - 1), chunk_begin + len(logits)

@@ -6,6 +6,10 @@ import numpy as np
 
 from .errors import InputError
 
+# Below this temperature sampling is greedy: softmax(logits / T) already puts all its
+# mass on the largest logits, and a smaller T rounds to 0 (or overflows) in float32.
+GREEDY_BELOW = 1e-6
+
 
 def most_likely(values: np.ndarray, n: int) -> np.ndarray:
     """Indices of the n largest values, largest first; equal values by lower index."""
@@ -19,9 +23,10 @@ def most_likely(values: np.ndarray, n: int) -> np.ndarray:
 
 
 class Sampler:
-    """temperature 0 is greedy (argmax); otherwise sample from softmax(logits / T)
-    restricted to the top_k most likely tokens (0: no limit) and then to the smallest
-    set whose probability reaches top_p (1.0: no limit). Equal logits are ranked by
+    """temperature 0 (or below GREEDY_BELOW) is greedy (argmax); otherwise sample from
+    softmax(logits / T) restricted to the top_k most likely tokens (0: no limit) and then
+    to the smallest set whose probability reaches top_p (1.0: no limit; the most likely
+    token is always kept). Equal logits are ranked by
     token id, lower first, so the candidates never depend on how a sort breaks ties."""
 
     def __init__(self, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
@@ -44,8 +49,12 @@ class Sampler:
         ids = np.arange(len(logits))
         if 0 < self.top_k < len(logits):
             ids = most_likely(logits, self.top_k)
-        scaled = logits[ids] / np.float32(self.temperature)
-        probs = np.exp(scaled - scaled.max())
+        kept = logits[ids]
+        # The maximum is subtracted first, so dividing by a small T cannot overflow to
+        # inf - inf; a logit far below it only underflows to probability 0.
+        with np.errstate(over="ignore"):
+            scaled = (kept - kept.max()) / np.float32(self.temperature)
+        probs = np.exp(scaled)
         probs /= probs.sum()
         if self.top_p < 1:
             ids, probs = self.nucleus(ids, probs)
@@ -59,6 +68,7 @@ class Sampler:
         while True:
             top = most_likely(probs, n)
             keep = (np.cumsum(probs[top]) - probs[top]) < self.top_p
+            keep[0] = True  # the most likely token, even when top_p rounds to 0 in float32
             if not keep.all() or n == len(probs):
                 break
             n = min(2 * n, len(probs))
@@ -67,7 +77,7 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray) -> int:
         logits = np.asarray(logits).reshape(-1)
-        if self.temperature == 0:
+        if self.temperature < GREEDY_BELOW:
             return int(np.argmax(logits))
         ids, probs = self.candidates(logits)
         cumulative = np.cumsum(probs)

@@ -26,7 +26,8 @@ from typing import Optional
 import tiktoken
 
 from .config import config_value
-from .errors import InputError, TokenizerError
+from .errors import InputError, TokenizerError, clip
+from .files import read_capped
 
 # Meta's pat_str for Llama 3 (llama-models, models/llama3/tokenizer.py).
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -367,20 +368,30 @@ def _from_path(path: Path) -> Tokenizer:
         if found is None:
             raise TokenizerError(f"{path} holds no tokenizer.model or tokenizer.json")
         path = found
-    if not path.is_file():
-        raise TokenizerError(f"tokenizer file {path} does not exist")
-    if path.suffix == ".json":
+    if path.suffix == ".json":  # (a missing file, a FIFO: refused when read)
         return Tokenizer.from_hf_tokenizer_json(path)
     return Tokenizer.from_tiktoken_file(path)
 
 
+# Llama 3's tokenizer.json is 9 MB, its tokenizer.model 2 MB; a (sparse) file claiming
+# gigabytes is not read into memory.
+_MAX_TOKENIZER_BYTES = 64 << 20
+
+
+def _read_file(path: Path) -> bytes:
+    """A tokenizer file's bytes, from a regular file (a FIFO would block), size capped."""
+    if not path.exists():
+        raise TokenizerError(f"tokenizer file {path} does not exist")
+    return read_capped(path, _MAX_TOKENIZER_BYTES, TokenizerError)
+
+
 def _read_json(path: Path) -> dict:
+    raw = _read_file(path)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TokenizerError(f"tokenizer file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"{path} is not readable JSON ({e})") from None
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, 5000-digit numbers
+        raise TokenizerError(f"{path} is not readable JSON ({type(e).__name__}: "
+                             f"{clip(str(e))})") from None
     if not isinstance(doc, dict):
         raise TokenizerError(f"{path} does not hold a JSON object")
     return doc
@@ -388,12 +399,7 @@ def _read_json(path: Path) -> dict:
 
 def _read_tiktoken_ranks(path: Path) -> dict:
     """Meta's ranks: every line "<base64 token> <rank>", ranks 0, 1, 2, ... in order."""
-    try:
-        lines = path.read_bytes().splitlines()
-    except FileNotFoundError:
-        raise TokenizerError(f"tokenizer file {path} does not exist") from None
-    except OSError as e:
-        raise TokenizerError(f"cannot read tokenizer file {path} ({e.strerror})") from None
+    lines = _read_file(path).splitlines()
     ranks = {}
     for number, line in enumerate(lines, start=1):
         fields = line.split()

@@ -7,6 +7,7 @@ file format is in test_fuzz_readers.py; hostile pickles in test_meta_reader.py.
 """
 
 import json
+import os
 import re
 import struct
 import subprocess
@@ -23,8 +24,10 @@ import llama3_np
 from llama3_np.checkpoint.detect import read_checkpoint
 from llama3_np.checkpoint.hf import INDEX_FILE, read_safetensors
 from llama3_np.config import from_meta_params
-from llama3_np.errors import CheckpointError, ConfigError, InputError, TokenizerError
+from llama3_np.errors import (CheckpointError, ConfigError, InputError, NonFiniteError,
+                              TokenizerError)
 from llama3_np.llama import Llama
+from llama3_np.perplexity import perplexity
 from llama3_np.tokenizer import Tokenizer
 from tests.checkpoints.gguf import (byte_level_model_config, byte_level_tokenizer_metadata,
                                     encode, write_gguf, write_llama_gguf)
@@ -146,11 +149,12 @@ def test_generation_config_with_wrong_values_is_named(tmp_path):
 
 
 def test_bogus_layer_count_fails_fast(tmp_path):
-    """A layer count of a billion must not build a billion tensor names before failing."""
+    """A layer count of a billion is refused by name, before any tensor name is built."""
     write_meta_checkpoint(tmp_path, meta_weights(META_PARAMS), {**META_PARAMS,
                                                                 "n_layers": 10 ** 9})
     start = time.perf_counter()
-    with pytest.raises(CheckpointError, match=r"has no tensor 'layers\.2\.attention_norm"):
+    with pytest.raises(ConfigError, match=r"n_layers 1000000000 is beyond any real model "
+                                          r"\(at most 1024\) in .*params\.json"):
         read_checkpoint(tmp_path)
     assert time.perf_counter() - start < 5  # seconds; building the names would take minutes
 
@@ -233,7 +237,8 @@ F32 = {"dtype": "F32", "shape": [2]}
      r"tensor 'a' has dtype \['F32'\]"),
     ({"a": {**F32, "shape": [2.0], "data_offsets": [0, 8]}}, bytes(8),
      r"tensor 'a' has an invalid shape \[2\.0\]"),
-    ({"a": {**F32, "data_offsets": [0, 2 ** 70]}}, bytes(8), r"fall outside the 8 data bytes"),
+    ({"a": {**F32, "data_offsets": [0, 2 ** 70]}}, bytes(8),
+         r"has invalid data_offsets \[0, 1180591620717411303424\]"),
 ], ids=["overlap", "gap", "trailing-bytes", "dtype-list", "float-shape", "huge-offset"])
 def test_safetensors_layout_errors(tmp_path, header, data, message):
     path = tmp_path / "model.safetensors"
@@ -574,3 +579,129 @@ def test_run_py_stdin_that_is_not_utf8(runnable):
 def test_run_py_prompt_argument_that_is_not_utf8(runnable):
     latin1 = b"caf\xe9".decode("utf-8", "surrogateescape")  # as Python hands such bytes over
     assert_one_line_error(run_py("--model", runnable, latin1), "the prompt is not UTF-8 text")
+
+
+LATIN1 = b"caf\xe9".decode("utf-8", "surrogateescape")  # as Python hands such bytes over
+
+
+@pytest.mark.parametrize("args, stdin, fragment", [
+    (["ppl", "-"], b"caf\xe9 au lait\n", "standard input is not UTF-8 text"),
+    (["chat", "--max-tokens", "2", "--message", LATIN1], None, "the message is not UTF-8 text"),
+    (["chat", "--max-tokens", "2", "--system", LATIN1], b"hi\n",
+     "the system prompt is not UTF-8 text"),
+], ids=["ppl-stdin", "chat-message", "chat-system"])
+def test_text_that_is_not_utf8_is_refused_everywhere(runnable, args, stdin, fragment):
+    """ppl -, chat --message and --system took such bytes silently (as lone surrogates)."""
+    result = run_py(*args, "--model", runnable, stdin=stdin)
+    assert_one_line_error(result, fragment)
+    assert result.stdout == b""
+
+
+def test_chat_refuses_a_line_that_is_not_utf8_and_goes_on(demo_model_path):
+    result = run_py("chat", "--model", demo_model_path, "--max-tokens", "2",
+                    stdin=b"caf\xe9\nhi\n")
+    stderr = result.stderr.decode().splitlines()
+    assert result.returncode == 0, stderr
+    assert stderr[0].startswith("error: standard input is not UTF-8 text (surrogates not "
+                                "allowed at position 3)")
+    assert len(result.stdout.decode().splitlines()) == 1  # the reply to "hi" only
+
+
+@pytest.mark.parametrize("args", [
+    ["--max-tokens", "0", "hi"],
+    ["chat", "--max-tokens", "-1", "--message", "hi"],
+    ["ppl", "-", "--ctx", "1"],
+], ids=["complete", "chat", "ppl"])
+def test_options_are_checked_before_loading_or_printing(tmp_path, args):
+    """Refused only after the model loaded (and the prompt was echoed): here the model does
+    not even exist, and the option is what the error names."""
+    result = run_py(*args, "--model", tmp_path / "nope", stdin=b"some text")
+    assert_one_line_error(result, "must be")
+    assert result.stdout == b""
+
+
+# ---- weights holding NaN or inf ----------------------------------------------------------------
+
+def one_inf(weights: dict) -> str:
+    weights["layers.1.feed_forward.w2.weight"][3, 5] = np.inf
+    return "layers.1.ffn.out"
+
+
+def all_nan(weights: dict) -> str:
+    for w in weights.values():
+        w[...] = np.nan
+    return "embeddings"
+
+
+@pytest.fixture(scope="module", params=[one_inf, all_nan], ids=["one-inf", "all-nan"])
+def damaged(request, tmp_path_factory):
+    """(a runnable GGUF whose weights hold NaN or inf, the step they first show in)."""
+    weights = random_weights(RUNNABLE, seed=1)
+    first = request.param(weights)
+    path = tmp_path_factory.mktemp("damaged") / "damaged.gguf"
+    write_llama_gguf(path, RUNNABLE, weights, metadata=byte_level_tokenizer_metadata())
+    return path, first
+
+
+@pytest.mark.parametrize("options", [{}, {"temperature": 0.8, "seed": 0},
+                                     {"temperature": 0.8, "top_p": 0.9, "seed": 0}],
+                         ids=["greedy", "temperature", "top-p"])
+def test_non_finite_logits_stop_generation_naming_the_step(damaged, options):
+    """Before: token 0 forever (greedy), no tokens (temperature), an IndexError (top-p)."""
+    path, first = damaged
+    model = llama3_np.load(path)
+    with pytest.raises(NonFiniteError, match=r"NaN or infinite logits at position 0\.\.2; the "
+                                             rf"first non-finite value is in {first}:"):
+        model.generate("hi", max_tokens=3, **options)
+
+
+def test_non_finite_logits_stop_perplexity(damaged):
+    """Before: `perplexity nan`."""
+    path, first = damaged
+    model = llama3_np.load(path)
+    with pytest.raises(NonFiniteError, match=rf"position 0\.\.7; the first non-finite value "
+                                             rf"is in {first}"):
+        perplexity(model, list(range(1, 20)), ctx=8)
+
+
+def test_non_finite_logits_end_run_py_with_one_line(damaged):
+    path, first = damaged
+    assert_one_line_error(run_py("--model", path, "--max-tokens", "3", "hi"),
+                          f"the first non-finite value is in {first}")
+
+
+# ---- threads and output -------------------------------------------------------------------
+
+def test_run_py_caps_threads_at_the_cores_available(runnable):
+    """--threads 1000 started 1001 threads on 2 cores: decode ran 400x slower."""
+    from llama3_np.threads import available_cores
+
+    result = run_py("--model", runnable, "--threads", "1000", "--max-tokens", "2", "hi")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.decode().splitlines()[0] == (
+        f"note: --threads 1000 capped to {available_cores()}, the cores available to this "
+        "process")
+    script = ("import os; from llama3_np.threads import configure_threads; "
+              "configure_threads(1000); print(os.environ['OPENBLAS_NUM_THREADS'], "
+              "os.environ['NUMBA_NUM_THREADS'])")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           cwd=REPO, env=env, check=True).stdout.split()
+    assert shown == [str(available_cores())] * 2
+
+
+@pytest.mark.parametrize("args", [
+    lambda r, t: ["info", "--model", r],
+    lambda r, t: ["--model", r, "--max-tokens", "2", "hi"],
+    lambda r, t: ["ppl", t, "--model", r, "--ctx", "8"],
+], ids=["info", "complete", "ppl"])
+def test_output_errors_are_one_line(runnable, tmp_path, args):
+    """`run.py ... > /dev/full` ended in an OSError traceback."""
+    text = tmp_path / "text.txt"
+    text.write_text("some text to score, long enough for a window or two")
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, str(REPO / "run.py"),
+                                 *map(str, args(runnable, text))],
+                                stdout=full, stderr=subprocess.PIPE, cwd=REPO, timeout=120)
+    assert_one_line_error(result, "error: cannot write to standard output: No space left on "
+                                  "device")

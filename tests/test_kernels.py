@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import llama3_np
-from llama3_np import kernels
+from llama3_np import kernels, threads
 from llama3_np.checkpoint.detect import read_checkpoint
 from llama3_np.checkpoint.gguf_quants import QuantizedTensor
 from llama3_np.errors import CheckpointError, InputError
@@ -217,6 +217,7 @@ def test_configure_threads_sets_blas_and_numba_variables_unless_user_set(monkeyp
         monkeypatch.setenv(variable, "")  # so monkeypatch restores it afterwards ...
         monkeypatch.delenv(variable)  # ... and unset, as in a fresh shell
     monkeypatch.setenv("MKL_NUM_THREADS", "5")
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)  # 3 is not capped
     picked_up = configure_threads(3)
     assert picked_up is False  # NumPy is imported already in this process
     assert [os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",

@@ -254,12 +254,18 @@ class Call:
      "invalid layout"),
     (Call(torch._utils._rebuild_tensor_v2, (FakeStorage("0", 16), 0, (4,), (1,), False,
                                             OrderedDict()), {"shape": (2, 2)}),
-     r"data\.pkl is corrupt"),
+     r"data\.pkl sets the state of a Tensor \(\{'shape': \(2, 2\)\}\), which torch\.save "
+     "never writes"),
     (Call(torch._utils._rebuild_tensor_v2, (FakeStorage("0", 32, torch.BFloat16Storage), 0,
                                             (4,), (1,), False, OrderedDict()),
           {"bits": "not an array"}),
-     "rewrites the bits of tensor 'x'"),
-], ids=["OrderedDict(5)", "no-storage", "size-not-tuple", "BUILD-on-array", "BUILD-on-bf16"])
+     r"sets the state of a Tensor \(\{'bits': 'not an array'\}\)"),
+    (Call(torch._utils._rebuild_tensor_v2, (FakeStorage("0", 32, torch.BFloat16Storage), 0,
+                                            (4,), (1,), False, OrderedDict()),
+          (None, {"to_float32": "not a method"})),
+     r"sets the state of a Tensor \(\(None, \{'to_float32': 'not a method'\}\)\)"),
+], ids=["OrderedDict(5)", "no-storage", "size-not-tuple", "BUILD-on-array", "BUILD-on-bf16",
+                                                   "BUILD-slots-on-bf16"])
 def test_allowed_globals_with_bogus_arguments_are_refused(tmp_path, record, message):
     """REDUCE / BUILD on allow-listed callables with arguments no torch.save writes."""
     buffer = io.BytesIO()

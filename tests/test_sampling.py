@@ -87,3 +87,29 @@ def test_ties_go_to_the_lower_token_id():
     ids, _ = Sampler(temperature=1.0, top_p=0.5).candidates(logits)
     assert ids.tolist()[:4] == [150, 3, 7, 90]
     assert ids.tolist()[4:] == sorted(ids.tolist()[4:])
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-46, 5e-7])
+def test_tiny_temperatures_are_greedy(temperature):
+    """logits / 1e-40 overflowed to inf and picked the last vocabulary id every time."""
+    logits = random_logits(2)
+    sampler = Sampler(temperature=temperature, seed=0)
+    assert {sampler(logits) for _ in range(20)} == {int(np.argmax(logits))}
+
+
+def test_small_temperature_with_huge_logits_stays_finite():
+    logits = np.array([-3e38, 3e38, 2.9e38, 0.0], dtype=np.float32)
+    sampler = Sampler(temperature=1e-5, seed=0)
+    ids, probs = sampler.candidates(logits)
+    assert np.isfinite(probs).all()
+    assert probs[ids.tolist().index(1)] == 1.0
+    assert {sampler(logits) for _ in range(20)} == {1}
+
+
+def test_top_p_rounding_to_zero_in_float32_keeps_the_top_token():
+    """top-p 1e-46 is 0 in float32: the nucleus was empty (an IndexError)."""
+    logits = random_logits(3)
+    sampler = Sampler(temperature=1.0, top_p=1e-46, seed=0)
+    ids, probs = sampler.candidates(logits)
+    assert ids.tolist() == [int(np.argmax(logits))] and probs.tolist() == [1.0]
+    assert sampler(logits) == int(np.argmax(logits))

@@ -14,6 +14,21 @@ from typing import Callable, Optional
 
 from ..config import ModelConfig
 from ..errors import CheckpointError
+from ..files import read_capped
+
+# Limits of what a real file holds, checked before any arithmetic on what a file claims:
+# dimensions, strides and offsets are int64 in torch and ggml, and no weight has more
+# than a handful of axes (ggml allows 4).
+MAX_RANK = 8
+_SIZE_LIMIT = 1 << 63
+# A 405B model's index or a tokenizer.json is a few MB; a (sparse) file claiming more
+# must not be read into memory.
+MAX_JSON_BYTES = 64 << 20
+
+
+def is_size(value) -> bool:
+    """A dimension, stride, offset or count as files hold them: an int in [0, 2**63)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _SIZE_LIMIT
 
 
 @dataclass
@@ -117,10 +132,4 @@ def parse_json_object(text, source, error: type) -> dict:
 
 def read_json_object(path: Path, error: type) -> dict:
     """The JSON object in a file (params.json, config.json, an index ...), or `error`."""
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise error(f"{path}: no such file") from None
-    except OSError as e:
-        raise error(f"cannot read {path}: {e.strerror}") from None
-    return parse_json_object(raw, path, error)
+    return parse_json_object(read_capped(path, MAX_JSON_BYTES, error), path, error)

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..files import regular_file
 from .gguf import MAGIC as GGUF_MAGIC
 
 
@@ -10,7 +11,8 @@ def detect_format(path: Path) -> str:
     """'meta', 'hf' or 'gguf'; otherwise an error saying what is there and what is missing."""
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
-    if path.is_file():
+    if not path.is_dir():
+        regular_file(path, CheckpointError)  # a FIFO or device: say what it is
         # By content: Ollama keeps GGUF files as blobs/sha256-<hex>, without a suffix.
         if path.suffix == ".gguf" or _starts_with(path, GGUF_MAGIC):
             return "gguf"

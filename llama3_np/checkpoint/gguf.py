@@ -23,16 +23,17 @@ as stored; tests/test_gguf_reader.py proves it on a file written that way.
 """
 
 import math
+import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..config import ModelConfig, RopeScaling, config_value
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, clip
 from ..rope import rope_frequencies
 from ..storage import BF16, as_float32
-from . import Checkpoint, select_canonical
+from . import Checkpoint, is_size, select_canonical
 from .gguf_quants import BLOCK_FORMATS, QuantizedTensor
 
 MAGIC = b"GGUF"
@@ -60,11 +61,18 @@ _FLOAT_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtyp
 SUPPORTED_TYPES = (*_FLOAT_DTYPES, *BLOCK_FORMATS)
 
 _MAX_DIMS = 4  # GGML_MAX_DIMS
+_MAX_NAME = 63  # GGML_MAX_NAME (64) less the terminating NUL
 _MAX_ARRAY_NESTING = 8  # arrays of arrays: the gguf package writes them, ggml reads none
 # Far beyond any real key, value or vocabulary (Llama 3: 128256 tokens), and low enough
 # that a corrupt length cannot turn gigabytes of a large file into Python objects.
 _MAX_STRING_BYTES = 1 << 26
 _MAX_ARRAY_LENGTH = 1 << 24
+# Budgets for all the metadata together, as every value becomes a Python object: Llama 3's
+# tokenizer (128,256 tokens, 280,147 merges, their types) holds ~540,000 values and
+# ~4 MB of strings. An array of 2^24 empty arrays costs 1.4 GB; this caps such a file
+# at about 150 MB and a couple of seconds.
+_MAX_METADATA_VALUES = 1 << 21
+_MAX_METADATA_BYTES = 1 << 27
 
 
 @dataclass
@@ -82,6 +90,7 @@ class _Cursor:
 
     def __init__(self, buffer: memoryview, path: Path):
         self.buffer, self.path, self.pos = buffer, path, 0
+        self.values_left, self.bytes_left = _MAX_METADATA_VALUES, _MAX_METADATA_BYTES
 
     def take(self, n: int, what: str) -> memoryview:
         end = self.pos + n
@@ -95,10 +104,10 @@ class _Cursor:
         return np.frombuffer(self.take(dtype.itemsize * count, what), dtype=dtype)
 
     def u32(self, what: str) -> int:
-        return int(self.numbers(_SCALAR_DTYPES[4], 1, what)[0])
+        return struct.unpack("<I", self.take(4, what))[0]  # struct: 10x faster than NumPy here
 
     def u64(self, what: str) -> int:
-        return int(self.numbers(_SCALAR_DTYPES[10], 1, what)[0])
+        return struct.unpack("<Q", self.take(8, what))[0]
 
     def count(self, limit: int, what: str) -> int:
         """A uint64 length, refused above `limit` before anything that large is read."""
@@ -108,15 +117,30 @@ class _Cursor:
                                   f"(at most {limit} is plausible)")
         return n
 
+    def spend(self, values: int, n_bytes: int, what: str) -> None:
+        """Charge the metadata budgets, refusing a file that overdraws them."""
+        self.values_left -= values
+        self.bytes_left -= n_bytes
+        if self.values_left < 0 or self.bytes_left < 0:
+            raise CheckpointError(f"{self.path} is corrupt: the metadata up to {what} holds "
+                                  f"more than {_MAX_METADATA_VALUES} values or "
+                                  f"{_MAX_METADATA_BYTES} bytes of strings, far beyond any "
+                                  "real model's")
+
     def string(self, what: str) -> str:
-        raw = bytes(self.take(self.count(_MAX_STRING_BYTES, what), what))
+        n_bytes = self.count(_MAX_STRING_BYTES, what)
+        self.spend(0, n_bytes, what)
+        raw = bytes(self.take(n_bytes, what))
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             raise CheckpointError(f"{self.path}: {what} is not valid UTF-8") from None
 
     def value(self, vtype: int, what: str, depth: int = 0):
-        """One metadata value as a plain Python value (arrays become lists)."""
+        """One metadata value as a plain Python value (arrays become lists). It counts as one
+        value of the budget; an array's items are charged before any is read."""
+        if depth == 0:
+            self.spend(1, 0, what)
         if vtype in _SCALAR_DTYPES:
             return self.numbers(_SCALAR_DTYPES[vtype], 1, what)[0].item()
         if vtype == _STRING:
@@ -126,6 +150,7 @@ class _Cursor:
                 raise CheckpointError(f"{self.path}: {what} nests arrays more than "
                                       f"{_MAX_ARRAY_NESTING} deep")
             item_type, count = self.u32(what), self.count(_MAX_ARRAY_LENGTH, what)
+            self.spend(count, 0, what)
             if item_type in _SCALAR_DTYPES:  # one vectorised read, not a loop
                 return self.numbers(_SCALAR_DTYPES[item_type], count, what).tolist()
             if item_type not in (_STRING, _ARRAY):  # refuse before looping `count` times
@@ -212,17 +237,24 @@ def read_gguf_file(path: Path) -> GGUFFile:
     metadata = {}
     for i in range(n_kv):
         key = cursor.string(f"metadata key #{i}")
+        short = clip(key)  # messages quote at most the start of a key
         if key in metadata:
-            raise CheckpointError(f"{path} is corrupt: metadata key '{key}' appears twice")
-        metadata[key] = cursor.value(cursor.u32(f"the type of '{key}'"), f"metadata '{key}'")
+            raise CheckpointError(f"{path} is corrupt: metadata key '{short}' appears twice")
+        metadata[key] = cursor.value(cursor.u32(f"the type of '{short}'"), f"metadata '{short}'")
 
     infos = []  # (name, ne, ggml type id, offset)
     for i in range(n_tensors):
         name = cursor.string(f"tensor name #{i}")
+        if len(name) > _MAX_NAME:
+            raise CheckpointError(f"{path} is corrupt: tensor name #{i} ('{clip(name)}') is "
+                                  f"{len(name)} characters long; ggml allows {_MAX_NAME}")
         n_dims = cursor.u32(f"the rank of tensor '{name}'")
         if not 1 <= n_dims <= _MAX_DIMS:
             raise CheckpointError(f"{path} is corrupt: tensor '{name}' has {n_dims} dimensions")
         ne = [int(d) for d in cursor.numbers(_SCALAR_DTYPES[10], n_dims, f"the shape of '{name}'")]
+        if not all(map(is_size, ne)):  # ggml's dimensions are int64
+            raise CheckpointError(f"{path} is corrupt: tensor '{name}' has shape {ne}, a "
+                                  "dimension of 2**63 or more")
         type_id = cursor.u32(f"the type of tensor '{name}'")
         infos.append((name, ne, type_id, cursor.u64(f"the offset of tensor '{name}'")))
 

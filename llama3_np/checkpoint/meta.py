@@ -11,6 +11,7 @@ shards) are joined along the axis Meta's code split each weight on.
 import io
 import math
 import pickle
+import pickletools
 import re
 import struct
 import zipfile
@@ -23,9 +24,10 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..config import from_meta_params
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, clip, excerpt
+from ..files import regular_file
 from ..storage import BF16
-from . import Checkpoint, read_json_object, select_canonical
+from . import MAX_RANK, Checkpoint, is_size, read_json_object, select_canonical
 
 _SHARD_NAME = re.compile(r"consolidated\.(\d+)\.pth")
 
@@ -59,17 +61,8 @@ def read_pth(path: Path) -> dict:
     state = _TensorUnpickler(_TorchArchive(path)).load_checked()
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dict of tensors")
-    return {name: _untampered(path, name, value) for name, value in state.items()
-            if isinstance(name, str)}
-
-
-def _untampered(path: Path, name: str, value):
-    """A pickle's BUILD opcode can rewrite the attributes of a BF16 the unpickler made;
-    such a value is refused here, before anything reads its bits."""
-    if isinstance(value, BF16) and not (type(value.bits) is np.ndarray
-                                        and value.bits.dtype == np.uint16):
-        raise CheckpointError(f"{path}: data.pkl rewrites the bits of tensor '{name}'")
-    return value
+    return {name: value.tensor if isinstance(value, _Tensor) else value
+            for name, value in state.items() if isinstance(name, str)}
 
 
 # ---- the directory: params.json and the shard files ----
@@ -186,13 +179,19 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, Valu
 
 # A 70B shard's data.pkl is about 100 KB; a corrupt size must not make us read gigabytes.
 _MAX_PICKLE_BYTES = 100_000_000
+# torch.save writes about 32 opcodes per tensor (a 405B shard: ~40,000). Each opcode can
+# make an object (EMPTY_SET: one byte, 200 bytes of memory) and a memo index sizes the
+# unpickler's memo table (10 bytes can ask for gigabytes), so both are bounded.
+_MAX_PICKLE_OPS = 1 << 19
+# The byteorder record holds "little" or "big".
+_MAX_BYTEORDER_BYTES = 16
 
 
 class _TorchArchive:
     """A torch.save zip: its data.pkl bytes and its storages mapped (not read) from disk."""
 
     def __init__(self, path: Path):
-        self.path = path
+        self.path = regular_file(path, CheckpointError)  # a FIFO would block the zip reader
         try:
             with zipfile.ZipFile(path) as archive:
                 self.members = {info.filename: info for info in archive.infolist()}
@@ -202,25 +201,31 @@ class _TorchArchive:
                                           "checkpoint: it has no single data.pkl")
                 # The archive's top directory is named after whatever file torch.save wrote.
                 self.prefix = pickles[0][: -len("data.pkl")]
-                pickle_info = self.members[pickles[0]]
-                if pickle_info.compress_type != zipfile.ZIP_STORED:
-                    # torch.save stores every record; a compressed one could be a zip bomb
-                    raise CheckpointError(f"{path}: {pickles[0]} is compressed; torch.save "
-                                          "stores it uncompressed, so this file was repacked")
-                if pickle_info.file_size > _MAX_PICKLE_BYTES:
-                    raise CheckpointError(f"{path}: {pickles[0]} claims {pickle_info.file_size} "
-                                          "bytes; a state dict's pickle is far smaller")
-                self.pickle_bytes = archive.read(pickles[0])
+                self.pickle_bytes = self._read(archive, pickles[0], _MAX_PICKLE_BYTES)
                 byteorder_member = self.prefix + "byteorder"
-                byteorder = (archive.read(byteorder_member) if byteorder_member in self.members
-                             else b"little")
+                byteorder = (self._read(archive, byteorder_member, _MAX_BYTEORDER_BYTES)
+                             if byteorder_member in self.members else b"little")
         except _ZIP_ERRORS as e:
             raise CheckpointError(f"{path} is not a complete zip archive (truncated, corrupt "
-                                  f"or not a torch.save file): {type(e).__name__}: {e}") from e
+                                  f"or not a torch.save file): {type(e).__name__}: "
+                                  f"{clip(str(e))}") from e
         if byteorder.strip() != b"little":
-            raise CheckpointError(f"{path} stores {byteorder.decode(errors='replace')} "
-                                  "endian data; only little-endian checkpoints are supported")
+            raise CheckpointError(f"{path} stores {excerpt(byteorder)} endian data; only "
+                                  "little-endian checkpoints are supported")
+        _check_pickle_ops(path, self.pickle_bytes)
         self.file = np.memmap(path, dtype=np.uint8, mode="r")
+
+    def _read(self, archive: zipfile.ZipFile, name: str, limit: int) -> bytes:
+        """A record's bytes, refused before decompressing anything: torch.save stores every
+        record, so a compressed one (a possible zip bomb) means the file was repacked."""
+        info = self.members[name]
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(f"{self.path}: {clip(name)} is compressed; torch.save "
+                                  "stores it uncompressed, so this file was repacked")
+        if info.file_size > limit:
+            raise CheckpointError(f"{self.path}: {clip(name)} claims {info.file_size} "
+                                  f"bytes; torch.save writes at most {limit} there")
+        return archive.read(name)
 
     def storage(self, key: str, dtype: np.dtype, numel: int) -> np.ndarray:
         """Storage `key` as a 1-D array of `numel` elements, a view into the mapped file."""
@@ -258,6 +263,31 @@ class _TorchArchive:
         return offset + 30 + name_length + extra_length
 
 
+_MEMO_OPCODES = ("PUT", "BINPUT", "LONG_BINPUT")
+
+
+def _check_pickle_ops(path: Path, data: bytes) -> None:
+    """Refuse a pickle of more opcodes, or higher memo indices, than _MAX_PICKLE_OPS,
+    before the unpickler builds anything: a scan of the opcodes, no object made."""
+    try:
+        for count, (opcode, arg, _) in enumerate(pickletools.genops(data)):
+            if count == _MAX_PICKLE_OPS:
+                raise CheckpointError(f"{path}: data.pkl runs more than {_MAX_PICKLE_OPS} "
+                                      "pickle opcodes; a state dict's pickle needs far fewer")
+            if opcode.name in _MEMO_OPCODES and not 0 <= int(arg) < _MAX_PICKLE_OPS:
+                raise CheckpointError(f"{path}: data.pkl stores memo entry {excerpt(arg)}; "
+                                      f"torch.save numbers them from 0 (below "
+                                      f"{_MAX_PICKLE_OPS})")
+    except CheckpointError:
+        raise
+    except Exception as e:  # genops: unknown opcodes, truncation, bad arguments
+        raise _corrupt_pickle(path, e) from e
+
+
+def _corrupt_pickle(path: Path, e: Exception) -> CheckpointError:
+    return CheckpointError(f"{path}: data.pkl is corrupt ({type(e).__name__}: {clip(str(e))})")
+
+
 # torch's storage types, by the name data.pkl refers to them; bfloat16 arrives as uint16 bits.
 _STORAGE_DTYPES = {
     "BFloat16Storage": np.uint16, "HalfStorage": np.float16, "FloatStorage": np.float32,
@@ -274,10 +304,32 @@ class _StorageType(str):
     __slots__ = ()
 
 
+class _Sealed:
+    """What the unpickler makes refuses a BUILD opcode: torch.save sets no state on a
+    tensor or storage, and one that did could rewrite their arrays or attributes."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        raise _StateRefused(f"data.pkl sets the state of a {type(self).__name__.strip('_')} "
+                            f"({excerpt(state)}), which torch.save never writes")
+
+
+class _StateRefused(Exception):
+    """Raised by _Sealed.__setstate__; load_checked adds the file's name."""
+
+
 @dataclass
-class _Storage:
+class _Storage(_Sealed):
     array: np.ndarray  # 1-D: the storage's elements (bfloat16 as uint16 bits)
     bfloat16: bool
+
+
+@dataclass
+class _Tensor(_Sealed):
+    """A rebuilt tensor while unpickling (read_pth unwraps it): an ndarray or BF16."""
+
+    tensor: object
 
 
 class _TensorUnpickler(pickle.Unpickler):
@@ -299,16 +351,18 @@ class _TensorUnpickler(pickle.Unpickler):
             return self.load()
         except CheckpointError:
             raise
+        except _StateRefused as e:
+            raise CheckpointError(f"{self._archive.path}: {e}") from None
         except Exception as e:  # untrusted bytes can break the unpickler in any number of ways
-            raise CheckpointError(f"{self._archive.path}: data.pkl is corrupt "
-                                  f"({type(e).__name__}: {e})") from e
+            raise _corrupt_pickle(self._archive.path, e) from e
 
     def find_class(self, module: str, name: str):
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
         allowed = self._allowed.get((module, name))
         if allowed is None:
-            raise CheckpointError(f"{self._archive.path} refuses to load global {module}.{name}: "
+            raise CheckpointError(f"{self._archive.path} refuses to load global "
+                                  f"{clip(module)}.{clip(name)}: "
                                   "a checkpoint may hold only tensors")
         return allowed
 
@@ -316,9 +370,9 @@ class _TensorUnpickler(pickle.Unpickler):
         # torch.save writes each storage as ('storage', type, key, location, numel).
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
                 and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
-                and _is_index(pid[4])):
+                and is_size(pid[4])):
             raise CheckpointError(f"{self._archive.path}: data.pkl refers to an unknown "
-                                  f"persistent object {str(pid)[:80]}")
+                                  f"persistent object {excerpt(pid)}")
         _, storage_type, key, _location, numel = pid
         array = self._archive.storage(key, _STORAGE_DTYPES[storage_type], numel)
         return _Storage(array, bfloat16=storage_type == "BFloat16Storage")
@@ -335,15 +389,19 @@ class _TensorUnpickler(pickle.Unpickler):
             raise CheckpointError(f"{self._archive.path}: data.pkl builds a tensor without "
                                   "a storage")
         view = self._view(storage.array, storage_offset, size, stride)
-        return BF16(view) if storage.bfloat16 else view
+        return _Tensor(BF16(view) if storage.bfloat16 else view)
 
     def _view(self, array: np.ndarray, offset, size, stride) -> np.ndarray:
         """The tensor as a view of its storage, after checking it stays inside it."""
-        size, stride = tuple(size), tuple(stride)
-        if not (_is_index(offset) and len(size) == len(stride)
-                and all(_is_index(n) for n in size + stride)):
+        # The rank and each number are checked before any arithmetic: 600 sizes of 20000
+        # digits would take minutes to multiply.
+        if not (is_size(offset) and isinstance(size, tuple) and isinstance(stride, tuple)
+                and len(size) == len(stride) <= MAX_RANK
+                and all(is_size(n) for n in size + stride)):
             raise CheckpointError(f"{self._archive.path}: a tensor has an invalid layout "
-                                  f"(offset {offset!r}, size {size!r}, stride {stride!r})")
+                                  f"(offset {excerpt(offset)}, size {excerpt(size)}, stride "
+                                  f"{excerpt(stride)}; at most {MAX_RANK} dimensions, each "
+                                  "below 2**63)")
         count = math.prod(size)
         if count == 0:
             return array[:0].reshape(size)
@@ -355,10 +413,6 @@ class _TensorUnpickler(pickle.Unpickler):
             return array[offset:offset + count].reshape(size)
         return as_strided(array[offset:], shape=size,
                           strides=tuple(s * array.itemsize for s in stride), writeable=False)
-
-
-def _is_index(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _contiguous_strides(size: tuple) -> tuple:

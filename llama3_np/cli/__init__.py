@@ -9,7 +9,7 @@ import importlib
 import os
 import sys
 
-from ..errors import Llama3Error
+from ..errors import Llama3Error, OutputError
 
 COMMANDS = {  # name -> (module, one-line description)
     "complete": ("complete", "stream a completion of a prompt (the default command)"),
@@ -43,18 +43,58 @@ def build_parser(command: str, program: str = "run.py") -> argparse.ArgumentPars
     return parser
 
 
+class _CheckedStdout:
+    """sys.stdout, with a failed write or flush (a full disk, /dev/full) raised as an
+    OutputError, so it ends in one line like any other error."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str):
+        return self._checked(self._stream.write, text)
+
+    def flush(self):
+        return self._checked(self._stream.flush)
+
+    def _checked(self, method, *args):
+        try:
+            return method(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            _discard_stdout()  # what is left in the buffer must not fail again at exit
+            raise OutputError(f"cannot write to standard output: {e.strerror}") from None
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _discard_stdout() -> None:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+# Whatever a message quotes is cut short where it is made; this is the last guard.
+_LONGEST_MESSAGE = 2000
+
+
 def main(argv: list, program: str = "run.py") -> int:
     if argv and argv[0] in COMMANDS:
         command, rest = argv[0], argv[1:]
     else:
         command, rest = "complete", argv
     args = build_parser(command, program).parse_args(rest)
+    stdout, sys.stdout = sys.stdout, _CheckedStdout(sys.stdout)
     try:
-        return args.run(args) or 0
+        code = args.run(args) or 0
+        sys.stdout.flush()  # a write error shows here, not in the interpreter's exit
+        return code
     except Llama3Error as error:
         if args.debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        message = str(error)
+        if len(message) > _LONGEST_MESSAGE:
+            message = message[:_LONGEST_MESSAGE] + " ..."
+        print(f"error: {message}", file=sys.stderr)
         return 1
     except MemoryError:
         if args.debug:
@@ -68,15 +108,22 @@ def main(argv: list, program: str = "run.py") -> int:
         print("\ninterrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (`run.py inspect | head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _discard_stdout()
         return 0
+    finally:
+        sys.stdout = stdout
 
 
 def entry() -> None:
     """The `llama3-np` command and `python run.py`: thread counts reach BLAS before NumPy
     loads, then main() runs with the name the user typed."""
+    import faulthandler
+
     from ..threads import configure_threads, threads_requested
 
+    # A weight file truncated while memory-mapped kills the process with SIGBUS, which no
+    # Python handler survives (the faulting read repeats): at least say so, with the stack.
+    faulthandler.enable()
     configure_threads(threads_requested(sys.argv[1:]))
     program = {"run.py": "run.py", "__main__.py": "python -m llama3_np"}.get(
         os.path.basename(sys.argv[0]), "llama3-np")

@@ -14,6 +14,7 @@ from contextlib import closing
 from ..errors import InputError
 from ..wording import count
 from .common import add_model_arguments, add_sampling_arguments, load_model, sampling_options
+from .text import STDIN, checked_text
 
 COMMANDS_HELP = "commands: /reset starts over, /exit or Ctrl-D quits, Ctrl-C stops a reply"
 
@@ -32,9 +33,13 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ..chat import ChatSession
 
+    options = sampling_options(args)  # every option checked before the (slow) model load
+    for text, where in ((args.system, "the system prompt"), (args.message, "the message")):
+        if text is not None:
+            checked_text(text, where)
     model = load_model(args)
     session = ChatSession(model, system=args.system, max_tokens=args.max_tokens,
-                          drop_oldest=args.drop_oldest, **sampling_options(args))
+                          drop_oldest=args.drop_oldest, **options)
     if args.message is not None:
         stream_reply(session, args.message)
         return 0
@@ -45,6 +50,8 @@ def run(args) -> int:
 def converse(session) -> None:
     """Read messages from stdin until /exit or end of input, answering each."""
     interactive = sys.stdin.isatty()
+    if hasattr(sys.stdin, "reconfigure"):  # undecodable bytes arrive as lone surrogates,
+        sys.stdin.reconfigure(encoding="utf-8", errors="surrogateescape")  # refused below
     if interactive:
         try:
             import readline  # noqa: F401  (line editing and history for input())
@@ -73,10 +80,10 @@ def converse(session) -> None:
             print(f"[unknown command {text}; {COMMANDS_HELP}]", file=sys.stderr)
             continue
         try:
-            stream_reply(session, text)
+            stream_reply(session, checked_text(text, STDIN))
         except KeyboardInterrupt:
             print("[interrupted: the reply so far stays in the conversation]", file=sys.stderr)
-        except InputError as error:  # the context window is full: say so, keep chatting
+        except InputError as error:  # the context is full, the line not UTF-8: say so, go on
             print(f"error: {error}", file=sys.stderr)
 
 

@@ -52,9 +52,10 @@ def load_model(args):
     from .. import load
     from ..kernels import set_threads
     from ..progress import ProgressBar
+    from ..threads import usable_threads
 
-    if args.threads is not None:
-        set_threads(args.threads)  # BLAS got the same count from run.py, before NumPy loaded
+    if args.threads is not None:  # BLAS got the same count from run.py, before NumPy loaded
+        set_threads(usable_threads(args.threads))
 
     path = model_path(args)
     try:
@@ -83,10 +84,12 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, max_tokens: int = 25
 
 
 def sampling_options(args) -> dict:
-    """The sampling options, already checked (a Sampler refuses bad values), so a bad one
-    is reported before a model has been loaded for nothing."""
+    """The sampling options, already checked (a Sampler refuses bad values; --max-tokens
+    too), so a bad one is reported before a model has been loaded for nothing."""
+    from ..generate import check_max_tokens
     from ..sampling import Sampler
 
+    check_max_tokens(args.max_tokens)
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    seed=args.seed)
     Sampler(**options)

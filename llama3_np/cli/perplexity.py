@@ -5,11 +5,10 @@ earlier window scored (Hugging Face's strided evaluation), so every token after 
 first is scored once (when --stride is below --ctx). Lower is better; compare
 precisions with --dtype f32, bf16, q8 (the "weights" line says what they were)."""
 
-import sys
 from pathlib import Path
 
-from ..errors import InputError
 from .common import add_model_arguments, load_model
+from .text import read_text
 
 
 def add_arguments(parser) -> None:
@@ -24,10 +23,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..perplexity import perplexity, text_tokens
+    from ..perplexity import check_window, perplexity, text_tokens
     from ..progress import ProgressBar
 
-    text = _read_text(args.file)
+    text = read_text(args.file)
+    # --ctx and --stride as far as they can be checked before the model says its context
+    stride = args.ctx // 2 if args.stride is None else args.stride
+    check_window(args.ctx, stride)
     model = load_model(args)
     tokens = text_tokens(model.tokenizer, text)
     with ProgressBar(0, "scoring", force=args.progress) as bar:
@@ -40,17 +42,3 @@ def run(args) -> int:
     print(f"perplexity     {result.ppl:.4f}")
     return 0
 
-
-def _read_text(path: Path) -> str:
-    if str(path) == "-":
-        return sys.stdin.read()
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path} is a directory, not a text file") from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise InputError(f"cannot read {path} ({e.strerror})") from None

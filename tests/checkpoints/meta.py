@@ -48,13 +48,14 @@ def write_meta_checkpoint(directory, weights: dict, params: dict, n_shards: int 
 def write_torch_zip(path, pickle_bytes: bytes, storages: dict = None,
                     compression: int = zipfile.ZIP_STORED, compress_pickle: bool = True) -> Path:
     """A torch.save-shaped zip from raw parts: data.pkl plus data/<key> storage blobs,
-    the members written with `compression` (data.pkl too unless compress_pickle=False)."""
+    the members written with `compression` (data.pkl and byteorder too unless
+    compress_pickle=False)."""
     path = Path(path)
     prefix = path.name.removesuffix(".pth")
     pickle_compression = compression if compress_pickle else zipfile.ZIP_STORED
     with zipfile.ZipFile(path, "w", compression=compression) as archive:
         archive.writestr(f"{prefix}/data.pkl", pickle_bytes, compress_type=pickle_compression)
-        archive.writestr(f"{prefix}/byteorder", "little")
+        archive.writestr(f"{prefix}/byteorder", "little", compress_type=pickle_compression)
         for key, blob in (storages or {}).items():
             archive.writestr(f"{prefix}/data/{key}", blob)
         archive.writestr(f"{prefix}/version", "3\n")
