@@ -98,7 +98,7 @@ def perplexity(model, tokens, ctx: int = 512, stride: int = None, progress=None)
     transformer = getattr(model, "model", model)
     for done, w in enumerate(plan, start=1):
         chunk_begin, window = w.begin, tokens[w.begin:w.end]
-        for logits in transformer.forward_chunks(window, 0, model.new_cache()):
+        for logits in _quietly(transformer.forward_chunks(window, 0, model.new_cache())):
             check_finite(logits, model, window)
             # Row r predicts the token at position chunk_begin + r + 1; score the rows
             # whose targets lie in first_scored .. end - 1.
@@ -113,6 +113,17 @@ def perplexity(model, tokens, ctx: int = 512, stride: int = None, progress=None)
         if progress is not None:
             progress(done, len(plan))
     return Perplexity(nll_sum, scored, len(plan), ctx, stride)
+
+
+def _quietly(chunks):
+    """The chunks' logits, computed without NumPy's overflow warnings: non-finite logits
+    are reported by check_finite, by name."""
+    while True:
+        with np.errstate(all="ignore"):
+            logits = next(chunks, None)
+        if logits is None:
+            return
+        yield logits
 
 
 def text_tokens(tokenizer, text: str) -> list:

@@ -195,7 +195,7 @@ def test_a_repo_not_in_the_cache_says_the_download_command(home, capsys):
     assert cli.main(["--model", "meta-llama/Llama-3.2-1B-Instruct", "hi"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: meta-llama/Llama-3.2-1B-Instruct: ")
-    assert f"the Hugging Face cache ~/.cache/huggingface/hub does not hold" in err
+    assert "the Hugging Face cache ~/.cache/huggingface/hub does not hold" in err
     assert ('`hf download meta-llama/Llama-3.2-1B-Instruct --exclude "original/consolidated*"`'
             in err)
     assert "hf auth login" in err

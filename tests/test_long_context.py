@@ -2,7 +2,6 @@
 the KV cache belongs to its caller (several sequences, and threads, on one model);
 the bf16 cache's error; memory refusals that name their cause."""
 
-import resource
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -10,13 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from llama3_np import kernels, kv_cache, model as model_module, tiled_attention
+from llama3_np import kernels, kv_cache, tiled_attention
+from llama3_np import model as model_module
 from llama3_np.errors import InputError
 from llama3_np.kv_cache import KVCache
 from llama3_np.model import Transformer, causal_mask, group_queries, softmax, ungroup_heads
+from llama3_np.generate import generate_tokens
 from llama3_np.quantize import to_dtype
 from llama3_np.sampling import Sampler
-from llama3_np.generate import generate_tokens
 from llama3_np.trace import Trace
 from tests.conftest import REPO
 from tests.tiny import random_weights, tiny_config

@@ -1,10 +1,10 @@
 """Options and model loading shared by every command."""
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..errors import InputError
+from .text import checked_text, read_text
 
 # The demo model fetched by weights/fetch.sh (SmolLM2-135M-Instruct, Llama architecture):
 # in the repository's weights/, or in ./weights when the package is installed elsewhere.
@@ -97,19 +97,12 @@ def sampling_options(args) -> dict:
 
 
 def read_prompt(prompt, usage: str = 'python run.py "The capital of France is"') -> str:
-    """The prompt argument, or standard input for '-', as valid UTF-8 text. Standard
-    input loses one trailing newline, as a shell's $(...) drops it: `echo text |` means
-    the text, not the text and a line break. (Python turns undecodable bytes in arguments
-    into lone surrogates, which the tokenizer would quietly replace; they are refused.)"""
+    """The prompt argument, or standard input for '-', under text.py's rule (UTF-8, capped).
+    Standard input loses one trailing newline, as a shell's $(...) drops it: `echo text |`
+    means the text, not the text and a line break."""
     if prompt is None:
         raise InputError(f"no prompt given: {usage}")
-    where = "standard input" if prompt == "-" else "the prompt"
-    try:
-        text = sys.stdin.buffer.read().decode("utf-8") if prompt == "-" else prompt
-        text.encode("utf-8")
-    except UnicodeError as e:
-        raise InputError(f"{where} is not UTF-8 text ({e.reason} at position {e.start})") \
-            from None
-    if prompt == "-":
-        text = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
-    return text
+    if prompt != "-":
+        return checked_text(prompt, "the prompt")
+    text = read_text("-")
+    return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
