@@ -56,7 +56,7 @@ def weight_bytes_per_token(weights: dict) -> int:
     """Bytes of llama3_np weights one decode step reads: every tensor once (a tied
     embedding once, as the output matrix), except a separate embedding, of which a step
     reads one row."""
-    from llama3_np.storage import distinct
+    from llama3_np.formats import distinct
 
     embedding = weights["tok_embeddings.weight"]
     read = [t for t in distinct(weights.values())

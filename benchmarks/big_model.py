@@ -67,7 +67,8 @@ def weight_forms(weights: dict) -> dict:
     """(in-memory form, file-backed?) -> [tensor count, bytes], each tensor once."""
     import numpy as np
 
-    from llama3_np.storage import BF16, distinct
+    from llama3_np.formats import distinct
+    from llama3_np.formats.bf16 import BF16
 
     forms = {}
     for tensor in distinct(weights.values()):

@@ -34,7 +34,8 @@ def main():
     import numpy as np
 
     from llama3_np import kernels
-    from llama3_np.quantize import DTYPES, Q4, Q4_BLOCK, to_dtype
+    from llama3_np.formats.convert import DTYPES, to_dtype
+    from llama3_np.formats.q4 import Q4, Q4_BLOCK
     from machine import best_seconds, memory_bandwidth
 
     if args.threads:

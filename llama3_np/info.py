@@ -12,7 +12,7 @@ from pathlib import Path
 from .checkpoint import canonical_shapes, read_json_object
 from .config import ModelConfig, from_hf_config, from_meta_params
 from .errors import ConfigError
-from .quantize import BYTES_PER_WEIGHT
+from .formats.convert import BYTES_PER_WEIGHT
 
 # Components in the order a forward pass meets them.
 COMPONENTS = ("embedding", "attention q", "attention k", "attention v", "attention o",
@@ -26,7 +26,7 @@ _COMPONENT_OF = {  # canonical name (without "layers.{i}.") -> component
     "attention_norm.weight": "norms", "ffn_norm.weight": "norms", "norm.weight": "norms",
 }
 
-# Bits each weight of a matrix takes in memory at each --dtype (quantize.py's formats).
+# Bits each weight of a matrix takes in memory at each --dtype (formats/convert.py).
 BITS_PER_WEIGHT = {dtype: 8 * size for dtype, size in BYTES_PER_WEIGHT.items()}
 NORM_BITS = 32.0  # norm gains (vectors) stay float32 at every dtype
 

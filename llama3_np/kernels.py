@@ -1,8 +1,9 @@
 """linear(x, w): the one place a matrix multiplication is chosen.
 
-x is float32 (..., in_features); w is (out_features, in_features) in an in-memory
-form from quantize.py (float32 ndarray, storage.BF16, quantize.Q8 / Q4) or any other
-stored tensor (storage.py), e.g. a GGUF QuantizedTensor.
+x is float32 (..., in_features); w is (out_features, in_features) in any in-memory
+form of the formats package (float32 / float16 ndarray, BF16, Q8, Q4, a GGUF
+QuantizedTensor). Each form brings its own kernels (its fused and tile_decoder hooks);
+this module only chooses between them by the number of rows and the backend.
 
 How, fastest first:
 - float32 weights: NumPy's BLAS. Its GEMV already runs at memory bandwidth.
@@ -15,8 +16,10 @@ How, fastest first:
   no float32 copy of a whole matrix is ever made.
 
 Backends: "numpy" always works; "numba" needs numba; "auto" (default) is numba
-when it imports. Thread counts: threads.configure_threads (before NumPy is
-imported) sets BLAS's; set_threads changes numba's at run time.
+when it imports. The backend picks the loops on each call, never a weight's form: a
+loaded model's weights stay in the form load() made them (its dtype and keep_quantized),
+whichever backend multiplies them later. Thread counts: threads.configure_threads
+(before NumPy is imported) sets BLAS's; set_threads changes numba's at run time.
 Thread-safe: each thread decodes tiles into a buffer of its own.
 """
 
@@ -25,8 +28,7 @@ import threading
 import numpy as np
 
 from .errors import InputError
-from .quantize import Q4, Q4_BLOCK, Q8, dequantize_q4, dequantize_q8
-from .storage import BF16
+from .formats import fused_matmul, tile_decoder
 
 BACKENDS = ("numpy", "numba", "auto")
 
@@ -90,63 +92,13 @@ def linear(x: np.ndarray, w) -> np.ndarray:
         return x @ w.T
     rows = x.reshape(-1, n_in)
     kernels = _numba_kernels() if active_backend() == "numba" else None
-    fused = _fused_matmul(w, kernels) if len(rows) <= _FUSED_MAX_ROWS else None
+    fused = fused_matmul(w, kernels) if len(rows) <= _FUSED_MAX_ROWS else None
     if fused is not None:
         out = np.empty((len(rows), n_out), dtype=np.float32)
         fused(np.ascontiguousarray(rows), out)
     else:
-        out = _tiled_matmul(rows, w.shape, _tile_decoder(w, kernels))
+        out = _tiled_matmul(rows, w.shape, tile_decoder(w, kernels))
     return out.reshape(x.shape[:-1] + (n_out,))
-
-
-def _fused_matmul(w, kernels):
-    """fn(rows, out) writing rows @ w.T into out without decoding w to memory, if a
-    kernel for w's form exists."""
-    if kernels is None:
-        return None
-    if isinstance(w, BF16):
-        return lambda rows, out: kernels.matmul_bf16(rows, w.bits, out)
-    if isinstance(w, Q8):
-        return lambda rows, out: kernels.matmul_q8(rows, w.values, w.scales, out)
-    if isinstance(w, Q4):
-        return lambda rows, out: kernels.matmul_q4(*_split_for_q4(rows), w.packed, w.scales,
-                                                   w.mins, out)
-    return None
-
-
-def _split_for_q4(rows: np.ndarray) -> tuple:
-    """x (M, K) as the Q4 kernel reads it: each 32-value block's first and second half
-    (x_low, x_high: (M, K/2), beside the nibbles that multiply them) and its sum."""
-    halves = rows.reshape(len(rows), -1, 2, Q4_BLOCK // 2)  # (M, blocks, half, 16)
-    x_low = np.ascontiguousarray(halves[:, :, 0]).reshape(len(rows), -1)
-    x_high = np.ascontiguousarray(halves[:, :, 1]).reshape(len(rows), -1)
-    return x_low, x_high, halves.sum(axis=(2, 3), dtype=np.float32)
-
-
-def _tile_decoder(w, kernels):
-    """fn(start, tile) writing weight rows start .. start + len(tile) into a float32 tile."""
-    if isinstance(w, BF16):
-        if kernels is not None:
-            return lambda start, tile: kernels.decode_bf16(w.bits, start, tile)
-        # storage.bf16_bits_to_float32, written into the tile instead of new arrays.
-        return lambda start, tile: np.left_shift(w.bits[start:start + len(tile)], 16,
-                                                 out=tile.view(np.uint32), dtype=np.uint32)
-    if isinstance(w, Q8):
-        if kernels is not None:
-            return lambda start, tile: kernels.decode_q8(w.values, w.scales, start, tile)
-        return lambda start, tile: dequantize_q8(w.values[start:start + len(tile)],
-                                                 w.scales[start:start + len(tile)], out=tile)
-    if isinstance(w, Q4):
-        if kernels is not None:
-            return lambda start, tile: kernels.decode_q4(w.packed, w.scales, w.mins, start, tile)
-        return lambda start, tile: dequantize_q4(w.packed[start:start + len(tile)],
-                                                 w.scales[start:start + len(tile)],
-                                                 w.mins[start:start + len(tile)], out=tile)
-    if isinstance(w, np.ndarray):  # float16
-        return lambda start, tile: np.copyto(tile, w[start:start + len(tile)])
-    # Any other stored tensor (a GGUF block format without its own kernel).
-    return lambda start, tile: np.copyto(tile, w.take(slice(start, start + len(tile)))
-                                         .to_float32())
 
 
 def _tiled_matmul(rows: np.ndarray, shape: tuple, decode) -> np.ndarray:

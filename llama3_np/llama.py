@@ -123,39 +123,60 @@ class Llama:
 
 
 def load(path, dtype: str = None, backend: str = "auto", tokenizer_path=None,
-         progress=None, kv_dtype: str = "f32") -> Llama:
+         progress=None, kv_dtype: str = "f32", keep_quantized: bool = None) -> Llama:
     """Load a Meta, Hugging Face or GGUF checkpoint; weights kept in `dtype` in memory
-    ("f32", "bf16", "q8"; None: GGUF Q8_0 / Q4 matrices as stored where the numba
-    kernels run, everything else f32), the KV caches of its sequences in `kv_dtype`
+    ("f32", "bf16", "q8"; None: float32, except a GGUF file's Q8_0 / Q4_0 / Q4_1 / Q4_K
+    matrices when keep_quantized), the KV caches of its sequences in `kv_dtype`
     ("f32" or "bf16"). `path` is anything locate.locate takes: a path, a Hugging Face
     repo id in the local cache, "ollama:name:tag", a Meta download's name.
+
+    keep_quantized: True keeps those GGUF matrices in their own quantisation (the fused
+    kernels multiply it directly); False decodes them to float32; None (default): True
+    where the numba kernels run, as NumPy alone would decode them for every product.
+    It is decided here, once: a later kernels.set_backend changes which loops multiply
+    the weights, never the form they are in.
     The Llama's `precision` line says what the weights became.
 
     progress(done, total) is called after each tensor is converted (a ProgressBar fits)."""
-    from .kernels import active_backend, set_backend, warmup
+    from .formats import distinct
+    from .formats.convert import to_dtype
+    from .kernels import set_backend, warmup
     from .locate import locate
     from .memory import check_weights_fit
     from .precision import summary, weight_groups
-    from .quantize import to_dtype
-    from .storage import distinct
 
     check_kv_dtype(kv_dtype)
     path = locate(path)
     checkpoint = read_checkpoint(path)
     set_backend(backend)
-    gguf_kernels = active_backend() == "numba"  # GGUF Q8_0 / Q4 stay quantised only then
-    check_weights_fit(distinct(checkpoint.tensors.values()), dtype, str(path), gguf_kernels)
+    keep_quantized = quantisation_kept(dtype, keep_quantized)
+    check_weights_fit(distinct(checkpoint.tensors.values()), dtype, str(path), keep_quantized)
     warmup()  # compile the numba kernels now, not during the first token
     weights, converted = {}, {}
     for done, (name, tensor) in enumerate(checkpoint.tensors.items(), start=1):
         # Tied embeddings: convert the shared tensor once and keep it shared.
         if id(tensor) not in converted:
-            converted[id(tensor)] = to_dtype(tensor, dtype, name, gguf_kernels)
+            converted[id(tensor)] = to_dtype(tensor, dtype, name, keep_quantized)
         weights[name] = converted[id(tensor)]
         if progress is not None:
             progress(done, len(checkpoint.tensors))
     tokenizer = load_tokenizer(checkpoint, tokenizer_path)
     llama = Llama(checkpoint.config, weights, tokenizer, source=str(Path(path)),
                   kv_dtype=kv_dtype)
-    llama.precision = summary(weight_groups(checkpoint.tensors, dtype, gguf_kernels))
+    llama.precision = summary(weight_groups(checkpoint.tensors, dtype, keep_quantized))
     return llama
+
+
+def quantisation_kept(dtype, keep_quantized) -> bool:
+    """load()'s keep_quantized decided, after set_backend: None means "where the numba
+    kernels run". Keeping the file's quantisation and asking for a dtype contradict."""
+    from .formats.convert import check_dtype
+    from .kernels import active_backend
+
+    check_dtype(dtype)
+    if keep_quantized is None:
+        return active_backend() == "numba"
+    if keep_quantized and dtype is not None:
+        raise InputError(f"keep_quantized keeps a GGUF file's own quantisation, which dtype "
+                         f"{dtype!r} would replace: ask for one or the other")
+    return bool(keep_quantized)

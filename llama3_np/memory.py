@@ -11,7 +11,7 @@ their pages.
 from pathlib import Path
 
 from .errors import InputError
-from .quantize import DTYPES, check_dtype, new_bytes
+from .formats.convert import DTYPES, check_dtype, new_bytes
 
 
 def human_size(n_bytes: float) -> str:
@@ -81,16 +81,16 @@ def cgroup_room():
     return None
 
 
-def check_weights_fit(tensors, dtype, source: str, gguf_kernels: bool = True) -> None:
-    """Refuse (InputError) to convert `tensors` into `dtype` (as quantize.to_dtype does,
-    with gguf_kernels; None: the default forms) when the new memory that takes exceeds
+def check_weights_fit(tensors, dtype, source: str, keep_quantized: bool = True) -> None:
+    """Refuse (InputError) to convert `tensors` into `dtype` (as formats.convert.to_dtype
+    does, with keep_quantized; None: the default forms) when the new memory that takes exceeds
     what this process has available; do nothing where that is unknown. Only the weights
     are counted: the KV cache and activations of a long context come on top."""
     check_dtype(dtype)
     available = available_bytes()
     if available is None:
         return
-    needs = {d: sum(new_bytes(t, d, gguf_kernels) for t in tensors) for d in (None, *DTYPES)}
+    needs = {d: sum(new_bytes(t, d, keep_quantized) for t in tensors) for d in (None, *DTYPES)}
     if needs[dtype] <= available:
         return
     fitting = [f"--dtype {d} ({human_size(needs[d])})" for d in DTYPES if needs[d] <= available]

@@ -8,11 +8,11 @@ run different arithmetic; nothing about that may be silent.
 
 from dataclasses import dataclass
 
-from .checkpoint.gguf_quants import Q4_KINDS
+from .formats.bf16 import BF16
+from .formats.convert import conversion, new_bytes
+from .formats.gguf_blocks import Q4_KINDS
 from .info import COMPONENTS, component_of
 from .memory import human_size
-from .quantize import conversion, new_bytes
-from .storage import BF16
 
 
 @dataclass
@@ -32,11 +32,11 @@ def stored_kind(tensor) -> str:
     return getattr(tensor, "ggml_type", None) or str(tensor.dtype)
 
 
-def memory_form(tensor, dtype, gguf_kernels: bool) -> tuple:
-    """(form, bytes) of `tensor` in memory once quantize.to_dtype(tensor, dtype,
-    gguf_kernels=...) has made it what the kernels multiply."""
+def memory_form(tensor, dtype, keep_quantized: bool) -> tuple:
+    """(form, bytes) of `tensor` in memory once formats.convert.to_dtype(tensor, dtype,
+    keep_quantized=...) has made it what the kernels multiply."""
     stored = stored_kind(tensor)
-    made = conversion(tensor, dtype, gguf_kernels)
+    made = conversion(tensor, dtype, keep_quantized)
     if made == "kept":
         return f"{stored} as stored", tensor.nbytes
     if made in Q4_KINDS:
@@ -45,10 +45,10 @@ def memory_form(tensor, dtype, gguf_kernels: bool) -> tuple:
         form = "Q8_0 kept (q8 kernel)" if dtype is None else "q8 (Q8_0's values, re-laid)"
     else:
         form = f"{made} (from {stored})"
-    return form, new_bytes(tensor, dtype, gguf_kernels)
+    return form, new_bytes(tensor, dtype, keep_quantized)
 
 
-def weight_groups(tensors: dict, dtype, gguf_kernels: bool) -> list:
+def weight_groups(tensors: dict, dtype, keep_quantized: bool) -> list:
     """One Group per component and in-memory form, in the order a forward pass meets them;
     a tensor shared by two names (tied embeddings) counts once."""
     groups, seen = {}, set()
@@ -56,7 +56,7 @@ def weight_groups(tensors: dict, dtype, gguf_kernels: bool) -> list:
         if id(tensor) in seen or name == "rope.freqs":
             continue
         seen.add(id(tensor))
-        form, size = memory_form(tensor, dtype, gguf_kernels)
+        form, size = memory_form(tensor, dtype, keep_quantized)
         key = (component_of(name), form)
         group = groups.get(key) or Group(key[0], stored_kind(tensor), form, 0, 0,
                                          len(tensor.shape) == 2)

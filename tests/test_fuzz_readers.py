@@ -47,7 +47,7 @@ from hypothesis import strategies as st
 from llama3_np.checkpoint.detect import read_checkpoint
 from llama3_np.config import ModelConfig, RopeScaling, from_meta_params
 from llama3_np.errors import Llama3Error
-from llama3_np.storage import as_float32
+from llama3_np.formats import as_float32
 from llama3_np.tokenizer import Tokenizer, load_tokenizer
 from tests.checkpoints.gguf import (byte_level_model_config, byte_level_tokenizer_metadata,
                                     write_llama_gguf)

@@ -13,13 +13,14 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf.quants import dequantize as reference_dequantize
 from gguf.quants import quantize
 
+from llama3_np.checkpoint import canonical_shapes
 from llama3_np.checkpoint.gguf import SUPPORTED_TYPES, read_gguf, read_gguf_file
-from llama3_np.checkpoint.gguf_quants import BLOCK_FORMATS, QuantizedTensor, dequantize
 from llama3_np.config import RopeScaling
 from llama3_np.errors import CheckpointError, ConfigError
+from llama3_np.formats import as_float32
+from llama3_np.formats.bf16 import BF16
+from llama3_np.formats.gguf_blocks import BLOCK_FORMATS, QuantizedTensor, dequantize
 from llama3_np.rope import rope_frequencies
-from llama3_np.storage import BF16, as_float32
-from llama3_np.checkpoint import canonical_shapes
 from tests.checkpoints.gguf import (QUANTIZABLE, encode, gguf_name, hf_to_gguf,
                                     llama31_rope_divisors, llama_metadata, meta_to_hf,
                                     random_blocks, write_gguf, write_llama_gguf)
@@ -82,7 +83,7 @@ def test_quantized_tensor_protocol():
 
 def test_dequantize_in_chunks_matches_one_pass(monkeypatch):
     """Large tensors are decoded a chunk of blocks at a time; chunk edges must not show."""
-    import llama3_np.checkpoint.gguf_quants as quants
+    import llama3_np.formats.gguf_blocks as quants
     raw = random_blocks("Q6_K", rows=7, cols=768, rng=np.random.default_rng(4))
     whole = dequantize(raw, "Q6_K")
     monkeypatch.setattr(quants, "_BLOCKS_PER_CHUNK", 4)  # 21 blocks -> 6 chunks, ragged end

@@ -18,7 +18,7 @@ from llama3_np.checkpoint.hf import (INDEX_FILE, SINGLE_FILE, read_hf, read_safe
                                      unpermute_qk)
 from llama3_np.config import RopeScaling
 from llama3_np.errors import CheckpointError
-from llama3_np.storage import BF16
+from llama3_np.formats.bf16 import BF16
 from tests.checkpoints.hf import hf_permute, hf_unpermute, shard_file_name, write_hf_checkpoint
 from tests.tiny import random_weights, tiny_config
 

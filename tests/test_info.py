@@ -99,7 +99,7 @@ def test_memory_at_each_precision(tmp_path):
     norms, matrices = counts["norms"], counts["total"] - counts["norms"]
     assert weight_bytes(config, "f32") == 4 * counts["total"]
     assert weight_bytes(config, "bf16") == 2 * matrices + 4 * norms
-    # q8: 32 int8 weights and their float32 scale, 36 bytes per block (quantize.Q8).
+    # q8: 32 int8 weights and their float32 scale, 36 bytes per block (formats.q8.Q8).
     assert weight_bytes(config, "q8") == matrices // 32 * 36 + 4 * norms
     # keys and values x 32 layers x 8 kv heads x head dim 128, float32.
     assert kv_bytes_per_position(config) == 2 * 32 * 8 * 128 * 4
@@ -107,8 +107,8 @@ def test_memory_at_each_precision(tmp_path):
 
 
 def test_memory_matches_the_converted_weights():
-    """weight_bytes agrees with what quantize.to_dtype actually keeps in memory."""
-    from llama3_np.quantize import to_dtype
+    """weight_bytes agrees with what formats.convert.to_dtype actually keeps in memory."""
+    from llama3_np.formats.convert import to_dtype
 
     config = tiny_config()
     weights = random_weights(config)

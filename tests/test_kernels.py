@@ -1,5 +1,5 @@
-"""kernels.linear against float64 math on the dequantised weight; quantize.py's Q8 and Q4
-formats and to_dtype conversions; the path without numba; threads.configure_threads."""
+"""kernels.linear against float64 math on the dequantised weight; the formats package's
+Q8 and Q4 forms and to_dtype conversions; the path without numba; threads.configure_threads."""
 
 import importlib.util
 import os
@@ -13,10 +13,13 @@ import pytest
 import llama3_np
 from llama3_np import kernels, threads
 from llama3_np.checkpoint.detect import read_checkpoint
-from llama3_np.checkpoint.gguf_quants import QuantizedTensor
 from llama3_np.errors import CheckpointError, InputError
-from llama3_np.quantize import Q4, Q8, dequantize_q8, new_bytes, quantize_q8, to_dtype
-from llama3_np.storage import BF16, bf16_bits_to_float32, float32_to_bf16_bits
+from llama3_np.formats import convert
+from llama3_np.formats.bf16 import BF16, bf16_bits_to_float32, float32_to_bf16_bits
+from llama3_np.formats.convert import new_bytes, to_dtype
+from llama3_np.formats.gguf_blocks import QuantizedTensor
+from llama3_np.formats.q4 import Q4
+from llama3_np.formats.q8 import Q8, dequantize_q8, quantize_q8
 from llama3_np.threads import configure_threads
 from tests.checkpoints.gguf import (byte_level_model_config, byte_level_tokenizer_metadata,
                                     random_blocks, write_llama_gguf)
@@ -281,7 +284,7 @@ def test_to_dtype_keeps_a_tensor_already_in_the_asked_form():
 
 
 def test_to_dtype_round_trips(monkeypatch):
-    monkeypatch.setattr(llama3_np.quantize, "_CONVERT_CHUNK_VALUES", 3 * 64)  # 3 rows a chunk
+    monkeypatch.setattr(convert, "_CONVERT_CHUNK_VALUES", 3 * 64)  # 3 rows a chunk
     w = random_matrix((8, 64))
     bf16 = to_dtype(w, "bf16")
     assert isinstance(bf16, BF16)
@@ -319,7 +322,7 @@ def test_gguf_q8_0_becomes_q8_exactly_by_default_and_as_q8(dtype):
 
 @pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q4_K"])
 def test_gguf_4_bit_formats_become_q4_exactly_by_default(kind, monkeypatch):
-    monkeypatch.setattr(llama3_np.quantize, "_CONVERT_CHUNK_VALUES", 2 * 512)  # 2 rows a chunk
+    monkeypatch.setattr(convert, "_CONVERT_CHUNK_VALUES", 2 * 512)  # 2 rows a chunk
     tensor = QuantizedTensor(random_blocks(kind, 6, 512, np.random.default_rng(7)), kind)
     kept = to_dtype(tensor, None)
     assert isinstance(kept, Q4) and kept.shape == (6, 512)
@@ -344,10 +347,10 @@ def test_load_keeps_gguf_quantisation_only_where_the_numba_kernels_run(backend, 
 
 def test_gguf_q8_0_asked_for_as_q8_is_re_laid_without_the_kernels_too():
     tensor = gguf_blocks("Q8_0", 6, 96)
-    kept = to_dtype(tensor, "q8", gguf_kernels=False)
+    kept = to_dtype(tensor, "q8", keep_quantized=False)
     assert isinstance(kept, Q8)
     np.testing.assert_array_equal(kept.to_float32(), tensor.to_float32())
-    assert isinstance(to_dtype(tensor, "f32", gguf_kernels=False), np.ndarray)
+    assert isinstance(to_dtype(tensor, "f32", keep_quantized=False), np.ndarray)
 
 
 @pytest.mark.parametrize("kind", ["Q8_0", "Q4_1"])
@@ -371,9 +374,9 @@ def test_gguf_block_format_without_kernel_is_converted():
     np.testing.assert_array_equal(to_dtype(tensor, "q8").values, quantize_q8(decoded).values)
 
 
-@pytest.mark.parametrize("gguf_kernels", [True, False])
+@pytest.mark.parametrize("keep_quantized", [True, False])
 @pytest.mark.parametrize("dtype", [None, "f32", "bf16", "q8"])
-def test_new_bytes_is_what_to_dtype_allocates(dtype, gguf_kernels):
+def test_new_bytes_is_what_to_dtype_allocates(dtype, keep_quantized):
     """load() checks the memory a conversion takes before making it: new_bytes must be
     exactly what to_dtype allocates, and 0 for what it hands back untouched."""
     w = random_matrix((8, 64))
@@ -384,9 +387,9 @@ def test_new_bytes_is_what_to_dtype_allocates(dtype, gguf_kernels):
               QuantizedTensor(random_blocks("Q5_0", 2, 64, np.random.default_rng(9)), "Q5_0"),
               w[0], w[0].astype(np.float16)]
     for tensor in stored:
-        converted = to_dtype(tensor, dtype, gguf_kernels=gguf_kernels)
+        converted = to_dtype(tensor, dtype, keep_quantized=keep_quantized)
         expected = 0 if converted is tensor else converted.nbytes
-        assert new_bytes(tensor, dtype, gguf_kernels) == expected, (tensor, dtype)
+        assert new_bytes(tensor, dtype, keep_quantized) == expected, (tensor, dtype)
     assert new_bytes(w, "f32") == 0 and new_bytes(w, "bf16") == w.size * 2  # both branches seen
 
 

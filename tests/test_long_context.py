@@ -15,7 +15,7 @@ from llama3_np.errors import InputError
 from llama3_np.kv_cache import KVCache
 from llama3_np.model import Transformer, causal_mask, group_queries, softmax, ungroup_heads
 from llama3_np.generate import generate_tokens
-from llama3_np.quantize import to_dtype
+from llama3_np.formats.convert import to_dtype
 from llama3_np.sampling import Sampler
 from llama3_np.trace import Trace
 from tests.conftest import REPO

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 import llama3_np
-from llama3_np import cli, memory, quantize
+from llama3_np import cli, memory
 from llama3_np.checkpoint.detect import read_checkpoint
 from llama3_np.errors import InputError
+from llama3_np.formats import convert, distinct
+from llama3_np.formats.q8 import Q8
 from llama3_np.memory import human_size, meminfo_bytes
-from llama3_np.storage import distinct
 from tests.checkpoints.gguf import (byte_level_model_config, byte_level_tokenizer_metadata,
                                     write_llama_gguf)
 from tests.tiny import random_weights
@@ -46,7 +47,7 @@ def test_weights_that_do_not_fit_are_refused_before_any_conversion(f16_model, mo
 
     def no_conversion(*args, **kwargs):
         raise AssertionError("converted weights before checking the memory")
-    monkeypatch.setattr(quantize, "to_dtype", no_conversion)
+    monkeypatch.setattr(convert, "to_dtype", no_conversion)
     with pytest.raises(InputError) as refused:
         llama3_np.load(f16_model, dtype="f32")
     assert str(refused.value) == (
@@ -67,7 +68,7 @@ def test_a_dtype_that_fits_loads(f16_model, monkeypatch):
     n = matrix_weights(f16_model)
     available(monkeypatch, int(1.5 * n))
     model = llama3_np.load(f16_model, dtype="q8")
-    assert isinstance(model.weights["layers.0.attention.wq.weight"], quantize.Q8)
+    assert isinstance(model.weights["layers.0.attention.wq.weight"], Q8)
 
 
 def test_when_nothing_fits_the_smallest_need_is_named(f16_model, monkeypatch):

@@ -11,11 +11,12 @@ import pytest
 import llama3_np
 from llama3_np import cli
 from llama3_np.checkpoint.detect import read_checkpoint
+from llama3_np.formats.bf16 import BF16
+from llama3_np.formats.q4 import Q4
+from llama3_np.formats.q8 import Q8
 from llama3_np.info import weight_bytes
 from llama3_np.memory import human_size
 from llama3_np.precision import summary, weight_groups
-from llama3_np.quantize import Q4, Q8
-from llama3_np.storage import BF16
 from tests.checkpoints.gguf import (byte_level_model_config, byte_level_tokenizer_metadata,
                                     write_llama_gguf)
 from tests.tiny import random_weights

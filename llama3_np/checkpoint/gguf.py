@@ -13,7 +13,7 @@ a uint64 count and the elements. ne[0] is the innermost (fastest-varying) dimens
 so the NumPy shape is ne reversed: a weight with ne = (in, out) is (out, in).
 
 The file is memory-mapped, never read whole: float tensors are NumPy views of the
-map, quantised ones keep their raw bytes (see gguf_quants.py).
+map, quantised ones keep their raw bytes (see formats/gguf_blocks.py).
 
 llama.cpp stores q and k rows in Meta's adjacent-pair layout: convert_hf_to_gguf.py
 applies `LlamaModel.permute` (reshape(n_head, 2, head_dim/2).swapaxes(1, 2)), the
@@ -32,9 +32,10 @@ import numpy as np
 from ..config import ModelConfig, RopeScaling, config_value
 from ..errors import CheckpointError, ConfigError, clip
 from ..rope import rope_frequencies
-from ..storage import BF16, as_float32
+from ..formats import as_float32
+from ..formats.bf16 import BF16
 from . import Checkpoint, is_size, select_canonical
-from .gguf_quants import BLOCK_FORMATS, QuantizedTensor
+from ..formats.gguf_blocks import BLOCK_FORMATS, QuantizedTensor
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)  # v1 used 32-bit lengths; v2 and v3 lay out the same way

@@ -18,7 +18,7 @@ import numpy as np
 from ..config import ModelConfig, from_hf_config
 from ..errors import CheckpointError, ConfigError, excerpt
 from ..files import regular_file
-from ..storage import BF16
+from ..formats.bf16 import BF16
 from . import (MAX_RANK, Checkpoint, is_size, parse_json_object, read_json_object,
                select_canonical)
 
@@ -26,7 +26,7 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 # Safetensors dtype -> how its bytes are viewed. BF16 has no NumPy dtype: its bits
-# are kept as uint16 and wrapped in storage.BF16.
+# are kept as uint16 and wrapped in formats.bf16.BF16.
 _DTYPES = {"BF16": np.dtype("<u2"), "F16": np.dtype("<f2"), "F32": np.dtype("<f4")}
 
 _HF_TOP_NAMES = {
@@ -73,7 +73,7 @@ def unpermute_qk(rows: np.ndarray, n_heads: int) -> np.ndarray:
 
 def read_safetensors(path: Path) -> dict:
     """Every tensor in one .safetensors file, memory-mapped: F32 and F16 as ndarrays,
-    BF16 as storage.BF16 over the raw bits. The header is checked before any use."""
+    BF16 as formats.bf16.BF16 over the raw bits. The header is checked before any use."""
     header, data_start, file_size = _read_header(path)
     data_size = file_size - data_start
     entries = {name: _check_entry(path, name, entry, data_size)

@@ -26,7 +26,7 @@ from numpy.lib.stride_tricks import as_strided
 from ..config import from_meta_params
 from ..errors import CheckpointError, ConfigError, clip, excerpt
 from ..files import regular_file
-from ..storage import BF16
+from ..formats.bf16 import BF16
 from . import MAX_RANK, Checkpoint, is_size, read_json_object, select_canonical
 
 _SHARD_NAME = re.compile(r"consolidated\.(\d+)\.pth")

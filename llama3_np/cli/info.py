@@ -28,6 +28,7 @@ def run(args) -> int:
     else:
         from ..checkpoint.detect import read_checkpoint
         from ..kernels import active_backend, set_backend
+        from ..llama import quantisation_kept
         from ..precision import weight_groups
         from ..tokenizer import load_tokenizer
 
@@ -35,7 +36,8 @@ def run(args) -> int:
         config = checkpoint.config
         tokenizer = load_tokenizer(checkpoint, args.tokenizer)
         set_backend(args.backend)
-        groups = weight_groups(checkpoint.tensors, args.dtype, active_backend() == "numba")
+        groups = weight_groups(checkpoint.tensors, args.dtype,
+                               quantisation_kept(args.dtype, keep_quantized=None))
         args.backend = active_backend()
     print("\n".join(describe(config, checkpoint, tokenizer, groups, args)))
     return 0

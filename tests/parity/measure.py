@@ -17,7 +17,7 @@ import llama3_np
 from llama3_np.checkpoint.detect import read_checkpoint
 from llama3_np.config import RopeScaling
 from llama3_np.rope import RotaryTable, apply_rope, rope_frequencies
-from llama3_np.storage import BF16
+from llama3_np.formats.bf16 import BF16
 
 from . import reference
 from .models import (ParityModel, canonical_weights, load_hf_reference, load_ours,

@@ -1,4 +1,5 @@
-"""ggml block quantisation: byte layouts, vectorised decoding, and the stored tensor.
+"""GGUF (ggml) block quantisation: byte layouts, vectorised decoding, the stored tensor
+QuantizedTensor, and the re-laying of Q8_0 / Q4_* into the kernels' q8.Q8 / q4.Q4 parts.
 
 A block-quantised row is a run of fixed-size blocks, each holding `values_per_block`
 numbers in `bytes_per_block` bytes: one or two float16 scales plus packed small
@@ -193,8 +194,8 @@ def dequantize(raw: np.ndarray, ggml_type: str) -> np.ndarray:
 class QuantizedTensor:
     """A block-quantised tensor kept as raw bytes, one byte row per logical row.
 
-    Follows the stored-tensor protocol of llama3_np/storage.py; `raw` and `ggml_type`
-    are there for kernels that multiply without decoding the whole matrix first."""
+    A formats.StoredTensor with no fused kernel of its own: convert.py re-lays the types
+    a kernel multiplies (Q8_0, Q4_KINDS) as a Q8 / Q4 from `raw` and `ggml_type`."""
 
     def __init__(self, raw: np.ndarray, ggml_type: str):
         fmt = BLOCK_FORMATS[ggml_type]
@@ -210,6 +211,10 @@ class QuantizedTensor:
         blocks_per_row = self.raw.shape[-1] // fmt.bytes_per_block
         return self.raw.shape[:-1] + (blocks_per_row * fmt.values_per_block,)
 
+    @property
+    def nbytes(self) -> int:
+        return self.raw.nbytes
+
     def to_float32(self) -> np.ndarray:
         return dequantize(self.raw, self.ggml_type)
 
@@ -217,6 +222,13 @@ class QuantizedTensor:
         if self.raw.ndim < 2:
             raise TypeError("take() picks rows; a 1-D quantised tensor has none")
         return QuantizedTensor(self.raw[rows], self.ggml_type)
+
+    def fused(self, kernels):
+        return None
+
+    def tile_decoder(self, kernels):
+        return lambda start, tile: np.copyto(tile, self.take(slice(start, start + len(tile)))
+                                             .to_float32())
 
     def __repr__(self) -> str:
         return f"QuantizedTensor({self.ggml_type}, shape={self.shape})"

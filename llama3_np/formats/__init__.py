@@ -1,0 +1,83 @@
+"""In-memory weight forms: every way a weight is held between the file and the matmul.
+
+    float32 / float16 ndarray   NumPy's own (float16 only as a reader hands it over)
+    bf16.BF16                   raw bfloat16 bits, 2 bytes a weight
+    q8.Q8                       int8 in blocks of 32 sharing a float32 scale (like Q8_0)
+    q4.Q4                       4-bit values in blocks of 32 with a scale and a min
+                                (GGUF's Q4_0, Q4_1, Q4_K, re-laid)
+    gguf_blocks.QuantizedTensor any GGUF block type as the file stores it (raw bytes)
+
+Every form that is not an ndarray is a StoredTensor (below). convert.py turns any of
+them into the form a load asks for; kernels.linear multiplies by them through their
+fused / tile_decoder hooks, so it never asks which form it holds. Readers build forms
+from file bytes; nothing here knows about files.
+"""
+
+from typing import Callable, Optional, Protocol, runtime_checkable
+
+import numpy as np
+
+# fn(rows, out): out = rows @ w.T, (M, in_features) float32 -> (M, out_features) float32
+FusedMatmul = Callable[[np.ndarray, np.ndarray], None]
+# fn(start, tile): weight rows start .. start + len(tile), decoded into a float32 tile
+TileDecoder = Callable[[int, np.ndarray], None]
+
+
+@runtime_checkable
+class StoredTensor(Protocol):
+    """A tensor in a precision NumPy lacks, decoded only when used.
+
+    `kernels` below is kernels_numba (the compiled loops) or None (NumPy only), as
+    kernels.linear passes it on each call: a form never changes with the backend."""
+
+    @property
+    def shape(self) -> tuple:
+        """The logical shape, e.g. (out_features, in_features)."""
+
+    @property
+    def nbytes(self) -> int:
+        """The memory it holds."""
+
+    def to_float32(self) -> np.ndarray:
+        """The whole tensor decoded to a float32 ndarray."""
+
+    def take(self, rows) -> "StoredTensor":
+        """A stored tensor of the same form holding only the given rows (embedding lookup)."""
+
+    def fused(self, kernels) -> Optional[FusedMatmul]:
+        """A kernel multiplying by the stored bytes without decoding them to memory,
+        or None where there is none (then kernels.linear decodes tiles)."""
+
+    def tile_decoder(self, kernels) -> TileDecoder:
+        """Decodes rows into a float32 tile for BLAS to multiply."""
+
+
+def as_float32(tensor) -> np.ndarray:
+    """Any stored tensor as a float32 ndarray (no copy when it already is one)."""
+    if isinstance(tensor, np.ndarray):
+        return tensor if tensor.dtype == np.float32 else tensor.astype(np.float32)
+    return tensor.to_float32()
+
+
+def take_rows(tensor, rows) -> np.ndarray:
+    """Rows of a stored tensor as float32, decoding only those rows."""
+    if isinstance(tensor, np.ndarray):
+        return tensor[rows].astype(np.float32, copy=False)
+    return tensor.take(rows).to_float32()
+
+
+def distinct(tensors) -> list:
+    """Each stored tensor once: tied embeddings are one tensor under two names."""
+    return list({id(t): t for t in tensors}.values())
+
+
+def fused_matmul(w, kernels) -> Optional[FusedMatmul]:
+    """w's fused kernel, or None; an ndarray (float16) has none."""
+    return None if isinstance(w, np.ndarray) else w.fused(kernels)
+
+
+def tile_decoder(w, kernels) -> TileDecoder:
+    """w's tile decoder; an ndarray (float16) is copied into the tile."""
+    if isinstance(w, np.ndarray):
+        return lambda start, tile: np.copyto(tile, w[start:start + len(tile)])
+    return w.tile_decoder(kernels)
