@@ -83,9 +83,9 @@ def cgroup_room():
 
 def check_weights_fit(tensors, dtype, source: str, keep_quantized: bool = True) -> None:
     """Refuse (InputError) to convert `tensors` into `dtype` (as formats.convert.to_dtype
-    does, with keep_quantized; None: the default forms) when the new memory that takes exceeds
-    what this process has available; do nothing where that is unknown. Only the weights
-    are counted: the KV cache and activations of a long context come on top."""
+    does, with keep_quantized; None: the default forms) when the new memory that takes
+    exceeds what this process has available; do nothing where that is unknown. Only the
+    weights are counted: the KV cache and activations of a long context come on top."""
     check_dtype(dtype)
     available = available_bytes()
     if available is None:
