@@ -11,7 +11,7 @@ import numpy as np
 from .config import ModelConfig
 from .errors import InputError
 from .memory import available_bytes, human_size
-from .storage import bf16_bits_to_float32, float32_to_bf16_bits
+from .formats.bf16 import bf16_bits_to_float32, float32_to_bf16_bits
 
 KV_DTYPES = {"f32": np.float32, "bf16": np.uint16}  # --kv-dtype -> buffer dtype (bf16 bits)
 

@@ -17,7 +17,7 @@ from .errors import InputError
 from .kernels import linear
 from .kv_cache import KVCache
 from .rope import RotaryTable, apply_rope, rope_frequencies
-from .storage import take_rows
+from .formats import take_rows
 from .tiled_attention import plain_attention_fits, tiled_attention
 
 
