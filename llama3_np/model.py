@@ -14,10 +14,10 @@ import numpy as np
 
 from .config import ModelConfig
 from .errors import InputError
+from .formats import take_rows
 from .kernels import linear
 from .kv_cache import KVCache
 from .rope import RotaryTable, apply_rope, rope_frequencies
-from .formats import take_rows
 from .tiled_attention import plain_attention_fits, tiled_attention
 
 
@@ -184,7 +184,7 @@ class Transformer:
         """Each position looks at itself and every position before it."""
         c, w, trace, p = self.config, self.weights, self.trace, f"layers.{i}.attention"
         seq = len(x)
-        trace(p + "_norm", x)  # (seq, dim)
+        trace(f"layers.{i}.attention_norm", x)  # the block's RMSNorm: (seq, dim)
         q = linear(x, w[p + ".wq.weight"]).reshape(seq, c.n_heads, c.head_dim)
         k = linear(x, w[p + ".wk.weight"]).reshape(seq, c.n_kv_heads, c.head_dim)
         v = linear(x, w[p + ".wv.weight"]).reshape(seq, c.n_kv_heads, c.head_dim)
@@ -217,7 +217,7 @@ class Transformer:
     def feed_forward(self, i: int, x) -> np.ndarray:
         """SwiGLU: a gated expansion to ffn_dim and back."""
         w, trace, p = self.weights, self.trace, f"layers.{i}."
-        trace(p + "ffn_norm", x)  # (seq, dim)
+        trace(p + "ffn_norm", x)  # the block's RMSNorm: (seq, dim)
         gate = linear(x, w[p + "feed_forward.w1.weight"])  # (seq, ffn_dim)
         up = linear(x, w[p + "feed_forward.w3.weight"])  # (seq, ffn_dim)
         hidden = silu(gate) * up  # (seq, ffn_dim)
