@@ -92,7 +92,7 @@ def main() -> int:
     import numpy as np
 
     from llama3_np import model as traced_model
-    from llama3_np.checkpoint import canonical_shapes
+    from llama3_np.schema import canonical_shapes
     from llama3_np.config import ModelConfig
 
     config = ModelConfig(dim=576, n_layers=args.layers, n_heads=9, n_kv_heads=3,

@@ -30,6 +30,7 @@ from .config import ModelConfig
 from .errors import InputError
 from .kernels import linear
 from .model import NoTrace, Transformer, rms_norm, softmax
+from .schema import canonical_shapes
 
 # What each axis of a traced tensor runs along.
 AXES = {
@@ -131,8 +132,6 @@ class _MiniatureTrace(Trace):
 
 @lru_cache(maxsize=8)
 def _traced_axes(n_layers: int) -> tuple:
-    from .checkpoint import canonical_shapes  # the checkpoint package imports config only
-
     mini = _miniature(n_layers)
     weights = {name: np.zeros(shape, np.float32)
                for name, shape in canonical_shapes(mini).items()}

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from llama3_np.checkpoint import canonical_names
+from llama3_np.schema import canonical_names
 from llama3_np.checkpoint.hf import (INDEX_FILE, SINGLE_FILE, read_hf, read_safetensors,
                                      unpermute_qk)
 from llama3_np.config import RopeScaling

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from llama3_np.checkpoint import canonical_names
+from llama3_np.schema import canonical_names
 from llama3_np.checkpoint.meta import read_meta, read_pth
 from llama3_np.config import from_meta_params
 from llama3_np.errors import CheckpointError

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from llama3_np.checkpoint import canonical_shapes
+from llama3_np.schema import canonical_shapes
 from llama3_np.config import ModelConfig, RopeScaling
 
 # Small, but every structural feature of Llama 3: GQA (4 heads share 2 kv heads),
