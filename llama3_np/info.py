@@ -9,9 +9,9 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from .checkpoint import read_json_object
 from .config import ModelConfig, from_hf_config, from_meta_params
 from .errors import ConfigError
+from .files import read_json_object
 from .quantize import BYTES_PER_WEIGHT
 from .schema import canonical_shapes
 

@@ -7,14 +7,12 @@ Tensors stay in storage precision (see llama3_np/storage.py); the loader decides
 what to keep in memory.
 """
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 from ..config import ModelConfig
 from ..errors import CheckpointError
-from ..files import read_capped
 from ..schema import iter_canonical_shapes
 
 # Limits of what a real file holds, checked before any arithmetic on what a file claims:
@@ -22,9 +20,6 @@ from ..schema import iter_canonical_shapes
 # than a handful of axes (ggml allows 4).
 MAX_RANK = 8
 _SIZE_LIMIT = 1 << 63
-# A 405B model's index or a tokenizer.json is a few MB; a (sparse) file claiming more
-# must not be read into memory.
-MAX_JSON_BYTES = 64 << 20
 
 
 def is_size(value) -> bool:
@@ -77,21 +72,3 @@ def select_canonical(stored: dict, config: ModelConfig, source, *,
     if config.tie_embeddings:
         tensors["output.weight"] = tensors["tok_embeddings.weight"]
     return tensors
-
-
-def parse_json_object(text, source, error: type) -> dict:
-    """A JSON object from text or UTF-8 bytes; anything else raises `error` naming `source`.
-    (json.loads also fails with RecursionError on deep nesting and ValueError on integers
-    of more than 4300 digits.)"""
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as e:  # ValueError covers bad JSON and bad UTF-8
-        raise error(f"{source} is not valid JSON ({type(e).__name__}: {e})") from None
-    if not isinstance(value, dict):
-        raise error(f"{source} is not a JSON object")
-    return value
-
-
-def read_json_object(path: Path, error: type) -> dict:
-    """The JSON object in a file (params.json, config.json, an index ...), or `error`."""
-    return parse_json_object(read_capped(path, MAX_JSON_BYTES, error), path, error)
