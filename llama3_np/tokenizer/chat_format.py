@@ -27,7 +27,7 @@ CHAT_STOP_TOKENS = {
     "llama3": ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"),
 }
 
-
+# The message whose header a reply follows (its content is not read by encode_header).
 ASSISTANT = {"role": "assistant", "content": ""}
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import TokenizerError
-from .files import read_tokenizer_json
-from .vocabulary import (GPT2_PATTERN, SMOLLM_PATTERN, Description, byte_level_vocabulary)
+from .files import read_tokenizer_file, read_tokenizer_json
+from .vocabulary import GPT2_PATTERN, SMOLLM_PATTERN, Description, byte_level_vocabulary
 
 
 def describe_tokenizer_json(path) -> Description:
@@ -44,7 +44,7 @@ def _describe(path: Path, doc: dict) -> Description:
     template = config.get("chat_template")
     template_file = path.with_name("chat_template.jinja")
     if template is None and template_file.is_file():
-        template = template_file.read_text(encoding="utf-8")
+        template = _read_text(template_file)
 
     def configured(key, fallback):
         name = config.get(key)
@@ -58,6 +58,13 @@ def _describe(path: Path, doc: dict) -> Description:
                        bos_id=bos_id, eos_id=configured("eos_token", "<|end_of_text|>"),
                        chat_template=template if isinstance(template, str) else None,
                        add_bos=_adds_bos(doc.get("post_processor"), bos_id, added))
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return read_tokenizer_file(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise TokenizerError(f"{path} is not UTF-8 text") from None
 
 
 def _split_pattern(pre_tokenizer, source: str) -> str:
