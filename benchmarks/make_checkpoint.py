@@ -26,9 +26,9 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from llama3_np.checkpoint import iter_canonical_shapes  # noqa: E402
 from llama3_np.checkpoint.hf import INDEX_FILE, SINGLE_FILE, hf_name  # noqa: E402
 from llama3_np.config import from_hf_config  # noqa: E402
+from llama3_np.schema import iter_canonical_shapes  # noqa: E402
 
 TOKENIZER_CANDIDATES = [REPO.parent / "shared" / "llama3" / "tokenizer.model",
                         REPO / "weights" / "llama3" / "tokenizer.model"]

@@ -92,8 +92,8 @@ def main() -> int:
     import numpy as np
 
     from llama3_np import model as traced_model
-    from llama3_np.checkpoint import canonical_shapes
     from llama3_np.config import ModelConfig
+    from llama3_np.schema import canonical_shapes
 
     config = ModelConfig(dim=576, n_layers=args.layers, n_heads=9, n_kv_heads=3,
                          vocab_size=4096, ffn_dim=1536, rope_theta=100000.0,

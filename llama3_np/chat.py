@@ -8,7 +8,10 @@
 The conversation's keys and values stay in the session's KV cache, so each turn
 runs only its new tokens through the model: the previous reply's closing tokens
 (its end-of-turn token, which the model sampled but never saw as input, plus
-ChatML's newline) and the new user turn with the assistant header after it.
+ChatML's newline) and the new user turn with the assistant header after it. The
+chat format encodes a dialog message by message (tokenizer/chat_format.py), so a
+turn is appended as encode_message(user) + encode_header(assistant); the history
+is never encoded again, except after drop_oldest forgets part of it.
 
 Invariant: `tokens` is the whole conversation as the model reads it, and the
 cache holds its first `cached` tokens; the rest are fed at the start of the next
@@ -28,6 +31,7 @@ from .errors import InputError, TokenizerError
 from .generate import GenerationStats, check_max_tokens, generate_tokens
 from .sampling import Sampler
 from .tokenizer import StreamDecoder
+from .tokenizer.chat_format import ASSISTANT
 from .wording import count
 
 
@@ -41,7 +45,10 @@ class ChatSession:
         check_max_tokens(max_tokens)
         self.model = model
         self.tokenizer = model.tokenizer
-        self.system = system
+        self.chat = self.tokenizer.require_chat()
+        # A ChatML template may open every dialog with its own system prompt (SmolLM2's
+        # does): the session holds it as its first message, as the model reads it.
+        self.system = self.chat.default_system_prompt if system is None else system
         self.max_tokens = max_tokens
         self.drop_oldest = drop_oldest
         self.sampler = Sampler(temperature, top_k, top_p, seed)
@@ -124,7 +131,7 @@ class ChatSession:
         the cache over from the re-encoded rest; without it, a turn that does not fit at
         all is refused, leaving the session as it was."""
         self.dropped_exchanges = 0
-        new_turn = self._turn_tokens(self.messages, user)
+        new_turn = self._turn_tokens(user)
         length = len(self.tokens) + len(new_turn)
         fits_a_reply = length + self.max_tokens <= self.context_window
         if fits_a_reply or (length < self.context_window and not self.drop_oldest):
@@ -138,7 +145,7 @@ class ChatSession:
         kept = self._drop_until_fits(user)
         self.dropped_exchanges = (len(self.messages) - len(kept)) // 2
         self._restart(kept)
-        return self._turn_tokens(self.messages, user)
+        return self._turn_tokens(user)
 
     def _drop_until_fits(self, user: dict) -> list:
         """The messages left after dropping the oldest exchanges until the history, the new
@@ -155,27 +162,19 @@ class ChatSession:
                              f"prompt) fills the {self.context_window}-token context window")
         return head + rest
 
-    def _turn_tokens(self, history: list, user: dict) -> list:
-        """encode_dialog(history + [user]) minus encode_dialog(history): the formats encode
-        message by message, so the difference is exactly the new turn."""
-        before = self.tokenizer.encode_dialog(history, add_generation_prompt=False)
-        after = self.tokenizer.encode_dialog(history + [user], add_generation_prompt=True)
-        if after[:len(before)] != before:
-            raise TokenizerError(f"{self.tokenizer.source}: the {self.tokenizer.chat_format} "
-                                 "chat format does not encode a dialog message by message")
-        return after[len(before):]
+    def _turn_tokens(self, user: dict) -> list:
+        """The tokens a user message adds to the dialog: the message, then the assistant's
+        header that its reply follows."""
+        return self.chat.encode_message(user) + self.chat.encode_header(ASSISTANT)
 
 
 def reply_closing_tokens(tokenizer) -> list:
     """The tokens the chat format puts after an assistant message's text: <|eot_id|> for
     Llama 3; <|im_end|> and a newline for ChatML. Their first is the stop token a reply
     normally ends with; a reply cut short or ended by another stop id gets the same close."""
-    asked = [{"role": "user", "content": "?"}]
-    prompt = tokenizer.encode_dialog(asked, add_generation_prompt=True)
-    answered = tokenizer.encode_dialog(asked + [{"role": "assistant", "content": ""}],
-                                       add_generation_prompt=False)
-    if answered[:len(prompt)] != prompt or len(answered) == len(prompt):
+    chat = tokenizer.require_chat()
+    header, message = chat.encode_header(ASSISTANT), chat.encode_message(ASSISTANT)
+    if message[:len(header)] != header or len(message) == len(header):
         raise TokenizerError(f"{tokenizer.source}: cannot tell how the "
                              f"{tokenizer.chat_format} chat format closes a reply")
-    return answered[len(prompt):]
-
+    return message[len(header):]

@@ -6,11 +6,14 @@ contradicts itself is refused before any weight is read.
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from .errors import ConfigError, excerpt
+from .rope import rope_frequencies
 
 # Llama 3 tokenizer ids (Meta's tokenizer.model; the same in every HF snapshot).
 BEGIN_OF_TEXT = 128000
@@ -21,7 +24,7 @@ LLAMA3_STOP_IDS = (END_OF_TEXT, END_OF_MESSAGE, END_OF_TURN)
 
 
 @dataclass(frozen=True)
-class RopeScaling:
+class RopeScaling:  # rope.py's scale_frequencies applies it
     """Llama 3.1 frequency scaling: long wavelengths are slowed down by `factor`."""
 
     factor: float
@@ -253,3 +256,76 @@ def from_hf_config(config: dict, generation_config: Optional[dict] = None,
         head_dim=value("head_dim", int, 0),  # 0: dim // n_heads
         source=source,
     )
+
+
+def from_gguf_metadata(metadata: dict, source: str, *, embedding_rows: int = 0,
+                       tie_embeddings: bool = False, rope_divisors=None) -> ModelConfig:
+    """GGUF's llama.* and tokenizer.ggml.* metadata. What the metadata leaves to the tensors
+    the reader passes in: the embedding's rows (the vocabulary size when no key gives it),
+    whether output.weight is absent (tied embeddings) and the rope_freqs tensor as float32
+    (Llama 3.1's rope scaling, see _gguf_rope_scaling)."""
+    def value(key, kind, default=_REQUIRED):
+        return config_value(metadata, key, kind, source=source, default=default)
+
+    vocab = value("llama.vocab_size", int, 0) or \
+        len(value("tokenizer.ggml.tokens", list, [])) or embedding_rows
+    stops = [value(f"tokenizer.ggml.{kind}_token_id", int, None) for kind in ("eos", "eot", "eom")]
+    n_heads = value("llama.attention.head_count", int)
+    config = ModelConfig(
+        dim=value("llama.embedding_length", int),
+        n_layers=value("llama.block_count", int),
+        n_heads=n_heads,
+        n_kv_heads=value("llama.attention.head_count_kv", int, n_heads),
+        vocab_size=vocab,
+        ffn_dim=value("llama.feed_forward_length", int),
+        norm_eps=value("llama.attention.layer_norm_rms_epsilon", float, 1e-5),
+        rope_theta=value("llama.rope.freq_base", float, 10000.0),
+        tie_embeddings=tie_embeddings,
+        max_seq_len=value("llama.context_length", int),
+        bos_id=value("tokenizer.ggml.bos_token_id", int, None),
+        stop_ids=tuple(dict.fromkeys(s for s in stops if s is not None)),  # unique, in order
+        head_dim=value("llama.attention.key_length", int, 0),  # 0: dim / heads
+        source=source,
+    )
+    for key in ("llama.attention.value_length", "llama.rope.dimension_count"):
+        if value(key, int, config.head_dim) != config.head_dim:
+            raise ConfigError(f"{source}: {key} = {metadata[key]} differs from the head size "
+                              f"{config.head_dim} (not a Llama 3 model)")
+    kind = value("llama.rope.scaling.type", str, "none")
+    factor = value("llama.rope.scaling.factor", float, 1.0)
+    if kind not in ("none", "linear") or (kind == "linear" and factor != 1.0):
+        raise ConfigError(f"{source}: rope scaling '{kind}' (factor {factor}) is not supported; "
+                          "only Llama 3.1's scaling (a rope_freqs tensor) or none")
+    if rope_divisors is None:
+        return config
+    original_context = value("llama.rope.scaling.original_context_length", int, 8192)
+    return replace(config, rope_scaling=_gguf_rope_scaling(rope_divisors, original_context,
+                                                           config))
+
+
+def _gguf_rope_scaling(divisors, original_context: int, config: ModelConfig):
+    """Llama 3.1 scaling, from llama.cpp's rope_freqs tensor.
+
+    convert_hf_to_gguf.py does not write the scaling parameters; it writes the divisor
+    each frequency gets (1 for short wavelengths, `factor` for long ones, a blend in
+    between). The largest divisor is the factor; the other parameters are Llama 3's
+    (low 1, high 4, original context 8192 unless the metadata says otherwise), and the
+    divisors they imply (rope.py's own formula, not a second copy of it) must match the
+    stored ones, or the file is refused."""
+    half = config.head_dim // 2
+    if divisors.shape != (half,):
+        raise ConfigError(f"{config.source}: rope_freqs has shape {divisors.shape}, expected "
+                          f"({half},) for head size {config.head_dim}")
+    if np.all(divisors == 1):
+        return None
+    scaling = RopeScaling(factor=float(divisors.max()), original_context=original_context)
+    plain = rope_frequencies(config.head_dim, config.rope_theta)
+    with np.errstate(all="ignore"):  # damaged divisors (inf, NaN) are refused just below
+        implied = plain / rope_frequencies(config.head_dim, config.rope_theta, scaling)
+    # rtol: the converter computes the blend in float32 in another order (a few ulp);
+    # any other factor or context moves some divisor by far more than 1e-4.
+    if not np.allclose(divisors, implied, rtol=1e-4, atol=0):
+        raise ConfigError(f"{config.source}: rope_freqs does not match Llama 3.1 scaling with "
+                          f"factor {scaling.factor}, low/high frequency factors 1/4 and "
+                          f"original context {scaling.original_context}")
+    return scaling

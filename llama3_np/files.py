@@ -6,6 +6,7 @@ can claim gigabytes it never stored. So every path is checked to be a regular
 file (after following links) and nothing is read whole beyond a stated cap.
 """
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -62,3 +63,26 @@ def read_limited(stream, limit: int, where: str, error: type = InputError) -> by
     if len(raw) > limit:
         raise error(f"{where} is larger than {limit:,} bytes, more than this input can be")
     return raw
+
+
+# A 405B model's index or a tokenizer.json is a few MB; a (sparse) file claiming more
+# must not be read into memory.
+MAX_JSON_BYTES = 64 << 20
+
+
+def parse_json_object(text, source, error: type) -> dict:
+    """A JSON object from text or UTF-8 bytes; anything else raises `error` naming `source`.
+    (json.loads also fails with RecursionError on deep nesting and ValueError on integers
+    of more than 4300 digits.)"""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as e:  # ValueError covers bad JSON and bad UTF-8
+        raise error(f"{source} is not valid JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(value, dict):
+        raise error(f"{source} is not a JSON object")
+    return value
+
+
+def read_json_object(path, error: type) -> dict:
+    """The JSON object in a file (params.json, config.json, tokenizer.json ...), or `error`."""
+    return parse_json_object(read_capped(path, MAX_JSON_BYTES, error), path, error)

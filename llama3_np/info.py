@@ -1,7 +1,7 @@
 """Parameter arithmetic: how many weights a ModelConfig implies, and what they weigh.
 
 Everything here follows from the config alone (the tensor shapes come from
-checkpoint.canonical_shapes), so it works for a params.json / config.json without
+schema.canonical_shapes), so it works for a params.json / config.json without
 any weights: Llama 3 8B has 8,030,261,248 parameters, Llama 3.2 1B 1,235,814,400.
 """
 
@@ -9,10 +9,11 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from .checkpoint import canonical_shapes, read_json_object
 from .config import ModelConfig, from_hf_config, from_meta_params
 from .errors import ConfigError
+from .files import read_json_object
 from .formats.convert import BYTES_PER_WEIGHT
+from .schema import canonical_shapes
 
 # Components in the order a forward pass meets them.
 COMPONENTS = ("embedding", "attention q", "attention k", "attention v", "attention o",

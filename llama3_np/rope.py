@@ -4,12 +4,15 @@ Each head vector is read as head_dim/2 complex numbers (adjacent real, imag pair
 Meta's layout); position p turns pair j by the angle p * freq_j.
 """
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from .config import RopeScaling
+if TYPE_CHECKING:  # only a type: config.py imports this module (for GGUF's rope scaling)
+    from .config import RopeScaling
 
 
-def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling = None) -> np.ndarray:
+def rope_frequencies(head_dim: int, theta: float, scaling: "RopeScaling" = None) -> np.ndarray:
     """The head_dim/2 rotation speeds, fastest first: theta ** (-2j / head_dim).
 
     The references compute this in float32 with a correctly rounded power; NumPy's
@@ -22,7 +25,7 @@ def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling = None) -
     return freqs if scaling is None else scale_frequencies(freqs, scaling)
 
 
-def scale_frequencies(freqs: np.ndarray, s: RopeScaling) -> np.ndarray:
+def scale_frequencies(freqs: np.ndarray, s: "RopeScaling") -> np.ndarray:
     """Llama 3.1: slow down frequencies whose wavelength exceeds the original context.
 
     wavelength < original/high_freq_factor -> unchanged (local detail);

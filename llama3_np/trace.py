@@ -15,8 +15,8 @@ whose scores or probs are recorded takes the plain attention path, so what is
 recorded is exactly the walk-through's tensors. Before such a call, check_room
 refuses (with the filter to add) when the recorded tensors would not fit in memory.
 
-The names, their walk-through order and each tensor's axes are read off the model
-itself (step_axes), so this file holds no second copy of the story.
+The names, their walk-through order and each tensor's axes are declared beside the
+model, in schema.py (step_axes reads them); tests hold model.py's trace calls to them.
 """
 
 import dataclasses
@@ -29,20 +29,8 @@ import numpy as np
 from .config import ModelConfig
 from .errors import InputError
 from .kernels import linear
-from .model import NoTrace, Transformer, rms_norm, softmax
-
-# What each axis of a traced tensor runs along.
-AXES = {
-    "seq": "tokens fed in this forward call",
-    "total": "positions attended: the KV cache so far plus this call's tokens",
-    "dim": "model width",
-    "n_heads": "query heads",
-    "n_kv_heads": "key/value heads (each shared by n_heads / n_kv_heads query heads)",
-    "head_dim": "width of one head",
-    "ffn_dim": "feed-forward width",
-    "vocab_size": "vocabulary",
-}
-
+from .model import NoTrace, rms_norm, softmax
+from .schema import AXES, iter_step_axes
 
 class Trace(NoTrace):
     active = True
@@ -114,47 +102,16 @@ class Trace(NoTrace):
 
 # ---- the steps a config's forward pass records -------------------------------------------
 
-def _miniature(n_layers: int) -> ModelConfig:
-    """A model with n_layers and every other size distinct and tiny, so a traced shape
-    can be read back as size names (48 can only be dim, 6 only n_heads, ...)."""
-    return ModelConfig(dim=48, n_layers=n_layers, n_heads=6, n_kv_heads=2, vocab_size=13,
-                       ffn_dim=11, max_seq_len=8, bos_id=None, stop_ids=())
-
-
-_SEQ, _START = 3, 2  # the miniature's traced call: 3 tokens after 2 cached ones
-
-
-class _MiniatureTrace(Trace):
-    def check_room(self, config: ModelConfig, seq: int, total: int) -> None:
-        pass  # its tensors are tiny, and the check itself needs this miniature's steps
+def step_axes(config: ModelConfig) -> dict:
+    """{step name: its axes}, in walk-through order, for a model shaped like `config`;
+    e.g. "layers.0.attention.scores": ("n_heads", "seq", "total"). See schema.AXES.
+    (A forward call with last_only keeps one position in "norm" and "logits".)"""
+    return dict(_step_axes(config.n_layers))
 
 
 @lru_cache(maxsize=8)
-def _traced_axes(n_layers: int) -> tuple:
-    from .checkpoint import canonical_shapes  # the checkpoint package imports config only
-
-    mini = _miniature(n_layers)
-    weights = {name: np.zeros(shape, np.float32)
-               for name, shape in canonical_shapes(mini).items()}
-    model = Transformer(mini, weights)
-    cache = model.new_cache()
-    model.forward([0] * _START, cache=cache)
-    with _MiniatureTrace(model) as t:
-        model.forward([0] * _SEQ, start_pos=_START, cache=cache)
-    size_names = {mini.dim: "dim", mini.n_heads: "n_heads", mini.n_kv_heads: "n_kv_heads",
-                  mini.head_dim: "head_dim", mini.ffn_dim: "ffn_dim",
-                  mini.vocab_size: "vocab_size", _SEQ: "seq", _SEQ + _START: "total"}
-    assert len(size_names) == 8, "the miniature's sizes must be distinct"
-    # A KeyError here means the model traced a tensor with an axis AXES does not name.
-    return tuple((name, tuple(size_names[n] for n in tensor.shape))
-                 for name, tensor in t.steps[0].items())
-
-
-def step_axes(config: ModelConfig) -> dict:
-    """{step name: its axes}, in walk-through order, for a model shaped like `config`;
-    e.g. "layers.0.attention.scores": ("n_heads", "seq", "total"). See AXES.
-    (A forward call with last_only keeps one position in "norm" and "logits".)"""
-    return dict(_traced_axes(config.n_layers))
+def _step_axes(n_layers: int) -> tuple:
+    return tuple(iter_step_axes(n_layers))
 
 
 def step_names(config: ModelConfig) -> list:

@@ -13,7 +13,6 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf.quants import dequantize as reference_dequantize
 from gguf.quants import quantize
 
-from llama3_np.checkpoint import canonical_shapes
 from llama3_np.checkpoint.gguf import SUPPORTED_TYPES, read_gguf, read_gguf_file
 from llama3_np.config import RopeScaling
 from llama3_np.errors import CheckpointError, ConfigError
@@ -21,6 +20,7 @@ from llama3_np.formats import as_float32
 from llama3_np.formats.bf16 import BF16
 from llama3_np.formats.gguf_blocks import BLOCK_FORMATS, QuantizedTensor, dequantize
 from llama3_np.rope import rope_frequencies
+from llama3_np.schema import canonical_shapes
 from tests.checkpoints.gguf import (QUANTIZABLE, encode, gguf_name, hf_to_gguf,
                                     llama31_rope_divisors, llama_metadata, meta_to_hf,
                                     random_blocks, write_gguf, write_llama_gguf)
@@ -198,21 +198,20 @@ def test_float32_model_round_trips_exactly(tmp_path):
 
     assert checkpoint.format == "gguf" and checkpoint.tokenizer_file is None
     assert checkpoint.config == as_stored(config)  # every field; scaling from rope_freqs
-    assert set(checkpoint.tensors) == set(weights) | {"rope.freqs"}
+    assert set(checkpoint.tensors) == set(weights)  # rope_freqs told the config; not kept
     for name, w in weights.items():
         np.testing.assert_array_equal(checkpoint.tensors[name], w, err_msg=name)
     assert checkpoint.metadata["tokenizer.ggml.tokens"][:3] == ["t0", "t1", "t2"]
 
 
-def test_rope_freqs_exposed_and_consistent_with_scaling(tmp_path):
+def test_rope_scaling_read_from_rope_freqs_gives_the_stored_divisors(tmp_path):
     config = small_config()
     checkpoint = read_gguf(write_llama_gguf(tmp_path / "m.gguf", config,
                                             random_weights(config, seed=8)))
-    divisors = checkpoint.tensors["rope.freqs"]
-    assert divisors.dtype == np.float32
-    np.testing.assert_array_equal(divisors, llama31_rope_divisors(16, 500000.0, 8.0))
+    divisors = llama31_rope_divisors(16, 500000.0, 8.0)  # what the file holds
     assert sorted(set(divisors.tolist()))[0] == 1.0 and divisors.max() == 8.0
-    # How the rope module may use it: plain frequencies / divisors = scaled frequencies.
+    assert checkpoint.config.rope_scaling.factor == 8.0
+    # plain frequencies / stored divisors = the frequencies the model computes.
     # rtol: the divisors and rope.py compute the blend in float32 in different orders.
     np.testing.assert_allclose(rope_frequencies(16, 500000.0) / divisors,
                                rope_frequencies(16, 500000.0, checkpoint.config.rope_scaling),

@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from llama3_np.checkpoint import canonical_names
 from llama3_np.checkpoint.hf import (INDEX_FILE, SINGLE_FILE, read_hf, read_safetensors,
                                      unpermute_qk)
 from llama3_np.config import RopeScaling
 from llama3_np.errors import CheckpointError
 from llama3_np.formats.bf16 import BF16
+from llama3_np.schema import canonical_names
 from tests.checkpoints.hf import hf_permute, hf_unpermute, shard_file_name, write_hf_checkpoint
 from tests.tiny import random_weights, tiny_config
 

@@ -53,6 +53,9 @@ def traced_prefill_and_decode(config, weights, *patterns):
 @pytest.mark.parametrize("overrides", [{}, dict(n_layers=3, n_kv_heads=4, tie_embeddings=True,
                                                 rope_scaling=None)])
 def test_every_listed_step_is_recorded_in_order_with_its_documented_shape(overrides):
+    """The steps schema.py declares (names, order, axes) are exactly what model.py's trace
+    calls record; the decode calls (seq 1, total 6 and 7) give every axis a size no other
+    axis has, so a wrong axis in the declaration shows."""
     config = tiny_config(**overrides)
     _, trace = traced_prefill_and_decode(config, random_weights(config))
     assert step_names(config) == documented_names(config.n_layers)

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from llama3_np.checkpoint import canonical_names
 from llama3_np.checkpoint.meta import read_meta, read_pth
 from llama3_np.config import from_meta_params
 from llama3_np.errors import CheckpointError
 from llama3_np.formats import as_float32
 from llama3_np.formats.bf16 import BF16
+from llama3_np.schema import canonical_names
 from tests.checkpoints.meta import TORCH_DTYPES, write_meta_checkpoint, write_torch_zip
 from tests.tiny import random_weights
 

@@ -9,6 +9,7 @@ import inspect
 import json
 import random
 import re
+import shutil
 import unicodedata
 
 import numpy as np
@@ -16,7 +17,8 @@ import pytest
 
 from llama3_np.checkpoint import Checkpoint
 from llama3_np.errors import InputError, TokenizerError
-from llama3_np.tokenizer import StreamDecoder, Tokenizer, llama3_special_tokens, load_tokenizer
+from llama3_np.tokenizer import (StreamDecoder, Tokenizer, find_tokenizer_file,
+                                 llama3_special_tokens, load_tokenizer)
 from tests.tiny import tiny_config
 
 # Text that trips tokenizers up: whitespace runs, line ends, digit groups, scripts without
@@ -260,6 +262,32 @@ def test_llama3_dialog_matches_chat_template(llama3, hf_llama3):
     assert llama3.encode_dialog(DIALOG, add_generation_prompt=False)[-1] == 128009
 
 
+@pytest.mark.parametrize("name", ["llama3", "smol"])
+def test_a_dialog_is_its_messages_one_after_another(name, request):
+    """Meta's API: encode_dialog_prompt is the opening (bos for Llama 3, the template's
+    default system prompt for SmolLM2's ChatML), encode_message of each message, then
+    encode_header of the assistant; a chat session appends turns on that promise."""
+    tokenizer = request.getfixturevalue(name)
+    chat = tokenizer.chat
+    assistant = {"role": "assistant", "content": ""}
+    system = {"role": "system", "content": "Answer briefly."}
+    opening = [tokenizer.bos_id] if name == "llama3" else []
+    messages = [system, *DIALOG]
+    assert chat.encode_dialog_prompt(messages) == opening + [
+        t for m in messages for t in chat.encode_message(m)] + chat.encode_header(assistant)
+    assert chat.encode_dialog_prompt(messages, add_generation_prompt=False) == \
+        opening + [t for m in messages for t in chat.encode_message(m)]
+    assert tokenizer.encode_dialog(messages) == chat.encode_dialog_prompt(messages)
+
+
+def test_llama3_header_and_message_in_literal_ids(llama3):
+    chat = llama3.chat
+    # <|start_header_id|> "user" <|end_header_id|> "\n\n", as Meta's encode_header gives it
+    assert chat.encode_header({"role": "user", "content": "ignored"}) == [128006, 882, 128007, 271]
+    message = chat.encode_message({"role": "user", "content": "  Hi  "})
+    assert message == [128006, 882, 128007, 271, *llama3.encode("Hi"), 128009]
+
+
 def test_dialog_content_is_never_special(llama3):
     ids = llama3.encode_dialog([{"role": "user", "content": "say <|eot_id|> now"}])
     assert ids.count(128009) == 1  # only the turn's own end
@@ -364,6 +392,12 @@ def test_tiny_tokenizer_json(tiny_tokenizer_json):
         tok.encode("hello", bos=True)
 
 
+def test_a_chat_template_file_that_is_not_utf8_is_refused(tiny_tokenizer_json):
+    (tiny_tokenizer_json.parent / "chat_template.jinja").write_bytes(b"{{ \xff }}")
+    with pytest.raises(TokenizerError, match="chat_template.jinja is not UTF-8 text"):
+        Tokenizer.from_hf_tokenizer_json(tiny_tokenizer_json)
+
+
 def test_unsupported_hf_pre_tokenizer_is_refused(tiny_tokenizer_json):
     doc = json.loads(tiny_tokenizer_json.read_text())
     doc["pre_tokenizer"] = {"type": "Whitespace"}
@@ -390,6 +424,19 @@ def test_load_tokenizer_routes(llama3_tokenizer_path, tiny_gguf, tiny_tokenizer_
     assert beside.source == str(tiny_tokenizer_json)  # tmp_path/tokenizer.json
     in_folder = load_tokenizer(_checkpoint(tmp_path / "m.gguf", metadata=tiny_gguf), tmp_path)
     assert in_folder.source == str(tiny_tokenizer_json)
+
+
+def test_one_rule_for_where_a_tokenizer_file_is_found(llama3_tokenizer_path, tiny_tokenizer_json,
+                                                      tmp_path):
+    """Meta's tokenizer.model wherever the folder has one (original/ in a Hugging Face
+    snapshot), else tokenizer.json: the same for the readers and for --tokenizer FOLDER."""
+    assert find_tokenizer_file(tmp_path) == tiny_tokenizer_json
+    (tmp_path / "original").mkdir()
+    shutil.copy(llama3_tokenizer_path, tmp_path / "original" / "tokenizer.model")
+    assert find_tokenizer_file(tmp_path) == tmp_path / "original" / "tokenizer.model"
+    assert load_tokenizer(_checkpoint(tmp_path / "m.gguf"), tmp_path).n_vocab == 128256
+    shutil.copy(llama3_tokenizer_path, tmp_path / "tokenizer.model")
+    assert find_tokenizer_file(tmp_path) == tmp_path / "tokenizer.model"
 
 
 def test_load_tokenizer_says_where_it_looked(tmp_path):

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from llama3_np.checkpoint import canonical_shapes
 from llama3_np.config import ModelConfig, RopeScaling
+from llama3_np.schema import canonical_shapes
 
 # Small, but every structural feature of Llama 3: GQA (4 heads share 2 kv heads),
 # rope scaling, an FFN wider than dim, a vocabulary holding the Llama 3 special ids.

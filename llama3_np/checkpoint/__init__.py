@@ -3,27 +3,23 @@
 A Checkpoint holds the ModelConfig and the weights under Meta's canonical names
 (`tok_embeddings.weight`, `layers.{i}.attention.wq.weight`, ..., `norm.weight`,
 `output.weight`) in Meta's layout: q and k rows in adjacent (real, imag) pairs.
-Tensors stay in storage precision (see llama3_np/storage.py); the loader decides
+Tensors stay in storage precision (see llama3_np/formats/); the loader decides
 what to keep in memory.
 """
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 from ..config import ModelConfig
 from ..errors import CheckpointError
-from ..files import read_capped
+from ..schema import iter_canonical_shapes
 
 # Limits of what a real file holds, checked before any arithmetic on what a file claims:
 # dimensions, strides and offsets are int64 in torch and ggml, and no weight has more
 # than a handful of axes (ggml allows 4).
 MAX_RANK = 8
 _SIZE_LIMIT = 1 << 63
-# A 405B model's index or a tokenizer.json is a few MB; a (sparse) file claiming more
-# must not be read into memory.
-MAX_JSON_BYTES = 64 << 20
 
 
 def is_size(value) -> bool:
@@ -39,45 +35,6 @@ class Checkpoint:
     format: str  # "meta", "hf" or "gguf"
     tokenizer_file: Optional[Path] = None  # tokenizer.model / tokenizer.json, if any
     metadata: dict = field(default_factory=dict)  # GGUF key/values (tokenizer lives here)
-
-
-def canonical_names(n_layers: int, tie_embeddings: bool = False) -> list:
-    """Every tensor a Llama 3 model needs, in Meta's names."""
-    names = ["tok_embeddings.weight", "norm.weight"]
-    if not tie_embeddings:
-        names.append("output.weight")
-    for i in range(n_layers):
-        p = f"layers.{i}."
-        names += [p + "attention_norm.weight", p + "ffn_norm.weight"]
-        names += [p + f"attention.{w}.weight" for w in ("wq", "wk", "wv", "wo")]
-        names += [p + f"feed_forward.{w}.weight" for w in ("w1", "w2", "w3")]
-    return names
-
-
-def iter_canonical_shapes(config: ModelConfig):
-    """(name, shape) of every canonical tensor, output.weight included, layer by layer
-    (row-major: out_features first). A generator, so a reader checking a file against
-    a corrupt layer count (10**9) stops at the first missing layer."""
-    c = config
-    q_out, kv_out = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
-    yield "tok_embeddings.weight", (c.vocab_size, c.dim)
-    yield "norm.weight", (c.dim,)
-    yield "output.weight", (c.vocab_size, c.dim)
-    per_layer = {
-        "attention_norm.weight": (c.dim,), "ffn_norm.weight": (c.dim,),
-        "attention.wq.weight": (q_out, c.dim), "attention.wk.weight": (kv_out, c.dim),
-        "attention.wv.weight": (kv_out, c.dim), "attention.wo.weight": (c.dim, q_out),
-        "feed_forward.w1.weight": (c.ffn_dim, c.dim), "feed_forward.w2.weight": (c.dim, c.ffn_dim),
-        "feed_forward.w3.weight": (c.ffn_dim, c.dim),
-    }
-    for i in range(c.n_layers):
-        for name, shape in per_layer.items():
-            yield f"layers.{i}.{name}", shape
-
-
-def canonical_shapes(config: ModelConfig) -> dict:
-    """The shape each canonical tensor must have (row-major: out_features first)."""
-    return dict(iter_canonical_shapes(config))
 
 
 def select_canonical(stored: dict, config: ModelConfig, source, *,
@@ -115,21 +72,3 @@ def select_canonical(stored: dict, config: ModelConfig, source, *,
     if config.tie_embeddings:
         tensors["output.weight"] = tensors["tok_embeddings.weight"]
     return tensors
-
-
-def parse_json_object(text, source, error: type) -> dict:
-    """A JSON object from text or UTF-8 bytes; anything else raises `error` naming `source`.
-    (json.loads also fails with RecursionError on deep nesting and ValueError on integers
-    of more than 4300 digits.)"""
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as e:  # ValueError covers bad JSON and bad UTF-8
-        raise error(f"{source} is not valid JSON ({type(e).__name__}: {e})") from None
-    if not isinstance(value, dict):
-        raise error(f"{source} is not a JSON object")
-    return value
-
-
-def read_json_object(path: Path, error: type) -> dict:
-    """The JSON object in a file (params.json, config.json, an index ...), or `error`."""
-    return parse_json_object(read_capped(path, MAX_JSON_BYTES, error), path, error)

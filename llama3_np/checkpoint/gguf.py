@@ -1,4 +1,4 @@
-"""GGUF v3 (and v2) reader: metadata, tensor table, llama.cpp names -> Meta's, ModelConfig.
+"""GGUF v3 (and v2) reader: metadata, tensor table, llama.cpp names -> Meta's.
 
 File layout, all little-endian (ggml's gguf.h):
 
@@ -24,14 +24,13 @@ as stored; tests/test_gguf_reader.py proves it on a file written that way.
 
 import math
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..config import ModelConfig, RopeScaling, config_value
-from ..errors import CheckpointError, ConfigError, clip
-from ..rope import rope_frequencies
+from ..config import from_gguf_metadata
+from ..errors import CheckpointError, clip
 from ..formats import as_float32
 from ..formats.bf16 import BF16
 from . import Checkpoint, is_size, select_canonical
@@ -313,100 +312,21 @@ def _check_architecture(metadata: dict, path: Path) -> None:
         raise CheckpointError(f"{path}: architecture '{arch}' is not supported (only 'llama')")
 
 
-def _field(metadata: dict, key: str, kind: type, path: Path, **default):
-    """A metadata value of the given type (an int is accepted where a float is wanted)."""
-    return config_value(metadata, key, kind, source=str(path), **default)
-
-
-def _rope_scaling(metadata: dict, divisors, config: ModelConfig, path: Path):
-    """Llama 3.1 scaling, from llama.cpp's rope_freqs tensor.
-
-    convert_hf_to_gguf.py does not write the scaling parameters; it writes the divisor
-    each frequency gets (1 for short wavelengths, `factor` for long ones, a blend in
-    between). The largest divisor is the factor; the other parameters are Llama 3's
-    (low 1, high 4, original context 8192 unless the file says otherwise), and the
-    divisors they imply must match the stored ones, or the file is refused."""
-    kind = _field(metadata, "llama.rope.scaling.type", str, path, default="none")
-    factor = _field(metadata, "llama.rope.scaling.factor", float, path, default=1.0)
-    if kind not in ("none", "linear") or (kind == "linear" and factor != 1.0):
-        raise ConfigError(f"{path}: rope scaling '{kind}' (factor {factor}) is not supported; "
-                          "only Llama 3.1's scaling (a rope_freqs tensor) or none")
-    if divisors is None:
-        return None
-    half = config.head_dim // 2
-    if divisors.shape != (half,):
-        raise ConfigError(f"{path}: rope_freqs has shape {divisors.shape}, expected ({half},) "
-                          f"for head size {config.head_dim}")
-    if np.all(divisors == 1):
-        return None
-    scaling = RopeScaling(
-        factor=float(divisors.max()),
-        original_context=_field(metadata, "llama.rope.scaling.original_context_length", int,
-                                path, default=8192))
-    plain = rope_frequencies(config.head_dim, config.rope_theta)
-    with np.errstate(all="ignore"):  # damaged divisors (inf, NaN) are refused just below
-        implied = plain / rope_frequencies(config.head_dim, config.rope_theta, scaling)
-    # rtol: the converter computes the blend in float32 in another order (a few ulp);
-    # any other factor or context moves some divisor by far more than 1e-4.
-    if not np.allclose(divisors, implied, rtol=1e-4, atol=0):
-        raise ConfigError(f"{path}: rope_freqs does not match Llama 3.1 scaling with factor "
-                          f"{scaling.factor}, low/high frequency factors 1/4 and original "
-                          f"context {scaling.original_context}")
-    return scaling
-
-
-def config_from_gguf(metadata: dict, tensors: dict, path: Path) -> ModelConfig:
-    """ModelConfig from llama.* and tokenizer.ggml.* metadata; tensors are under the file's
-    names (the embedding gives the vocabulary size when the metadata does not, rope_freqs
-    the rope scaling, a missing output.weight means tied embeddings)."""
-    _check_architecture(metadata, path)
-
-    def field(key, kind, **default):
-        return _field(metadata, key, kind, path, **default)
-
-    embedding = tensors.get(_TOP_NAMES["tok_embeddings.weight"])
-    vocab = field("llama.vocab_size", int, default=0) or \
-        len(field("tokenizer.ggml.tokens", list, default=[])) or \
-        (embedding.shape[0] if embedding is not None else 0)
-    stops = [field(f"tokenizer.ggml.{kind}_token_id", int, default=None)
-             for kind in ("eos", "eot", "eom")]
-    n_heads = field("llama.attention.head_count", int)
-    config = ModelConfig(
-        dim=field("llama.embedding_length", int),
-        n_layers=field("llama.block_count", int),
-        n_heads=n_heads,
-        n_kv_heads=field("llama.attention.head_count_kv", int, default=n_heads),
-        vocab_size=vocab,
-        ffn_dim=field("llama.feed_forward_length", int),
-        norm_eps=field("llama.attention.layer_norm_rms_epsilon", float, default=1e-5),
-        rope_theta=field("llama.rope.freq_base", float, default=10000.0),
-        tie_embeddings="output.weight" not in tensors,
-        max_seq_len=field("llama.context_length", int),
-        bos_id=field("tokenizer.ggml.bos_token_id", int, default=None),
-        stop_ids=tuple(dict.fromkeys(s for s in stops if s is not None)),  # unique, in order
-        head_dim=field("llama.attention.key_length", int, default=0),  # 0: dim / heads
-        source=str(path),
-    )
-    for key in ("llama.attention.value_length", "llama.rope.dimension_count"):
-        if field(key, int, default=config.head_dim) != config.head_dim:
-            raise ConfigError(f"{path}: {key} = {metadata[key]} differs from the head size "
-                              f"{config.head_dim} (not a Llama 3 model)")
-    divisors = tensors.get(ROPE_FREQS)
-    scaling = _rope_scaling(metadata, None if divisors is None else as_float32(divisors),
-                            config, path)
-    return replace(config, rope_scaling=scaling)
-
-
 def read_gguf(path: Path) -> Checkpoint:
     """A llama.cpp GGUF checkpoint as a Checkpoint: Meta's names and layout, storage precision.
-    Llama 3.1's rope_freqs tensor is kept as float32 "rope.freqs" (the scaling it implies
-    is in the config)."""
+    Llama 3.1's rope_freqs tensor only tells the config its rope scaling; the model
+    computes its frequencies from the config, so the tensor is not kept."""
     gguf = read_gguf_file(path)
-    config = config_from_gguf(gguf.metadata, gguf.tensors, gguf.path)
+    _check_architecture(gguf.metadata, gguf.path)
+    embedding = gguf.tensors.get(_TOP_NAMES["tok_embeddings.weight"])
+    divisors = gguf.tensors.get(ROPE_FREQS)
+    config = from_gguf_metadata(
+        gguf.metadata, str(gguf.path),
+        embedding_rows=0 if embedding is None else embedding.shape[0],
+        tie_embeddings=_TOP_NAMES["output.weight"] not in gguf.tensors,
+        rope_divisors=None if divisors is None else as_float32(divisors))
     tensors = select_canonical(gguf.tensors, config, gguf.path, stored_name=gguf_name,
                                ignore=lambda name: name == ROPE_FREQS,
                                config_name="its metadata")
-    if ROPE_FREQS in gguf.tensors:
-        tensors["rope.freqs"] = as_float32(gguf.tensors[ROPE_FREQS])
     return Checkpoint(config=config, tensors=tensors, path=gguf.path, format="gguf",
                       tokenizer_file=None, metadata=gguf.metadata)

@@ -11,16 +11,15 @@ import math
 import struct
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from ..config import ModelConfig, from_hf_config
 from ..errors import CheckpointError, ConfigError, excerpt
-from ..files import regular_file
+from ..files import parse_json_object, read_json_object, regular_file
 from ..formats.bf16 import BF16
-from . import (MAX_RANK, Checkpoint, is_size, parse_json_object, read_json_object,
-               select_canonical)
+from ..tokenizer.files import find_tokenizer_file
+from . import MAX_RANK, Checkpoint, is_size, select_canonical
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -200,14 +199,6 @@ def _undo_qk_permutation(tensors: dict, config: ModelConfig) -> None:
                 tensors[key] = unpermute_qk(tensor, n_heads)
 
 
-def _tokenizer_file(directory: Path) -> Optional[Path]:
-    """Meta's tiktoken file when the snapshot carries it, else HF's tokenizer.json."""
-    for candidate in (directory / "original" / "tokenizer.model", directory / "tokenizer.json"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def _differs_from_embedding(hf_tensors: dict) -> bool:
     """Whether a stored lm_head holds other values than the embedding (tied files
     normally store none; one that is a copy is tied all the same)."""
@@ -242,4 +233,4 @@ def read_hf(directory: Path) -> Checkpoint:
                                or name.endswith(_IGNORED_SUFFIXES))
     _undo_qk_permutation(tensors, config)
     return Checkpoint(config=config, tensors=tensors, path=directory, format="hf",
-                      tokenizer_file=_tokenizer_file(directory))
+                      tokenizer_file=find_tokenizer_file(directory))

@@ -25,9 +25,10 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..config import from_meta_params
 from ..errors import CheckpointError, ConfigError, clip, excerpt
-from ..files import regular_file
+from ..files import read_json_object, regular_file
 from ..formats.bf16 import BF16
-from . import MAX_RANK, Checkpoint, is_size, read_json_object, select_canonical
+from ..tokenizer.files import find_tokenizer_file
+from . import MAX_RANK, Checkpoint, is_size, select_canonical
 
 _SHARD_NAME = re.compile(r"consolidated\.(\d+)\.pth")
 
@@ -49,9 +50,8 @@ def read_meta(directory: Path) -> Checkpoint:
     where = shards[0][0] if len(shards) == 1 else f"{directory} ({len(shards)} shards)"
     tensors = select_canonical(_join_shards(shards, config.dim, directory), config, where,
                                ignore=lambda name: name == "rope.freqs")  # Llama 2 kept it
-    tokenizer = directory / "tokenizer.model"
     return Checkpoint(config=config, tensors=tensors, path=directory, format="meta",
-                      tokenizer_file=tokenizer if tokenizer.is_file() else None)
+                      tokenizer_file=find_tokenizer_file(directory))
 
 
 def read_pth(path: Path) -> dict:

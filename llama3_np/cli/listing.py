@@ -46,7 +46,7 @@ def run(args) -> int:
 def describe(path: Path) -> tuple:
     """(format, architecture) from a checkpoint's config or GGUF header; the format of a
     GGUF file names its most common matrix type, e.g. "gguf Q4_K"."""
-    from ..checkpoint import read_json_object
+    from ..files import read_json_object
     from ..checkpoint.detect import detect_format
     from ..errors import CheckpointError
 

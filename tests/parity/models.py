@@ -17,8 +17,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.initialization import no_init_weights
 
 import llama3_np
-from llama3_np.checkpoint import canonical_names
 from llama3_np.checkpoint.hf import hf_name
+from llama3_np.schema import canonical_names
 from tests.checkpoints.hf import hf_unpermute
 
 from .reference import MetaReference
