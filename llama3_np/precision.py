@@ -53,7 +53,7 @@ def weight_groups(tensors: dict, dtype, keep_quantized: bool) -> list:
     a tensor shared by two names (tied embeddings) counts once."""
     groups, seen = {}, set()
     for name, tensor in tensors.items():
-        if id(tensor) in seen or name == "rope.freqs":
+        if id(tensor) in seen:
             continue
         seen.add(id(tensor))
         form, size = memory_form(tensor, dtype, keep_quantized)
