@@ -27,9 +27,12 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 
 
 def silu(x: np.ndarray) -> np.ndarray:
-    """x * sigmoid(x); exp overflows to inf for x < -88, which correctly gives -0."""
+    """x * sigmoid(x) = x / (1 + e^-x); exp overflows to inf for x < -88, which correctly
+    gives -0. (In place: prefill's (seq, ffn_dim) temporaries are the largest here.)"""
     with np.errstate(over="ignore"):
-        return x / (np.float32(1) + np.exp(-x))
+        denominator = np.exp(-x)
+        denominator += np.float32(1)
+        return np.divide(x, denominator, out=denominator)
 
 
 def causal_mask(start_pos: int, seq: int) -> np.ndarray:
@@ -197,7 +200,7 @@ class Transformer:
         total = start_pos + seq  # positions attended: the cached ones and these
 
         q = group_queries(q, c.n_kv_heads)  # (n_kv_heads, n_rep * seq, head_dim)
-        if plain_attention_fits(c.n_heads, seq, total) or \
+        if plain_attention_fits(c.n_heads, c.n_kv_heads, c.head_dim, seq, total) or \
                 trace.wants(p + ".scores", p + ".masked_scores", p + ".probs"):
             keys, values = cache.read(i, 0, total)  # (n_kv_heads, total, head_dim)
             scores = (q @ keys.transpose(0, 2, 1)) / np.float32(np.sqrt(c.head_dim))

@@ -11,13 +11,15 @@ maximum, what was summed so far is rescaled by exp(old max - new max).
 
 import numpy as np
 
-# Scores computed at once, in float32 values (16 MiB): the plain path runs when all
-# of a call's scores fit, the tiled path takes key tiles of this size.
+# Float32 values computed at once (16 MiB): the plain path runs when all of a call's
+# scores and keys fit, the tiled path takes key tiles whose scores and keys fit. (A decode
+# step has few scores but reads every key: a bf16 cache is decoded tile by tile.)
 SCORES_BUDGET = 1 << 22
 
 
-def plain_attention_fits(n_heads: int, seq: int, total: int) -> bool:
-    return n_heads * seq * total <= SCORES_BUDGET
+def plain_attention_fits(n_heads: int, n_kv_heads: int, head_dim: int, seq: int,
+                         total: int) -> bool:
+    return max(n_heads * seq, n_kv_heads * head_dim) * total <= SCORES_BUDGET
 
 
 def tiled_attention(q: np.ndarray, cache, layer: int, start_pos: int, seq: int) -> np.ndarray:
@@ -30,7 +32,7 @@ def tiled_attention(q: np.ndarray, cache, layer: int, start_pos: int, seq: int) 
     n_kv_heads, n_rows, head_dim = q.shape
     total = start_pos + seq
     query_pos = start_pos + np.arange(n_rows) % seq  # (rows,)
-    tile = max(1, SCORES_BUDGET // n_rows)
+    tile = max(1, SCORES_BUDGET // max(n_rows, n_kv_heads * head_dim))  # keys a tile
     q = q * np.float32(1 / np.sqrt(head_dim))  # scaled once, not every score
 
     running_max = np.full((n_kv_heads, n_rows, 1), -np.inf, dtype=np.float32)

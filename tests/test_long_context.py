@@ -52,17 +52,22 @@ def filled_cache(config, total, kv_dtype="f32"):
 TILED_ATOL = 4e-6
 
 
-@pytest.mark.parametrize("seq, start_pos, budget", [
-    (37, 0, 6 * 37 * 5),  # prefill: tiles of 5 keys, the mask cuts through them
-    (9, 40, 6 * 9 * 7),  # a later chunk: tiles before it unmasked, the last ones masked
-    (1, 120, 6 * 1 * 16),  # one decode step over 121 positions, 8 tiles
+def tile_budget(config, seq: int, keys: int) -> int:
+    """The SCORES_BUDGET that makes tiled_attention take tiles of `keys` keys."""
+    return max(config.n_rep * seq, config.n_kv_heads * config.head_dim) * keys
+
+
+@pytest.mark.parametrize("seq, start_pos, keys", [
+    (37, 0, 5),  # prefill: tiles of 5 keys, the mask cuts through them
+    (9, 40, 7),  # a later chunk: tiles before it unmasked, the last ones masked
+    (1, 120, 16),  # one decode step over 121 positions, 8 tiles
     (20, 3, 1),  # one key per tile
 ])
-def test_tiled_attention_equals_the_plain_steps(monkeypatch, seq, start_pos, budget):
+def test_tiled_attention_equals_the_plain_steps(monkeypatch, seq, start_pos, keys):
     config = tiny_config(n_heads=6, n_kv_heads=2, dim=6 * 16)  # groups of 3 query heads
     cache = filled_cache(config, start_pos + seq)
     q = RNG.standard_normal((seq, config.n_heads, config.head_dim)).astype(np.float32)
-    monkeypatch.setattr(tiled_attention, "SCORES_BUDGET", budget)
+    monkeypatch.setattr(tiled_attention, "SCORES_BUDGET", tile_budget(config, seq, keys))
     tiled = ungroup_heads(tiled_attention.tiled_attention(
         group_queries(q, config.n_kv_heads), cache, 0, start_pos, seq), seq)
     keys, values = cache.read(0, 0, start_pos + seq)
@@ -77,7 +82,7 @@ def test_tiled_attention_can_tell_a_missing_mask(monkeypatch):
     cache = filled_cache(config, 30)
     q = RNG.standard_normal((30, config.n_heads, config.head_dim)).astype(np.float32)
     keys, values = cache.read(0, 0, 30)
-    monkeypatch.setattr(tiled_attention, "SCORES_BUDGET", 4 * 30 * 8)
+    monkeypatch.setattr(tiled_attention, "SCORES_BUDGET", tile_budget(config, 30, 8))
     tiled = ungroup_heads(tiled_attention.tiled_attention(
         group_queries(q, config.n_kv_heads), cache, 0, 0, 30), 30)
     assert np.abs(tiled - plain_attention(q, keys, values, 0)).max() < TILED_ATOL
@@ -85,10 +90,10 @@ def test_tiled_attention_can_tell_a_missing_mask(monkeypatch):
     assert np.abs(tiled - unmasked).max() > 1000 * TILED_ATOL
 
 
-def small_steps(monkeypatch, chunk=7, budget=4 * 7 * 11):
+def small_steps(monkeypatch):
     """Chunks of 7 tokens and key tiles of 11: every boundary is crossed many times."""
-    monkeypatch.setattr(model_module, "PREFILL_CHUNK", chunk)
-    monkeypatch.setattr(tiled_attention, "SCORES_BUDGET", budget)
+    monkeypatch.setattr(model_module, "PREFILL_CHUNK", 7)
+    monkeypatch.setattr(tiled_attention, "SCORES_BUDGET", tile_budget(tiny_config(), 7, 11))
 
 
 def test_chunked_prefill_with_tiled_attention_equals_one_plain_pass(monkeypatch):

@@ -4,8 +4,10 @@ import numpy as np
 
 
 def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
-    """bfloat16 is the top half of a float32: shift the 16 bits back into place."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+    """bfloat16 is the top half of a float32: shift the 16 bits back into place (widened
+    and shifted in one pass)."""
+    out = np.empty(bits.shape, dtype=np.uint32)
+    return np.left_shift(bits, 16, out=out, dtype=np.uint32).view(np.float32)
 
 
 def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
