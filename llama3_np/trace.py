@@ -1,7 +1,7 @@
 """Recording the forward pass's named intermediate tensors, for inspection.
 
-The model hands every step to `model.trace(name, tensor)`; normally that is a
-function that does nothing. A Trace, while active, records copies of the
+The model hands every step to `model.trace(name, tensor)`; normally that is
+model.NoTrace, which does nothing. A Trace, while active, records copies of the
 tensors whose names match its patterns, one dict per forward call:
 
     cache = transformer.new_cache()
@@ -31,6 +31,7 @@ from .errors import InputError
 from .kernels import linear
 from .model import NoTrace, rms_norm, softmax
 from .schema import AXES, iter_step_axes
+
 
 class Trace(NoTrace):
     active = True
