@@ -22,9 +22,9 @@ another stop id, e.g. <|end_of_text|>), so the conversation stays well-formed an
 nothing needs to be recomputed.
 
 The session owns its KV cache, so other uses of the model between turns (or other
-sessions on the same model) do not disturb it. A turn that
-no longer fits the context window is refused (InputError) unless drop_oldest asks
-to forget the oldest exchanges, after which the kept history is re-encoded.
+sessions on the same model) do not disturb it. A turn that no longer fits the context
+window is refused (InputError) unless drop_oldest asks to forget the oldest
+exchanges, after which the kept history is re-encoded.
 """
 
 from .errors import InputError, TokenizerError

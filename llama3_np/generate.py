@@ -1,4 +1,4 @@
-"""Generation: prefill the prompt in one pass, then decode one token per step."""
+"""Generation: prefill the prompt (in chunks, see model.py), then decode one token per step."""
 
 import time
 from dataclasses import dataclass

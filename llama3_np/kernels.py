@@ -92,6 +92,8 @@ def linear(x: np.ndarray, w) -> np.ndarray:
         return x @ w.T
     rows = x.reshape(-1, n_in)
     kernels = _numba_kernels() if active_backend() == "numba" else None
+    if kernels is not None and _numba_threads is not None:
+        kernels.set_threads(_numba_threads)  # numba counts threads per calling thread
     fused = fused_matmul(w, kernels) if len(rows) <= _FUSED_MAX_ROWS else None
     if fused is not None:
         out = np.empty((len(rows), n_out), dtype=np.float32)

@@ -69,16 +69,17 @@ class KVCache:
         except MemoryError:
             raise InputError(self._too_big(capacity, new_bytes, room)) from None
         for new, old in zip(grown, self.keys + self.values):
-            new[:, :self.length] = old[:, :self.length]
+            new[:, :old.shape[1]] = old  # all of it: a call may have stored past `length`
         self.keys, self.values = grown[:c.n_layers], grown[c.n_layers:]
 
     def _too_big(self, capacity: int, needed: int, room) -> str:
-        others = [f"--kv-dtype {d} ({human_size(capacity * kv_bytes_per_position(self.config, d))})"
-                  for d in KV_DTYPES if d != self.kv_dtype]
+        sizes = {d: capacity * kv_bytes_per_position(self.config, d) for d in KV_DTYPES}
+        fitting = [f"--kv-dtype {d} ({human_size(size)})" for d, size in sizes.items()
+                   if d != self.kv_dtype and size < needed and (room is None or size <= room)]
         available = "less is" if room is None else f"only {human_size(room)} is"
         return (f"the KV cache for {capacity} positions needs {human_size(needed)} in "
                 f"{self.kv_dtype}, but {available} available; use a shorter prompt or "
-                f"--max-tokens, or " + " or ".join(others))
+                "--max-tokens" + "".join(f", or {f}" for f in fitting))
 
     def store(self, layer: int, start: int, k: np.ndarray, v: np.ndarray) -> None:
         """Write k, v (seq, n_kv_heads, head_dim) at positions start, start + 1, ..."""

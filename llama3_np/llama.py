@@ -50,11 +50,11 @@ class Llama:
         """An empty KV cache for one sequence (room grows as it is used)."""
         return self.model.new_cache(self.kv_dtype, capacity)
 
-    def forward(self, tokens, start_pos: int = 0, last_only: bool = False,
+    def forward(self, tokens, start_pos: int = None, last_only: bool = False,
                 cache: KVCache = None) -> np.ndarray:
-        """float32 logits (seq, vocab). Positions before start_pos come from `cache`
-        (model.new_cache()), which also keeps this call's; without one, `tokens` is a
-        whole sequence."""
+        """float32 logits (seq, vocab). Positions before start_pos (default: all the cache
+        holds) come from `cache` (model.new_cache()), which also keeps this call's;
+        without one, `tokens` is a whole sequence."""
         return self.model.forward(tokens, start_pos, last_only, cache)
 
     def trace(self, *patterns: str) -> Trace:
@@ -90,7 +90,8 @@ class Llama:
 
         `prompt` is text (encoded with the beginning-of-text token) or token ids;
         options: temperature, top_k, top_p, seed, stop_ids, stats, and cache with
-        start_pos to continue a sequence (by default a new cache, from position 0)."""
+        start_pos to continue a sequence (a new cache by default; start_pos defaults to
+        where the cache ends)."""
         for _, text in self._generate(prompt, max_tokens, **options):
             if text:
                 yield text
@@ -105,17 +106,18 @@ class Llama:
         return Completion("".join(pieces), tokens, stats)
 
     def _generate(self, prompt, max_tokens: int, temperature: float = 0.0, top_k: int = 0,
-                  top_p: float = 1.0, seed=None, stop_ids=None, start_pos: int = 0,
+                  top_p: float = 1.0, seed=None, stop_ids=None, start_pos: int = None,
                   stats: GenerationStats = None, cache: KVCache = None):
         """(token, text) pairs; text holds only complete UTF-8 characters, and a final
         (None, rest) pair flushes whatever an unfinished character left over."""
         tokens = self.encode_prompt(prompt)
         check_max_tokens(max_tokens)
+        cache = self.new_cache() if cache is None else cache
+        start_pos = cache.length if start_pos is None else start_pos
         room = self.context_room(len(tokens), start_pos)
         sampler = Sampler(temperature, top_k, top_p, seed)
         stops = self.config.stop_ids if stop_ids is None else stop_ids
         decoder = StreamDecoder(self.tokenizer)
-        cache = self.new_cache() if cache is None else cache
         for token in generate_tokens(self.model, tokens, sampler, min(max_tokens, room),
                                      stops, cache, start_pos, stats):
             yield token, decoder.push(token)

@@ -5,10 +5,12 @@
            -> residual -> RMSNorm -> SwiGLU -> residual ] x n_layers
            -> RMSNorm -> output projection -> logits
 
-Every matmul goes through kernels.linear (the one place precision and backend are
-decided); every named step is handed to `self.trace`, which does nothing unless an
-inspection is running (see trace.py).
+Every weight matmul goes through kernels.linear (the one place precision and backend
+are decided); every named step is handed to `self.trace`, which does nothing unless an
+inspection is running in this thread (see trace.py).
 """
+
+import threading
 
 import numpy as np
 
@@ -93,37 +95,50 @@ def ungroup_heads(out: np.ndarray, seq: int) -> np.ndarray:
 
 
 class Transformer:
-    """The weights and the forward pass; the KV cache belongs to the caller."""
+    """The weights and the forward pass; the KV cache belongs to the caller, so threads
+    may share one Transformer (each with its own trace hook, too)."""
 
     def __init__(self, config: ModelConfig, weights: dict):
         self.config = config
         self.weights = weights
         self.rotary = RotaryTable(
-            rope_frequencies(config.head_dim, config.rope_theta, config.rope_scaling))
-        self.trace = NO_TRACE
+            rope_frequencies(config.head_dim, config.rope_theta, config.rope_scaling),
+            config.max_seq_len)
+        self._per_thread = threading.local()
+
+    @property
+    def trace(self):
+        """This thread's trace hook (NO_TRACE unless a trace.Trace is active in it)."""
+        return getattr(self._per_thread, "trace", NO_TRACE)
+
+    @trace.setter
+    def trace(self, hook) -> None:
+        self._per_thread.trace = hook
 
     def new_cache(self, kv_dtype: str = "f32", capacity: int = 0) -> KVCache:
         return KVCache(self.config, kv_dtype, capacity)
 
-    def forward(self, tokens, start_pos: int = 0, last_only: bool = False,
+    def forward(self, tokens, start_pos: int = None, last_only: bool = False,
                 cache: KVCache = None) -> np.ndarray:
         """Logits (seq, vocab) for `tokens` placed at positions start_pos.. .
 
         `cache` holds the keys and values of the positions before start_pos and takes
         this call's: a prompt is prefilled in one call, then each generated token is fed
-        in its own call with the same cache. Without a cache the tokens are a whole
-        sequence (start_pos 0). With last_only, only the last position's logits are
+        in its own call with the same cache. start_pos defaults to where the cache ends
+        (a smaller one rewinds: later positions are overwritten). Without a cache the
+        tokens are a whole sequence. With last_only, only the last position's logits are
         computed (all that sampling needs)."""
         chunks = list(self.forward_chunks(tokens, start_pos, cache, last_only))
         return chunks[-1] if last_only else np.concatenate(chunks)
 
-    def forward_chunks(self, tokens, start_pos: int = 0, cache: KVCache = None,
+    def forward_chunks(self, tokens, start_pos: int = None, cache: KVCache = None,
                        last_only: bool = False):
         """forward(), one chunk of PREFILL_CHUNK tokens at a time, yielding each chunk's
         logits (with last_only: only the last chunk's last row), so neither activations
         nor logits grow with the prompt. A trace sees the whole call as one chunk."""
-        tokens = np.asarray(tokens, dtype=np.int64)
+        tokens = self.checked_tokens(tokens)
         cache = self.checked_cache(cache, start_pos, len(tokens))
+        start_pos = cache.length if start_pos is None else start_pos
         self.trace.check_room(self.config, len(tokens), start_pos + len(tokens))
         step = len(tokens) if self.trace.active else PREFILL_CHUNK
         for begin in range(0, len(tokens), step):
@@ -156,21 +171,42 @@ class Transformer:
         cache.length = start_pos + len(tokens)
         return x
 
-    def checked_cache(self, cache, start_pos: int, n_tokens: int) -> KVCache:
-        """`cache`, or a new one for a whole sequence, with room for this call's tokens."""
-        if n_tokens == 0:
+    def checked_tokens(self, tokens) -> np.ndarray:
+        """Token ids as a 1-D int64 array, each inside the vocabulary (a negative id would
+        silently read the embedding from the end)."""
+        ids = np.asarray(tokens)
+        if ids.ndim != 1 or not (ids.size == 0 or np.issubdtype(ids.dtype, np.integer)):
+            raise InputError(f"forward() wants a list of token ids, got an array of shape "
+                             f"{ids.shape} and dtype {ids.dtype}")
+        if ids.size == 0:
             raise InputError("forward() needs at least one token")
+        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
+            bad = ids[(ids < 0) | (ids >= self.config.vocab_size)][0]
+            raise InputError(f"token id {bad} is outside the vocabulary "
+                             f"(size {self.config.vocab_size})")
+        return ids.astype(np.int64, copy=False)
+
+    def checked_cache(self, cache, start_pos, n_tokens: int) -> KVCache:
+        """`cache`, or a new one for a whole sequence, with room for this call's tokens."""
         if cache is None:
-            if start_pos != 0:
+            if start_pos not in (None, 0):
                 raise InputError(f"start_pos {start_pos} needs the KV cache that holds the "
                                  "positions before it: pass cache=")
             cache = self.new_cache(capacity=n_tokens)
+        c, theirs = self.config, cache.config
+        if (theirs.n_layers, theirs.n_kv_heads, theirs.head_dim) != \
+                (c.n_layers, c.n_kv_heads, c.head_dim):
+            raise InputError(f"this KV cache belongs to a model of another shape "
+                             f"({theirs.n_layers} layers, {theirs.n_kv_heads} kv heads of "
+                             f"{theirs.head_dim}; this model: {c.n_layers}, {c.n_kv_heads} "
+                             f"of {c.head_dim})")
+        start_pos = cache.length if start_pos is None else start_pos
         if not 0 <= start_pos <= cache.length:
             raise InputError(f"start_pos {start_pos} leaves a gap: the cache holds "
                              f"{cache.length} positions")
-        if start_pos + n_tokens > self.config.max_seq_len:
+        if start_pos + n_tokens > c.max_seq_len:
             raise InputError(f"{start_pos + n_tokens} positions exceed the context window "
-                             f"of {self.config.max_seq_len} tokens")
+                             f"of {c.max_seq_len} tokens")
         cache.reserve(start_pos + n_tokens)
         return cache
 

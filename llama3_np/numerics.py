@@ -1,10 +1,11 @@
 """Non-finite logits are refused, not sampled: a checkpoint with one Inf or a NaN gives
 NaN logits, and then token 0 forever, no tokens at all, or `perplexity nan`.
 
-Every forward call whose logits are consumed goes through checked_forward: one pass
-over the logits (microseconds against a forward pass). Only when it finds NaN or inf is
-the same call run again under a trace hook, to name the first step of the walk-through
-where a non-finite value appears.
+Every forward call whose logits are sampled or scored goes through checked_forward (or
+check_finite, for perplexity's chunks): one pass over the logits (microseconds against
+a forward pass). Only when it finds NaN or inf is the same call run again under a trace
+hook, to name the first step of the walk-through where a non-finite value appears.
+(inspect shows the logits as they are: NaN there is information.)
 """
 
 import numpy as np
@@ -68,5 +69,5 @@ def first_non_finite_step(model, tokens, start_pos: int = 0, **options):
     positions with the same values."""
     transformer = getattr(model, "model", model)  # a Llama's Transformer, or itself
     with _FirstNonFinite(transformer) as finder, np.errstate(all="ignore"):
-        transformer.forward(tokens, start_pos, **options)
-    return finder.first
+        for _ in transformer.forward_chunks(tokens, start_pos, **options):
+            pass  # chunk by chunk: a long window's logits are never all held at once

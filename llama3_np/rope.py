@@ -43,17 +43,21 @@ def scale_frequencies(freqs: np.ndarray, s: "RopeScaling") -> np.ndarray:
 
 
 class RotaryTable:
-    """Unit complex numbers e^(i * position * freq), computed once and grown on demand."""
+    """Unit complex numbers e^(i * position * freq), computed once and grown on demand
+    (doubling, up to max_positions when given: the context window)."""
 
-    def __init__(self, freqs: np.ndarray):
-        self.freqs = freqs
+    def __init__(self, freqs: np.ndarray, max_positions: int = None):
+        self.freqs, self.max_positions = freqs, max_positions
         self.table = np.empty((0, len(freqs)), dtype=np.complex64)
 
     def rotations(self, start: int, length: int) -> np.ndarray:
         """(length, head_dim/2) rotations for positions start .. start+length-1."""
         end, table = start + length, self.table  # one read: other threads may grow it
         if end > len(table):
-            positions = np.arange(max(end, 2 * len(table)), dtype=np.float32)
+            size = max(end, 2 * len(table))
+            if self.max_positions is not None:
+                size = max(end, min(size, self.max_positions))
+            positions = np.arange(size, dtype=np.float32)
             angles = np.outer(positions, self.freqs)  # float32, as the references compute it
             # cos and sin in float64, rounded once: float32 SIMD versions differ by CPU.
             angles = angles.astype(np.float64)

@@ -31,11 +31,13 @@ class Sampler:
 
     def __init__(self, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  seed=None):
-        if not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) \
+                or not 0 <= temperature < math.inf:
             raise InputError(f"temperature must be a finite number >= 0, got {temperature!r}")
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
             raise InputError(f"top-k must be an integer >= 0 (0 = off), got {top_k!r}")
-        if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float, np.floating)) \
+                or not 0 < top_p <= 1:
             raise InputError(f"top-p must be in (0, 1], got {top_p!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
                                  or seed < 0):

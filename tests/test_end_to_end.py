@@ -106,7 +106,7 @@ def test_a_kv_cache_that_cannot_fit_is_refused_before_anything_is_printed(
     from llama3_np.cli import main
 
     # 2 layers x (keys, values) x 2 kv heads x 16 x 4 bytes: 512 bytes a position.
-    monkeypatch.setattr("llama3_np.kv_cache.available_bytes", lambda: 4096)
+    monkeypatch.setattr("llama3_np.kv_cache.available_bytes", lambda: 8192)
     code = main(["--model", str(checkpoints["meta"]), "--max-tokens", "20", PROMPT])
     out, err = capsys.readouterr()
     assert code == 1 and out == ""

@@ -3,6 +3,7 @@ the KV cache belongs to its caller (several sequences, and threads, on one model
 the bf16 cache's error; memory refusals that name their cause."""
 
 import subprocess
+import threading
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -195,13 +196,21 @@ def test_a_bf16_cache_halves_the_bytes_within_a_documented_error():
 def test_a_cache_that_cannot_fit_is_refused_with_advice(monkeypatch):
     config = tiny_config(max_seq_len=100000)
     model = Transformer(config, random_weights(config))
-    monkeypatch.setattr(kv_cache, "available_bytes", lambda: 1 << 20)  # 1 MiB free
-    cache = model.new_cache()
     # 2 layers x (keys, values) x 2 kv heads x 16 x 4 bytes = 512 bytes a position
+    monkeypatch.setattr(kv_cache, "available_bytes", lambda: 20 << 20)  # 20 MiB free
+    cache = model.new_cache()
     with pytest.raises(InputError, match=r"KV cache for 60000 positions needs 29\.3 MiB in "
-                                         r"f32.*--kv-dtype bf16 \(14\.6 MiB\)"):
+                                         r"f32.*--max-tokens, or --kv-dtype bf16 \(14\.6 MiB\)$"):
         cache.reserve(60000)
     assert cache.capacity == 0  # nothing was allocated
+    # The advice names only what fits: at 10 MiB free, bf16 does not either.
+    monkeypatch.setattr(kv_cache, "available_bytes", lambda: 10 << 20)
+    with pytest.raises(InputError, match=r"shorter prompt or --max-tokens$"):
+        cache.reserve(60000)
+    # and never a bigger dtype than the one that does not fit
+    bf16 = model.new_cache("bf16")
+    with pytest.raises(InputError, match=r"14\.6 MiB in bf16.*--max-tokens$"):
+        bf16.reserve(60000)
 
 
 def test_a_trace_too_big_to_record_names_the_filter(monkeypatch):
@@ -239,3 +248,78 @@ def test_an_8192_token_prompt_runs_in_bounded_memory():
                                "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "True"
+
+
+def test_a_trace_sees_only_its_own_threads_calls():
+    config = tiny_config()
+    model = Transformer(config, random_weights(config))
+    entered, release = threading.Event(), threading.Event()
+
+    def traced():
+        with Trace(model, "logits") as t:
+            entered.set()
+            release.wait(10)
+            model.forward(TOKENS[:3])
+        return t
+
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(traced)
+        entered.wait(10)
+        model.forward(TOKENS[:7])  # this thread, while the other one traces
+        release.set()
+        t = future.result()
+    assert [len(step["tokens"]) for step in t.steps] == [3]
+    assert model.trace is model_module.NO_TRACE  # and nothing is left behind
+
+
+def test_a_cache_continues_where_it_ends_unless_told_otherwise():
+    config = tiny_config()
+    model = Transformer(config, random_weights(config))
+    whole = model.forward(TOKENS[:9])
+    cache = model.new_cache()
+    model.forward(TOKENS[:5], cache=cache)
+    np.testing.assert_allclose(model.forward(TOKENS[5:9], cache=cache), whole[5:],
+                               rtol=0, atol=1e-5 * np.abs(whole).max())
+    # An explicit start_pos rewinds: positions 5.. are overwritten.
+    np.testing.assert_allclose(model.forward(TOKENS[5:9], 5, cache=cache), whole[5:],
+                               rtol=0, atol=1e-5 * np.abs(whole).max())
+    assert cache.length == 9
+
+
+@pytest.mark.parametrize("tokens, message", [
+    ([-1], "token id -1 is outside the vocabulary"),
+    ([128256], "token id 128256 is outside the vocabulary"),
+    ([2.9], "a list of token ids"),
+    ([[1, 2]], "a list of token ids"),
+    ([], "at least one token"),
+])
+def test_bad_token_ids_are_refused(tokens, message):
+    config = tiny_config()
+    with pytest.raises(InputError, match=message):
+        Transformer(config, random_weights(config)).forward(tokens)
+
+
+def test_a_cache_of_another_model_is_refused():
+    config = tiny_config()
+    model = Transformer(config, random_weights(config))
+    with pytest.raises(InputError, match="belongs to a model of another shape"):
+        model.forward([1, 2], cache=KVCache(tiny_config(n_layers=3)))
+
+
+def test_growing_the_cache_keeps_every_stored_row():
+    config = tiny_config()
+    cache = KVCache(config, capacity=2)
+    k = np.ones((2, config.n_kv_heads, config.head_dim), np.float32)
+    cache.store(0, 0, k, k)  # layer 0 writes positions 0, 1 ...
+    cache.store(1, 0, k, k)
+    cache.store(0, 2, 2 * k, 2 * k)  # ... then a later call grows the cache
+    assert (cache.read(1, 0, 2)[0] == 1).all() and (cache.read(0, 2, 4)[0] == 2).all()
+
+
+def test_the_rotation_table_stops_at_the_context_window():
+    from llama3_np.rope import RotaryTable, rope_frequencies
+
+    table = RotaryTable(rope_frequencies(16, 10000.0), max_positions=300)
+    table.rotations(0, 200)
+    table.rotations(200, 100)
+    assert len(table.table) == 300

@@ -23,7 +23,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=None, metavar="NAME", help=MODEL_HELP)
     group.add_argument("--tokenizer", type=Path, default=None, metavar="FILE",
-                       help="tokenizer.model to use instead of the one found with the model")
+                       help="a tokenizer (tokenizer.model, tokenizer.json, or a folder with "
+                            "one) to use instead of the one found with the model")
     group.add_argument("--dtype", choices=("f32", "bf16", "q8"), default=None,
                        metavar="{f32,bf16,q8}", help=DTYPE_HELP)
     group.add_argument("--kv-dtype", choices=("f32", "bf16"), default="f32",
