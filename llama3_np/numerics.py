@@ -71,3 +71,4 @@ def first_non_finite_step(model, tokens, start_pos: int = 0, **options):
     with _FirstNonFinite(transformer) as finder, np.errstate(all="ignore"):
         for _ in transformer.forward_chunks(tokens, start_pos, **options):
             pass  # chunk by chunk: a long window's logits are never all held at once
+    return finder.first
