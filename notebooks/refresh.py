@@ -18,7 +18,7 @@ SETTINGS = ("LLAMA3_NP_MODEL", "LLAMA3_NP_DTYPE")  # the notebook's own choices
 
 def execute(path=WALKTHROUGH, model=None, dtype=None, timeout=300):
     """The notebook at `path`, executed in a fresh kernel of this Python on `model` (None:
-    the demo model) with weights kept in `dtype` (None: f32); raises nbclient's
+    the demo model) with weights kept in `dtype` (None: the library's default); raises nbclient's
     CellExecutionError at the first failing cell."""
     import nbformat
     from nbclient import NotebookClient
