@@ -59,6 +59,14 @@ def usable_threads(n: int) -> int:
 CPU_MAX = "/sys/fs/cgroup{}/cpu.max"  # cgroup v2: "<quota> <period>" or "max <period>"
 
 
+def compute_threads() -> int:
+    """The threads NumPy-side work may use: what configure_threads gave BLAS, or else the
+    cores available."""
+    asked = os.environ.get("OMP_NUM_THREADS", "")
+    return min(int(asked), available_cores()) if asked.isdigit() and int(asked) > 0 \
+        else available_cores()
+
+
 def available_cores() -> int:
     """CPUs this process may use: its affinity mask, or fewer where its cgroup's CPU quota
     (a container's --cpus) allows fewer, as the memory check reads its memory limit."""

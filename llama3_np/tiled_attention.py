@@ -9,7 +9,11 @@ values (the "online softmax" of FlashAttention). When a later tile raises the
 maximum, what was summed so far is rescaled by exp(old max - new max).
 """
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+
+from .threads import compute_threads
 
 # Float32 values computed at once (16 MiB): the plain path runs when all of a call's
 # scores and keys fit, the tiled path takes key tiles whose scores and keys fit. (A decode
@@ -37,6 +41,7 @@ def tiled_attention(q: np.ndarray, cache, layer: int, start_pos: int, seq: int) 
 
     running_max = np.full((n_kv_heads, n_rows, 1), -np.inf, dtype=np.float32)
     running_sum = np.zeros((n_kv_heads, n_rows, 1), dtype=np.float32)
+    rescale = np.empty((n_rows, 1), dtype=np.float32)
     out = np.zeros(q.shape, dtype=np.float32)
     for begin in range(0, total, tile):
         end = min(total, begin + tile)
@@ -47,11 +52,42 @@ def tiled_attention(q: np.ndarray, cache, layer: int, start_pos: int, seq: int) 
             scores = q[g] @ keys[g].T  # (rows, end - begin)
             if ahead is not None:
                 scores[ahead] = -np.inf
-            # Every row sees key 0 in the first tile, so its maximum is finite from then on.
-            new_max = np.maximum(running_max[g], scores.max(axis=-1, keepdims=True))
-            rescale = np.exp(running_max[g] - new_max)  # 0 on the first tile
-            weights = np.exp(np.subtract(scores, new_max, out=scores), out=scores)
-            running_sum[g] = running_sum[g] * rescale + weights.sum(axis=-1, keepdims=True)
-            out[g] = out[g] * rescale + weights @ values[g]
-            running_max[g] = new_max
+            _by_rows(_online_softmax, scores, running_max[g], running_sum[g], rescale)
+            out[g] = out[g] * rescale + scores @ values[g]  # scores now hold the weights
     return out / running_sum
+
+
+def _online_softmax(scores, running_max, running_sum, rescale) -> None:
+    """One tile's step for a block of rows, in place: scores become exp(score - new max),
+    the running sum takes their sum, rescale gets exp(old max - new max) for the values
+    summed so far. Every row sees key 0 in the first tile, so its maximum is finite from
+    then on (and rescale is 0 on the first tile)."""
+    new_max = np.maximum(running_max, scores.max(axis=-1, keepdims=True))
+    np.exp(running_max - new_max, out=rescale)
+    np.exp(np.subtract(scores, new_max, out=scores), out=scores)
+    running_sum *= rescale
+    running_sum += scores.sum(axis=-1, keepdims=True)
+    running_max[...] = new_max
+
+
+# Rows per block below which splitting a tile's softmax over threads costs more than it
+# saves.
+_MIN_ROWS_A_THREAD = 256
+_pool = {}  # "executor": the softmax threads, made on first use
+
+
+def _by_rows(step, *arrays) -> None:
+    """step(*arrays) over blocks of rows, one block a thread: NumPy runs the elementwise
+    passes on one core and releases the GIL, while BLAS's matmuls around them use every
+    core. Each row's arithmetic is the same whichever thread does it."""
+    n_rows = len(arrays[0])
+    workers = min(compute_threads(), n_rows // _MIN_ROWS_A_THREAD)
+    if workers < 2:
+        step(*arrays)
+        return
+    if _pool.get("workers") != workers:
+        _pool["executor"], _pool["workers"] = ThreadPoolExecutor(workers), workers
+    bounds = np.linspace(0, n_rows, workers + 1).astype(int)
+    blocks = [[a[lo:hi] for a in arrays] for lo, hi in zip(bounds, bounds[1:])]
+    for done in [_pool["executor"].submit(step, *block) for block in blocks]:
+        done.result()

@@ -91,6 +91,18 @@ def test_tiled_attention_can_tell_a_missing_mask(monkeypatch):
     assert np.abs(tiled - unmasked).max() > 1000 * TILED_ATOL
 
 
+def test_softmax_rows_split_over_threads_give_the_same_bits(monkeypatch):
+    config = tiny_config(n_heads=6, n_kv_heads=2, dim=6 * 16)
+    cache = filled_cache(config, 40)
+    q = group_queries(RNG.standard_normal((37, 6, 16)).astype(np.float32), 2)
+    monkeypatch.setattr(tiled_attention, "SCORES_BUDGET", tile_budget(config, 37, 5))
+    alone = tiled_attention.tiled_attention(q, cache, 0, 3, 37)
+    monkeypatch.setattr(tiled_attention, "_MIN_ROWS_A_THREAD", 4)
+    for workers in (2, 3):
+        monkeypatch.setattr(tiled_attention, "compute_threads", lambda: workers)
+        np.testing.assert_array_equal(tiled_attention.tiled_attention(q, cache, 0, 3, 37), alone)
+
+
 def small_steps(monkeypatch):
     """Chunks of 7 tokens and key tiles of 11: every boundary is crossed many times."""
     monkeypatch.setattr(model_module, "PREFILL_CHUNK", 7)
