@@ -44,6 +44,12 @@ class GenerationStats:
                 f"decode {self.decode_tps:.1f} tok/s")
 
 
+def reserve_room(cache: KVCache, start_pos: int, n_prompt: int, max_tokens: int) -> None:
+    """Reserve `cache` for every position a generation may fill: the prompt and every
+    generated token but the last, which is sampled and never fed."""
+    cache.reserve(min(start_pos + n_prompt + max_tokens - 1, cache.config.max_seq_len))
+
+
 def generate_tokens(model: Transformer, prompt: list, sampler: Sampler, max_tokens: int,
                     stop_ids, cache: KVCache, start_pos: int = 0,
                     stats: GenerationStats = None):
@@ -56,7 +62,7 @@ def generate_tokens(model: Transformer, prompt: list, sampler: Sampler, max_toke
     stats = stats if stats is not None else GenerationStats()
     stats.prompt_tokens = len(prompt)
     stop_ids = set(stop_ids)
-    cache.reserve(min(start_pos + len(prompt) + max_tokens - 1, model.config.max_seq_len))
+    reserve_room(cache, start_pos, len(prompt), max_tokens)
     t0 = time.perf_counter()
     logits = checked_forward(model, prompt, start_pos, last_only=True, cache=cache)
     stats.prefill_seconds = time.perf_counter() - t0

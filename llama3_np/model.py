@@ -137,8 +137,7 @@ class Transformer:
         logits (with last_only: only the last chunk's last row), so neither activations
         nor logits grow with the prompt. A trace sees the whole call as one chunk."""
         tokens = self.checked_tokens(tokens)
-        cache = self.checked_cache(cache, start_pos, len(tokens))
-        start_pos = cache.length if start_pos is None else start_pos
+        cache, start_pos = self.checked_cache(cache, start_pos, len(tokens))
         self.trace.check_room(self.config, len(tokens), start_pos + len(tokens))
         step = len(tokens) if self.trace.active else PREFILL_CHUNK
         for begin in range(0, len(tokens), step):
@@ -186,8 +185,9 @@ class Transformer:
                              f"(size {self.config.vocab_size})")
         return ids.astype(np.int64, copy=False)
 
-    def checked_cache(self, cache, start_pos, n_tokens: int) -> KVCache:
-        """`cache`, or a new one for a whole sequence, with room for this call's tokens."""
+    def checked_cache(self, cache, start_pos, n_tokens: int) -> tuple:
+        """(`cache`, or a new one for a whole sequence, with room for this call's tokens;
+        start_pos, where the cache ends when None)."""
         if cache is None:
             if start_pos not in (None, 0):
                 raise InputError(f"start_pos {start_pos} needs the KV cache that holds the "
@@ -208,7 +208,7 @@ class Transformer:
             raise InputError(f"{start_pos + n_tokens} positions exceed the context window "
                              f"of {c.max_seq_len} tokens")
         cache.reserve(start_pos + n_tokens)
-        return cache
+        return cache, start_pos
 
     def transformer_block(self, i: int, x, start_pos: int, rotations, cache) -> np.ndarray:
         c, w, p = self.config, self.weights, f"layers.{i}."

@@ -7,6 +7,7 @@ imports nothing heavy.
 kernels.set_threads changes numba's share at run time.
 """
 
+import functools
 import os
 import sys
 
@@ -59,9 +60,11 @@ def usable_threads(n: int) -> int:
 CPU_MAX = "/sys/fs/cgroup{}/cpu.max"  # cgroup v2: "<quota> <period>" or "max <period>"
 
 
+@functools.lru_cache(maxsize=None)
 def compute_threads() -> int:
     """The threads NumPy-side work may use: what configure_threads gave BLAS, or else the
-    cores available."""
+    cores available. Read once: tiled attention asks on every tile, and the cgroup files
+    behind available_cores are I/O."""
     asked = os.environ.get("OMP_NUM_THREADS", "")
     return min(int(asked), available_cores()) if asked.isdigit() and int(asked) > 0 \
         else available_cores()

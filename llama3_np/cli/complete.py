@@ -18,7 +18,7 @@ def run(args) -> int:
     prompt = read_prompt(args.prompt)
     options = sampling_options(args)  # checked before the (slow) model load
     model = load_model(args)
-    from ..generate import GenerationStats
+    from ..generate import GenerationStats, reserve_room
 
     tokens = model.encode_prompt(prompt)
     room = model.context_room(len(tokens))  # refuses a prompt that fills the context
@@ -29,7 +29,8 @@ def run(args) -> int:
               f"{model.config.max_seq_len}-token context", file=sys.stderr)
     # Reserve the KV cache for every position this may fill before echoing anything, so a
     # cache that cannot fit is refused with nothing half-printed.
-    cache = model.new_cache(len(tokens) + min(args.max_tokens, room) - 1)
+    cache = model.new_cache()
+    reserve_room(cache, 0, len(tokens), args.max_tokens)
     stats = GenerationStats()
     sys.stdout.write(prompt)
     for text in model.stream(tokens, args.max_tokens, stats=stats, cache=cache, **options):
