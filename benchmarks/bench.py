@@ -1,16 +1,25 @@
-"""End-to-end throughput on the Llama 3.2 1B shape: llama3_np for each weight dtype and
-kernel backend, beside PyTorch + transformers on the same checkpoint and thread count,
-against the memory bandwidth measured in the same run. Writes benchmarks/RESULTS.md.
+"""End-to-end throughput on the Llama 3.2 1B shape and on the demo model: llama3_np beside
+llama.cpp on the same GGUF files and PyTorch + transformers on the same checkpoint, with the
+memory bandwidth measured in the same run. Writes benchmarks/RESULTS.md.
 
     python benchmarks/bench.py [--quick] [--threads 2] [--only bf16,torch] [--checkpoint DIR]
+                               [--llama-bench PATH] [--numpy-rows]
 
-A random-weight bfloat16 HF checkpoint of the 1B shape (2.5 GB) is written to a
-temporary directory and deleted afterwards (--checkpoint DIR keeps and reuses one).
-Each row runs in its own process (bench_case.py). Decode speed is the median step of
-greedy decoding after the prompt, so a neighbour's burst on a shared machine moves it
-less than a mean would; "weights read" is the bytes of weights one step must read
-times that rate. A decode step reads every weight once, so it cannot beat
-bandwidth / bytes per token: the bound the targets refer to.
+A random-weight bfloat16 HF checkpoint of the 1B shape (2.5 GB) is written to a temporary
+directory and deleted afterwards (--checkpoint DIR keeps and reuses one, with its GGUF
+files). to_gguf.py writes it as F32 and BF16 GGUF files and llama.cpp's llama-quantize
+(found beside llama-bench) makes the Q8_0, Q4_0 and Q4_K ones (every matrix in that type).
+llama3_np reads each GGUF file as stored (F32 as float32, BF16 as bf16, Q8_0 as q8, Q4_0
+and Q4_K kept 4-bit), the numba backend unless --numpy-rows adds NumPy's. Engines are
+interleaved for each weight type: llama3_np, llama.cpp, llama3_np again, so a change of
+the machine's speed during the run shows as a difference between our two rows.
+
+Each llama3_np / PyTorch row runs in its own process (bench_case.py). Decode speed is the
+median step of greedy decoding after the prompt; prefill the faster of two. llama.cpp's
+rows come from `llama-bench -p PROMPT -n DECODE -r 3` (its own warm-up, then three runs;
+prefill the best run, decode the median; its decode starts from an empty context and its
+KV cache is f16, which at ~150 positions changes a 1B step by well under 1%). A decode
+step reads every weight once, so it cannot beat bandwidth / bytes per token: the bound.
 
 This is a benchmark, not a test: it asserts nothing, it reports PASS / MISS.
 """
@@ -18,6 +27,7 @@ This is a benchmark, not a test: it asserts nothing, it reports PASS / MISS.
 import argparse
 import importlib.util
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -32,36 +42,41 @@ sys.path.insert(0, str(HERE.parent))
 from llama3_np.threads import configure_threads  # noqa: E402  (before NumPy loads BLAS)
 
 SHAPE = "llama-3.2-1b"
-FULL = {"prompt": 128, "decode": 32}
-QUICK = {"prompt": 32, "decode": 8}
+DEMO_MODEL = HERE.parent / "weights" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+FULL = {"prompt": 128, "decode": 32, "demo_decode": 64}
+QUICK = {"prompt": 32, "decode": 8, "demo_decode": 16}
 SAMPLING_VOCAB = 128256
 BANDWIDTH_DRIFT = 0.10  # more change than this between the two measurements is noted
+GGUF_TYPES = ("F32", "BF16", "Q8_0", "Q4_0", "Q4_K")
+# The dtype llama3_np loads each GGUF type as: the file's own precision.
+STORED_AS = {"F32": "f32", "BF16": "bf16", "Q8_0": "q8", "Q4_0": "stored", "Q4_K": "stored",
+             "Q4_1": "stored"}
+LLAMA_CPP_TARGET = {"decode": 0.95, "prefill": 0.8}  # issue 14: ours / llama.cpp
 
 
 @dataclass(frozen=True)
 class Case:
-    engine: str  # "llama3_np" or "torch"
-    dtype: str  # "f32", "bf16", "q8"
+    engine: str  # "llama3_np", "llama.cpp" or "torch"
+    weights: str  # a GGUF type (llama3_np, llama.cpp) or "f32" / "bf16" (PyTorch)
     backend: str = ""  # llama3_np's kernel backend
+    model: str = "1b"  # "1b" (the benchmark checkpoint) or "demo" (SmolLM2 Q4_1)
+    threads: int = 0  # 0: --threads
 
     @property
     def label(self) -> str:
         if self.engine == "torch":
-            return f"PyTorch {self.dtype}"
-        # float32 weights go to BLAS whatever the backend, so f32 is measured once.
-        return f"llama3_np {self.dtype} ({'BLAS' if self.dtype == 'f32' else self.backend})"
+            return f"PyTorch {self.weights}"
+        name = f"{self.engine} {self.weights}"
+        if self.engine == "llama3_np" and self.weights != "F32":  # F32 always goes to BLAS
+            name += f" ({self.backend})"
+        return name + (f", {self.threads} thread{'s' * (self.threads > 1)}"
+                       if self.threads else "")
 
     def matches(self, selector: str) -> bool:
-        """"bf16", "numba", "torch", "bf16/numba": every part names a field of this case."""
-        names = {self.engine, self.dtype, self.backend} | (
+        """"bf16", "numba", "torch", "demo", "q4_0/llama.cpp": every part names a field."""
+        names = {self.engine, self.weights.lower(), self.backend, self.model} | (
             {"pytorch"} if self.engine == "torch" else set())
         return all(part in names for part in selector.lower().split("/"))
-
-
-CASES = [Case("llama3_np", "f32", "numpy"),
-         Case("llama3_np", "bf16", "numpy"), Case("llama3_np", "bf16", "numba"),
-         Case("llama3_np", "q8", "numpy"), Case("llama3_np", "q8", "numba"),
-         Case("torch", "f32"), Case("torch", "bf16")]
 
 
 def parse_args():
@@ -71,37 +86,81 @@ def parse_args():
                              f"instead of {FULL['prompt']} and {FULL['decode']}")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", default="",
-                        help="comma-separated rows to run, each a dtype, backend or engine "
-                             "or several joined by '/': e.g. 'f32,bf16/numba,torch'")
+                        help="comma-separated rows to run, each a weight type, backend, engine "
+                             "or model, or several joined by '/': e.g. 'f32,q4_0/llama.cpp,demo'")
     parser.add_argument("--checkpoint", type=Path,
-                        help="reuse the checkpoint in DIR, or write it there and keep it")
+                        help="reuse the checkpoint (and its GGUF files) in DIR, or write them "
+                             "there and keep them")
+    parser.add_argument("--llama-bench", type=Path, default=default_llama_bench(),
+                        help="llama.cpp's llama-bench binary (default: $LLAMA_BENCH, or "
+                             "llama-bench on the PATH); without it the llama.cpp rows are "
+                             "skipped")
+    parser.add_argument("--numpy-rows", action="store_true",
+                        help="also run llama3_np's NumPy backend (slow: no fused kernels)")
     args = parser.parse_args()
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
+    if args.llama_bench is not None and not args.llama_bench.is_file():
+        parser.error(f"--llama-bench {args.llama_bench}: no such file")
     return args
 
 
-def selected_cases(only: str) -> list:
-    cases = CASES
-    if importlib.util.find_spec("numba") is None:
-        print("numba is not installed: skipping the numba rows", file=sys.stderr)
-        cases = [c for c in cases if c.backend != "numba"]
-    if importlib.util.find_spec("transformers") is None:
-        print("transformers is not installed: skipping the PyTorch rows", file=sys.stderr)
-        cases = [c for c in cases if c.engine != "torch"]
-    selectors = [s for s in only.split(",") if s.strip()]
-    if selectors:
-        cases = [c for c in cases if any(c.matches(s.strip()) for s in selectors)]
-        if not cases:
-            sys.exit(f"bench.py: --only {only!r} selects no row")
+def default_llama_bench():
+    found = os.environ.get("LLAMA_BENCH") or shutil.which("llama-bench")
+    return Path(found) if found else None
+
+
+def all_cases(threads: int, llama_cpp: bool, numpy_rows: bool) -> list:
+    """Every row, in run order: for each weight type llama3_np, llama.cpp, llama3_np
+    again; PyTorch; then the demo model the same way at 1 thread and at `threads`."""
+    def interleaved(ours: Case, theirs: Case) -> list:
+        return [ours, theirs, ours] if llama_cpp else [ours]
+
+    cases = []
+    for ggml_type in GGUF_TYPES:
+        cases += interleaved(Case("llama3_np", ggml_type, "numba"), Case("llama.cpp", ggml_type))
+        if numpy_rows and ggml_type != "F32":
+            cases.append(Case("llama3_np", ggml_type, "numpy"))
+    cases += [Case("torch", "f32"), Case("torch", "bf16")]
+    for n in sorted({1, threads}):
+        cases += interleaved(Case("llama3_np", "Q4_1", "numba", "demo", n),
+                             Case("llama.cpp", "Q4_1", model="demo", threads=n))
     return cases
 
 
-def run_case(case: Case, checkpoint: Path, threads: int, tokens: dict) -> dict:
+def selected_cases(args) -> list:
+    llama_cpp = args.llama_bench is not None
+    if not llama_cpp:
+        print("no llama-bench (give --llama-bench PATH or set LLAMA_BENCH): skipping the "
+              "llama.cpp rows", file=sys.stderr)
+    cases = all_cases(args.threads, llama_cpp, args.numpy_rows)
+    if importlib.util.find_spec("numba") is None:
+        print("numba is not installed: the llama3_np rows use NumPy", file=sys.stderr)
+        cases = [Case(c.engine, c.weights, "numpy", c.model, c.threads)
+                 if c.backend == "numba" else c for c in cases]
+    if importlib.util.find_spec("transformers") is None:
+        print("transformers is not installed: skipping the PyTorch rows", file=sys.stderr)
+        cases = [c for c in cases if c.engine != "torch"]
+    if not DEMO_MODEL.exists():
+        print(f"{DEMO_MODEL} is missing (bash weights/fetch.sh): skipping the demo rows",
+              file=sys.stderr)
+        cases = [c for c in cases if c.model != "demo"]
+    selectors = [s.strip() for s in args.only.split(",") if s.strip()]
+    if selectors:
+        cases = [c for c in cases if any(c.matches(s) for s in selectors)]
+        if not cases:
+            sys.exit(f"bench.py: --only {args.only!r} selects no row")
+    return cases
+
+
+def run_case(case: Case, weights: Path, threads: int, tokens: dict) -> dict:
     """bench_case.py's measurement of one row, or {"error": ...} if it failed."""
-    command = [sys.executable, str(HERE / "bench_case.py"), str(checkpoint),
-               "--engine", case.engine, "--dtype", case.dtype, "--threads", str(threads),
-               "--prompt", str(tokens["prompt"]), "--decode", str(tokens["decode"])]
+    decode = tokens["demo_decode" if case.model == "demo" else "decode"]
+    dtype = STORED_AS.get(case.weights, case.weights)
+    command = [sys.executable, str(HERE / "bench_case.py"), str(weights),
+               "--engine", case.engine, "--dtype", dtype,
+               "--threads", str(case.threads or threads),
+               "--prompt", str(tokens["prompt"]), "--decode", str(decode)]
     if case.backend:
         command += ["--backend", case.backend]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -109,6 +168,39 @@ def run_case(case: Case, checkpoint: Path, threads: int, tokens: dict) -> dict:
         last_lines = done.stderr.strip().splitlines()[-3:]
         return {"error": f"exit code {done.returncode}: " + " / ".join(last_lines)}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_llama_bench(binary: Path, gguf: Path, threads: int, tokens: dict, case: Case) -> dict:
+    """llama-bench's prefill and decode runs, in bench_case.py's terms."""
+    decode = tokens["demo_decode" if case.model == "demo" else "decode"]
+    command = [str(binary), "-m", str(gguf), "-p", str(tokens["prompt"]), "-n", str(decode),
+               "-r", "3", "-t", str(threads), "-o", "json"]
+    exit_code, out, err, peak_rss = run_measuring_memory(command)
+    if exit_code != 0:
+        return {"error": f"exit code {exit_code}: " + " / ".join(err.strip().splitlines()[-3:])}
+    runs = json.loads(out)
+    prefill = next(r for r in runs if r["n_prompt"] and not r["n_gen"])
+    generate = next(r for r in runs if r["n_gen"] and not r["n_prompt"])
+    return {"prompt_tokens": tokens["prompt"],
+            "prefill_seconds": [ns / 1e9 for ns in prefill["samples_ns"]],
+            # llama-bench times whole runs: a run's time per token stands for a step.
+            "decode_seconds": [ns / 1e9 / decode for ns in generate["samples_ns"]],
+            "weight_bytes_per_token": prefill["model_size"], "ru_maxrss": peak_rss,
+            "load_seconds": float("nan"),
+            "threads_in_use": {"llama.cpp": prefill["n_threads"]},
+            "build": f"{prefill['build_commit']} ({prefill['build_number']})"}
+
+
+def run_measuring_memory(command: list) -> tuple:
+    """(exit code, stdout, stderr, peak RSS in bytes) of a command: wait4 gives the
+    child's own peak, where getrusage(RUSAGE_CHILDREN) would give the largest child's."""
+    with tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True)
+        out = child.stdout.read()
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        return child.returncode, out, err.read(), usage.ru_maxrss * 1024
 
 
 @dataclass
@@ -157,10 +249,32 @@ def sampling_costs(repeats: int = 30) -> dict:
     return costs
 
 
-def fastest(rows: list, engine: str, dtype: str, speed=lambda r: r.decode_tps):
-    """The row of engine and dtype (over backends) with the highest speed(row), or None."""
-    return max((r for r in rows if r.case.engine == engine and r.case.dtype == dtype),
-               key=speed, default=None)
+def rows_of(rows: list, engine: str, weights: str, model: str = "1b", threads: int = 0) -> list:
+    return [r for r in rows if (r.case.engine, r.case.weights, r.case.model, r.case.threads)
+            == (engine, weights, model, threads)]
+
+
+def fastest(rows: list, engine: str, weights: str, speed=lambda r: r.decode_tps):
+    """The 1B row of engine and weights (over backends and repeats) with the highest
+    speed(row), or None."""
+    return max(rows_of(rows, engine, weights), key=speed, default=None)
+
+
+def mean(rows: list, speed) -> float:
+    return statistics.fmean(speed(r) for r in rows)
+
+
+def against_llama_cpp(rows: list) -> list:
+    """(case, ours, llama.cpp) for each weight type / model / thread count both engines
+    ran, ours being llama3_np's rows with its fused kernels (before and after llama.cpp)."""
+    pairs = []
+    for case in dict.fromkeys(r.case for r in rows if r.case.engine == "llama.cpp"):
+        ours = [r for r in rows_of(rows, "llama3_np", case.weights, case.model, case.threads)
+                if r.case.backend != "numpy"]
+        theirs = [r for r in rows if r.case == case]
+        if ours:
+            pairs.append((case, ours, theirs))
+    return pairs
 
 
 def targets(rows: list, bandwidth: float, prompt_tokens: int) -> list:
@@ -170,35 +284,71 @@ def targets(rows: list, bandwidth: float, prompt_tokens: int) -> list:
     says so, with the numbers, as its evidence."""
     out = []
 
-    def check(name: str, measured: float, required: float, bound_tps: float = None):
+    def check(name: str, measured: float, required: float, bound_tps: float = None,
+              unit: str = "tok/s", why_bound: str = "impossible here"):
         evidence = ""
         if measured < required and bound_tps is not None and bound_tps < required:
-            evidence = (f"impossible here: the bandwidth bound is {bound_tps:.2f} tok/s "
+            evidence = (f"{why_bound}: the bandwidth bound is {bound_tps:.2f} tok/s "
                         f"({bandwidth:.1f} GB/s / bytes per token), below the "
                         f"{required:.2f} required")
-        out.append((name, f"{measured:.2f} tok/s (needs >= {required:.2f})",
+        out.append((name, f"{measured:.2f} {unit} (needs >= {required:.2f})",
                     "PASS" if measured >= required else "MISS", evidence))
 
-    for dtype in ("f32", "bf16"):
-        mine, torch = fastest(rows, "llama3_np", dtype), fastest(rows, "torch", dtype)
-        if mine and torch:
-            check(f"decode {dtype} >= 2x PyTorch {dtype}: {mine.case.label}",
-                  mine.decode_tps, 2 * torch.decode_tps, mine.bound_tps(bandwidth))
-    f32 = fastest(rows, "llama3_np", "f32")
-    if f32:
-        check("decode f32 >= 85% of the f32 bandwidth bound", f32.decode_tps,
-              0.85 * f32.bound_tps(bandwidth))
-    q8 = fastest(rows, "llama3_np", "q8")
-    if q8:
-        check(f"decode q8 >= 25 tok/s: {q8.case.label}", q8.decode_tps, 25.0,
-              q8.bound_tps(bandwidth))
-    torch_bf16 = fastest(rows, "torch", "bf16")
-    for dtype in ("f32", "bf16", "q8"):
-        mine = fastest(rows, "llama3_np", dtype, speed=lambda r: r.prefill_tps)
+    # Issue 14: llama3_np / llama.cpp on the same GGUF file, within this run.
+    for case, ours, theirs in against_llama_cpp(rows):
+        where = f"{case.weights}" + (f" demo model, {case.threads} thread"
+                                     f"{'s' * (case.threads > 1)}" if case.model == "demo" else "")
+        share = 1.0 if case.model == "demo" else LLAMA_CPP_TARGET["decode"]
+        decode = mean(ours, lambda r: r.decode_tps)
+        required = share * mean(theirs, lambda r: r.decode_tps)
+        check(f"decode {where} >= {share:g}x llama.cpp", decode, required,
+              ours[0].bound_tps(bandwidth),
+              why_bound=f"impossible in our {case.weights} form, which reads "
+                        f"{ours[0].weight_bytes / 1e9:.2f} GB a token against llama.cpp's "
+                        f"{theirs[0].weight_bytes / 1e9:.2f}")
+        if case.model == "1b":
+            share = LLAMA_CPP_TARGET["prefill"]
+            check(f"prefill {prompt_tokens} {where} >= {share:g}x llama.cpp",
+                  mean(ours, lambda r: r.prefill_tps),
+                  share * mean(theirs, lambda r: r.prefill_tps))
+    torch_bf16 = fastest(rows, "torch", "bf16", speed=lambda r: r.prefill_tps)
+    for weights in GGUF_TYPES:
+        mine = fastest(rows, "llama3_np", weights, speed=lambda r: r.prefill_tps)
         if mine and torch_bf16:
             check(f"prefill {prompt_tokens} >= PyTorch bf16: {mine.case.label}",
                   mine.prefill_tps, torch_bf16.prefill_tps)
+    # Issue 6's, kept to show they still hold.
+    for weights, torch_weights in (("F32", "f32"), ("BF16", "bf16")):
+        mine, torch = fastest(rows, "llama3_np", weights), fastest(rows, "torch", torch_weights)
+        if mine and torch:
+            check(f"decode {weights} >= 2x PyTorch {torch_weights}: {mine.case.label}",
+                  mine.decode_tps, 2 * torch.decode_tps, mine.bound_tps(bandwidth))
+    f32 = fastest(rows, "llama3_np", "F32")
+    if f32:
+        check("decode F32 >= 85% of the f32 bandwidth bound", f32.decode_tps,
+              0.85 * f32.bound_tps(bandwidth))
     return out
+
+
+def comparison_table(rows: list, prompt_tokens: int) -> str:
+    """llama3_np beside llama.cpp: each of our runs, llama.cpp's, and the ratio of means."""
+    from results import markdown_table
+
+    def runs(group: list, speed) -> str:
+        return " / ".join(f"{speed(r):.1f}" for r in group)
+
+    lines = []
+    for case, ours, theirs in against_llama_cpp(rows):
+        ratio = lambda speed: mean(ours, speed) / mean(theirs, speed)  # noqa: E731
+        decode, prefill = (lambda r: r.decode_tps), (lambda r: r.prefill_tps)
+        lines.append([case.label.removeprefix("llama.cpp "), runs(ours, decode),
+                      runs(theirs, decode), f"{ratio(decode):.2f}", runs(ours, prefill),
+                      runs(theirs, prefill), f"{ratio(prefill):.2f}",
+                      f"{ours[0].weight_bytes / 1e9:.2f} / {theirs[0].weight_bytes / 1e9:.2f}"])
+    return markdown_table(
+        ["weights (model, threads)", "decode tok/s: ours (before / after)", "llama.cpp",
+         "ratio", f"prefill {prompt_tokens} tok/s: ours", "llama.cpp", "ratio",
+         "GB read a token: ours / llama.cpp"], lines)
 
 
 def bandwidth_drift_note(bandwidths: list) -> str:
@@ -214,7 +364,7 @@ def bandwidth_drift_note(bandwidths: list) -> str:
 
 
 def results_markdown(args, tokens, machine_description, loads, bandwidths, bandwidth, rows,
-                     failures, target_rows, sampling) -> str:
+                     failures, target_rows, sampling, llama_cpp_build) -> str:
     from machine import BANDWIDTH_BUFFER_BYTES, QUIET_LOAD
     from results import machine_markdown, markdown_table
 
@@ -225,7 +375,8 @@ def results_markdown(args, tokens, machine_description, loads, bandwidths, bandw
         [[r.case.label, f"{r.prefill_tps:.1f}", f"{r.decode_tps:.2f}",
           f"{1e3 / r.decode_tps:.0f}", f"{r.read_gbps:.1f}",
           f"{100 * r.read_gbps / bandwidth:.0f}%", f"{r.bound_tps(bandwidth):.2f}",
-          f"{r.peak_rss / 1e9:.1f}", f"{r.load_seconds:.0f}",
+          f"{r.peak_rss / 1e9:.1f}", "-" if r.load_seconds != r.load_seconds
+          else f"{r.load_seconds:.0f}",
           ", ".join(f"{k} {v}" for k, v in r.threads_in_use.items())] for r in rows])
     bandwidth_table = markdown_table(
         ["when", "np.sum, 1 thread (read)",
@@ -234,13 +385,16 @@ def results_markdown(args, tokens, machine_description, loads, bandwidths, bandw
         [[when, f"{b['sum']:.1f} GB/s", f"{b['gemv']:.1f} GB/s", f"{b['copy']:.1f} GB/s"]
          for when, b in zip(("before the rows", "after the rows"), bandwidths)])
     parts = [
-        "## End-to-end: Llama 3.2 1B shape (benchmarks/bench.py)",
+        "## End-to-end: Llama 3.2 1B shape and the demo model (benchmarks/bench.py)",
         f"Run {time.strftime('%Y-%m-%d %H:%M')} with `python benchmarks/bench.py"
         f"{' --quick' if args.quick else ''} --threads {args.threads}"
         f"{' --only ' + args.only if args.only else ''}`: random bf16 weights (dim 2048, 16 "
-        f"layers, 32/8 heads, ffn 8192, vocab 128256, tied), prompt {tokens['prompt']} random "
-        f"tokens, then {tokens['decode']} greedy decode steps (decode tok/s = 1 / median step).",
-        machine_markdown(machine_description),
+        f"layers, 32/8 heads, ffn 8192, vocab 128256, tied), written as GGUF F32 and BF16 "
+        f"and quantised by llama-quantize --pure; the demo model is {DEMO_MODEL.name}. Prompt "
+        f"{tokens['prompt']} random tokens, then {tokens['decode']} greedy decode steps "
+        f"({tokens['demo_decode']} on the demo model; decode tok/s = 1 / median step).",
+        machine_markdown({**machine_description,
+                          "llama.cpp": llama_cpp_build or "not run (no llama-bench given)"}),
         f"Load average {loads[0]:.2f} before the run ({loads[1]:.2f} at the end, which counts "
         "this benchmark's own threads)"
         + (": other programs were competing for the cores, so these numbers measure them "
@@ -249,7 +403,10 @@ def results_markdown(args, tokens, machine_description, loads, bandwidths, bandw
         bandwidth_table,
         f"Bound used below: {bandwidth:.1f} GB/s, the best read rate above. Bound tok/s = "
         "that / bytes of weights one decode step reads." + bandwidth_drift_note(bandwidths),
-        "### Throughput", table]
+        "### Throughput (in run order)", table]
+    if against_llama_cpp(rows):
+        parts += ["### llama3_np / llama.cpp on the same file", comparison_table(
+            rows, tokens["prompt"])]
     if failures:
         parts.append("Rows that failed: " + "; ".join(f"{c.label}: {e}" for c, e in failures))
     if target_rows:
@@ -267,21 +424,39 @@ def main():
     from machine import best_read_gbps, describe_machine, load_average, memory_bandwidth
     from make_checkpoint import is_complete, write_random_checkpoint
     from results import write_section
+    from to_gguf import QUANTISED_TYPES, gguf_file
 
-    cases = selected_cases(args.only)
+    cases = selected_cases(args)
     tokens = QUICK if args.quick else FULL
     machine_description = describe_machine()
     loads = [load_average()]
     bandwidths = [memory_bandwidth()]
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     checkpoint = args.checkpoint or Path(tempfile.mkdtemp(prefix="llama3np-bench-"))
+    quantizer = args.llama_bench.with_name("llama-quantize") if args.llama_bench else None
+    llama_cpp_build = None
     try:
         if not is_complete(checkpoint, SHAPE):
             write_random_checkpoint(checkpoint, SHAPE, log=log)
         rows, failures = [], []
         for case in cases:
+            if case.engine == "torch":
+                weights = checkpoint
+            elif case.model == "demo":
+                weights = DEMO_MODEL
+            elif case.weights in QUANTISED_TYPES and not (quantizer and quantizer.is_file()):
+                failures.append((case, "needs llama.cpp's llama-quantize beside llama-bench"))
+                continue
+            else:
+                log(f"GGUF {case.weights} ...")
+                weights = gguf_file(checkpoint, checkpoint / "gguf", case.weights, quantizer)
             log(f"running {case.label} ...")
-            measured = run_case(case, checkpoint, args.threads, tokens)
+            if case.engine == "llama.cpp":
+                measured = run_llama_bench(args.llama_bench, weights,
+                                           case.threads or args.threads, tokens, case)
+                llama_cpp_build = measured.get("build", llama_cpp_build)
+            else:
+                measured = run_case(case, weights, args.threads, tokens)
             if "error" in measured:
                 failures.append((case, measured["error"]))
                 log(f"  failed: {measured['error']}")
@@ -297,7 +472,7 @@ def main():
     bandwidth = best_read_gbps(bandwidths)
     markdown = results_markdown(args, tokens, machine_description, loads, bandwidths, bandwidth,
                                 rows, failures, targets(rows, bandwidth, tokens["prompt"]),
-                                sampling_costs())
+                                sampling_costs(), llama_cpp_build)
     print(markdown)
     write_section("bench.py", markdown)
 

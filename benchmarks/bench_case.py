@@ -1,7 +1,12 @@
 """One row of bench.py's table, measured in a fresh process; prints one JSON line.
 
-    python benchmarks/bench_case.py CHECKPOINT --engine llama3_np|torch --dtype f32|bf16|q8
-        [--backend numpy|numba] [--threads 2] [--prompt 128] [--decode 32]
+    python benchmarks/bench_case.py CHECKPOINT --engine llama3_np|torch
+        --dtype f32|bf16|q8|stored [--backend numpy|numba] [--threads 2] [--prompt 128]
+        [--decode 32]
+
+CHECKPOINT is a folder (Meta, Hugging Face) or, for llama3_np, a GGUF file; `--dtype
+stored` keeps a GGUF file's Q8_0 / Q4_0 / Q4_1 / Q4_K matrices as stored (the kernels
+multiply them), the other dtypes convert every matrix at load.
 
 Loads the checkpoint, warms up (pages the weights in, compiles numba's kernels, starts
 the thread pools), prefills a prompt of random token ids twice (keeping the faster),
@@ -28,13 +33,14 @@ from llama3_np.threads import configure_threads  # noqa: E402  (before NumPy loa
 ENGINES = ("llama3_np", "torch")
 WARMUP_TOKENS = 8
 PROMPT_SEED = 0
+STORED = "stored"  # --dtype: a GGUF file's quantised matrices as the file holds them
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--engine", choices=ENGINES, default="llama3_np")
-    parser.add_argument("--dtype", choices=("f32", "bf16", "q8"), default="f32")
+    parser.add_argument("--dtype", choices=("f32", "bf16", "q8", STORED), default="f32")
     parser.add_argument("--backend", choices=("numpy", "numba"), default="numpy",
                         help="llama3_np's kernel backend")
     parser.add_argument("--threads", type=int, default=2)
@@ -47,7 +53,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if min(args.threads, args.prompt, args.decode, args.prefill_repeats) < 1:
         parser.error("--threads, --prompt, --decode and --prefill-repeats must be at least 1")
-    if args.engine == "torch" and args.dtype == "q8":
+    if args.engine == "torch" and args.dtype not in ("f32", "bf16"):
         parser.error("PyTorch runs f32 and bf16 only")
     return args
 
@@ -73,7 +79,11 @@ class Llama3NpRunner:
         from llama3_np import kernels
         from llama3_np.sampling import Sampler
 
-        self.llama = llama3_np.load(checkpoint, dtype=dtype, backend=backend, kv_dtype=kv_dtype)
+        stored = dtype == STORED
+        self.llama = llama3_np.load(checkpoint, dtype=None if stored else dtype,
+                                    backend=backend, kv_dtype=kv_dtype,
+                                    keep_quantized=True if stored else None)
+        self.vocab_size = self.llama.config.vocab_size
         kernels.set_threads(threads)
         kernels.warmup()
         self.sample = Sampler(temperature=0)  # greedy, as the PyTorch side
@@ -114,6 +124,7 @@ class TorchRunner:
         self.torch = torch
         torch_dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
         self.model = LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch_dtype).eval()
+        self.vocab_size = self.model.config.vocab_size
         self.cache = None
 
     def _step(self, tokens: list) -> int:
@@ -198,8 +209,8 @@ def run_case(args) -> dict:
     start = time.perf_counter()
     runner = make_runner(args)
     load_seconds = time.perf_counter() - start
-    vocab = json.loads((args.checkpoint / "config.json").read_text())["vocab_size"]
-    prompt = np.random.default_rng(PROMPT_SEED).integers(0, vocab, args.prompt).tolist()
+    prompt = np.random.default_rng(PROMPT_SEED).integers(0, runner.vocab_size,
+                                                          args.prompt).tolist()
     resident_after_load = reset_peak_memory()
     timings = measure(runner, prompt, args.decode, args.prefill_repeats)
     return {"engine": args.engine, "dtype": args.dtype,

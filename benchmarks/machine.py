@@ -49,13 +49,29 @@ def blas_library() -> str:
         (f" ({' '.join(detail.split())})" if detail else "")
 
 
+def blas_kernel() -> str:
+    """The kernels OpenBLAS chose for this CPU at run time (its build string names only the
+    baseline), e.g. "SkylakeX", or "unknown"."""
+    for library in _openblas_libraries():
+        for symbol in ("scipy_openblas_get_corename64_", "openblas_get_corename64_",
+                       "openblas_get_corename"):
+            if hasattr(library, symbol):
+                getattr(library, symbol).restype = ctypes.c_char_p
+                return getattr(library, symbol)().decode()
+    return "unknown"
+
+
+def _openblas_libraries() -> list:
+    """The OpenBLAS libraries this process has loaded (NumPy's)."""
+    with open("/proc/self/maps") as f:
+        paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
+    return [ctypes.CDLL(path) for path in sorted(paths)]
+
+
 def blas_threads():
     """The thread count OpenBLAS uses now (asked through its C API), or None if NumPy's
     BLAS is not an OpenBLAS whose symbol we know."""
-    with open("/proc/self/maps") as f:
-        paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
-    for path in paths:
-        library = ctypes.CDLL(path)
+    for library in _openblas_libraries():
         for symbol in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
                        "openblas_get_num_threads"):
             if hasattr(library, symbol):
@@ -77,8 +93,8 @@ def load_average() -> float:
 def describe_machine() -> dict:
     """Label -> value, for the header of RESULTS.md."""
     flags = set(_cpuinfo_field("flags").split())
-    vector = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "amx_bf16")
-              if f in flags]
+    vector = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni",
+                          "amx_bf16", "amx_int8") if f in flags]
     return {
         "CPU": f"{_cpuinfo_field('model name')} ({', '.join(vector)}; L3 {_l3_cache()})",
         "cores": f"{os.cpu_count()} logical, {len(os.sched_getaffinity(0))} usable by "
@@ -89,7 +105,9 @@ def describe_machine() -> dict:
         "Python": platform.python_version(),
         "versions": ", ".join(f"{p} {_version(p)}" for p in
                               ("numpy", "numba", "torch", "transformers", "safetensors")),
-        "BLAS": blas_library(),
+        "BLAS": f"{blas_library()}; kernels chosen at run time: {blas_kernel()}"
+                + (f" (OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']})"
+                   if os.environ.get("OPENBLAS_CORETYPE") else ""),
     }
 
 
