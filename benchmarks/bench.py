@@ -58,7 +58,7 @@ LLAMA_CPP_TARGET = {"decode": 0.95, "prefill": 0.8}  # issue 14: ours / llama.cp
 class Case:
     engine: str  # "llama3_np", "llama.cpp" or "torch"
     weights: str  # a GGUF type (llama3_np, llama.cpp) or "f32" / "bf16" (PyTorch)
-    backend: str = ""  # llama3_np's kernel backend
+    backend: str = ""  # llama3_np's kernel backend; for llama.cpp, a second build's name
     model: str = "1b"  # "1b" (the benchmark checkpoint) or "demo" (SmolLM2 Q4_1)
     threads: int = 0  # 0: --threads
 
@@ -67,8 +67,8 @@ class Case:
         if self.engine == "torch":
             return f"PyTorch {self.weights}"
         name = f"{self.engine} {self.weights}"
-        if self.engine == "llama3_np" and self.weights != "F32":  # F32 always goes to BLAS
-            name += f" ({self.backend})"
+        if self.backend and (self.engine, self.weights) != ("llama3_np", "F32"):
+            name += f" ({self.backend})"  # llama3_np's F32 always goes to BLAS
         return name + (f", {self.threads} thread{'s' * (self.threads > 1)}"
                        if self.threads else "")
 
@@ -95,14 +95,34 @@ def parse_args():
                         help="llama.cpp's llama-bench binary (default: $LLAMA_BENCH, or "
                              "llama-bench on the PATH); without it the llama.cpp rows are "
                              "skipped")
+    parser.add_argument("--llama-bench-also", type=Path, action="append", default=[],
+                        metavar="PATH", help="another llama.cpp build's llama-bench, run "
+                        "beside the first for reference (e.g. one built without AMX); "
+                        "named by its build folder; repeatable")
     parser.add_argument("--numpy-rows", action="store_true",
                         help="also run llama3_np's NumPy backend (slow: no fused kernels)")
     args = parser.parse_args()
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
-    if args.llama_bench is not None and not args.llama_bench.is_file():
-        parser.error(f"--llama-bench {args.llama_bench}: no such file")
+    for path in filter(None, [args.llama_bench, *args.llama_bench_also]):
+        if not path.is_file():
+            parser.error(f"llama-bench {path}: no such file")
+    if args.llama_bench_also and args.llama_bench is None:
+        parser.error("--llama-bench-also needs --llama-bench (the build the targets use)")
     return args
+
+
+def llama_cpp_builds(args) -> dict:
+    """Build name ("" for --llama-bench, the reference) -> its llama-bench binary."""
+    if args.llama_bench is None:
+        return {}
+    return {"": args.llama_bench, **{build_name(p): p for p in args.llama_bench_also}}
+
+
+def build_name(llama_bench: Path) -> str:
+    """A llama-bench binary's build folder: build-noamx/bin/llama-bench -> "build-noamx"."""
+    parts = llama_bench.resolve().parts
+    return parts[-3] if len(parts) >= 3 and parts[-2] == "bin" else str(llama_bench)
 
 
 def default_llama_bench():
@@ -110,30 +130,31 @@ def default_llama_bench():
     return Path(found) if found else None
 
 
-def all_cases(threads: int, llama_cpp: bool, numpy_rows: bool) -> list:
-    """Every row, in run order: for each weight type llama3_np, llama.cpp, llama3_np
-    again; PyTorch; then the demo model the same way at 1 thread and at `threads`."""
-    def interleaved(ours: Case, theirs: Case) -> list:
-        return [ours, theirs, ours] if llama_cpp else [ours]
+def all_cases(threads: int, builds: list, numpy_rows: bool) -> list:
+    """Every row, in run order: for each weight type llama3_np, llama.cpp (each build),
+    llama3_np again; PyTorch; then the demo model the same way at 1 thread and at
+    `threads`."""
+    def interleaved(ours: Case, weights: str, model: str = "1b", n: int = 0) -> list:
+        theirs = [Case("llama.cpp", weights, build, model, n) for build in builds]
+        return [ours, *theirs, ours] if theirs else [ours]
 
     cases = []
     for ggml_type in GGUF_TYPES:
-        cases += interleaved(Case("llama3_np", ggml_type, "numba"), Case("llama.cpp", ggml_type))
+        cases += interleaved(Case("llama3_np", ggml_type, "numba"), ggml_type)
         if numpy_rows and ggml_type != "F32":
             cases.append(Case("llama3_np", ggml_type, "numpy"))
     cases += [Case("torch", "f32"), Case("torch", "bf16")]
     for n in sorted({1, threads}):
-        cases += interleaved(Case("llama3_np", "Q4_1", "numba", "demo", n),
-                             Case("llama.cpp", "Q4_1", model="demo", threads=n))
+        cases += interleaved(Case("llama3_np", "Q4_1", "numba", "demo", n), "Q4_1", "demo", n)
     return cases
 
 
 def selected_cases(args) -> list:
-    llama_cpp = args.llama_bench is not None
-    if not llama_cpp:
+    builds = list(llama_cpp_builds(args))
+    if not builds:
         print("no llama-bench (give --llama-bench PATH or set LLAMA_BENCH): skipping the "
               "llama.cpp rows", file=sys.stderr)
-    cases = all_cases(args.threads, llama_cpp, args.numpy_rows)
+    cases = all_cases(args.threads, builds, args.numpy_rows)
     if importlib.util.find_spec("numba") is None:
         print("numba is not installed: the llama3_np rows use NumPy", file=sys.stderr)
         cases = [Case(c.engine, c.weights, "numpy", c.model, c.threads)
@@ -264,11 +285,13 @@ def mean(rows: list, speed) -> float:
     return statistics.fmean(speed(r) for r in rows)
 
 
-def against_llama_cpp(rows: list) -> list:
-    """(case, ours, llama.cpp) for each weight type / model / thread count both engines
-    ran, ours being llama3_np's rows with its fused kernels (before and after llama.cpp)."""
+def against_llama_cpp(rows: list, reference_only: bool = False) -> list:
+    """(case, ours, llama.cpp) for each llama.cpp build / weight type / model / thread
+    count both engines ran, ours being llama3_np's rows with its fused kernels (before and
+    after llama.cpp); reference_only: the --llama-bench build's only."""
     pairs = []
-    for case in dict.fromkeys(r.case for r in rows if r.case.engine == "llama.cpp"):
+    for case in dict.fromkeys(r.case for r in rows if r.case.engine == "llama.cpp"
+                              and not (reference_only and r.case.backend)):
         ours = [r for r in rows_of(rows, "llama3_np", case.weights, case.model, case.threads)
                 if r.case.backend != "numpy"]
         theirs = [r for r in rows if r.case == case]
@@ -295,7 +318,7 @@ def targets(rows: list, bandwidth: float, prompt_tokens: int) -> list:
                     "PASS" if measured >= required else "MISS", evidence))
 
     # Issue 14: llama3_np / llama.cpp on the same GGUF file, within this run.
-    for case, ours, theirs in against_llama_cpp(rows):
+    for case, ours, theirs in against_llama_cpp(rows, reference_only=True):
         where = f"{case.weights}" + (f" demo model, {case.threads} thread"
                                      f"{'s' * (case.threads > 1)}" if case.model == "demo" else "")
         share = 1.0 if case.model == "demo" else LLAMA_CPP_TARGET["decode"]
@@ -433,6 +456,7 @@ def main():
     bandwidths = [memory_bandwidth()]
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     checkpoint = args.checkpoint or Path(tempfile.mkdtemp(prefix="llama3np-bench-"))
+    builds = llama_cpp_builds(args)
     quantizer = args.llama_bench.with_name("llama-quantize") if args.llama_bench else None
     llama_cpp_build = None
     try:
@@ -452,9 +476,11 @@ def main():
                 weights = gguf_file(checkpoint, checkpoint / "gguf", case.weights, quantizer)
             log(f"running {case.label} ...")
             if case.engine == "llama.cpp":
-                measured = run_llama_bench(args.llama_bench, weights,
+                measured = run_llama_bench(builds[case.backend], weights,
                                            case.threads or args.threads, tokens, case)
-                llama_cpp_build = measured.get("build", llama_cpp_build)
+                if "build" in measured:
+                    llama_cpp_build = f"build {measured['build']}: " + ", ".join(
+                        f"{path}" + (f" ({name})" if name else "") for name, path in builds.items())
             else:
                 measured = run_case(case, weights, args.threads, tokens)
             if "error" in measured:
