@@ -1,0 +1,84 @@
+"""bench.py's llama.cpp rows: llama-bench's JSON read into the same measurement as our
+rows, and the interleaved run order (the benchmark itself is never run by the tests)."""
+
+import json
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import bench  # noqa: E402
+
+# What llama-bench -o json prints for -p 128 -n 32 -r 2 (fields bench.py reads, and some).
+RUNS = [{"build_commit": "c392e5094", "build_number": 4748, "model_size": 703204928,
+         "n_threads": 2, "n_prompt": 128, "n_gen": 0, "avg_ts": 200.0,
+         "samples_ns": [640_000_000, 600_000_000]},
+        {"build_commit": "c392e5094", "build_number": 4748, "model_size": 703204928,
+         "n_threads": 2, "n_prompt": 0, "n_gen": 32, "avg_ts": 40.0,
+         "samples_ns": [800_000_000, 850_000_000]}]
+
+
+def fake_llama_bench(tmp_path: Path) -> Path:
+    """An executable that prints RUNS, and its arguments to args.json."""
+    script = tmp_path / "build" / "bin" / "llama-bench"
+    script.parent.mkdir(parents=True)
+    script.write_text(f"#!{sys.executable}\nimport json, sys\n"
+                      f"open({str(tmp_path / 'args.json')!r}, 'w').write(json.dumps(sys.argv))\n"
+                      f"print(json.dumps({RUNS!r}))\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_llama_bench_json_becomes_a_row(tmp_path):
+    binary = fake_llama_bench(tmp_path)
+    case = bench.Case("llama.cpp", "Q4_0")
+    measured = bench.run_llama_bench(binary, tmp_path / "model.gguf", 2, bench.FULL, case)
+    args = json.loads((tmp_path / "args.json").read_text())
+    assert args[1:] == ["-m", str(tmp_path / "model.gguf"), "-p", "128", "-n", "32",
+                        "-r", "3", "-t", "2", "-o", "json"]
+    row = bench.Row.from_measurement(case, measured)
+    assert row.prefill_tps == 128 / 0.6  # the best run
+    assert abs(row.decode_tps - 32 / 0.825) < 1e-9  # the median run, per token
+    assert row.weight_bytes == 703204928
+    assert row.peak_rss > 0  # the child's own, from wait4
+    assert measured["build"] == "c392e5094 (4748)"
+    assert bench.build_name(binary) == "build"
+
+
+def test_llama_bench_failure_is_reported_not_raised(tmp_path):
+    binary = tmp_path / "llama-bench"
+    binary.write_text("#!/bin/sh\necho 'error: failed to load model' >&2\nexit 1\n")
+    binary.chmod(0o755)
+    measured = bench.run_llama_bench(binary, tmp_path / "x.gguf", 2, bench.FULL,
+                                     bench.Case("llama.cpp", "F32"))
+    assert measured == {"error": "exit code 1: error: failed to load model"}
+
+
+def test_engines_interleave_for_each_weight_type():
+    cases = bench.all_cases(2, ["", "build-noamx"], numpy_rows=False)
+    q4 = [c.label for c in cases if c.weights == "Q4_0"]
+    assert q4 == ["llama3_np Q4_0 (numba)", "llama.cpp Q4_0", "llama.cpp Q4_0 (build-noamx)",
+                  "llama3_np Q4_0 (numba)"]
+    demo = [(c.engine, c.threads) for c in cases if c.model == "demo"]
+    assert demo == [("llama3_np", 1), ("llama.cpp", 1), ("llama.cpp", 1), ("llama3_np", 1),
+                    ("llama3_np", 2), ("llama.cpp", 2), ("llama.cpp", 2), ("llama3_np", 2)]
+    assert [c.label for c in bench.all_cases(2, [], numpy_rows=False)
+            if c.weights == "Q4_0"] == ["llama3_np Q4_0 (numba)"]
+
+
+def test_targets_compare_with_the_reference_build_only():
+    def row(engine, backend, decode, prefill):
+        return bench.Row(bench.Case(engine, "Q8_0", backend), prefill_tps=prefill,
+                         decode_tps=decode, weight_bytes=10**9, peak_rss=0,
+                         load_seconds=0.0, threads_in_use={})
+
+    rows = [row("llama3_np", "numba", 19.0, 90.0), row("llama.cpp", "", 20.0, 100.0),
+            row("llama.cpp", "build-noamx", 10.0, 50.0), row("llama3_np", "numba", 21.0, 70.0)]
+    results = {name: result for name, _, result, _ in bench.targets(rows, 30.0, 128)}
+    assert results == {"decode Q8_0 >= 0.95x llama.cpp": "PASS",  # 20 >= 19
+                       "prefill 128 Q8_0 >= 0.8x llama.cpp": "PASS"}  # 80 >= 80
+    rows[3] = row("llama3_np", "numba", 18.0, 60.0)
+    results = {name: result for name, _, result, _ in bench.targets(rows, 30.0, 128)}
+    assert set(results.values()) == {"MISS"}
+    assert "build-noamx" in bench.comparison_table(rows, 128)
