@@ -43,6 +43,7 @@ _FUSED_MAX_ROWS = 32
 
 _backend = "auto"
 _numba_threads = None  # set_threads' wish, applied when numba loads
+_int8_wish = None  # set_int8_activations' wish, applied when numba loads
 _numba_state = {}  # "module": kernels_numba, or None when numba is unavailable
 _scratch = threading.local()  # .tile: this thread's tile buffer
 
@@ -73,6 +74,17 @@ def set_threads(n: int) -> None:
     _numba_threads = n
     if _numba_state.get("module") is not None:  # else applied when numba loads
         _numba_state["module"].set_threads(n)
+
+
+def set_int8_activations(on: bool) -> None:
+    """Multiply q8 / Q4 weights (numba backend, up to _FUSED_MAX_ROWS rows of x) by x
+    quantised to int8 per 32-value block, in integer dot products (on: the default where
+    the CPU has them), or by float32 x, exactly as the weights are stored (off).
+    See kernels_numba.py for the speed and the error of each."""
+    global _int8_wish
+    _int8_wish = bool(on)
+    if _numba_state.get("module") is not None:  # else applied when numba loads
+        _numba_state["module"].set_int8_activations(_int8_wish)
 
 
 def warmup() -> None:
@@ -128,5 +140,7 @@ def _numba_kernels():
             kernels_numba = None
         if kernels_numba is not None and _numba_threads is not None:
             kernels_numba.set_threads(_numba_threads)
+        if kernels_numba is not None and _int8_wish is not None:
+            kernels_numba.set_int8_activations(_int8_wish)
         _numba_state["module"] = kernels_numba
     return _numba_state["module"]

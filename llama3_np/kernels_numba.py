@@ -35,6 +35,9 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from . import kernels_simd
+from .formats.q4 import split_for_q4
+
 # Threading layer. A decode step runs ~80 parallel GEMVs, so starting the workers must
 # be cheap: GNU OpenMP takes ~2.5 us per parallel region here, numba's workqueue 40-65
 # us (1B bf16 decode: 89 against 122 ms/token). workqueue stays the fallback where
@@ -192,7 +195,7 @@ def matmul_bf16(x, bits, out):
 
 
 @njit(**_PARALLEL)
-def matmul_q8(x, values, scales, out):
+def _matmul_q8_float(x, values, scales, out):
     """out = x (M, K) @ Q8 matrix (values (N, K) int8, scales (N, K/32) float32).T."""
     n_rows = values.shape[0]
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
@@ -201,7 +204,7 @@ def matmul_q8(x, values, scales, out):
 
 
 @njit(**_PARALLEL)
-def matmul_q4(x_low, x_high, x_block_sums, packed, scales, mins, out):
+def _matmul_q4_float(x_low, x_high, x_block_sums, packed, scales, mins, out):
     """out = x (M, K) @ Q4 matrix (packed (N, K/2) uint8, scales and mins (N, K/32)).T,
     x given as kernels.py splits it: x_low, x_high (M, K/2), x_block_sums (M, K/32)."""
     n_rows = packed.shape[0]
@@ -210,6 +213,112 @@ def matmul_q4(x_low, x_high, x_block_sums, packed, scales, mins, out):
         for i in range(x_low.shape[0]):
             _gemv_q4_rows(x_low[i], x_high[i], x_block_sums[i], packed, scales, mins, out[i],
                           start, min(n_rows, start + _ROWS_PER_TASK))
+
+
+@njit(**_SERIAL)
+def quantize_rows(x):
+    """x (M, K) float32 as the integer kernels read it, per 32-value block b of each row:
+    xq (M, K) int8 = round(x / d) with d = max|x_b| / 127 (x_scales (M, K/32)), the
+    sums' starting values x_start (M, K/32, 8) int32 (lane 0: -128 * sum(xq_b), see
+    kernels_simd) and the block sums x_sums (M, K/32) that Q4's mins multiply, of the
+    quantised x as the rest of the product (so Q4_0's mins, -8 * scale, cancel the
+    scaled nibbles' offset exactly; the float32 sums doubled the error on Q4_0).
+    A block holding NaN or inf gets d = NaN, so the products are NaN as in float32."""
+    n_x, n_cols = x.shape
+    n_blocks = n_cols >> _Q8_SHIFT
+    xq = np.empty((n_x, n_cols), dtype=np.int8)
+    x_scales = np.empty((n_x, n_blocks), dtype=np.float32)
+    x_start = np.zeros((n_x, n_blocks, 8), dtype=np.int32)
+    x_sums = np.empty((n_x, n_blocks), dtype=np.float32)
+    for i in range(n_x):
+        for b in range(n_blocks):
+            block = x[i, 32 * b:32 * b + 32]
+            largest = np.float32(0)
+            total = np.float32(0)
+            for value in block:
+                largest = max(largest, abs(value))
+                total += value
+            inverse = np.float32(127) / largest if largest > 0 else np.float32(0)
+            q_total = 0
+            for j in range(32):
+                q = np.int8(np.rint(block[j] * inverse))
+                xq[i, 32 * b + j] = q
+                q_total += q
+            x_scales[i, b] = largest / np.float32(127) + np.float32(0) * total  # NaN stays
+            x_start[i, b, 0] = -128 * q_total
+            x_sums[i, b] = x_scales[i, b] * np.float32(q_total)
+    return xq, x_scales, x_start, x_sums
+
+
+@njit(**_PARALLEL)
+def _matmul_q8_int(use_vnni, xq, x_scales, x_start, values, scales, out):
+    """out = x @ Q8 matrix.T with x quantised by quantize_rows; integer block sums
+    (kernels_simd.q8_dot). Each weight row serves every row of x while in the L1 cache."""
+    n_rows = values.shape[0]
+    for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
+        for r in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
+            for i in range(xq.shape[0]):
+                out[i, r] = kernels_simd.q8_dot(use_vnni, values[r], scales[r], xq[i],
+                                                x_scales[i], x_start[i])
+
+
+@njit(**_PARALLEL)
+def _matmul_q4_int(use_vnni, xq, x_scales, x_start, x_sums, packed, scales, mins, out):
+    """out = x @ Q4 matrix.T, x quantised by quantize_rows: the scaled nibbles in integer
+    block sums (kernels_simd.q4_dot), the mins times the block sums of x."""
+    n_rows = packed.shape[0]
+    for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
+        for r in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
+            row_mins = mins[r]
+            for i in range(xq.shape[0]):
+                acc = kernels_simd.q4_dot(use_vnni, packed[r], scales[r], xq[i], x_scales[i],
+                                          x_start[i])
+                for b in range(row_mins.shape[0]):
+                    acc += row_mins[b] * x_sums[i, b]
+                out[i, r] = acc
+
+
+# The integer dot products this CPU has (kernels_simd.available) and whether they are
+# used: set_int8_activations.
+_INT8_FORMS = kernels_simd.available()
+_int8 = {"on": bool(_INT8_FORMS), "form": _INT8_FORMS[0] if _INT8_FORMS else None}
+
+
+def set_int8_activations(on: bool, form: str = None) -> None:
+    """Multiply Q8 / Q4 weights by x quantised to int8 per block (on), or by float32 x
+    (off). form: "vnni" or "avx2" (default: the best this CPU has); ignored, and the
+    float32 loops used, where the CPU has neither."""
+    if form is not None and form not in _INT8_FORMS:
+        raise ValueError(f"this CPU has no {form!r} integer dot product "
+                         f"(it has: {', '.join(_INT8_FORMS) or 'none'})")
+    _int8["on"] = bool(on)
+    _int8["form"] = form or (_INT8_FORMS[0] if _INT8_FORMS else None)
+
+
+def int8_activations():
+    """The integer form in use ("vnni" / "avx2"), or None: the float32 loops."""
+    return _int8["form"] if _int8["on"] else None
+
+
+def matmul_q8(x, values, scales, out):
+    """out = x (M, K) @ Q8 matrix (values (N, K) int8, scales (N, K/32) float32).T."""
+    form = int8_activations()
+    if form is None:
+        _matmul_q8_float(x, values, scales, out)
+    else:
+        xq, x_scales, x_start, _ = quantize_rows(x)
+        _matmul_q8_int(form == "vnni", xq, x_scales, x_start, values, scales, out)
+
+
+def matmul_q4(x, packed, scales, mins, out):
+    """out = x (M, K) @ Q4 matrix (packed (N, K/2) uint8, scales and mins (N, K/32)).T."""
+    form = int8_activations()
+    if form is None:
+        _matmul_q4_float(*split_for_q4(x), packed, scales, mins, out)
+    else:
+        xq, x_scales, x_start, x_sums = quantize_rows(x)
+        _matmul_q4_int(form == "vnni", xq, x_scales, x_start, x_sums, packed, scales, mins,
+                       out)
 
 
 @njit(**_PARALLEL)
@@ -263,8 +372,12 @@ def warmup() -> None:
         for weight in (bits, values, packed, scales):
             weight.flags.writeable = writable
         matmul_bf16(x, bits, out)
-        matmul_q8(x, values, scales, out)
-        matmul_q4(x_half, x_half, scales, packed, scales, scales, out)
+        _matmul_q8_float(x, values, scales, out)
+        _matmul_q4_float(x_half, x_half, scales, packed, scales, scales, out)
+        if _INT8_FORMS:
+            xq, x_scales, x_start, x_sums = quantize_rows(x)
+            _matmul_q8_int(True, xq, x_scales, x_start, values, scales, out)
+            _matmul_q4_int(True, xq, x_scales, x_start, x_sums, packed, scales, scales, out)
         decode_bf16(bits, 0, tile)
         decode_q8(values, scales, 0, tile)
         decode_q4(packed, scales, scales, 0, tile)

@@ -1,0 +1,207 @@
+"""x86 integer dot products for kernels_numba.py, written as LLVM vector IR; needs numba.
+
+Each function here multiplies one Q8 or Q4 weight row by an activation row that was
+quantised to int8 per 32-value block (kernels_numba.quantize_rows), as llama.cpp does
+for its Q8_0 / Q4_0 dot products: one block's 32 products are summed in int32 by one
+or two instructions, converted to float32 once, and scaled once per block
+(weight scale x activation scale) into a vector of eight float32 partial sums that is
+reduced once per row. LLVM does not find this shape in a scalar numba loop (it keeps
+converting every weight to float32), so the loop is written out here.
+
+Two instruction sets, chosen at run time by `available()`:
+
+- "vnni": `vpdpbusd` (AVX512-VNNI with AVX512-VL, or AVX-VNNI), unsigned x signed
+  bytes summed four at a time into int32, exact. Q4's nibbles are unsigned already;
+  a Q8 block's signed weights are made unsigned by flipping their top bit (w + 128),
+  and the extra 128 * sum(xq) is taken back by starting the block's sum at
+  -128 * sum(xq) (precomputed once per activation row).
+- "avx2": `vpmaddubsw` (unsigned x signed bytes, pairs summed in int16) then `vpmaddwd`
+  with ones (int16 pairs to int32). The int16 sums saturate above 32767, so the
+  unsigned operand must stay small: Q4's nibbles (15 * 127 * 2 = 3810) go as they are,
+  a Q8 block goes as |w| (at most 128) against xq with w's sign (127 * 128 * 2 = 32512).
+
+Vectors are 256 bits (one 32-value block each): every AVX2 CPU has them, and LLVM
+splits 512-bit types on CPUs it tunes for 256 (Intel's AVX-512 server parts).
+A CPU with neither set runs kernels_numba's float loops.
+"""
+
+import llvmlite.binding as llvm
+import numba
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+_I8x32 = ir.VectorType(ir.IntType(8), 32)
+_I8x16 = ir.VectorType(ir.IntType(8), 16)
+_I16x16 = ir.VectorType(ir.IntType(16), 16)
+_I32x8 = ir.VectorType(ir.IntType(32), 8)
+_F32x8 = ir.VectorType(ir.FloatType(), 8)
+_CHAINS = 4  # independent accumulators (blocks in flight) per row
+
+
+def cpu_features() -> set:
+    """The x86 features numba compiles for: NUMBA_CPU_FEATURES when the user set it
+    (e.g. to build for another CPU), else the host's as LLVM detects them."""
+    if numba.config.CPU_FEATURES:
+        return {f[1:] for f in numba.config.CPU_FEATURES.split(",") if f.startswith("+")}
+    return {name for name, on in llvm.get_host_cpu_features().items() if on}
+
+
+def available() -> tuple:
+    """The integer dot products this CPU runs, best first: ("vnni", "avx2"), ("avx2",)
+    or ()."""
+    features = cpu_features()
+    found = []
+    if "avxvnni" in features or {"avx512vnni", "avx512vl"} <= features:
+        found.append("vnni")
+    if "avx2" in features:
+        found.append("avx2")
+    return tuple(found)
+
+
+# --- IR helpers ------------------------------------------------------------------------
+
+def _declare(builder, name, return_type, *arg_types):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(return_type, arg_types),
+                                          name)
+
+
+def _data(context, builder, array_type, value):
+    """The data pointer of a contiguous 1-D array argument."""
+    return context.make_array(array_type)(context, builder, value).data
+
+
+def _length(context, builder, array_type, value):
+    array = context.make_array(array_type)(context, builder, value)
+    return cgutils.unpack_tuple(builder, array.shape, 1)[0]
+
+
+def _load(builder, pointer, index, vector_type, element_bytes):
+    """vector_type's worth of elements at pointer + index * (vector elements), unaligned."""
+    start = builder.mul(index, ir.Constant(index.type, vector_type.count * element_bytes))
+    raw = builder.bitcast(pointer, ir.IntType(8).as_pointer())
+    address = builder.bitcast(builder.gep(raw, [start]), vector_type.as_pointer())
+    return builder.load(address, align=1)
+
+
+def _splat(builder, value, count):
+    vector = ir.VectorType(value.type, count)
+    single = builder.insert_element(ir.Constant(vector, ir.Undefined), value,
+                                    ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(single, ir.Constant(vector, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), count), [0] * count))
+
+
+def _nibbles(builder, packed):
+    """16 bytes of Q4 -> 32 unsigned bytes: the low nibbles (values 0-15), then the high."""
+    mask = ir.Constant(_I8x16, [15] * 16)
+    low = builder.and_(packed, mask)
+    high = builder.lshr(packed, ir.Constant(_I8x16, [4] * 16))
+    return builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(ir.IntType(32), 32),
+                                                        list(range(32))))
+
+
+def _dot_u8_s8(builder, isa, unsigned, signed, start):
+    """start + the sums of four adjacent unsigned x signed byte products (<8 x i32>).
+    "avx2": `unsigned` must keep each pair's sum within int16 (see the docstring)."""
+    if isa == "vnni":
+        dpbusd = _declare(builder, "llvm.x86.avx512.vpdpbusd.256", _I32x8, _I32x8, _I32x8, _I32x8)
+        return builder.call(dpbusd, [start, builder.bitcast(unsigned, _I32x8),
+                                     builder.bitcast(signed, _I32x8)])
+    maddubs = _declare(builder, "llvm.x86.avx2.pmadd.ub.sw", _I16x16, _I8x32, _I8x32)
+    madd = _declare(builder, "llvm.x86.avx2.pmadd.wd", _I32x8, _I16x16, _I16x16)
+    pairs = builder.call(maddubs, [unsigned, signed])
+    return builder.add(start, builder.call(madd, [pairs, ir.Constant(_I16x16, [1] * 16)]))
+
+
+def _q8_block(builder, isa, weights, xq, x_start):
+    """A Q8 block's int32 partial sums of weights * xq (see the module docstring)."""
+    if isa == "vnni":  # (w + 128) . xq, started at -128 * sum(xq)
+        flipped = builder.xor(weights, ir.Constant(_I8x32, [-128] * 32))
+        return _dot_u8_s8(builder, isa, flipped, xq, x_start)
+    absolute = _declare(builder, "llvm.abs.v32i8", _I8x32, _I8x32, ir.IntType(1))
+    sign = _declare(builder, "llvm.x86.avx2.psign.b", _I8x32, _I8x32, _I8x32)
+    magnitude = builder.call(absolute, [weights, ir.Constant(ir.IntType(1), 0)])
+    return _dot_u8_s8(builder, isa, magnitude, builder.call(sign, [xq, weights]),
+                      ir.Constant(_I32x8, None))
+
+
+def _reduce(builder, vector):
+    total = builder.extract_element(vector, ir.Constant(ir.IntType(32), 0))
+    for lane in range(1, vector.type.count):
+        total = builder.fadd(total, builder.extract_element(vector, ir.Constant(ir.IntType(32),
+                                                                                lane)))
+    return total
+
+
+def _row_dot(context, builder, sig, args, isa, q4):
+    """sum over blocks b of w_scales[b] * x_scales[b] * (w_b . xq_b) for one weight row.
+
+    Blocks go _CHAINS at a time into as many accumulators: with one, each block's
+    multiply-add waits for the last one's (4 cycles), and that, not memory, was the
+    limit (22.8 GB/s on one core, 32 with four)."""
+    w, w_scales, xq, x_scales, x_start = (
+        _data(context, builder, t, a) for t, a in zip(sig.args, args))
+    n_blocks = _length(context, builder, sig.args[1], args[1])
+    fma = _declare(builder, "llvm.fma.v8f32", _F32x8, _F32x8, _F32x8, _F32x8)
+
+    def add_block(b, acc):
+        x_block = _load(builder, xq, b, _I8x32, 1)
+        if q4:
+            q = _nibbles(builder, _load(builder, w, b, _I8x16, 1))
+            sums = _dot_u8_s8(builder, isa, q, x_block, ir.Constant(_I32x8, None))
+        else:
+            start = _load(builder, x_start, b, _I32x8, 4) if isa == "vnni" else None
+            sums = _q8_block(builder, isa, _load(builder, w, b, _I8x32, 1), x_block, start)
+        scale = builder.fmul(builder.load(builder.gep(w_scales, [b])),
+                             builder.load(builder.gep(x_scales, [b])))
+        return builder.call(fma, [builder.sitofp(sums, _F32x8), _splat(builder, scale, 8), acc])
+
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(_F32x8, None)) for _ in range(_CHAINS)]
+    chains = ir.Constant(n_blocks.type, _CHAINS)
+    n_grouped = builder.mul(builder.udiv(n_blocks, chains), chains)
+    with cgutils.for_range_slice(builder, ir.Constant(n_blocks.type, 0), n_grouped,
+                                 chains) as (group, _):
+        for k, acc in enumerate(accs):
+            b = builder.add(group, ir.Constant(group.type, k))
+            builder.store(add_block(b, builder.load(acc)), acc)
+    with cgutils.for_range_slice(builder, n_grouped, n_blocks,
+                                 ir.Constant(n_blocks.type, 1)) as (b, _):
+        builder.store(add_block(b, builder.load(accs[0])), accs[0])
+    total = builder.load(accs[0])
+    for acc in accs[1:]:
+        total = builder.fadd(total, builder.load(acc))
+    return _reduce(builder, total)
+
+
+def _make_row_dot(q4: bool):
+    def row_dot(typingctx, use_vnni, weights, w_scales, xq, x_scales, x_start):
+        """float32: one weight row (Q8 values or Q4 packed bytes, contiguous) dotted with
+        one quantised activation row; x_start: (blocks, 8) int32 sums' starting values
+        (read by the Q8 "vnni" form only). use_vnni (bool) picks the form at run time;
+        on a CPU without VNNI both branches are the "avx2" form (an unavailable
+        instruction cannot even be compiled)."""
+        signature = types.float32(use_vnni, weights, w_scales, xq, x_scales, x_start)
+
+        def codegen(context, builder, sig, args):
+            isa = "vnni" if "vnni" in available() else "avx2"
+            result = cgutils.alloca_once(builder, ir.FloatType())
+            inner_sig = types.float32(*sig.args[1:])
+            with builder.if_else(args[0]) as (vnni, avx2):
+                with vnni:
+                    builder.store(_row_dot(context, builder, inner_sig, args[1:], isa, q4),
+                                  result)
+                with avx2:
+                    builder.store(_row_dot(context, builder, inner_sig, args[1:], "avx2", q4),
+                                  result)
+            return builder.load(result)
+
+        return signature, codegen
+
+    row_dot.__name__ = "q4_dot" if q4 else "q8_dot"
+    return intrinsic(row_dot)
+
+
+q8_dot = _make_row_dot(q4=False)
+q4_dot = _make_row_dot(q4=True)
