@@ -7,17 +7,32 @@ the loop is written. What vectorises (measured on AVX2):
 
 - one flat inner loop over a contiguous row, j = 0..in_features, accumulating in a
   float32 scalar with reassociation allowed (so LLVM may keep 8-wide partial sums);
-- a Q8 scale looked up as scales[j >> 5] inside that flat loop;
+- a Q8 scale looked up as scales[j >> 5] inside that flat loop (LLVM turns it into one
+  broadcast per 32 values, no gather: checked in the AVX-512 assembly too);
 - bf16: four rows per pass sharing each load of x (6-10% faster than one row on a
   layer's matrices read from DRAM). The same for Q8 ran 10-30% slower, so Q8 keeps
   one row per pass.
 
-bf16 then runs at DRAM bandwidth on two cores (~32 GB/s here). Q8 does more work per
-byte (widen, convert, scale) and is compute bound: ~14 GB/s on one core, ~25 on two.
-With the rows in the L2 cache (no memory traffic at all) the Q8 loop makes 13-16 G
-weights/s per core, and hand-written AVX2 intrinsics in C, with the scale applied once
-per block instead of per value, made no more: converting int8 to float32 is the limit.
-Q4 does more again (cut two nibbles from each byte): 9-10 G weights/s per core.
+On AVX-512 CPUs LLVM still uses 256-bit vectors (ymm): it is tuned to prefer them on
+Intel's server parts. bf16 reads at 0.94-0.98x a BLAS float32 GEMV over the same bytes
+(one core, Xeon with AVX-512, benchmarks/kernels_bench.py --decode). The float32 Q8 and
+Q4 loops do more work per byte (widen, convert, scale; Q4 also cuts nibbles) and are
+compute bound: q8 0.54x, Q4 0.34-0.40x of that rate. So Q8 and Q4 multiply, by default,
+activations quantised to int8 per 32-value block (quantize_rows) with integer block sums
+(kernels_simd.py: VNNI vpdpbusd, else AVX2 vpmaddubsw; llama.cpp's arithmetic for its
+Q8_0 / Q4_0 dot products): q8 0.87-0.92x, Q4 0.58-0.68x on the same runs (1.6x and
+1.7x the float loops). Q4's remaining gap is the nibbles' unpacking (a shuffle per
+16 bytes) and its float32 scale and min (0.75 bytes a weight, against Q4_0's 0.5625).
+
+The int8 activations are a different arithmetic: each x is rounded to its block's step
+max|x_b| / 127, an error of at most half a step per value. Measured on the demo model
+(SmolLM2-135M Q4_1, tests/test_demo_model.py): the next-token distribution moves by a
+KL of 0.002-0.006 nats on average (0.023 at most), the logits by 2-5% of their largest
+magnitude; the float32 path agrees with transformers on the same file to 2.4e-6. The
+default is int8 where the CPU has a form (the speed above, and llama.cpp's own choice
+for these formats); kernels.set_int8_activations(False) multiplies by float32 x, exactly
+as the weights are stored. The integer sums are exact, so the result is the quantised
+x times the weights, to float32 roundoff (tests/test_kernels.py).
 
 A GEMV with a nested per-block loop (for block: for j in 32) ran 6-8x slower, and
 one with a 32-float accumulator array 2.5x slower: LLVM no longer vectorises them.
@@ -251,9 +266,11 @@ def quantize_rows(x):
 
 
 @njit(**_PARALLEL)
-def _matmul_q8_int(use_vnni, xq, x_scales, x_start, values, scales, out):
-    """out = x @ Q8 matrix.T with x quantised by quantize_rows; integer block sums
-    (kernels_simd.q8_dot). Each weight row serves every row of x while in the L1 cache."""
+def _matmul_q8_int(use_vnni, x, values, scales, out):
+    """out = x @ Q8 matrix.T with x quantised by quantize_rows (here: one call from
+    Python fewer, which shows on small matrices); integer block sums (kernels_simd.q8_dot).
+    Each weight row serves every row of x while in the L1 cache."""
+    xq, x_scales, x_start, _ = quantize_rows(x)
     n_rows = values.shape[0]
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         for r in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
@@ -263,9 +280,10 @@ def _matmul_q8_int(use_vnni, xq, x_scales, x_start, values, scales, out):
 
 
 @njit(**_PARALLEL)
-def _matmul_q4_int(use_vnni, xq, x_scales, x_start, x_sums, packed, scales, mins, out):
+def _matmul_q4_int(use_vnni, x, packed, scales, mins, out):
     """out = x @ Q4 matrix.T, x quantised by quantize_rows: the scaled nibbles in integer
     block sums (kernels_simd.q4_dot), the mins times the block sums of x."""
+    xq, x_scales, x_start, x_sums = quantize_rows(x)
     n_rows = packed.shape[0]
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         for r in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
@@ -306,8 +324,7 @@ def matmul_q8(x, values, scales, out):
     if form is None:
         _matmul_q8_float(x, values, scales, out)
     else:
-        xq, x_scales, x_start, _ = quantize_rows(x)
-        _matmul_q8_int(form == "vnni", xq, x_scales, x_start, values, scales, out)
+        _matmul_q8_int(form == "vnni", x, values, scales, out)
 
 
 def matmul_q4(x, packed, scales, mins, out):
@@ -316,9 +333,7 @@ def matmul_q4(x, packed, scales, mins, out):
     if form is None:
         _matmul_q4_float(*split_for_q4(x), packed, scales, mins, out)
     else:
-        xq, x_scales, x_start, x_sums = quantize_rows(x)
-        _matmul_q4_int(form == "vnni", xq, x_scales, x_start, x_sums, packed, scales, mins,
-                       out)
+        _matmul_q4_int(form == "vnni", x, packed, scales, mins, out)
 
 
 @njit(**_PARALLEL)
@@ -375,9 +390,8 @@ def warmup() -> None:
         _matmul_q8_float(x, values, scales, out)
         _matmul_q4_float(x_half, x_half, scales, packed, scales, scales, out)
         if _INT8_FORMS:
-            xq, x_scales, x_start, x_sums = quantize_rows(x)
-            _matmul_q8_int(True, xq, x_scales, x_start, values, scales, out)
-            _matmul_q4_int(True, xq, x_scales, x_start, x_sums, packed, scales, scales, out)
+            _matmul_q8_int(True, x, values, scales, out)
+            _matmul_q4_int(True, x, packed, scales, scales, out)
         decode_bf16(bits, 0, tile)
         decode_q8(values, scales, 0, tile)
         decode_q4(packed, scales, scales, 0, tile)
