@@ -231,14 +231,26 @@ def _matmul_q4_float(x_low, x_high, x_block_sums, packed, scales, mins, out):
 
 
 @njit(**_SERIAL)
-def quantize_rows(x):
+def _q4_order(j, n_cols):
+    """Where value j of a row goes in xq laid out for Q4 (kernels_simd._row_dot): per pair
+    of blocks, the first halves of both blocks (the low nibbles' x), then the second
+    halves; an odd last block in plain order."""
+    block, k = j >> _Q8_SHIFT, j & 31
+    if block % 2 == 0 and block + 1 == n_cols >> _Q8_SHIFT:  # an odd last block
+        return j
+    return 64 * (block >> 1) + 32 * (k >> 4) + 16 * (block & 1) + (k & 15)
+
+
+@njit(**_SERIAL)
+def quantize_rows(x, q4_order):
     """x (M, K) float32 as the integer kernels read it, per 32-value block b of each row:
-    xq (M, K) int8 = round(x / d) with d = max|x_b| / 127 (x_scales (M, K/32)), the
-    sums' starting values x_start (M, K/32, 8) int32 (lane 0: -128 * sum(xq_b), see
-    kernels_simd) and the block sums x_sums (M, K/32) that Q4's mins multiply, of the
-    quantised x as the rest of the product (so Q4_0's mins, -8 * scale, cancel the
-    scaled nibbles' offset exactly; the float32 sums doubled the error on Q4_0).
-    A block holding NaN or inf gets d = NaN, so the products are NaN as in float32."""
+    xq (M, K) int8 = round(x / d) with d = max|x_b| / 127 (x_scales (M, K/32)), laid out
+    for Q4 (_q4_order) or in plain order (Q8); the sums' starting values x_start
+    (M, K/32, 8) int32 (lane 0: -128 * sum(xq_b), see kernels_simd) and the block sums
+    x_sums (M, K/32) that Q4's mins multiply, of the quantised x as the rest of the
+    product (so Q4_0's mins, -8 * scale, cancel the scaled nibbles' offset exactly; the
+    float32 sums doubled the error on Q4_0). A block holding NaN or inf gets d = NaN,
+    so the products are NaN as in float32."""
     n_x, n_cols = x.shape
     n_blocks = n_cols >> _Q8_SHIFT
     xq = np.empty((n_x, n_cols), dtype=np.int8)
@@ -255,9 +267,9 @@ def quantize_rows(x):
                 total += value
             inverse = np.float32(127) / largest if largest > 0 else np.float32(0)
             q_total = 0
-            for j in range(32):
-                q = np.int8(np.rint(block[j] * inverse))
-                xq[i, 32 * b + j] = q
+            for j in range(32 * b, 32 * b + 32):
+                q = np.int8(np.rint(x[i, j] * inverse))
+                xq[i, _q4_order(j, n_cols) if q4_order else j] = q
                 q_total += q
             x_scales[i, b] = largest / np.float32(127) + np.float32(0) * total  # NaN stays
             x_start[i, b, 0] = -128 * q_total
@@ -270,7 +282,7 @@ def _matmul_q8_int(use_vnni, x, values, scales, out):
     """out = x @ Q8 matrix.T with x quantised by quantize_rows (here: one call from
     Python fewer, which shows on small matrices); integer block sums (kernels_simd.q8_dot).
     Each weight row serves every row of x while in the L1 cache."""
-    xq, x_scales, x_start, _ = quantize_rows(x)
+    xq, x_scales, x_start, _ = quantize_rows(x, False)
     n_rows = values.shape[0]
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         for r in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
@@ -283,7 +295,7 @@ def _matmul_q8_int(use_vnni, x, values, scales, out):
 def _matmul_q4_int(use_vnni, x, packed, scales, mins, out):
     """out = x @ Q4 matrix.T, x quantised by quantize_rows: the scaled nibbles in integer
     block sums (kernels_simd.q4_dot), the mins times the block sums of x."""
-    xq, x_scales, x_start, x_sums = quantize_rows(x)
+    xq, x_scales, x_start, x_sums = quantize_rows(x, True)
     n_rows = packed.shape[0]
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         for r in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):

@@ -94,12 +94,18 @@ def _splat(builder, value, count):
 
 
 def _nibbles(builder, packed):
-    """16 bytes of Q4 -> 32 unsigned bytes: the low nibbles (values 0-15), then the high."""
-    mask = ir.Constant(_I8x16, [15] * 16)
-    low = builder.and_(packed, mask)
-    high = builder.lshr(packed, ir.Constant(_I8x16, [4] * 16))
-    return builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(ir.IntType(32), 32),
-                                                        list(range(32))))
+    """Q4 bytes -> (low nibbles, high nibbles), as unsigned bytes."""
+    low = builder.and_(packed, ir.Constant(packed.type, [15] * packed.type.count))
+    return low, builder.lshr(packed, ir.Constant(packed.type, [4] * packed.type.count))
+
+
+def _load_pair(builder, pointer, pair):
+    """Two consecutive float32 at pointer + 2 * pair, each repeated over four lanes."""
+    raw = builder.bitcast(builder.gep(pointer, [builder.mul(pair, ir.Constant(pair.type, 2))]),
+                          ir.VectorType(ir.FloatType(), 2).as_pointer())
+    two = builder.load(raw, align=4)
+    return builder.shuffle_vector(two, ir.Constant(two.type, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 4 + [1] * 4))
 
 
 def _dot_u8_s8(builder, isa, unsigned, signed, start):
@@ -135,44 +141,75 @@ def _reduce(builder, vector):
     return total
 
 
+def _chained(builder, n_steps, add_step):
+    """add_step(step, acc) -> acc for step = 0 .. n_steps - 1, in _CHAINS accumulators:
+    with one, each step's multiply-add waits for the last one's (4 cycles), and that,
+    not memory, was the limit (Q8: 22.8 GB/s on one core, 28 with four). Their sum."""
+    zero = ir.Constant(n_steps.type, 0)
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(_F32x8, None)) for _ in range(_CHAINS)]
+    chains = ir.Constant(n_steps.type, _CHAINS)
+    n_grouped = builder.mul(builder.udiv(n_steps, chains), chains)
+    with cgutils.for_range_slice(builder, zero, n_grouped, chains) as (group, _):
+        for k, acc in enumerate(accs):
+            step = builder.add(group, ir.Constant(group.type, k))
+            builder.store(add_step(step, builder.load(acc)), acc)
+    with cgutils.for_range_slice(builder, n_grouped, n_steps,
+                                 ir.Constant(n_steps.type, 1)) as (step, _):
+        builder.store(add_step(step, builder.load(accs[0])), accs[0])
+    total = builder.load(accs[0])
+    for acc in accs[1:]:
+        total = builder.fadd(total, builder.load(acc))
+    return total
+
+
 def _row_dot(context, builder, sig, args, isa, q4):
     """sum over blocks b of w_scales[b] * x_scales[b] * (w_b . xq_b) for one weight row.
 
-    Blocks go _CHAINS at a time into as many accumulators: with one, each block's
-    multiply-add waits for the last one's (4 cycles), and that, not memory, was the
-    limit (22.8 GB/s on one core, 32 with four)."""
+    Q8: one block (32 bytes) a step. Q4: two blocks a step, 32 bytes of nibbles whose
+    low halves multiply one 32-byte run of xq and high halves the next (quantize_rows
+    lays xq out so for Q4): no shuffle, and one conversion and multiply-add per two
+    blocks; an odd last block goes alone (its xq in plain order)."""
     w, w_scales, xq, x_scales, x_start = (
         _data(context, builder, t, a) for t, a in zip(sig.args, args))
     n_blocks = _length(context, builder, sig.args[1], args[1])
     fma = _declare(builder, "llvm.fma.v8f32", _F32x8, _F32x8, _F32x8, _F32x8)
+    zero = ir.Constant(_I32x8, None)
 
-    def add_block(b, acc):
-        x_block = _load(builder, xq, b, _I8x32, 1)
-        if q4:
-            q = _nibbles(builder, _load(builder, w, b, _I8x16, 1))
-            sums = _dot_u8_s8(builder, isa, q, x_block, ir.Constant(_I32x8, None))
-        else:
-            start = _load(builder, x_start, b, _I32x8, 4) if isa == "vnni" else None
-            sums = _q8_block(builder, isa, _load(builder, w, b, _I8x32, 1), x_block, start)
-        scale = builder.fmul(builder.load(builder.gep(w_scales, [b])),
-                             builder.load(builder.gep(x_scales, [b])))
-        return builder.call(fma, [builder.sitofp(sums, _F32x8), _splat(builder, scale, 8), acc])
+    def block_scale(b):
+        return _splat(builder, builder.fmul(builder.load(builder.gep(w_scales, [b])),
+                                            builder.load(builder.gep(x_scales, [b]))), 8)
 
-    accs = [cgutils.alloca_once_value(builder, ir.Constant(_F32x8, None)) for _ in range(_CHAINS)]
-    chains = ir.Constant(n_blocks.type, _CHAINS)
-    n_grouped = builder.mul(builder.udiv(n_blocks, chains), chains)
-    with cgutils.for_range_slice(builder, ir.Constant(n_blocks.type, 0), n_grouped,
-                                 chains) as (group, _):
-        for k, acc in enumerate(accs):
-            b = builder.add(group, ir.Constant(group.type, k))
-            builder.store(add_block(b, builder.load(acc)), acc)
-    with cgutils.for_range_slice(builder, n_grouped, n_blocks,
-                                 ir.Constant(n_blocks.type, 1)) as (b, _):
-        builder.store(add_block(b, builder.load(accs[0])), accs[0])
-    total = builder.load(accs[0])
-    for acc in accs[1:]:
-        total = builder.fadd(total, builder.load(acc))
-    return _reduce(builder, total)
+    def add_q8_block(b, acc):
+        start = _load(builder, x_start, b, _I32x8, 4) if isa == "vnni" else None
+        sums = _q8_block(builder, isa, _load(builder, w, b, _I8x32, 1),
+                         _load(builder, xq, b, _I8x32, 1), start)
+        return builder.call(fma, [builder.sitofp(sums, _F32x8), block_scale(b), acc])
+
+    def add_q4_pair(pair, acc):
+        low, high = _nibbles(builder, _load(builder, w, pair, _I8x32, 1))
+        first = builder.mul(pair, ir.Constant(pair.type, 2))
+        sums = _dot_u8_s8(builder, isa, low, _load(builder, xq, first, _I8x32, 1), zero)
+        sums = _dot_u8_s8(builder, isa, high, _load(builder, xq, builder.add(
+            first, ir.Constant(first.type, 1)), _I8x32, 1), sums)
+        scale = builder.fmul(_load_pair(builder, w_scales, pair),
+                             _load_pair(builder, x_scales, pair))
+        return builder.call(fma, [builder.sitofp(sums, _F32x8), scale, acc])
+
+    if not q4:
+        return _reduce(builder, _chained(builder, n_blocks, add_q8_block))
+    two = ir.Constant(n_blocks.type, 2)
+    total = cgutils.alloca_once_value(builder, _chained(builder, builder.udiv(n_blocks, two),
+                                                        add_q4_pair))
+    with builder.if_then(builder.icmp_unsigned("!=", builder.urem(n_blocks, two),
+                                               ir.Constant(n_blocks.type, 0))):
+        last = builder.sub(n_blocks, ir.Constant(n_blocks.type, 1))
+        low, high = _nibbles(builder, _load(builder, w, last, _I8x16, 1))
+        q = builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(ir.IntType(32), 32),
+                                                          list(range(32))))
+        sums = _dot_u8_s8(builder, isa, q, _load(builder, xq, last, _I8x32, 1), zero)
+        builder.store(builder.call(fma, [builder.sitofp(sums, _F32x8), block_scale(last),
+                                         builder.load(total)]), total)
+    return _reduce(builder, builder.load(total))
 
 
 def _make_row_dot(q4: bool):
