@@ -48,7 +48,7 @@ import os
 import numba
 import numpy as np
 from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from . import kernels_simd
 from .formats.q4 import split_for_q4
@@ -83,6 +83,19 @@ def _bf16_to_float32(typingctx, bits):
         return builder.bitcast(shifted, context.get_value_type(types.float32))
 
     return signature, codegen
+
+
+def _as_float32(value):
+    """A scale as float32: float32 as it is, uint16 as float16 bits (numba has no
+    float16; Q4_0 / Q4_1 keep the file's float16 scales). Compiled code only."""
+    raise NotImplementedError("_as_float32 runs inside numba-compiled code only")
+
+
+@overload(_as_float32)
+def _as_float32_overload(value):
+    if value == types.uint16:
+        return lambda value: kernels_simd.half_to_float32(value)
+    return lambda value: np.float32(value)
 
 
 @njit(**_SERIAL)
@@ -121,11 +134,13 @@ def _gemv_q8_rows(x, values, scales, out, start, stop):
 
 
 @njit(**_SERIAL)
-def _gemv_q4_rows(x_low, x_high, x_block_sums, packed, scales, mins, out, start, stop):
+def _gemv_q4_rows(x_low, x_high, x_block_sums, packed, scales, mins, min_factor, out, start,
+                  stop):
     """out[r] = sum_j x[j] * (scale * q[r, j] + min) for r in start..stop, with x split
     as the nibbles are (kernels.py): byte j of a row holds the q multiplying x_low[j]
-    and x_high[j]; the mins multiply each block's sum of x. The nibbles are cut as
-    uint8 (as wider integers the loop ran 35% slower)."""
+    and x_high[j]; the mins (min_factor * mins: Q4_0 passes its scales and -8) multiply
+    each block's sum of x. The nibbles are cut as uint8 (as wider integers the loop ran
+    35% slower)."""
     for r in range(start, stop):
         row, row_scales, row_mins = packed[r], scales[r], mins[r]
         acc = np.float32(0)
@@ -133,9 +148,9 @@ def _gemv_q4_rows(x_low, x_high, x_block_sums, packed, scales, mins, out, start,
             low = np.uint8(row[j] & np.uint8(15))
             high = np.uint8(row[j] >> np.uint8(4))
             acc += (x_low[j] * np.float32(low) + x_high[j] * np.float32(high)) * \
-                row_scales[j >> _Q4_SHIFT]
+                _as_float32(row_scales[j >> _Q4_SHIFT])
         for b in range(row_mins.shape[0]):
-            acc += row_mins[b] * x_block_sums[b]
+            acc += min_factor * _as_float32(row_mins[b]) * x_block_sums[b]
         out[r] = acc
 
 
@@ -219,15 +234,15 @@ def _matmul_q8_float(x, values, scales, out):
 
 
 @njit(**_PARALLEL)
-def _matmul_q4_float(x_low, x_high, x_block_sums, packed, scales, mins, out):
+def _matmul_q4_float(x_low, x_high, x_block_sums, packed, scales, mins, min_factor, out):
     """out = x (M, K) @ Q4 matrix (packed (N, K/2) uint8, scales and mins (N, K/32)).T,
     x given as kernels.py splits it: x_low, x_high (M, K/2), x_block_sums (M, K/32)."""
     n_rows = packed.shape[0]
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         start = task * _ROWS_PER_TASK
         for i in range(x_low.shape[0]):
-            _gemv_q4_rows(x_low[i], x_high[i], x_block_sums[i], packed, scales, mins, out[i],
-                          start, min(n_rows, start + _ROWS_PER_TASK))
+            _gemv_q4_rows(x_low[i], x_high[i], x_block_sums[i], packed, scales, mins,
+                          min_factor, out[i], start, min(n_rows, start + _ROWS_PER_TASK))
 
 
 @njit(**_SERIAL)
@@ -292,7 +307,7 @@ def _matmul_q8_int(use_vnni, x, values, scales, out):
 
 
 @njit(**_PARALLEL)
-def _matmul_q4_int(use_vnni, x, packed, scales, mins, out):
+def _matmul_q4_int(use_vnni, x, packed, scales, mins, min_factor, out):
     """out = x @ Q4 matrix.T, x quantised by quantize_rows: the scaled nibbles in integer
     block sums (kernels_simd.q4_dot), the mins times the block sums of x."""
     xq, x_scales, x_start, x_sums = quantize_rows(x, True)
@@ -304,7 +319,7 @@ def _matmul_q4_int(use_vnni, x, packed, scales, mins, out):
                 acc = kernels_simd.q4_dot(use_vnni, packed[r], scales[r], xq[i], x_scales[i],
                                           x_start[i])
                 for b in range(row_mins.shape[0]):
-                    acc += row_mins[b] * x_sums[i, b]
+                    acc += min_factor * _as_float32(row_mins[b]) * x_sums[i, b]
                 out[i, r] = acc
 
 
@@ -339,13 +354,14 @@ def matmul_q8(x, values, scales, out):
         _matmul_q8_int(form == "vnni", x, values, scales, out)
 
 
-def matmul_q4(x, packed, scales, mins, out):
-    """out = x (M, K) @ Q4 matrix (packed (N, K/2) uint8, scales and mins (N, K/32)).T."""
+def matmul_q4(x, packed, scales, mins, min_factor, out):
+    """out = x (M, K) @ Q4 matrix.T: packed (N, K/2) uint8, scales and mins (N, K/32)
+    float32 or float16 bits (uint16); each block's min is min_factor * mins."""
     form = int8_activations()
     if form is None:
-        _matmul_q4_float(*split_for_q4(x), packed, scales, mins, out)
+        _matmul_q4_float(*split_for_q4(x), packed, scales, mins, min_factor, out)
     else:
-        _matmul_q4_int(form == "vnni", x, packed, scales, mins, out)
+        _matmul_q4_int(form == "vnni", x, packed, scales, mins, min_factor, out)
 
 
 @njit(**_PARALLEL)
@@ -369,14 +385,15 @@ def decode_q8(values, scales, start, out):
 
 
 @njit(**_PARALLEL)
-def decode_q4(packed, scales, mins, start, out):
-    """out[i] = rows start + i of a Q4 matrix as float32."""
+def decode_q4(packed, scales, mins, min_factor, start, out):
+    """out[i] = rows start + i of a Q4 matrix as float32 (arguments as matmul_q4's)."""
     n_blocks = scales.shape[1]
     for i in prange(out.shape[0]):
         row, dst = packed[start + i], out[i]
         row_scales, row_mins = scales[start + i], mins[start + i]
         for b in range(n_blocks):
-            scale, minimum = row_scales[b], row_mins[b]
+            scale = _as_float32(row_scales[b])
+            minimum = min_factor * _as_float32(row_mins[b])
             for k in range(16):
                 byte = row[16 * b + k]
                 dst[32 * b + k] = np.float32(byte & np.uint8(15)) * scale + minimum
@@ -385,28 +402,33 @@ def decode_q4(packed, scales, mins, start, out):
 
 def warmup() -> None:
     """Compile (or load from numba's on-disk cache) every kernel for the array kinds
-    the loader produces: writable arrays, and read-only ones (memory-mapped files)."""
+    the loader produces: writable arrays, and read-only ones (memory-mapped files);
+    float32 scales and float16 ones (as uint16 bits: Q4_0, Q4_1)."""
     n_rows, n_cols = 2, 64
     x = np.zeros((n_rows, n_cols), dtype=np.float32)
     out = np.empty((n_rows, n_rows), dtype=np.float32)
     tile = np.empty((n_rows, n_cols), dtype=np.float32)
     x_half = np.zeros((n_rows, n_cols // 2), dtype=np.float32)
+    factor = np.float32(1)
     for writable in (True, False):
         bits = np.zeros((n_rows, n_cols), dtype=np.uint16)
         values = np.zeros((n_rows, n_cols), dtype=np.int8)
         packed = np.zeros((n_rows, n_cols // 2), dtype=np.uint8)
         scales = np.zeros((n_rows, n_cols >> _Q8_SHIFT), dtype=np.float32)
-        for weight in (bits, values, packed, scales):
+        half_scales = np.zeros((n_rows, n_cols >> _Q8_SHIFT), dtype=np.uint16)
+        for weight in (bits, values, packed, scales, half_scales):
             weight.flags.writeable = writable
         matmul_bf16(x, bits, out)
         _matmul_q8_float(x, values, scales, out)
-        _matmul_q4_float(x_half, x_half, scales, packed, scales, scales, out)
-        if _INT8_FORMS:
-            _matmul_q8_int(True, x, values, scales, out)
-            _matmul_q4_int(True, x, packed, scales, scales, out)
         decode_bf16(bits, 0, tile)
         decode_q8(values, scales, 0, tile)
-        decode_q4(packed, scales, scales, 0, tile)
+        if _INT8_FORMS:
+            _matmul_q8_int(True, x, values, scales, out)
+        for q4_scales in (scales, half_scales):
+            _matmul_q4_float(x_half, x_half, scales, packed, q4_scales, q4_scales, factor, out)
+            decode_q4(packed, q4_scales, q4_scales, factor, 0, tile)
+            if _INT8_FORMS:
+                _matmul_q4_int(True, x, packed, q4_scales, q4_scales, factor, out)
 
 
 def set_threads(n: int) -> None:

@@ -93,17 +93,70 @@ def _splat(builder, value, count):
                                   ir.Constant(ir.VectorType(ir.IntType(32), count), [0] * count))
 
 
+def _like(value, number):
+    """A constant `number` of value's type (scalar or vector)."""
+    if isinstance(value.type, ir.VectorType):
+        return ir.Constant(value.type, [number] * value.type.count)
+    return ir.Constant(value.type, number)
+
+
+def half_bits_to_float(builder, bits):
+    """i16 (or <n x i16>) float16 bits -> float (or <n x float>), exactly: F16C's
+    vcvtph2ps where the CPU has it (LLVM's fpext), else integer operations that every
+    CPU has (7x slower on Q4_0's scales): a normal number moves its exponent and
+    mantissa into place; a subnormal one is its mantissa times 2^-24 (exact); inf and
+    NaN keep all-ones exponents. The sign is copied last."""
+    vector = isinstance(bits.type, ir.VectorType)
+    wide_type = ir.VectorType(ir.IntType(32), bits.type.count) if vector else ir.IntType(32)
+    float_type = ir.VectorType(ir.FloatType(), bits.type.count) if vector else ir.FloatType()
+    if "f16c" in cpu_features():
+        half_type = ir.VectorType(ir.HalfType(), bits.type.count) if vector else ir.HalfType()
+        return builder.fpext(builder.bitcast(bits, half_type), float_type)
+    h = builder.zext(bits, wide_type)
+    exponent = builder.and_(builder.lshr(h, _like(h, 10)), _like(h, 31))
+    mantissa = builder.and_(h, _like(h, 1023))
+    normal = builder.or_(builder.shl(builder.add(exponent, _like(h, 112)), _like(h, 23)),
+                         builder.shl(mantissa, _like(h, 13)))
+    special = builder.or_(_like(h, 0x7F800000), builder.shl(mantissa, _like(h, 13)))
+    tiny = builder.bitcast(builder.fmul(builder.uitofp(mantissa, float_type),
+                                        _like(builder.uitofp(mantissa, float_type), 2.0 ** -24)),
+                           wide_type)
+    magnitude = builder.select(builder.icmp_unsigned("==", exponent, _like(h, 0)), tiny,
+                               builder.select(builder.icmp_unsigned("==", exponent, _like(h, 31)),
+                                              special, normal))
+    sign = builder.shl(builder.and_(h, _like(h, 0x8000)), _like(h, 16))
+    return builder.bitcast(builder.or_(magnitude, sign), float_type)
+
+
+@intrinsic
+def half_to_float32(typingctx, bits):
+    """uint16 holding float16 bits -> float32, exactly (half_bits_to_float)."""
+    def codegen(context, builder, sig, args):
+        return half_bits_to_float(builder, args[0])
+
+    return types.float32(types.uint16), codegen
+
+
+def _scale(builder, array_type, pointer, index):
+    """array[index] as float: float32 as it is, uint16 as float16 bits."""
+    value = builder.load(builder.gep(pointer, [index]))
+    return half_bits_to_float(builder, value) if array_type.dtype == types.uint16 else value
+
+
 def _nibbles(builder, packed):
     """Q4 bytes -> (low nibbles, high nibbles), as unsigned bytes."""
     low = builder.and_(packed, ir.Constant(packed.type, [15] * packed.type.count))
     return low, builder.lshr(packed, ir.Constant(packed.type, [4] * packed.type.count))
 
 
-def _load_pair(builder, pointer, pair):
-    """Two consecutive float32 at pointer + 2 * pair, each repeated over four lanes."""
+def _load_pair(builder, array_type, pointer, pair):
+    """Two consecutive scales at pointer + 2 * pair as float, each over four lanes."""
+    element = ir.IntType(16) if array_type.dtype == types.uint16 else ir.FloatType()
     raw = builder.bitcast(builder.gep(pointer, [builder.mul(pair, ir.Constant(pair.type, 2))]),
-                          ir.VectorType(ir.FloatType(), 2).as_pointer())
-    two = builder.load(raw, align=4)
+                          ir.VectorType(element, 2).as_pointer())
+    two = builder.load(raw, align=2)
+    if array_type.dtype == types.uint16:
+        two = half_bits_to_float(builder, two)
     return builder.shuffle_vector(two, ir.Constant(two.type, ir.Undefined),
                                   ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 4 + [1] * 4))
 
@@ -175,9 +228,11 @@ def _row_dot(context, builder, sig, args, isa, q4):
     fma = _declare(builder, "llvm.fma.v8f32", _F32x8, _F32x8, _F32x8, _F32x8)
     zero = ir.Constant(_I32x8, None)
 
+    w_scales_type, x_scales_type = sig.args[1], sig.args[3]
+
     def block_scale(b):
-        return _splat(builder, builder.fmul(builder.load(builder.gep(w_scales, [b])),
-                                            builder.load(builder.gep(x_scales, [b]))), 8)
+        return _splat(builder, builder.fmul(_scale(builder, w_scales_type, w_scales, b),
+                                            _scale(builder, x_scales_type, x_scales, b)), 8)
 
     def add_q8_block(b, acc):
         start = _load(builder, x_start, b, _I32x8, 4) if isa == "vnni" else None
@@ -191,8 +246,8 @@ def _row_dot(context, builder, sig, args, isa, q4):
         sums = _dot_u8_s8(builder, isa, low, _load(builder, xq, first, _I8x32, 1), zero)
         sums = _dot_u8_s8(builder, isa, high, _load(builder, xq, builder.add(
             first, ir.Constant(first.type, 1)), _I8x32, 1), sums)
-        scale = builder.fmul(_load_pair(builder, w_scales, pair),
-                             _load_pair(builder, x_scales, pair))
+        scale = builder.fmul(_load_pair(builder, w_scales_type, w_scales, pair),
+                             _load_pair(builder, x_scales_type, x_scales, pair))
         return builder.call(fma, [builder.sitofp(sums, _F32x8), scale, acc])
 
     if not q4:
@@ -214,8 +269,8 @@ def _row_dot(context, builder, sig, args, isa, q4):
 
 def _make_row_dot(q4: bool):
     def row_dot(typingctx, use_vnni, weights, w_scales, xq, x_scales, x_start):
-        """float32: one weight row (Q8 values or Q4 packed bytes, contiguous) dotted with
-        one quantised activation row; x_start: (blocks, 8) int32 sums' starting values
+        """float32: one weight row (Q8 values or Q4 packed bytes, contiguous; its scales
+        float32 or float16 bits in uint16) dotted with one quantised activation row; x_start: (blocks, 8) int32 sums' starting values
         (read by the Q8 "vnni" form only). use_vnni (bool) picks the form at run time;
         on a CPU without VNNI both branches are the "avx2" form (an unavailable
         instruction cannot even be compiled)."""

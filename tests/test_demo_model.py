@@ -18,14 +18,6 @@ def model(demo_model_path):
     return llama3_np.load(demo_model_path)
 
 
-@pytest.fixture
-def float_activations():
-    """The file's weights times float32 activations, as transformers computes; by default
-    the numba kernels quantise activations to int8 (tested below on their own)."""
-    kernels.set_int8_activations(False)
-    yield
-    kernels.set_int8_activations(True)
-
 
 @pytest.fixture(scope="module")
 def reference(demo_model_path):
@@ -45,6 +37,7 @@ def test_greedy_completion_knows_the_capital_of_france(model):
 
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_logits_match_transformers_on_the_same_file(model, reference, prompt, float_activations):
+    """transformers multiplies float32 activations (the int8 ones: the test below)."""
     import torch
 
     tokens = model.tokenizer.encode(prompt, bos=model.tokenizer.add_bos)

@@ -64,9 +64,12 @@ def run(capsys, *args) -> tuple:
 
 
 @pytest.mark.skipif(not HAVE_NUMBA, reason="GGUF quantisation is kept only with numba")
-def test_ppl_compares_precisions_on_the_demo_model(demo_model_path, tmp_path, capsys):
+def test_ppl_compares_precisions_on_the_demo_model(demo_model_path, tmp_path, capsys,
+                                                   float_activations):
     """The issue's measurement: `ppl --dtype f32|bf16|q8` printed one number for all three,
-    the Q4_1 file's own weights, while saying `dtype q8`."""
+    the Q4_1 file's own weights, while saying `dtype q8`. (Windows of 32 tokens take the
+    fused kernels, whose default int8 activations change the arithmetic: perplexity
+    3.2692 against 3.2903 here; this test is about the values kept.)"""
     text = tmp_path / "text.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 8)
     results = {}
