@@ -99,6 +99,15 @@ def _as_float32_overload(value):
 
 
 @njit(**_SERIAL)
+def _block_min(mins, scales, r, b):
+    """Block b's min in row r of a Q4 matrix: mins[r, b], or -8 * scale when mins is None
+    (Q4_0: d * (q - 8); exact, 8 being a power of two). numba compiles each case alone."""
+    if mins is None:
+        return np.float32(-8) * _as_float32(scales[r, b])
+    return _as_float32(mins[r, b])
+
+
+@njit(**_SERIAL)
 def _gemv_bf16_rows(x, bits, out, start, stop):
     """out[r] = sum_j x[j] * bf16(bits[r, j]) for r in start..stop.
     x (K,) float32, bits (N, K) uint16. Four rows per pass share each load of x."""
@@ -134,23 +143,21 @@ def _gemv_q8_rows(x, values, scales, out, start, stop):
 
 
 @njit(**_SERIAL)
-def _gemv_q4_rows(x_low, x_high, x_block_sums, packed, scales, mins, min_factor, out, start,
-                  stop):
+def _gemv_q4_rows(x_low, x_high, x_block_sums, packed, scales, mins, out, start, stop):
     """out[r] = sum_j x[j] * (scale * q[r, j] + min) for r in start..stop, with x split
     as the nibbles are (kernels.py): byte j of a row holds the q multiplying x_low[j]
-    and x_high[j]; the mins (min_factor * mins: Q4_0 passes its scales and -8) multiply
-    each block's sum of x. The nibbles are cut as uint8 (as wider integers the loop ran
-    35% slower)."""
+    and x_high[j]; the mins (_block_min) multiply each block's sum of x. The nibbles are
+    cut as uint8 (as wider integers the loop ran 35% slower)."""
     for r in range(start, stop):
-        row, row_scales, row_mins = packed[r], scales[r], mins[r]
+        row, row_scales = packed[r], scales[r]
         acc = np.float32(0)
         for j in range(packed.shape[1]):
             low = np.uint8(row[j] & np.uint8(15))
             high = np.uint8(row[j] >> np.uint8(4))
             acc += (x_low[j] * np.float32(low) + x_high[j] * np.float32(high)) * \
                 _as_float32(row_scales[j >> _Q4_SHIFT])
-        for b in range(row_mins.shape[0]):
-            acc += min_factor * _as_float32(row_mins[b]) * x_block_sums[b]
+        for b in range(row_scales.shape[0]):
+            acc += _block_min(mins, scales, r, b) * x_block_sums[b]
         out[r] = acc
 
 
@@ -234,15 +241,15 @@ def _matmul_q8_float(x, values, scales, out):
 
 
 @njit(**_PARALLEL)
-def _matmul_q4_float(x_low, x_high, x_block_sums, packed, scales, mins, min_factor, out):
+def _matmul_q4_float(x_low, x_high, x_block_sums, packed, scales, mins, out):
     """out = x (M, K) @ Q4 matrix (packed (N, K/2) uint8, scales and mins (N, K/32)).T,
     x given as kernels.py splits it: x_low, x_high (M, K/2), x_block_sums (M, K/32)."""
     n_rows = packed.shape[0]
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         start = task * _ROWS_PER_TASK
         for i in range(x_low.shape[0]):
-            _gemv_q4_rows(x_low[i], x_high[i], x_block_sums[i], packed, scales, mins,
-                          min_factor, out[i], start, min(n_rows, start + _ROWS_PER_TASK))
+            _gemv_q4_rows(x_low[i], x_high[i], x_block_sums[i], packed, scales, mins, out[i],
+                          start, min(n_rows, start + _ROWS_PER_TASK))
 
 
 @njit(**_SERIAL)
@@ -261,7 +268,8 @@ def quantize_rows(x, q4_order):
     """x (M, K) float32 as the integer kernels read it, per 32-value block b of each row:
     xq (M, K) int8 = round(x / d) with d = max|x_b| / 127 (x_scales (M, K/32)), laid out
     for Q4 (_q4_order) or in plain order (Q8); the sums' starting values x_start
-    (M, K/32, 8) int32 (lane 0: -128 * sum(xq_b), see kernels_simd) and the block sums
+    (M, K/32, 8) int32 (see kernels_simd; Q8: -128 * sum(xq_b) in lane 0 of block b;
+    Q4: -8 * sum(xq_b) for Q4_0, in lane 0 or 4 of block b's pair) and the block sums
     x_sums (M, K/32) that Q4's mins multiply, of the quantised x as the rest of the
     product (so Q4_0's mins, -8 * scale, cancel the scaled nibbles' offset exactly; the
     float32 sums doubled the error on Q4_0). A block holding NaN or inf gets d = NaN,
@@ -287,7 +295,12 @@ def quantize_rows(x, q4_order):
                 xq[i, _q4_order(j, n_cols) if q4_order else j] = q
                 q_total += q
             x_scales[i, b] = largest / np.float32(127) + np.float32(0) * total  # NaN stays
-            x_start[i, b, 0] = -128 * q_total
+            if not q4_order:
+                x_start[i, b, 0] = -128 * q_total
+            elif b % 2 == 0 and b + 1 == n_blocks:  # Q4's odd last block, after the pairs
+                x_start[i, b >> 1, 0] = -8 * q_total
+            else:  # block b's lanes of its pair's sums
+                x_start[i, b >> 1, 4 * (b & 1)] = -8 * q_total
             x_sums[i, b] = x_scales[i, b] * np.float32(q_total)
     return xq, x_scales, x_start, x_sums
 
@@ -302,24 +315,25 @@ def _matmul_q8_int(use_vnni, x, values, scales, out):
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         for r in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
             for i in range(xq.shape[0]):
-                out[i, r] = kernels_simd.q8_dot(use_vnni, values[r], scales[r], xq[i],
+                out[i, r] = kernels_simd.q8_dot(use_vnni, True, values[r], scales[r], xq[i],
                                                 x_scales[i], x_start[i])
 
 
 @njit(**_PARALLEL)
-def _matmul_q4_int(use_vnni, x, packed, scales, mins, min_factor, out):
+def _matmul_q4_int(use_vnni, x, packed, scales, mins, out):
     """out = x @ Q4 matrix.T, x quantised by quantize_rows: the scaled nibbles in integer
-    block sums (kernels_simd.q4_dot), the mins times the block sums of x."""
+    block sums (kernels_simd.q4_dot), the mins times the block sums of x; Q4_0 (mins
+    None) takes its -8 * scale * sum(x) inside the integer sums (x_start), exactly."""
     xq, x_scales, x_start, x_sums = quantize_rows(x, True)
-    n_rows = packed.shape[0]
+    n_rows, n_blocks = scales.shape
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         for r in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
-            row_mins = mins[r]
             for i in range(xq.shape[0]):
-                acc = kernels_simd.q4_dot(use_vnni, packed[r], scales[r], xq[i], x_scales[i],
-                                          x_start[i])
-                for b in range(row_mins.shape[0]):
-                    acc += min_factor * _as_float32(row_mins[b]) * x_sums[i, b]
+                acc = kernels_simd.q4_dot(use_vnni, mins is None, packed[r], scales[r], xq[i],
+                                          x_scales[i], x_start[i])
+                if mins is not None:
+                    for b in range(n_blocks):
+                        acc += _block_min(mins, scales, r, b) * x_sums[i, b]
                 out[i, r] = acc
 
 
@@ -354,14 +368,14 @@ def matmul_q8(x, values, scales, out):
         _matmul_q8_int(form == "vnni", x, values, scales, out)
 
 
-def matmul_q4(x, packed, scales, mins, min_factor, out):
+def matmul_q4(x, packed, scales, mins, out):
     """out = x (M, K) @ Q4 matrix.T: packed (N, K/2) uint8, scales and mins (N, K/32)
-    float32 or float16 bits (uint16); each block's min is min_factor * mins."""
+    float32 or float16 bits (uint16); mins None: -8 * scale (Q4_0)."""
     form = int8_activations()
     if form is None:
-        _matmul_q4_float(*split_for_q4(x), packed, scales, mins, min_factor, out)
+        _matmul_q4_float(*split_for_q4(x), packed, scales, mins, out)
     else:
-        _matmul_q4_int(form == "vnni", x, packed, scales, mins, min_factor, out)
+        _matmul_q4_int(form == "vnni", x, packed, scales, mins, out)
 
 
 @njit(**_PARALLEL)
@@ -385,15 +399,14 @@ def decode_q8(values, scales, start, out):
 
 
 @njit(**_PARALLEL)
-def decode_q4(packed, scales, mins, min_factor, start, out):
+def decode_q4(packed, scales, mins, start, out):
     """out[i] = rows start + i of a Q4 matrix as float32 (arguments as matmul_q4's)."""
     n_blocks = scales.shape[1]
     for i in prange(out.shape[0]):
         row, dst = packed[start + i], out[i]
-        row_scales, row_mins = scales[start + i], mins[start + i]
         for b in range(n_blocks):
-            scale = _as_float32(row_scales[b])
-            minimum = min_factor * _as_float32(row_mins[b])
+            scale = _as_float32(scales[start + i, b])
+            minimum = _block_min(mins, scales, start + i, b)
             for k in range(16):
                 byte = row[16 * b + k]
                 dst[32 * b + k] = np.float32(byte & np.uint8(15)) * scale + minimum
@@ -409,7 +422,6 @@ def warmup() -> None:
     out = np.empty((n_rows, n_rows), dtype=np.float32)
     tile = np.empty((n_rows, n_cols), dtype=np.float32)
     x_half = np.zeros((n_rows, n_cols // 2), dtype=np.float32)
-    factor = np.float32(1)
     for writable in (True, False):
         bits = np.zeros((n_rows, n_cols), dtype=np.uint16)
         values = np.zeros((n_rows, n_cols), dtype=np.int8)
@@ -424,11 +436,12 @@ def warmup() -> None:
         decode_q8(values, scales, 0, tile)
         if _INT8_FORMS:
             _matmul_q8_int(True, x, values, scales, out)
-        for q4_scales in (scales, half_scales):
-            _matmul_q4_float(x_half, x_half, scales, packed, q4_scales, q4_scales, factor, out)
-            decode_q4(packed, q4_scales, q4_scales, factor, 0, tile)
+        for q4_scales, q4_mins in ((scales, scales), (half_scales, half_scales),
+                                   (half_scales, None)):  # Q4_K, Q4_1, Q4_0
+            _matmul_q4_float(x_half, x_half, scales, packed, q4_scales, q4_mins, out)
+            decode_q4(packed, q4_scales, q4_mins, 0, tile)
             if _INT8_FORMS:
-                _matmul_q4_int(True, x, packed, q4_scales, q4_scales, factor, out)
+                _matmul_q4_int(True, x, packed, q4_scales, q4_mins, out)
 
 
 def set_threads(n: int) -> None:

@@ -215,7 +215,7 @@ def _chained(builder, n_steps, add_step):
     return total
 
 
-def _row_dot(context, builder, sig, args, isa, q4):
+def _row_dot(context, builder, sig, args, isa, q4, use_start):
     """sum over blocks b of w_scales[b] * x_scales[b] * (w_b . xq_b) for one weight row.
 
     Q8: one block (32 bytes) a step. Q4: two blocks a step, 32 bytes of nibbles whose
@@ -240,10 +240,14 @@ def _row_dot(context, builder, sig, args, isa, q4):
                          _load(builder, xq, b, _I8x32, 1), start)
         return builder.call(fma, [builder.sitofp(sums, _F32x8), block_scale(b), acc])
 
+    def q4_start(step):  # Q4_0: -8 * sum(xq) of each block (use_start), else 0
+        return builder.select(use_start, _load(builder, x_start, step, _I32x8, 4), zero)
+
     def add_q4_pair(pair, acc):
         low, high = _nibbles(builder, _load(builder, w, pair, _I8x32, 1))
         first = builder.mul(pair, ir.Constant(pair.type, 2))
-        sums = _dot_u8_s8(builder, isa, low, _load(builder, xq, first, _I8x32, 1), zero)
+        sums = _dot_u8_s8(builder, isa, low, _load(builder, xq, first, _I8x32, 1),
+                          q4_start(pair))
         sums = _dot_u8_s8(builder, isa, high, _load(builder, xq, builder.add(
             first, ir.Constant(first.type, 1)), _I8x32, 1), sums)
         scale = builder.fmul(_load_pair(builder, w_scales_type, w_scales, pair),
@@ -253,40 +257,41 @@ def _row_dot(context, builder, sig, args, isa, q4):
     if not q4:
         return _reduce(builder, _chained(builder, n_blocks, add_q8_block))
     two = ir.Constant(n_blocks.type, 2)
-    total = cgutils.alloca_once_value(builder, _chained(builder, builder.udiv(n_blocks, two),
-                                                        add_q4_pair))
+    n_pairs = builder.udiv(n_blocks, two)
+    total = cgutils.alloca_once_value(builder, _chained(builder, n_pairs, add_q4_pair))
     with builder.if_then(builder.icmp_unsigned("!=", builder.urem(n_blocks, two),
                                                ir.Constant(n_blocks.type, 0))):
         last = builder.sub(n_blocks, ir.Constant(n_blocks.type, 1))
         low, high = _nibbles(builder, _load(builder, w, last, _I8x16, 1))
         q = builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(ir.IntType(32), 32),
                                                           list(range(32))))
-        sums = _dot_u8_s8(builder, isa, q, _load(builder, xq, last, _I8x32, 1), zero)
+        sums = _dot_u8_s8(builder, isa, q, _load(builder, xq, last, _I8x32, 1),
+                          q4_start(n_pairs))
         builder.store(builder.call(fma, [builder.sitofp(sums, _F32x8), block_scale(last),
                                          builder.load(total)]), total)
     return _reduce(builder, builder.load(total))
 
 
 def _make_row_dot(q4: bool):
-    def row_dot(typingctx, use_vnni, weights, w_scales, xq, x_scales, x_start):
+    def row_dot(typingctx, use_vnni, use_start, weights, w_scales, xq, x_scales, x_start):
         """float32: one weight row (Q8 values or Q4 packed bytes, contiguous; its scales
-        float32 or float16 bits in uint16) dotted with one quantised activation row; x_start: (blocks, 8) int32 sums' starting values
-        (read by the Q8 "vnni" form only). use_vnni (bool) picks the form at run time;
-        on a CPU without VNNI both branches are the "avx2" form (an unavailable
-        instruction cannot even be compiled)."""
-        signature = types.float32(use_vnni, weights, w_scales, xq, x_scales, x_start)
+        float32 or float16 bits in uint16) dotted with one quantised activation row.
+        x_start: (blocks, 8) int32, the sums' starting values (quantize_rows), read by
+        the Q8 "vnni" form, and by Q4 when use_start (Q4_0's offset of 8). use_vnni
+        picks the form at run time; on a CPU without VNNI both branches are the "avx2"
+        form (an unavailable instruction cannot even be compiled)."""
+        signature = types.float32(use_vnni, use_start, weights, w_scales, xq, x_scales,
+                                  x_start)
 
         def codegen(context, builder, sig, args):
             isa = "vnni" if "vnni" in available() else "avx2"
             result = cgutils.alloca_once(builder, ir.FloatType())
-            inner_sig = types.float32(*sig.args[1:])
+            inner_sig = types.float32(*sig.args[2:])
             with builder.if_else(args[0]) as (vnni, avx2):
-                with vnni:
-                    builder.store(_row_dot(context, builder, inner_sig, args[1:], isa, q4),
-                                  result)
-                with avx2:
-                    builder.store(_row_dot(context, builder, inner_sig, args[1:], "avx2", q4),
-                                  result)
+                for block, form in ((vnni, isa), (avx2, "avx2")):
+                    with block:
+                        builder.store(_row_dot(context, builder, inner_sig, args[2:], form, q4,
+                                               args[1]), result)
             return builder.load(result)
 
         return signature, codegen

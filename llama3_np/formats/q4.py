@@ -40,12 +40,12 @@ class Q4:
                   None if self.mins is None else self.mins[rows])
 
     def _kernel_parts(self) -> tuple:
-        """(scales, min source, min factor) as the compiled kernels read them: float16 as
-        its bits (uint16: numba has no float16), a Q4_0 min as -8 times its scale."""
-        scales = self.scales.view(np.uint16) if self.scales.dtype == np.float16 else self.scales
-        if self.mins is None:
-            return scales, scales, np.float32(_Q4_0_MIN_FACTOR)
-        return scales, self.mins.view(scales.dtype), np.float32(1)
+        """(scales, mins) as the compiled kernels read them: float16 as its bits (uint16:
+        numba has no float16)."""
+        if self.scales.dtype != np.float16:
+            return self.scales, self.mins
+        return self.scales.view(np.uint16), None if self.mins is None else \
+            self.mins.view(np.uint16)
 
     def fused(self, kernels):
         if kernels is None:
