@@ -10,10 +10,10 @@ How, fastest first:
 - up to 32 rows of x (decoding a token, a chat turn, a short prompt), bf16 / q8 / Q4
   weights, numba backend: fused kernels that decode each weight in registers, so
   only the stored bytes cross the memory bus, once for all rows (kernels_numba.py).
-  q8 and Q4 multiply x quantised to int8 per 32-value block in integer dot products
-  where the CPU has them (VNNI or AVX2, kernels_simd.py), as llama.cpp does: 1.6-1.7x
-  the float32 loops, at a small measured error; set_int8_activations(False) keeps x
-  float32, exactly as the weights are stored.
+  set_int8_activations(True) makes q8 and Q4 multiply x quantised to int8 per 32-value
+  block, in integer dot products where the CPU has them (VNNI or AVX2, kernels_simd.py),
+  as llama.cpp does: 1.6-2.9x the float32 loops' speed, at a measured error
+  (kernels_numba.py). Off by default: all math stays float32, as the weights are stored.
 - otherwise (prefill, or the numpy backend): decode a tile of weight rows to
   float32 in a reused buffer (a few MB, cache-sized) and let BLAS multiply every
   row of x by it. Prefill is compute bound, and BLAS sgemm beats any loop here;
@@ -82,8 +82,8 @@ def set_threads(n: int) -> None:
 
 def set_int8_activations(on: bool) -> None:
     """Multiply q8 / Q4 weights (numba backend, up to _FUSED_MAX_ROWS rows of x) by x
-    quantised to int8 per 32-value block, in integer dot products (on: the default where
-    the CPU has them), or by float32 x, exactly as the weights are stored (off).
+    quantised to int8 per 32-value block, in integer dot products where the CPU has them
+    (on), or by float32 x, exactly as the weights are stored (off: the default).
     See kernels_numba.py for the speed and the error of each."""
     global _int8_wish
     _int8_wish = bool(on)

@@ -14,25 +14,30 @@ the loop is written. What vectorises (measured on AVX2):
   one row per pass.
 
 On AVX-512 CPUs LLVM still uses 256-bit vectors (ymm): it is tuned to prefer them on
-Intel's server parts. bf16 reads at 0.94-0.98x a BLAS float32 GEMV over the same bytes
-(one core, Xeon with AVX-512, benchmarks/kernels_bench.py --decode). The float32 Q8 and
-Q4 loops do more work per byte (widen, convert, scale; Q4 also cuts nibbles) and are
-compute bound: q8 0.54x, Q4 0.34-0.40x of that rate. So Q8 and Q4 multiply, by default,
-activations quantised to int8 per 32-value block (quantize_rows) with integer block sums
-(kernels_simd.py: VNNI vpdpbusd, else AVX2 vpmaddubsw; llama.cpp's arithmetic for its
-Q8_0 / Q4_0 dot products): q8 0.87-0.92x, Q4 0.58-0.68x on the same runs (1.6x and
-1.7x the float loops). Q4's remaining gap is the nibbles' unpacking (a shuffle per
-16 bytes) and its float32 scale and min (0.75 bytes a weight, against Q4_0's 0.5625).
+Intel's server parts. Measured with benchmarks/kernels_bench.py --decode (one core of a
+Xeon with AVX-512 and VNNI, 1B's w1 and w2, each kernel's read rate over a BLAS float32
+GEMV's on as many bytes, interleaved): bf16 0.99-1.03. The float32 q8 and Q4 loops do
+more work per byte (widen, convert, scale; Q4 also cuts nibbles) and are compute bound:
+q8 0.54-0.60, Q4_K 0.38-0.40, Q4_0 0.27-0.29 (its float16 scales converted per value).
+Asked to (set_int8_activations), q8 and Q4 multiply activations quantised to int8 per
+32-value block (quantize_rows) with integer block sums (kernels_simd.py: VNNI vpdpbusd, else AVX2
+vpmaddubsw; llama.cpp's arithmetic for its Q8_0 / Q4_0 dot products): q8 0.96-0.97,
+Q4_K 0.94, Q4_0 0.73-0.79 (40 G weights/s a core, slightly more than Q4_K's 37: its
+bytes are fewer, not its work; per-row costs, the reduction and loop set-up, weigh more).
+The scalar Q8 loop already gets one scale broadcast per 32 values (no gather) and
+four accumulators; its cost is converting each int8 to float32.
 
 The int8 activations are a different arithmetic: each x is rounded to its block's step
 max|x_b| / 127, an error of at most half a step per value. Measured on the demo model
 (SmolLM2-135M Q4_1, tests/test_demo_model.py): the next-token distribution moves by a
 KL of 0.002-0.006 nats on average (0.023 at most), the logits by 2-5% of their largest
-magnitude; the float32 path agrees with transformers on the same file to 2.4e-6. The
-default is int8 where the CPU has a form (the speed above, and llama.cpp's own choice
-for these formats); kernels.set_int8_activations(False) multiplies by float32 x, exactly
-as the weights are stored. The integer sums are exact, so the result is the quantised
-x times the weights, to float32 roundoff (tests/test_kernels.py).
+magnitude, perplexity (test_precision's text) by 0.6%, and the demo chat's greedy answer
+to "What is the capital of France?" changes (no longer "Paris"); the float32 path agrees
+with transformers on the same file to 2.4e-6. So the default is float32 x, exactly as
+the weights are stored (the project's rule: all math in float32), and int8 x is asked
+for: kernels.set_int8_activations(True), --int8-activations (llama.cpp's own choice for
+these formats, and what matches its decoding speed). The integer sums are exact, so the
+result is the quantised x times the weights, to float32 roundoff (tests/test_kernels.py).
 
 A GEMV with a nested per-block loop (for block: for j in 32) ran 6-8x slower, and
 one with a 32-float accumulator array 2.5x slower: LLVM no longer vectorises them.
@@ -340,7 +345,7 @@ def _matmul_q4_int(use_vnni, x, packed, scales, mins, out):
 # The integer dot products this CPU has (kernels_simd.available) and whether they are
 # used: set_int8_activations.
 _INT8_FORMS = kernels_simd.available()
-_int8 = {"on": bool(_INT8_FORMS), "form": _INT8_FORMS[0] if _INT8_FORMS else None}
+_int8 = {"on": False, "form": _INT8_FORMS[0] if _INT8_FORMS else None}
 
 
 def set_int8_activations(on: bool, form: str = None) -> None:

@@ -20,9 +20,13 @@ Two instruction sets, chosen at run time by `available()`:
   unsigned operand must stay small: Q4's nibbles (15 * 127 * 2 = 3810) go as they are,
   a Q8 block goes as |w| (at most 128) against xq with w's sign (127 * 128 * 2 = 32512).
 
-Vectors are 256 bits (one 32-value block each): every AVX2 CPU has them, and LLVM
-splits 512-bit types on CPUs it tunes for 256 (Intel's AVX-512 server parts).
-A CPU with neither set runs kernels_numba's float loops.
+Vectors are 256 bits (one 32-value Q8 block, or two Q4 blocks, each): every AVX2 CPU
+has them, and LLVM splits 512-bit types on CPUs it tunes for 256 (Intel's AVX-512 server
+parts). A CPU with neither set runs kernels_numba's float loops. Which form the code
+holds is decided when numba compiles it, for the CPU it runs on (numba's on-disk cache
+is keyed by the CPU too); numba re-compiles a cached kernel when kernels_numba.py
+changes, not when only this file does: clear llama3_np/__pycache__/*.nbi / *.nbc after
+editing here.
 """
 
 import llvmlite.binding as llvm

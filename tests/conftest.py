@@ -41,12 +41,12 @@ def demo_model_path() -> Path:
 @pytest.fixture
 def float_activations():
     """The numba kernels multiply q8 / Q4 weights by float32 activations, exactly as the
-    weights are stored (by default they quantise activations to int8 per block)."""
+    weights are stored (the default; said here where a test depends on it)."""
     from llama3_np import kernels
 
     kernels.set_int8_activations(False)
     yield
-    kernels.set_int8_activations(True)
+    kernels.set_int8_activations(False)
 
 
 def pytest_report_header(config):

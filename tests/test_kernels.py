@@ -35,13 +35,11 @@ GGUF_KINDS = ["gguf_q4_0", "gguf_q4_1", "gguf_q4_k", "gguf_q5_0"]
 
 
 @pytest.fixture(autouse=True)
-def restore_backend():
-    """Each test starts on the float32 activations (the arithmetic assert_matches_float64
-    bounds); the int8 ones have their own tests below."""
-    kernels.set_int8_activations(False)
+def restore_backend(float_activations):
+    """Each test starts on float32 activations (the default, whose arithmetic
+    assert_matches_float64 bounds); the int8 ones have their own tests below."""
     yield
     kernels.set_backend("auto")
-    kernels.set_int8_activations(True)
 
 
 @pytest.fixture
@@ -469,12 +467,16 @@ def test_int8_activations_read_only_weights_extreme_values_and_nan(form):
 
 @NEEDS_NUMBA
 def test_int8_activations_off_or_missing_instructions_use_the_float_loops(monkeypatch):
-    """set_int8_activations(False), or a CPU with neither VNNI nor AVX2 (forced here),
+    """By default, after set_int8_activations(False), or asked for on a CPU with neither
+    VNNI nor AVX2 (forced here),
     multiplies by float32 x: the float path's bound, far tighter than int8's."""
     kernels_numba = kernels._numba_kernels()
     kernels.set_backend("numba")
     w, w_float32 = weight_in("gguf_q4_1", random_matrix((N_OUT, N_IN)))
     x = random_matrix((3, N_IN), seed=5)
+    assert kernels_numba.int8_activations() is None  # the default
+    assert_matches_float64(kernels.linear(x, w), x, w_float32)
+    kernels.set_int8_activations(True)
     kernels.set_int8_activations(False)
     assert kernels_numba.int8_activations() is None
     assert_matches_float64(kernels.linear(x, w), x, w_float32)
