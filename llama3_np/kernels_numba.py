@@ -138,13 +138,10 @@ def _gemv_bf16_rows(x, bits, out, start, stop):
 
 @njit(**_SERIAL)
 def _gemv_q8_rows(x, values, scales, out, start, stop):
-    """out[r] = sum_j x[j] * values[r, j] * scales[r, j // 32] for r in start..stop."""
+    """out[r] = sum_j x[j] * values[r, j] * scales[r, j // 32] for r in start..stop, each
+    block's products summed before its scale multiplies them (kernels_simd.q8_dot_float)."""
     for r in range(start, stop):
-        row, row_scales = values[r], scales[r]
-        acc = np.float32(0)
-        for j in range(values.shape[1]):
-            acc += x[j] * np.float32(row[j]) * row_scales[j >> _Q8_SHIFT]
-        out[r] = acc
+        out[r] = kernels_simd.q8_dot_float(values[r], scales[r], x)
 
 
 @njit(**_SERIAL)

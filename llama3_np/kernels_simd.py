@@ -306,3 +306,39 @@ def _make_row_dot(q4: bool):
 
 q8_dot = _make_row_dot(q4=False)
 q4_dot = _make_row_dot(q4=True)
+
+
+def _q8_float_row_dot(context, builder, sig, args):
+    """sum over blocks b of scales[b] * (w_b . x_b), w_b converted to float32 and x float32:
+    per block, products summed by multiply-adds in two vectors (two chains), then one
+    multiply-add by the block's scale, instead of a multiply by the scale per value:
+    a third fewer arithmetic instructions (the scalar loop's limit, with the conversions)."""
+    w, scales, x = (_data(context, builder, t, a) for t, a in zip(sig.args, args))
+    n_blocks = _length(context, builder, sig.args[1], args[1])
+    fma = _declare(builder, "llvm.fma.v8f32", _F32x8, _F32x8, _F32x8, _F32x8)
+    x_block_type = ir.VectorType(ir.FloatType(), 32)
+
+    def add_block(b, acc):
+        weights = builder.sitofp(_load(builder, w, b, _I8x32, 1), x_block_type)
+        values = _load(builder, x, b, x_block_type, 4)
+        quarters = [[builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
+                                            ir.Constant(ir.VectorType(ir.IntType(32), 8),
+                                                        list(range(8 * k, 8 * k + 8))))
+                     for k in range(4)] for v in (weights, values)]
+        (w0, w1, w2, w3), (x0, x1, x2, x3) = quarters
+        even = builder.call(fma, [w2, x2, builder.fmul(w0, x0)])
+        odd = builder.call(fma, [w3, x3, builder.fmul(w1, x1)])
+        scale = _splat(builder, _scale(builder, sig.args[1], scales, b), 8)
+        return builder.call(fma, [builder.fadd(even, odd), scale, acc])
+
+    return _reduce(builder, _chained(builder, n_blocks, add_block))
+
+
+@intrinsic
+def q8_dot_float(typingctx, weights, scales, x):
+    """float32: one Q8 row (int8 values, float32 scales per 32) dotted with float32 x, all
+    in float32 (no integer instructions: any CPU)."""
+    def codegen(context, builder, sig, args):
+        return _q8_float_row_dot(context, builder, sig, args)
+
+    return types.float32(weights, scales, x), codegen
