@@ -15,17 +15,21 @@ the loop is written. What vectorises (measured on AVX2):
 
 On AVX-512 CPUs LLVM still uses 256-bit vectors (ymm): it is tuned to prefer them on
 Intel's server parts. Measured with benchmarks/kernels_bench.py --decode (one core of a
-Xeon with AVX-512 and VNNI, 1B's w1 and w2, each kernel's read rate over a BLAS float32
-GEMV's on as many bytes, interleaved): bf16 0.99-1.03. The float32 q8 and Q4 loops do
-more work per byte (widen, convert, scale; Q4 also cuts nibbles) and are compute bound:
-q8 0.54-0.60, Q4_K 0.38-0.40, Q4_0 0.27-0.29 (its float16 scales converted per value).
+Xeon with AVX-512 and VNNI, shared with other jobs; 1B's w1 and w2; each kernel's read
+rate over a BLAS float32 GEMV's on as many bytes, interleaved): bf16 0.99-1.03. The
+float32 q8 and Q4 loops do more work per byte (widen, convert, scale; Q4 also cuts
+nibbles) and are compute bound: q8 0.56-0.65 (each block's products summed before its
+scale multiplies them: kernels_simd.q8_dot_float, 8% faster than a scale per value),
+Q4_K 0.36-0.40, Q4_0 0.23-0.29 (as many weights a second as Q4_K, in fewer bytes).
 Asked to (set_int8_activations), q8 and Q4 multiply activations quantised to int8 per
-32-value block (quantize_rows) with integer block sums (kernels_simd.py: VNNI vpdpbusd, else AVX2
-vpmaddubsw; llama.cpp's arithmetic for its Q8_0 / Q4_0 dot products): q8 0.96-0.97,
-Q4_K 0.94, Q4_0 0.73-0.79 (40 G weights/s a core, slightly more than Q4_K's 37: its
-bytes are fewer, not its work; per-row costs, the reduction and loop set-up, weigh more).
-The scalar Q8 loop already gets one scale broadcast per 32 values (no gather) and
-four accumulators; its cost is converting each int8 to float32.
+32-value block (quantize_rows) with integer block sums (kernels_simd.py: VNNI vpdpbusd,
+else AVX2 vpmaddubsw; llama.cpp's arithmetic for its Q8_0 / Q4_0 dot products): q8
+0.89-0.97, Q4_K 0.92-0.94, Q4_0 0.73-0.79 (40 G weights/s a core against Q4_K's 37: its
+bytes are fewer, not its work; per-row costs, the reduction and loop set-up, weigh
+more). From DRAM (the 128256 x 2048 output matrix, two threads, a busy machine): bf16
+0.89, q8 0.66 / 0.73 (float / int8 x), Q4_0 0.14 / 0.63, Q4_K 0.23 / 0.72.
+The scalar Q8 loop already gets one scale broadcast per 32 values (no gather), as the
+assembly shows; its cost is converting each int8 to float32.
 
 The int8 activations are a different arithmetic: each x is rounded to its block's step
 max|x_b| / 127, an error of at most half a step per value. Measured on the demo model
