@@ -497,3 +497,33 @@ def test_int8_forms_follow_the_cpu_features(monkeypatch):
                             ({"sse4.2"}, ())]:
         monkeypatch.setattr(simd, "cpu_features", lambda features=features: features)
         assert simd.available() == forms
+
+
+@NEEDS_NUMBA
+@pytest.mark.parametrize("f16c", [True, False])
+def test_float16_scales_widen_exactly_with_and_without_f16c(f16c, monkeypatch):
+    """Q4_0 / Q4_1 keep float16 scales; kernels_simd.half_to_float32 widens them with F16C
+    where the CPU has it, else in integer operations (forced here by hiding the feature
+    while a fresh function compiles): every one of the 65536 bit patterns as NumPy
+    widens it (a NaN may come back quieted: still NaN)."""
+    from numba import njit
+
+    simd = kernels._numba_kernels().kernels_simd
+    features = simd.cpu_features()
+    if f16c and "f16c" not in features:
+        pytest.skip("this CPU has no F16C")
+    monkeypatch.setattr(simd, "cpu_features", lambda: features - ({"f16c"} if not f16c
+                                                                   else set()))
+
+    @njit
+    def widen(bits, out):
+        for i in range(bits.size):
+            out[i] = simd.half_to_float32(bits[i])
+
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    out = np.empty(bits.shape, dtype=np.float32)
+    widen(bits, out)
+    expected = bits.view(np.float16).astype(np.float32)
+    nan = np.isnan(expected)
+    np.testing.assert_array_equal(np.isnan(out), nan)
+    np.testing.assert_array_equal(out[~nan].view(np.uint32), expected[~nan].view(np.uint32))
