@@ -2,6 +2,13 @@
 the machine's memory bandwidth, plus prefill GEMM GFLOP/s. Takes well under a minute.
 
     python benchmarks/kernels_bench.py [--threads 2] [--shape 2048 8192] [--prefill 128]
+    python benchmarks/kernels_bench.py --decode [--threads 1] [--only wq,w1,output]
+
+--decode: one token (M = 1) against each of Llama 3.2 1B's matrices (wq 2048x2048, wk/wv
+512x2048, w1/w3 8192x2048, w2 2048x8192, output 128256x2048) in every form (bf16, q8 and
+Q4 with float32 and with int8 activations), each interleaved with a BLAS float32 GEMV over
+the same number of bytes: the ratio of the two read rates is what a kernel loses to
+BLAS, whatever the machine's neighbours do meanwhile.
 
 GEMV (decoding one token) is bound by memory bandwidth, so its GB/s (stored weight
 bytes read per second) should approach the "memory: BLAS f32 GEMV" line. The default
@@ -25,12 +32,90 @@ def parse_args():
                         metavar=("OUT", "IN"), help="weight shape (default: Llama 3.2 1B w2)")
     parser.add_argument("--prefill", type=int, default=128, help="rows of x for GEMM")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--decode", action="store_true",
+                        help="M = 1 on each 1B matrix, against f32 GEMV over the same bytes")
+    parser.add_argument("--only", default=None, help="--decode: matrices, e.g. wq,w1")
     return parser.parse_args()
+
+
+# Llama 3.2 1B's matrices (out_features, in_features); wv and w3 repeat wk and w1.
+DECODE_SHAPES = {"wq": (2048, 2048), "wk": (512, 2048), "w1": (8192, 2048),
+                 "w2": (2048, 8192), "output": (128256, 2048)}
+
+
+def decode_forms(rng, n_out, n_in):
+    """(label, weight, int8 activations or None) for each form, made straight from random
+    bytes (quantising a 1 GB float32 output matrix would take longer than timing it).
+    The 4-bit form as GGUF's Q4_0 becomes it (float16 scales, no mins: 0.5625 bytes a
+    weight) and as Q4_K does (float32 scales and mins: 0.75)."""
+    import numpy as np
+
+    from llama3_np.formats.bf16 import BF16, float32_to_bf16_bits
+    from llama3_np.formats.q4 import Q4
+    from llama3_np.formats.q8 import Q8
+
+    bits = np.empty((n_out, n_in), np.uint16)
+    for start in range(0, n_out, 4096):
+        rows = rng.standard_normal((min(4096, n_out - start), n_in), dtype=np.float32)
+        bits[start:start + len(rows)] = float32_to_bf16_bits(rows * np.float32(0.02))
+    blocks = (n_out, n_in // 32)
+    q8 = Q8(rng.integers(-127, 128, (n_out, n_in), dtype=np.int8),
+            rng.uniform(0, 1e-3, blocks).astype(np.float32))
+    nibbles = rng.integers(0, 256, (n_out, n_in // 2), dtype=np.uint8)
+    q4_0 = Q4(nibbles, rng.uniform(0, 1e-3, blocks).astype(np.float16))  # as GGUF's Q4_0
+    q4_k = Q4(nibbles, rng.uniform(0, 1e-3, blocks).astype(np.float32),  # Q4_K's products
+              rng.uniform(-8e-3, 0, blocks).astype(np.float32))
+    return [("bf16", BF16(bits), None), ("q8 float x", q8, False), ("q8 int8 x", q8, True),
+            ("Q4_0 float x", q4_0, False), ("Q4_0 int8 x", q4_0, True),
+            ("Q4_K float x", q4_k, False), ("Q4_K int8 x", q4_k, True)]
+
+
+def decode_main(args):
+    """Read rates of one-token GEMVs per 1B matrix and form, over BLAS f32's on as many
+    bytes, interleaved (A, B, A, B ...), best of args.rounds rounds of repeats."""
+    import numpy as np
+
+    from llama3_np import kernels
+    from machine import best_seconds
+
+    kernels.set_backend("numba")
+    kernels.warmup()
+    form = kernels._numba_kernels().int8_activations()
+    print(f"threads {args.threads or 'all'}; int8 dot product: {form or 'none (float loops)'}")
+    print(f"{'matrix':8s} {'form':12s} {'GB/s':>6s} {'f32 GB/s':>8s} {'ratio':>6s}")
+    rng = np.random.default_rng(0)
+    for name, (n_out, n_in) in DECODE_SHAPES.items():
+        if args.only and name not in args.only.split(","):
+            continue
+        x = rng.standard_normal((1, n_in), dtype=np.float32)
+        for label, w, int8 in decode_forms(rng, n_out, n_in):
+            reference = np.ones((max(1, w.nbytes // 4 // n_in), n_in), np.float32)
+            repeats = max(3, int(3e8 / w.nbytes))
+
+            def ours(w=w, int8=int8):
+                if int8 is not None:
+                    kernels.set_int8_activations(int8)
+                kernels.linear(x, w)
+
+            blas = best = float("inf")
+            ours(), x @ reference.T  # page in, compile
+            for _ in range(args.rounds):
+                best = min(best, best_seconds(ours, repeats))
+                blas = min(blas, best_seconds(lambda: x @ reference.T, repeats))
+            rate, blas_rate = w.nbytes / best / 1e9, reference.nbytes / blas / 1e9
+            print(f"{name:8s} {label:12s} {rate:6.1f} {blas_rate:8.1f} {rate / blas_rate:6.2f}",
+                  flush=True)
+        kernels.set_int8_activations(True)
 
 
 def main():
     args = parse_args()
     configure_threads(args.threads)
+    if args.decode:
+        if args.threads:
+            from llama3_np import kernels
+            kernels.set_threads(args.threads)
+        return decode_main(args)
     import numpy as np
 
     from llama3_np import kernels

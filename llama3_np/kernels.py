@@ -10,6 +10,10 @@ How, fastest first:
 - up to 32 rows of x (decoding a token, a chat turn, a short prompt), bf16 / q8 / Q4
   weights, numba backend: fused kernels that decode each weight in registers, so
   only the stored bytes cross the memory bus, once for all rows (kernels_numba.py).
+  set_int8_activations(True) makes q8 and Q4 multiply x quantised to int8 per 32-value
+  block, in integer dot products where the CPU has them (VNNI or AVX2, kernels_simd.py),
+  as llama.cpp does: 1.6-2.9x the float32 loops' speed, at a measured error
+  (kernels_numba.py). Off by default: all math stays float32, as the weights are stored.
 - otherwise (prefill, or the numpy backend): decode a tile of weight rows to
   float32 in a reused buffer (a few MB, cache-sized) and let BLAS multiply every
   row of x by it. Prefill is compute bound, and BLAS sgemm beats any loop here;
@@ -43,6 +47,7 @@ _FUSED_MAX_ROWS = 32
 
 _backend = "auto"
 _numba_threads = None  # set_threads' wish, applied when numba loads
+_int8_wish = None  # set_int8_activations' wish, applied when numba loads
 _numba_state = {}  # "module": kernels_numba, or None when numba is unavailable
 _scratch = threading.local()  # .tile: this thread's tile buffer
 
@@ -73,6 +78,17 @@ def set_threads(n: int) -> None:
     _numba_threads = n
     if _numba_state.get("module") is not None:  # else applied when numba loads
         _numba_state["module"].set_threads(n)
+
+
+def set_int8_activations(on: bool) -> None:
+    """Multiply q8 / Q4 weights (numba backend, up to _FUSED_MAX_ROWS rows of x) by x
+    quantised to int8 per 32-value block, in integer dot products where the CPU has them
+    (on), or by float32 x, exactly as the weights are stored (off: the default).
+    See kernels_numba.py for the speed and the error of each."""
+    global _int8_wish
+    _int8_wish = bool(on)
+    if _numba_state.get("module") is not None:  # else applied when numba loads
+        _numba_state["module"].set_int8_activations(_int8_wish)
 
 
 def warmup() -> None:
@@ -128,5 +144,7 @@ def _numba_kernels():
             kernels_numba = None
         if kernels_numba is not None and _numba_threads is not None:
             kernels_numba.set_threads(_numba_threads)
+        if kernels_numba is not None and _int8_wish is not None:
+            kernels_numba.set_int8_activations(_int8_wish)
         _numba_state["module"] = kernels_numba
     return _numba_state["module"]

@@ -7,17 +7,41 @@ the loop is written. What vectorises (measured on AVX2):
 
 - one flat inner loop over a contiguous row, j = 0..in_features, accumulating in a
   float32 scalar with reassociation allowed (so LLVM may keep 8-wide partial sums);
-- a Q8 scale looked up as scales[j >> 5] inside that flat loop;
+- a Q8 scale looked up as scales[j >> 5] inside that flat loop (LLVM turns it into one
+  broadcast per 32 values, no gather: checked in the AVX-512 assembly too);
 - bf16: four rows per pass sharing each load of x (6-10% faster than one row on a
   layer's matrices read from DRAM). The same for Q8 ran 10-30% slower, so Q8 keeps
   one row per pass.
 
-bf16 then runs at DRAM bandwidth on two cores (~32 GB/s here). Q8 does more work per
-byte (widen, convert, scale) and is compute bound: ~14 GB/s on one core, ~25 on two.
-With the rows in the L2 cache (no memory traffic at all) the Q8 loop makes 13-16 G
-weights/s per core, and hand-written AVX2 intrinsics in C, with the scale applied once
-per block instead of per value, made no more: converting int8 to float32 is the limit.
-Q4 does more again (cut two nibbles from each byte): 9-10 G weights/s per core.
+On AVX-512 CPUs LLVM still uses 256-bit vectors (ymm): it is tuned to prefer them on
+Intel's server parts. Measured with benchmarks/kernels_bench.py --decode (one core of a
+Xeon with AVX-512 and VNNI, shared with other jobs; 1B's w1 and w2; each kernel's read
+rate over a BLAS float32 GEMV's on as many bytes, interleaved): bf16 0.99-1.03. The
+float32 q8 and Q4 loops do more work per byte (widen, convert, scale; Q4 also cuts
+nibbles) and are compute bound: q8 0.56-0.65 (each block's products summed before its
+scale multiplies them: kernels_simd.q8_dot_float, 8% faster than a scale per value),
+Q4_K 0.36-0.40, Q4_0 0.23-0.29 (as many weights a second as Q4_K, in fewer bytes).
+Asked to (set_int8_activations), q8 and Q4 multiply activations quantised to int8 per
+32-value block (quantize_rows) with integer block sums (kernels_simd.py: VNNI vpdpbusd,
+else AVX2 vpmaddubsw; llama.cpp's arithmetic for its Q8_0 / Q4_0 dot products): q8
+0.89-0.97, Q4_K 0.92-0.94, Q4_0 0.73-0.79 (40 G weights/s a core against Q4_K's 37: its
+bytes are fewer, not its work; per-row costs, the reduction and loop set-up, weigh
+more). From DRAM (the 128256 x 2048 output matrix, two threads, a busy machine): bf16
+0.89, q8 0.66 / 0.73 (float / int8 x), Q4_0 0.14 / 0.63, Q4_K 0.23 / 0.72.
+The scalar Q8 loop already gets one scale broadcast per 32 values (no gather), as the
+assembly shows; its cost is converting each int8 to float32.
+
+The int8 activations are a different arithmetic: each x is rounded to its block's step
+max|x_b| / 127, an error of at most half a step per value. Measured on the demo model
+(SmolLM2-135M Q4_1, tests/test_demo_model.py): the next-token distribution moves by a
+KL of 0.002-0.006 nats on average (0.023 at most), the logits by 2-5% of their largest
+magnitude, perplexity (test_precision's text) by 0.6%, and the demo chat's greedy answer
+to "What is the capital of France?" changes (no longer "Paris"); the float32 path agrees
+with transformers on the same file to 2.4e-6. So the default is float32 x, exactly as
+the weights are stored (the project's rule: all math in float32), and int8 x is asked
+for: kernels.set_int8_activations(True), --int8-activations (llama.cpp's own choice for
+these formats, and what matches its decoding speed). The integer sums are exact, so the
+result is the quantised x times the weights, to float32 roundoff (tests/test_kernels.py).
 
 A GEMV with a nested per-block loop (for block: for j in 32) ran 6-8x slower, and
 one with a 32-float accumulator array 2.5x slower: LLVM no longer vectorises them.
@@ -33,7 +57,10 @@ import os
 import numba
 import numpy as np
 from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
+
+from . import kernels_simd
+from .formats.q4 import split_for_q4
 
 # Threading layer. A decode step runs ~80 parallel GEMVs, so starting the workers must
 # be cheap: GNU OpenMP takes ~2.5 us per parallel region here, numba's workqueue 40-65
@@ -67,6 +94,46 @@ def _bf16_to_float32(typingctx, bits):
     return signature, codegen
 
 
+def _as_float32(value):
+    """A scale as float32: float32 as it is, uint16 as float16 bits (numba has no
+    float16; Q4_0 / Q4_1 keep the file's float16 scales). Compiled code only."""
+    raise NotImplementedError("_as_float32 runs inside numba-compiled code only")
+
+
+@overload(_as_float32)
+def _as_float32_overload(value):
+    if value == types.uint16:
+        return lambda value: kernels_simd.half_to_float32(value)
+    return lambda value: np.float32(value)
+
+
+def _scales_as_float32(scales, buffer):
+    """A row of scales as float32: itself, or float16 bits widened into buffer.
+    Compiled code only."""
+    raise NotImplementedError("_scales_as_float32 runs inside numba-compiled code only")
+
+
+@overload(_scales_as_float32)
+def _scales_as_float32_overload(scales, buffer):
+    if scales.dtype != types.uint16:
+        return lambda scales, buffer: scales
+
+    def widen(scales, buffer):
+        for b in range(scales.shape[0]):
+            buffer[b] = kernels_simd.half_to_float32(scales[b])
+        return buffer
+    return widen
+
+
+@njit(**_SERIAL)
+def _block_min(mins, scales, r, b):
+    """Block b's min in row r of a Q4 matrix: mins[r, b], or -8 * scale when mins is None
+    (Q4_0: d * (q - 8); exact, 8 being a power of two). numba compiles each case alone."""
+    if mins is None:
+        return np.float32(-8) * _as_float32(scales[r, b])
+    return _as_float32(mins[r, b])
+
+
 @njit(**_SERIAL)
 def _gemv_bf16_rows(x, bits, out, start, stop):
     """out[r] = sum_j x[j] * bf16(bits[r, j]) for r in start..stop.
@@ -93,31 +160,36 @@ def _gemv_bf16_rows(x, bits, out, start, stop):
 
 @njit(**_SERIAL)
 def _gemv_q8_rows(x, values, scales, out, start, stop):
-    """out[r] = sum_j x[j] * values[r, j] * scales[r, j // 32] for r in start..stop."""
+    """out[r] = sum_j x[j] * values[r, j] * scales[r, j // 32] for r in start..stop, each
+    block's products summed before its scale multiplies them (kernels_simd.q8_dot_float)."""
     for r in range(start, stop):
-        row, row_scales = values[r], scales[r]
-        acc = np.float32(0)
-        for j in range(values.shape[1]):
-            acc += x[j] * np.float32(row[j]) * row_scales[j >> _Q8_SHIFT]
-        out[r] = acc
+        out[r] = kernels_simd.q8_dot_float(values[r], scales[r], x)
 
 
 @njit(**_SERIAL)
 def _gemv_q4_rows(x_low, x_high, x_block_sums, packed, scales, mins, out, start, stop):
     """out[r] = sum_j x[j] * (scale * q[r, j] + min) for r in start..stop, with x split
     as the nibbles are (kernels.py): byte j of a row holds the q multiplying x_low[j]
-    and x_high[j]; the mins multiply each block's sum of x. The nibbles are cut as
-    uint8 (as wider integers the loop ran 35% slower)."""
+    and x_high[j]; the mins (_block_min) multiply each block's sum of x. The nibbles are
+    cut as uint8 (as wider integers the loop ran 35% slower). float16 scales are widened
+    a row at a time first (converted per value in the loop: 15% slower)."""
+    widened = np.empty((2, scales.shape[1]), dtype=np.float32)
     for r in range(start, stop):
-        row, row_scales, row_mins = packed[r], scales[r], mins[r]
+        row = packed[r]
+        row_scales = _scales_as_float32(scales[r], widened[0])
         acc = np.float32(0)
         for j in range(packed.shape[1]):
             low = np.uint8(row[j] & np.uint8(15))
             high = np.uint8(row[j] >> np.uint8(4))
             acc += (x_low[j] * np.float32(low) + x_high[j] * np.float32(high)) * \
                 row_scales[j >> _Q4_SHIFT]
-        for b in range(row_mins.shape[0]):
-            acc += row_mins[b] * x_block_sums[b]
+        if mins is None:  # Q4_0 (_block_min)
+            for b in range(row_scales.shape[0]):
+                acc += np.float32(-8) * row_scales[b] * x_block_sums[b]
+        else:
+            row_mins = _scales_as_float32(mins[r], widened[1])
+            for b in range(row_scales.shape[0]):
+                acc += row_mins[b] * x_block_sums[b]
         out[r] = acc
 
 
@@ -192,7 +264,7 @@ def matmul_bf16(x, bits, out):
 
 
 @njit(**_PARALLEL)
-def matmul_q8(x, values, scales, out):
+def _matmul_q8_float(x, values, scales, out):
     """out = x (M, K) @ Q8 matrix (values (N, K) int8, scales (N, K/32) float32).T."""
     n_rows = values.shape[0]
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
@@ -201,7 +273,7 @@ def matmul_q8(x, values, scales, out):
 
 
 @njit(**_PARALLEL)
-def matmul_q4(x_low, x_high, x_block_sums, packed, scales, mins, out):
+def _matmul_q4_float(x_low, x_high, x_block_sums, packed, scales, mins, out):
     """out = x (M, K) @ Q4 matrix (packed (N, K/2) uint8, scales and mins (N, K/32)).T,
     x given as kernels.py splits it: x_low, x_high (M, K/2), x_block_sums (M, K/32)."""
     n_rows = packed.shape[0]
@@ -210,6 +282,132 @@ def matmul_q4(x_low, x_high, x_block_sums, packed, scales, mins, out):
         for i in range(x_low.shape[0]):
             _gemv_q4_rows(x_low[i], x_high[i], x_block_sums[i], packed, scales, mins, out[i],
                           start, min(n_rows, start + _ROWS_PER_TASK))
+
+
+@njit(**_SERIAL)
+def _q4_order(j, n_cols):
+    """Where value j of a row goes in xq laid out for Q4 (kernels_simd._row_dot): per pair
+    of blocks, the first halves of both blocks (the low nibbles' x), then the second
+    halves; an odd last block in plain order."""
+    block, k = j >> _Q8_SHIFT, j & 31
+    if block % 2 == 0 and block + 1 == n_cols >> _Q8_SHIFT:  # an odd last block
+        return j
+    return 64 * (block >> 1) + 32 * (k >> 4) + 16 * (block & 1) + (k & 15)
+
+
+@njit(**_SERIAL)
+def quantize_rows(x, q4_order):
+    """x (M, K) float32 as the integer kernels read it, per 32-value block b of each row:
+    xq (M, K) int8 = round(x / d) with d = max|x_b| / 127 (x_scales (M, K/32)), laid out
+    for Q4 (_q4_order) or in plain order (Q8); the sums' starting values x_start
+    (M, K/32, 8) int32 (see kernels_simd; Q8: -128 * sum(xq_b) in lane 0 of block b;
+    Q4: -8 * sum(xq_b) for Q4_0, in lane 0 or 4 of block b's pair) and the block sums
+    x_sums (M, K/32) that Q4's mins multiply, of the quantised x as the rest of the
+    product (so Q4_0's mins, -8 * scale, cancel the scaled nibbles' offset exactly; the
+    float32 sums doubled the error on Q4_0). A block holding NaN or inf gets d = NaN,
+    so the products are NaN as in float32."""
+    n_x, n_cols = x.shape
+    n_blocks = n_cols >> _Q8_SHIFT
+    xq = np.empty((n_x, n_cols), dtype=np.int8)
+    x_scales = np.empty((n_x, n_blocks), dtype=np.float32)
+    x_start = np.zeros((n_x, n_blocks, 8), dtype=np.int32)
+    x_sums = np.empty((n_x, n_blocks), dtype=np.float32)
+    for i in range(n_x):
+        for b in range(n_blocks):
+            block = x[i, 32 * b:32 * b + 32]
+            largest = np.float32(0)
+            total = np.float32(0)
+            for value in block:
+                largest = max(largest, abs(value))
+                total += value
+            inverse = np.float32(127) / largest if largest > 0 else np.float32(0)
+            q_total = 0
+            for j in range(32 * b, 32 * b + 32):
+                q = np.int8(np.rint(x[i, j] * inverse))
+                xq[i, _q4_order(j, n_cols) if q4_order else j] = q
+                q_total += q
+            x_scales[i, b] = largest / np.float32(127) + np.float32(0) * total  # NaN stays
+            if not q4_order:
+                x_start[i, b, 0] = -128 * q_total
+            elif b % 2 == 0 and b + 1 == n_blocks:  # Q4's odd last block, after the pairs
+                x_start[i, b >> 1, 0] = -8 * q_total
+            else:  # block b's lanes of its pair's sums
+                x_start[i, b >> 1, 4 * (b & 1)] = -8 * q_total
+            x_sums[i, b] = x_scales[i, b] * np.float32(q_total)
+    return xq, x_scales, x_start, x_sums
+
+
+@njit(**_PARALLEL)
+def _matmul_q8_int(use_vnni, x, values, scales, out):
+    """out = x @ Q8 matrix.T with x quantised by quantize_rows (here: one call from
+    Python fewer, which shows on small matrices); integer block sums (kernels_simd.q8_dot).
+    Each weight row serves every row of x while in the L1 cache."""
+    xq, x_scales, x_start, _ = quantize_rows(x, False)
+    n_rows = values.shape[0]
+    for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
+        for r in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
+            for i in range(xq.shape[0]):
+                out[i, r] = kernels_simd.q8_dot(use_vnni, True, values[r], scales[r], xq[i],
+                                                x_scales[i], x_start[i])
+
+
+@njit(**_PARALLEL)
+def _matmul_q4_int(use_vnni, x, packed, scales, mins, out):
+    """out = x @ Q4 matrix.T, x quantised by quantize_rows: the scaled nibbles in integer
+    block sums (kernels_simd.q4_dot), the mins times the block sums of x; Q4_0 (mins
+    None) takes its -8 * scale * sum(x) inside the integer sums (x_start), exactly."""
+    xq, x_scales, x_start, x_sums = quantize_rows(x, True)
+    n_rows, n_blocks = scales.shape
+    for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
+        for r in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
+            for i in range(xq.shape[0]):
+                acc = kernels_simd.q4_dot(use_vnni, mins is None, packed[r], scales[r], xq[i],
+                                          x_scales[i], x_start[i])
+                if mins is not None:
+                    for b in range(n_blocks):
+                        acc += _block_min(mins, scales, r, b) * x_sums[i, b]
+                out[i, r] = acc
+
+
+# The integer dot products this CPU has (kernels_simd.available) and whether they are
+# used: set_int8_activations.
+_INT8_FORMS = kernels_simd.available()
+_int8 = {"on": False, "form": _INT8_FORMS[0] if _INT8_FORMS else None}
+
+
+def set_int8_activations(on: bool, form: str = None) -> None:
+    """Multiply Q8 / Q4 weights by x quantised to int8 per block (on), or by float32 x
+    (off). form: "vnni" or "avx2" (default: the best this CPU has); ignored, and the
+    float32 loops used, where the CPU has neither."""
+    if form is not None and form not in _INT8_FORMS:
+        raise ValueError(f"this CPU has no {form!r} integer dot product "
+                         f"(it has: {', '.join(_INT8_FORMS) or 'none'})")
+    _int8["on"] = bool(on)
+    _int8["form"] = form or (_INT8_FORMS[0] if _INT8_FORMS else None)
+
+
+def int8_activations():
+    """The integer form in use ("vnni" / "avx2"), or None: the float32 loops."""
+    return _int8["form"] if _int8["on"] else None
+
+
+def matmul_q8(x, values, scales, out):
+    """out = x (M, K) @ Q8 matrix (values (N, K) int8, scales (N, K/32) float32).T."""
+    form = int8_activations()
+    if form is None:
+        _matmul_q8_float(x, values, scales, out)
+    else:
+        _matmul_q8_int(form == "vnni", x, values, scales, out)
+
+
+def matmul_q4(x, packed, scales, mins, out):
+    """out = x (M, K) @ Q4 matrix.T: packed (N, K/2) uint8, scales and mins (N, K/32)
+    float32 or float16 bits (uint16); mins None: -8 * scale (Q4_0)."""
+    form = int8_activations()
+    if form is None:
+        _matmul_q4_float(*split_for_q4(x), packed, scales, mins, out)
+    else:
+        _matmul_q4_int(form == "vnni", x, packed, scales, mins, out)
 
 
 @njit(**_PARALLEL)
@@ -234,13 +432,13 @@ def decode_q8(values, scales, start, out):
 
 @njit(**_PARALLEL)
 def decode_q4(packed, scales, mins, start, out):
-    """out[i] = rows start + i of a Q4 matrix as float32."""
+    """out[i] = rows start + i of a Q4 matrix as float32 (arguments as matmul_q4's)."""
     n_blocks = scales.shape[1]
     for i in prange(out.shape[0]):
         row, dst = packed[start + i], out[i]
-        row_scales, row_mins = scales[start + i], mins[start + i]
         for b in range(n_blocks):
-            scale, minimum = row_scales[b], row_mins[b]
+            scale = _as_float32(scales[start + i, b])
+            minimum = _block_min(mins, scales, start + i, b)
             for k in range(16):
                 byte = row[16 * b + k]
                 dst[32 * b + k] = np.float32(byte & np.uint8(15)) * scale + minimum
@@ -249,7 +447,8 @@ def decode_q4(packed, scales, mins, start, out):
 
 def warmup() -> None:
     """Compile (or load from numba's on-disk cache) every kernel for the array kinds
-    the loader produces: writable arrays, and read-only ones (memory-mapped files)."""
+    the loader produces: writable arrays, and read-only ones (memory-mapped files);
+    float32 scales and float16 ones (as uint16 bits: Q4_0, Q4_1)."""
     n_rows, n_cols = 2, 64
     x = np.zeros((n_rows, n_cols), dtype=np.float32)
     out = np.empty((n_rows, n_rows), dtype=np.float32)
@@ -260,14 +459,21 @@ def warmup() -> None:
         values = np.zeros((n_rows, n_cols), dtype=np.int8)
         packed = np.zeros((n_rows, n_cols // 2), dtype=np.uint8)
         scales = np.zeros((n_rows, n_cols >> _Q8_SHIFT), dtype=np.float32)
-        for weight in (bits, values, packed, scales):
+        half_scales = np.zeros((n_rows, n_cols >> _Q8_SHIFT), dtype=np.uint16)
+        for weight in (bits, values, packed, scales, half_scales):
             weight.flags.writeable = writable
         matmul_bf16(x, bits, out)
-        matmul_q8(x, values, scales, out)
-        matmul_q4(x_half, x_half, scales, packed, scales, scales, out)
+        _matmul_q8_float(x, values, scales, out)
         decode_bf16(bits, 0, tile)
         decode_q8(values, scales, 0, tile)
-        decode_q4(packed, scales, scales, 0, tile)
+        if _INT8_FORMS:
+            _matmul_q8_int(True, x, values, scales, out)
+        for q4_scales, q4_mins in ((scales, scales), (half_scales, half_scales),
+                                   (half_scales, None)):  # Q4_K, Q4_1, Q4_0
+            _matmul_q4_float(x_half, x_half, scales, packed, q4_scales, q4_mins, out)
+            decode_q4(packed, q4_scales, q4_mins, 0, tile)
+            if _INT8_FORMS:
+                _matmul_q4_int(True, x, packed, q4_scales, q4_mins, out)
 
 
 def set_threads(n: int) -> None:

@@ -38,6 +38,17 @@ def demo_model_path() -> Path:
     return _require(DEMO_MODEL, f"the demo model {DEMO_MODEL.name}")
 
 
+@pytest.fixture
+def float_activations():
+    """The numba kernels multiply q8 / Q4 weights by float32 activations, exactly as the
+    weights are stored (the default; said here where a test depends on it)."""
+    from llama3_np import kernels
+
+    kernels.set_int8_activations(False)
+    yield
+    kernels.set_int8_activations(False)
+
+
 def pytest_report_header(config):
     """Which SIMD code NumPy dispatches: float32 results may differ between them in the
     last bits, so a run says which it saw (CI runs the parity suite under both)."""

@@ -1,10 +1,13 @@
 """The real demo model, SmolLM2-135M-Instruct (Q4_1 GGUF): it knows things, and our
 logits are what transformers computes from the same file."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 
 import llama3_np
+from llama3_np import kernels
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ",
            "Once upon a time, in a small village,", "1, 2, 3, 4,"]
@@ -13,6 +16,7 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ",
 @pytest.fixture(scope="module")
 def model(demo_model_path):
     return llama3_np.load(demo_model_path)
+
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +36,9 @@ def test_greedy_completion_knows_the_capital_of_france(model):
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_logits_match_transformers_on_the_same_file(model, reference, prompt):
+def test_logits_match_transformers_on_the_same_file(model, reference, prompt, float_activations):
+    """transformers multiplies float32 activations, as we do by default (int8 ones: the
+    test below)."""
     import torch
 
     tokens = model.tokenizer.encode(prompt, bos=model.tokenizer.add_bos)
@@ -46,3 +52,35 @@ def test_logits_match_transformers_on_the_same_file(model, reference, prompt):
     scale = np.abs(theirs).max()
     assert np.abs(ours - theirs).max() <= 2e-5 * scale
     assert (ours.argmax(-1) == theirs.argmax(-1)).all()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
+def test_int8_activations_move_the_next_token_distribution_little(model):
+    """Asked to, the numba kernels quantise each activation row to int8 per 32 values
+    (kernels_numba.quantize_rows) before the Q4_1 / Q8_0 products. Measured on these
+    prompts (all positions): KL(float32 || int8) of the next-token distribution 0.0016 to
+    0.0062 nats on average, at most 0.023; the logits move by 2.3-5.4% of their largest
+    magnitude. Bounds: twice what was measured, and the top token kept at 80% of the
+    positions (measured: 86-100%); a wrong scale or block (a real fault) moves the KL
+    by nats, not hundredths."""
+    if kernels.active_backend() != "numba" or not kernels._numba_kernels()._INT8_FORMS:
+        pytest.skip("no integer dot product on this CPU (the float32 loops run)")
+    try:
+        compare_int8_with_float_activations(model)
+    finally:
+        kernels.set_int8_activations(False)
+
+
+def compare_int8_with_float_activations(model):
+    for prompt in PROMPTS:
+        tokens = model.tokenizer.encode(prompt, bos=model.tokenizer.add_bos)
+        kernels.set_int8_activations(False)
+        exact = model.forward(tokens)
+        kernels.set_int8_activations(True)
+        quantised = model.forward(tokens)
+        log_p, log_q = (z - z.max(-1, keepdims=True) for z in (exact, quantised))
+        log_p, log_q = (z - np.log(np.exp(z).sum(-1, keepdims=True)) for z in (log_p, log_q))
+        kl = (np.exp(log_p) * (log_p - log_q)).sum(-1)
+        assert kl.mean() <= 0.013 and kl.max() <= 0.05, (prompt, kl)
+        assert np.abs(quantised - exact).max() <= 0.11 * np.abs(exact).max()
+        assert (quantised.argmax(-1) == exact.argmax(-1)).mean() >= 0.8

@@ -79,7 +79,7 @@ def test_keeping_the_quantisation_and_asking_for_a_dtype_is_refused(q4_gguf):
 
 
 @NEEDS_NUMBA
-def test_set_backend_after_load_changes_no_weights_form(q4_gguf):
+def test_set_backend_after_load_changes_no_weights_form(q4_gguf, float_activations):
     model = llama3_np.load(q4_gguf, backend="numba")
     before = dict(model.weights)
     logits = model.forward([1, 2, 3])

@@ -35,7 +35,9 @@ GGUF_KINDS = ["gguf_q4_0", "gguf_q4_1", "gguf_q4_k", "gguf_q5_0"]
 
 
 @pytest.fixture(autouse=True)
-def restore_backend():
+def restore_backend(float_activations):
+    """Each test starts on float32 activations (the default, whose arithmetic
+    assert_matches_float64 bounds); the int8 ones have their own tests below."""
     yield
     kernels.set_backend("auto")
 
@@ -396,3 +398,132 @@ def test_new_bytes_is_what_to_dtype_allocates(dtype, keep_quantized):
 def test_to_dtype_rejects_an_unknown_dtype():
     with pytest.raises(InputError, match="'int4'.*f32, bf16, q8"):
         to_dtype(random_matrix((2, 32)), "int4")
+
+
+# --- int8 activations (numba, q8 / Q4) ---------------------------------------------------
+
+INT8_FORMS = list(importlib.import_module("llama3_np.kernels_simd").available()) \
+    if HAVE_NUMBA else []
+
+
+def quantised_activations(x):
+    """x as kernels_numba.quantize_rows rounds it, back in float32: per 32-value block,
+    round(x * 127 / max|x|) * max|x| / 127."""
+    blocks = x.reshape(len(x), -1, 32)
+    largest = np.abs(blocks).max(axis=-1, keepdims=True)
+    inverse = np.float32(127) / np.where(largest > 0, largest, np.float32(1))
+    q = np.rint(blocks * np.where(largest > 0, inverse, np.float32(0)))
+    return (q * (largest / np.float32(127))).reshape(x.shape)
+
+
+@NEEDS_NUMBA
+@pytest.mark.skipif(not INT8_FORMS, reason="no integer dot product on this CPU")
+@pytest.mark.parametrize("form", INT8_FORMS)
+@pytest.mark.parametrize("dtype", ["q8", "gguf_q4_0", "gguf_q4_1", "gguf_q4_k"])
+@pytest.mark.parametrize("n_rows", [1, 2, 7, kernels._FUSED_MAX_ROWS])
+def test_int8_activations_are_the_quantised_x_times_the_weight(form, dtype, n_rows):
+    """The integer block sums are exact and Q4's mins multiply the same quantised x, so
+    the result is the float64 product of the quantised x and the decoded weight, within
+    float32 roundoff (the bound of the float path). Against x itself the error is at most
+    half a step per value: sum over blocks of max|x_b| / 254 * sum |w_b|."""
+    kernels.set_backend("numba")
+    kernels._numba_kernels().set_int8_activations(True, form)
+    n_in = 2 * N_IN_K if dtype == "gguf_q4_k" else N_IN
+    w, w_float32 = weight_in(dtype, random_matrix((N_OUT, n_in)))
+    rng = np.random.default_rng(n_rows)  # blocks of very different magnitude, one all 0
+    x = (random_matrix((n_rows, n_in), seed=2) * 10.0 ** rng.uniform(-3, 2, (n_rows, n_in))
+         ).astype(np.float32)
+    x[0, 32:64] = 0
+    y = kernels.linear(x, w)
+    assert_matches_float64(y, quantised_activations(x), w_float32)
+    exact = x.astype(np.float64) @ w_float32.T.astype(np.float64)
+    half_steps = np.abs(x).reshape(n_rows, -1, 32).max(axis=-1) / 254  # (M, blocks)
+    weight_sums = np.abs(w_float32).reshape(N_OUT, -1, 32).sum(axis=-1)  # (N, blocks)
+    bound = half_steps.astype(np.float64) @ weight_sums.T.astype(np.float64)
+    scale = np.abs(x).astype(np.float64) @ np.abs(w_float32).T.astype(np.float64)
+    np.testing.assert_array_less(np.abs(y - exact), bound * (1 + 1e-5) + 8 * U32 * scale)
+
+
+@NEEDS_NUMBA
+@pytest.mark.skipif(not INT8_FORMS, reason="no integer dot product on this CPU")
+@pytest.mark.parametrize("form", INT8_FORMS)
+def test_int8_activations_read_only_weights_extreme_values_and_nan(form):
+    """Memory-mapped (read-only) weights; Q8 values of -128 and 127 (a GGUF file may hold
+    -128: the "avx2" form's |w| must not wrap); a NaN in x makes its row NaN, as float32."""
+    kernels.set_backend("numba")
+    kernels._numba_kernels().set_int8_activations(True, form)
+    q8 = to_dtype(random_matrix((9, 96)), "q8")
+    q8.values[:, :32] = -128
+    q8.values[:, 32:64] = 127
+    for array in (q8.values, q8.scales):
+        array.flags.writeable = False
+    x = random_matrix((3, 96), seed=4)
+    y = kernels.linear(x, q8)
+    assert_matches_float64(y, quantised_activations(x), q8.to_float32())
+    x[1, 40] = np.nan
+    y = kernels.linear(x, q8)
+    assert np.isnan(y[1]).all() and np.isfinite(y[[0, 2]]).all()
+
+
+@NEEDS_NUMBA
+def test_int8_activations_off_or_missing_instructions_use_the_float_loops(monkeypatch):
+    """By default, after set_int8_activations(False), or asked for on a CPU with neither
+    VNNI nor AVX2 (forced here),
+    multiplies by float32 x: the float path's bound, far tighter than int8's."""
+    kernels_numba = kernels._numba_kernels()
+    kernels.set_backend("numba")
+    w, w_float32 = weight_in("gguf_q4_1", random_matrix((N_OUT, N_IN)))
+    x = random_matrix((3, N_IN), seed=5)
+    assert kernels_numba.int8_activations() is None  # the default
+    assert_matches_float64(kernels.linear(x, w), x, w_float32)
+    kernels.set_int8_activations(True)
+    kernels.set_int8_activations(False)
+    assert kernels_numba.int8_activations() is None
+    assert_matches_float64(kernels.linear(x, w), x, w_float32)
+    monkeypatch.setattr(kernels_numba, "_INT8_FORMS", ())
+    kernels.set_int8_activations(True)
+    assert kernels_numba.int8_activations() is None
+    assert_matches_float64(kernels.linear(x, w), x, w_float32)
+    with pytest.raises(ValueError, match="no 'vnni'"):
+        kernels_numba.set_int8_activations(True, "vnni")
+
+
+@NEEDS_NUMBA
+def test_int8_forms_follow_the_cpu_features(monkeypatch):
+    simd = kernels._numba_kernels().kernels_simd
+    for features, forms in [({"avx2", "avx512vnni", "avx512vl"}, ("vnni", "avx2")),
+                            ({"avx2", "avxvnni"}, ("vnni", "avx2")),
+                            ({"avx2", "avx512vnni"}, ("avx2",)),  # no 256-bit form without VL
+                            ({"sse4.2"}, ())]:
+        monkeypatch.setattr(simd, "cpu_features", lambda features=features: features)
+        assert simd.available() == forms
+
+
+@NEEDS_NUMBA
+@pytest.mark.parametrize("f16c", [True, False])
+def test_float16_scales_widen_exactly_with_and_without_f16c(f16c, monkeypatch):
+    """Q4_0 / Q4_1 keep float16 scales; kernels_simd.half_to_float32 widens them with F16C
+    where the CPU has it, else in integer operations (forced here by hiding the feature
+    while a fresh function compiles): every one of the 65536 bit patterns as NumPy
+    widens it (a NaN may come back quieted: still NaN)."""
+    from numba import njit
+
+    simd = kernels._numba_kernels().kernels_simd
+    features = simd.cpu_features()
+    if f16c and "f16c" not in features:
+        pytest.skip("this CPU has no F16C")
+    monkeypatch.setattr(simd, "cpu_features", lambda: features - ({"f16c"} if not f16c
+                                                                   else set()))
+
+    @njit
+    def widen(bits, out):
+        for i in range(bits.size):
+            out[i] = simd.half_to_float32(bits[i])
+
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    out = np.empty(bits.shape, dtype=np.float32)
+    widen(bits, out)
+    expected = bits.view(np.float16).astype(np.float32)
+    nan = np.isnan(expected)
+    np.testing.assert_array_equal(np.isnan(out), nan)
+    np.testing.assert_array_equal(out[~nan].view(np.uint32), expected[~nan].view(np.uint32))

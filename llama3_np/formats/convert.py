@@ -7,8 +7,8 @@
 `to_dtype` makes every matrix the dtype asked for. With none asked for (None), matrices
 become f32, except GGUF Q8_0, Q4_0, Q4_1 and Q4_K matrices when `keep_quantized`: those
 keep the file's quantisation, re-laid for the kernels (Q8_0 as a Q8, the 4-bit ones as
-a q4.Q4, 0.75 bytes a weight), with the stored values exactly. Vectors (norm gains) are
-always float32.
+a q4.Q4: 0.5625, 0.625 and 0.75 bytes a weight), with the stored values exactly.
+Vectors (norm gains) are always float32.
 """
 
 import numpy as np
@@ -16,8 +16,8 @@ import numpy as np
 from ..errors import InputError
 from . import as_float32, take_rows
 from .bf16 import BF16, float32_to_bf16_bits
-from .gguf_blocks import Q4_KINDS, q4_parts, q8_0_parts
-from .q4 import Q4, Q4_BLOCK, Q4_BYTES_PER_WEIGHT
+from .gguf_blocks import Q4_KINDS, Q4_SCALE_BYTES, q4_parts, q8_0_parts
+from .q4 import Q4, Q4_BLOCK
 from .q8 import Q8, Q8_BLOCK, Q8_BYTES_PER_WEIGHT, quantize_q8
 
 DTYPES = ("f32", "bf16", "q8")
@@ -74,7 +74,7 @@ def new_bytes(tensor, dtype, keep_quantized: bool = True) -> int:
     form = conversion(tensor, dtype, keep_quantized)
     if form == "kept":
         return 0
-    per_weight = (Q4_BYTES_PER_WEIGHT if form in Q4_KINDS else
+    per_weight = (0.5 + Q4_SCALE_BYTES[form] / Q4_BLOCK if form in Q4_KINDS else
                   BYTES_PER_WEIGHT["q8" if form == "Q8_0" else form])  # Q8_0 becomes a Q8
     return int(np.prod(tensor.shape, dtype=np.int64) * per_weight)
 
@@ -125,9 +125,13 @@ def _q8_from_gguf_q8_0(tensor) -> Q8:
 def _q4_from_gguf(tensor) -> Q4:
     """A GGUF Q4_0 / Q4_1 / Q4_K matrix as Q4, a few MB of rows at a time."""
     n_rows, n_cols = tensor.shape
-    q4 = Q4(np.empty((n_rows, n_cols // 2), np.uint8),
-            *(np.empty((n_rows, n_cols // Q4_BLOCK), np.float32) for _ in range(2)))
+    dtype = np.float32 if tensor.ggml_type == "Q4_K" else np.float16
+    blocks = (n_rows, n_cols // Q4_BLOCK)
+    q4 = Q4(np.empty((n_rows, n_cols // 2), np.uint8), np.empty(blocks, dtype),
+            None if tensor.ggml_type == "Q4_0" else np.empty(blocks, dtype))
     for rows in _row_slices(n_rows, n_cols):
-        q4.packed[rows], q4.scales[rows], q4.mins[rows] = q4_parts(tensor.raw[rows],
-                                                                  tensor.ggml_type)
+        packed, scales, mins = q4_parts(tensor.raw[rows], tensor.ggml_type)
+        q4.packed[rows], q4.scales[rows] = packed, scales
+        if mins is not None:
+            q4.mins[rows] = mins
     return q4

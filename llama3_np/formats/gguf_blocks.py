@@ -127,33 +127,38 @@ def q8_0_parts(raw: np.ndarray) -> tuple:
 # min = -dmin * m of its sub-block). q4_parts rewrites them in one layout, Q4_0's:
 # per 32 values 16 bytes, byte i holding value i in its low nibble and value 16 + i in
 # its high one. scale * q + min then gives the decoders' values exactly (Q4_0 aside
-# from the sign of a zero: ggml's d * (q - 8) can be -0).
+# from the sign of a zero: ggml's d * (q - 8) can be -0). Q4_0 and Q4_1 keep the
+# file's float16 d (and m): bytes a decode step reads; Q4_K's d * sc needs up to 17
+# significant bits, more than float16's 11, so its scales and mins are float32.
 
 Q4_KINDS = ("Q4_0", "Q4_1", "Q4_K")
+# The scale and min bytes per 32 values each kind becomes (q4_parts).
+Q4_SCALE_BYTES = {"Q4_0": 2, "Q4_1": 4, "Q4_K": 8}
 
 
 def q4_parts(raw: np.ndarray, ggml_type: str) -> tuple:
     """(n_rows, bytes_per_row) uint8 of a Q4_KINDS type -> (packed (n_rows, K/2) uint8,
-    scales (n_rows, K/32) float32, mins (n_rows, K/32) float32)."""
+    scales, mins (n_rows, K/32)): float16 as the file has them for Q4_0 (mins None: -8 *
+    scale) and Q4_1, float32 for Q4_K."""
     fmt = BLOCK_FORMATS[ggml_type]
     n_rows = raw.shape[0]
     blocks = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1, fmt.bytes_per_block)
     if ggml_type == "Q4_0":
         d, packed = _split(blocks, 2, 16)
-        scales = _f16(d)
-        mins = -8 * scales  # d * (q - 8), exactly: d carries 11 bits, q - 8 four
+        scales, mins = d.view("<f2"), None  # d * (q - 8) = d * q - 8 * d, exactly
     elif ggml_type == "Q4_1":
         d, m, packed = _split(blocks, 2, 2, 16)
-        scales, mins = _f16(d), _f16(m)
+        scales, mins = d.view("<f2"), m.view("<f2")
     else:
         d, dmin, k_scales, qs = _split(blocks, 2, 2, 12, QK_K // 2)
         sc, mn = _k_scales(k_scales)
         scales, mins = _f16(d) * sc, -(_f16(dmin) * mn)  # (n_blocks, 8 sub-blocks)
         q = _unpack(qs, 4, 32).reshape(-1, 2, 16)  # (32-value sub-blocks, halves, 16)
         packed = q[:, 0] | (q[:, 1] << 4)
+    dtype = np.float32 if ggml_type == "Q4_K" else np.float16
     return (np.ascontiguousarray(packed).reshape(n_rows, -1),
-            np.ascontiguousarray(scales, dtype=np.float32).reshape(n_rows, -1),
-            np.ascontiguousarray(mins, dtype=np.float32).reshape(n_rows, -1))
+            *(None if part is None else np.ascontiguousarray(part, dtype=dtype).reshape(n_rows, -1)
+              for part in (scales, mins)))
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Q4_1 and Q4_K are re-laid in (gguf_blocks.q4_parts) so one kernel multiplies all
 import numpy as np
 
 Q4_BLOCK = 32  # values sharing one scale and min
-Q4_BYTES_PER_WEIGHT = 0.5 + 8.0 / Q4_BLOCK  # a nibble, and a float32 scale and min per 32
+_Q4_0_MIN_FACTOR = -8.0  # Q4_0: w = d * (q - 8), so min = -8 * scale
 
 
 class Q4:
@@ -12,9 +12,15 @@ class Q4:
 
     packed: (..., in_features / 2) uint8, per block 16 bytes, byte i holding q of value
     i (low nibble) and of value 16 + i (high nibble), as GGUF's Q4_0 lays them out;
-    scales, mins: (..., in_features / 32) float32. A formats.StoredTensor."""
+    scales, mins: (..., in_features / 32), float16 (as Q4_0 / Q4_1 store them: 0.5625 /
+    0.625 bytes a weight) or float32 (Q4_K's products d * sc, which float16 cannot
+    always hold: 0.75); mins None means -8 * scale (Q4_0). A formats.StoredTensor."""
 
-    def __init__(self, packed: np.ndarray, scales: np.ndarray, mins: np.ndarray):
+    def __init__(self, packed: np.ndarray, scales: np.ndarray, mins: np.ndarray = None):
+        if scales.dtype not in (np.float16, np.float32) or \
+                (mins is not None and mins.dtype != scales.dtype):
+            raise TypeError(f"Q4 wants float16 or float32 scales and mins of the same type, "
+                            f"got {scales.dtype} and {None if mins is None else mins.dtype}")
         self.packed, self.scales, self.mins = packed, scales, mins
 
     @property
@@ -23,37 +29,51 @@ class Q4:
 
     @property
     def nbytes(self) -> int:
-        return self.packed.nbytes + self.scales.nbytes + self.mins.nbytes
+        return self.packed.nbytes + self.scales.nbytes + (0 if self.mins is None else
+                                                          self.mins.nbytes)
 
     def to_float32(self) -> np.ndarray:
         return dequantize_q4(self.packed, self.scales, self.mins)
 
     def take(self, rows) -> "Q4":
-        return Q4(self.packed[rows], self.scales[rows], self.mins[rows])
+        return Q4(self.packed[rows], self.scales[rows],
+                  None if self.mins is None else self.mins[rows])
+
+    def _kernel_parts(self) -> tuple:
+        """(scales, mins) as the compiled kernels read them: float16 as its bits (uint16:
+        numba has no float16)."""
+        if self.scales.dtype != np.float16:
+            return self.scales, self.mins
+        return self.scales.view(np.uint16), None if self.mins is None else \
+            self.mins.view(np.uint16)
 
     def fused(self, kernels):
         if kernels is None:
             return None
-        return lambda rows, out: kernels.matmul_q4(*_split_for_q4(rows), self.packed,
-                                                   self.scales, self.mins, out)
+        parts = self._kernel_parts()
+        return lambda rows, out: kernels.matmul_q4(rows, self.packed, *parts, out)
 
     def tile_decoder(self, kernels):
         if kernels is not None:
-            return lambda start, tile: kernels.decode_q4(self.packed, self.scales, self.mins,
-                                                         start, tile)
-        return lambda start, tile: dequantize_q4(self.packed[start:start + len(tile)],
-                                                 self.scales[start:start + len(tile)],
-                                                 self.mins[start:start + len(tile)], out=tile)
+            parts = self._kernel_parts()
+            return lambda start, tile: kernels.decode_q4(self.packed, *parts, start, tile)
+        return lambda start, tile: self.take(slice(start, start + len(tile))).decode_into(tile)
+
+    def decode_into(self, out: np.ndarray) -> np.ndarray:
+        return dequantize_q4(self.packed, self.scales, self.mins, out=out)
 
     def __repr__(self) -> str:
         return f"Q4(shape={self.shape})"
 
 
-def dequantize_q4(packed: np.ndarray, scales: np.ndarray, mins: np.ndarray,
+def dequantize_q4(packed: np.ndarray, scales: np.ndarray, mins: np.ndarray = None,
                   out: np.ndarray = None) -> np.ndarray:
-    """scale * q + min per block, in float32 (..., in_features); into `out` if given."""
+    """scale * q + min per block, in float32 (..., in_features); into `out` if given.
+    mins None: -8 * scale (Q4_0)."""
     if out is None:
         out = np.empty(packed.shape[:-1] + (2 * packed.shape[-1],), dtype=np.float32)
+    scales = scales.astype(np.float32, copy=False)
+    mins = _Q4_0_MIN_FACTOR * scales if mins is None else mins.astype(np.float32, copy=False)
     nibbles = packed.reshape(packed.shape[:-1] + (-1, Q4_BLOCK // 2))  # (..., blocks, 16)
     q = np.empty(nibbles.shape[:-1] + (2, Q4_BLOCK // 2), dtype=np.uint8)
     np.bitwise_and(nibbles, 15, out=q[..., 0, :])  # values 0-15 of each block
@@ -64,8 +84,8 @@ def dequantize_q4(packed: np.ndarray, scales: np.ndarray, mins: np.ndarray,
     return out
 
 
-def _split_for_q4(rows: np.ndarray) -> tuple:
-    """x (M, K) as the Q4 kernel reads it: each 32-value block's first and second half
+def split_for_q4(rows: np.ndarray) -> tuple:
+    """x (M, K) as the float32 Q4 kernel reads it: each 32-value block's first and second half
     (x_low, x_high: (M, K/2), beside the nibbles that multiply them) and its sum."""
     halves = rows.reshape(len(rows), -1, 2, Q4_BLOCK // 2)  # (M, blocks, half, 16)
     x_low = np.ascontiguousarray(halves[:, :, 0]).reshape(len(rows), -1)

@@ -1,0 +1,345 @@
+"""x86 integer dot products for kernels_numba.py, written as LLVM vector IR; needs numba.
+
+Each function here multiplies one Q8 or Q4 weight row by an activation row that was
+quantised to int8 per 32-value block (kernels_numba.quantize_rows), as llama.cpp does
+for its Q8_0 / Q4_0 dot products: one block's 32 products are summed in int32 by one
+or two instructions, converted to float32 once, and scaled once per block
+(weight scale x activation scale) into a vector of eight float32 partial sums that is
+reduced once per row. LLVM does not find this shape in a scalar numba loop (it keeps
+converting every weight to float32), so the loop is written out here.
+
+Two instruction sets, chosen at run time by `available()`:
+
+- "vnni": `vpdpbusd` (AVX512-VNNI with AVX512-VL, or AVX-VNNI), unsigned x signed
+  bytes summed four at a time into int32, exact. Q4's nibbles are unsigned already;
+  a Q8 block's signed weights are made unsigned by flipping their top bit (w + 128),
+  and the extra 128 * sum(xq) is taken back by starting the block's sum at
+  -128 * sum(xq) (precomputed once per activation row).
+- "avx2": `vpmaddubsw` (unsigned x signed bytes, pairs summed in int16) then `vpmaddwd`
+  with ones (int16 pairs to int32). The int16 sums saturate above 32767, so the
+  unsigned operand must stay small: Q4's nibbles (15 * 127 * 2 = 3810) go as they are,
+  a Q8 block goes as |w| (at most 128) against xq with w's sign (127 * 128 * 2 = 32512).
+
+Vectors are 256 bits (one 32-value Q8 block, or two Q4 blocks, each): every AVX2 CPU
+has them, and LLVM splits 512-bit types on CPUs it tunes for 256 (Intel's AVX-512 server
+parts). A CPU with neither set runs kernels_numba's float loops. Which form the code
+holds is decided when numba compiles it, for the CPU it runs on (numba's on-disk cache
+is keyed by the CPU too); numba re-compiles a cached kernel when kernels_numba.py
+changes, not when only this file does: clear llama3_np/__pycache__/*.nbi / *.nbc after
+editing here.
+"""
+
+import llvmlite.binding as llvm
+import numba
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+_I8x32 = ir.VectorType(ir.IntType(8), 32)
+_I8x16 = ir.VectorType(ir.IntType(8), 16)
+_I16x16 = ir.VectorType(ir.IntType(16), 16)
+_I32x8 = ir.VectorType(ir.IntType(32), 8)
+_F32x8 = ir.VectorType(ir.FloatType(), 8)
+_CHAINS = 4  # independent accumulators (blocks in flight) per row
+
+
+def cpu_features() -> set:
+    """The x86 features numba compiles for: NUMBA_CPU_FEATURES when the user set it
+    (e.g. to build for another CPU), else the host's as LLVM detects them."""
+    if numba.config.CPU_FEATURES:
+        return {f[1:] for f in numba.config.CPU_FEATURES.split(",") if f.startswith("+")}
+    return {name for name, on in llvm.get_host_cpu_features().items() if on}
+
+
+def available() -> tuple:
+    """The integer dot products this CPU runs, best first: ("vnni", "avx2"), ("avx2",)
+    or ()."""
+    features = cpu_features()
+    found = []
+    if "avxvnni" in features or {"avx512vnni", "avx512vl"} <= features:
+        found.append("vnni")
+    if "avx2" in features:
+        found.append("avx2")
+    return tuple(found)
+
+
+# --- IR helpers ------------------------------------------------------------------------
+
+def _declare(builder, name, return_type, *arg_types):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(return_type, arg_types),
+                                          name)
+
+
+def _data(context, builder, array_type, value):
+    """The data pointer of a contiguous 1-D array argument."""
+    return context.make_array(array_type)(context, builder, value).data
+
+
+def _length(context, builder, array_type, value):
+    array = context.make_array(array_type)(context, builder, value)
+    return cgutils.unpack_tuple(builder, array.shape, 1)[0]
+
+
+def _load(builder, pointer, index, vector_type, element_bytes):
+    """vector_type's worth of elements at pointer + index * (vector elements), unaligned."""
+    start = builder.mul(index, ir.Constant(index.type, vector_type.count * element_bytes))
+    raw = builder.bitcast(pointer, ir.IntType(8).as_pointer())
+    address = builder.bitcast(builder.gep(raw, [start]), vector_type.as_pointer())
+    return builder.load(address, align=1)
+
+
+def _splat(builder, value, count):
+    vector = ir.VectorType(value.type, count)
+    single = builder.insert_element(ir.Constant(vector, ir.Undefined), value,
+                                    ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(single, ir.Constant(vector, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), count), [0] * count))
+
+
+def _like(value, number):
+    """A constant `number` of value's type (scalar or vector)."""
+    if isinstance(value.type, ir.VectorType):
+        return ir.Constant(value.type, [number] * value.type.count)
+    return ir.Constant(value.type, number)
+
+
+def half_bits_to_float(builder, bits):
+    """i16 (or <n x i16>) float16 bits -> float (or <n x float>), exactly: F16C's
+    vcvtph2ps where the CPU has it (LLVM's fpext; it quiets a signalling NaN), else
+    integer operations that every CPU has (the Q4_0 int8 GEMV ran 1.7x slower with
+    them): a normal number moves its exponent and mantissa into place; a subnormal one
+    is its mantissa times 2^-24 (exact); inf and NaN keep all-ones exponents. The sign
+    is copied last."""
+    vector = isinstance(bits.type, ir.VectorType)
+    wide_type = ir.VectorType(ir.IntType(32), bits.type.count) if vector else ir.IntType(32)
+    float_type = ir.VectorType(ir.FloatType(), bits.type.count) if vector else ir.FloatType()
+    if "f16c" in cpu_features():
+        half_type = ir.VectorType(ir.HalfType(), bits.type.count) if vector else ir.HalfType()
+        return builder.fpext(builder.bitcast(bits, half_type), float_type)
+    h = builder.zext(bits, wide_type)
+    exponent = builder.and_(builder.lshr(h, _like(h, 10)), _like(h, 31))
+    mantissa = builder.and_(h, _like(h, 1023))
+    normal = builder.or_(builder.shl(builder.add(exponent, _like(h, 112)), _like(h, 23)),
+                         builder.shl(mantissa, _like(h, 13)))
+    special = builder.or_(_like(h, 0x7F800000), builder.shl(mantissa, _like(h, 13)))
+    mantissa_value = builder.uitofp(mantissa, float_type)
+    tiny = builder.bitcast(builder.fmul(mantissa_value, _like(mantissa_value, 2.0 ** -24)),
+                           wide_type)
+    magnitude = builder.select(builder.icmp_unsigned("==", exponent, _like(h, 0)), tiny,
+                               builder.select(builder.icmp_unsigned("==", exponent, _like(h, 31)),
+                                              special, normal))
+    sign = builder.shl(builder.and_(h, _like(h, 0x8000)), _like(h, 16))
+    return builder.bitcast(builder.or_(magnitude, sign), float_type)
+
+
+@intrinsic
+def half_to_float32(typingctx, bits):
+    """uint16 holding float16 bits -> float32, exactly (half_bits_to_float)."""
+    def codegen(context, builder, sig, args):
+        return half_bits_to_float(builder, args[0])
+
+    return types.float32(types.uint16), codegen
+
+
+def _scale(builder, array_type, pointer, index):
+    """array[index] as float: float32 as it is, uint16 as float16 bits."""
+    value = builder.load(builder.gep(pointer, [index]))
+    return half_bits_to_float(builder, value) if array_type.dtype == types.uint16 else value
+
+
+def _nibbles(builder, packed):
+    """Q4 bytes -> (low nibbles, high nibbles), as unsigned bytes."""
+    low = builder.and_(packed, ir.Constant(packed.type, [15] * packed.type.count))
+    return low, builder.lshr(packed, ir.Constant(packed.type, [4] * packed.type.count))
+
+
+def _load_pair(builder, array_type, pointer, pair):
+    """Two consecutive scales at pointer + 2 * pair as float, each over four lanes."""
+    element = ir.IntType(16) if array_type.dtype == types.uint16 else ir.FloatType()
+    raw = builder.bitcast(builder.gep(pointer, [builder.mul(pair, ir.Constant(pair.type, 2))]),
+                          ir.VectorType(element, 2).as_pointer())
+    two = builder.load(raw, align=2)
+    if array_type.dtype == types.uint16:
+        two = half_bits_to_float(builder, two)
+    return builder.shuffle_vector(two, ir.Constant(two.type, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 4 + [1] * 4))
+
+
+def _dot_u8_s8(builder, isa, unsigned, signed, start):
+    """start + the sums of four adjacent unsigned x signed byte products (<8 x i32>).
+    "avx2": `unsigned` must keep each pair's sum within int16 (see the docstring)."""
+    if isa == "vnni":
+        dpbusd = _declare(builder, "llvm.x86.avx512.vpdpbusd.256", _I32x8, _I32x8, _I32x8, _I32x8)
+        return builder.call(dpbusd, [start, builder.bitcast(unsigned, _I32x8),
+                                     builder.bitcast(signed, _I32x8)])
+    maddubs = _declare(builder, "llvm.x86.avx2.pmadd.ub.sw", _I16x16, _I8x32, _I8x32)
+    madd = _declare(builder, "llvm.x86.avx2.pmadd.wd", _I32x8, _I16x16, _I16x16)
+    pairs = builder.call(maddubs, [unsigned, signed])
+    return builder.add(start, builder.call(madd, [pairs, ir.Constant(_I16x16, [1] * 16)]))
+
+
+def _q8_block(builder, isa, weights, xq, x_start):
+    """A Q8 block's int32 partial sums of weights * xq (see the module docstring)."""
+    if isa == "vnni":  # (w + 128) . xq, started at -128 * sum(xq)
+        flipped = builder.xor(weights, ir.Constant(_I8x32, [-128] * 32))
+        return _dot_u8_s8(builder, isa, flipped, xq, x_start)
+    absolute = _declare(builder, "llvm.abs.v32i8", _I8x32, _I8x32, ir.IntType(1))
+    sign = _declare(builder, "llvm.x86.avx2.psign.b", _I8x32, _I8x32, _I8x32)
+    magnitude = builder.call(absolute, [weights, ir.Constant(ir.IntType(1), 0)])
+    return _dot_u8_s8(builder, isa, magnitude, builder.call(sign, [xq, weights]),
+                      ir.Constant(_I32x8, None))
+
+
+def _reduce(builder, vector):
+    total = builder.extract_element(vector, ir.Constant(ir.IntType(32), 0))
+    for lane in range(1, vector.type.count):
+        total = builder.fadd(total, builder.extract_element(vector, ir.Constant(ir.IntType(32),
+                                                                                lane)))
+    return total
+
+
+def _chained(builder, n_steps, add_step):
+    """add_step(step, acc) -> acc for step = 0 .. n_steps - 1, in _CHAINS accumulators:
+    with one, each step's multiply-add waits for the last one's (4 cycles), and that,
+    not memory, was the limit (Q8: 22.8 GB/s on one core, 28 with four). Their sum."""
+    zero = ir.Constant(n_steps.type, 0)
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(_F32x8, None)) for _ in range(_CHAINS)]
+    chains = ir.Constant(n_steps.type, _CHAINS)
+    n_grouped = builder.mul(builder.udiv(n_steps, chains), chains)
+    with cgutils.for_range_slice(builder, zero, n_grouped, chains) as (group, _):
+        for k, acc in enumerate(accs):
+            step = builder.add(group, ir.Constant(group.type, k))
+            builder.store(add_step(step, builder.load(acc)), acc)
+    with cgutils.for_range_slice(builder, n_grouped, n_steps,
+                                 ir.Constant(n_steps.type, 1)) as (step, _):
+        builder.store(add_step(step, builder.load(accs[0])), accs[0])
+    total = builder.load(accs[0])
+    for acc in accs[1:]:
+        total = builder.fadd(total, builder.load(acc))
+    return total
+
+
+def _row_dot(context, builder, sig, args, isa, q4, use_start):
+    """sum over blocks b of w_scales[b] * x_scales[b] * (w_b . xq_b) for one weight row.
+
+    Q8: one block (32 bytes) a step. Q4: two blocks a step, 32 bytes of nibbles whose
+    low halves multiply one 32-byte run of xq and high halves the next (quantize_rows
+    lays xq out so for Q4): no shuffle, and one conversion and multiply-add per two
+    blocks; an odd last block goes alone (its xq in plain order)."""
+    w, w_scales, xq, x_scales, x_start = (
+        _data(context, builder, t, a) for t, a in zip(sig.args, args))
+    n_blocks = _length(context, builder, sig.args[1], args[1])
+    fma = _declare(builder, "llvm.fma.v8f32", _F32x8, _F32x8, _F32x8, _F32x8)
+    zero = ir.Constant(_I32x8, None)
+
+    w_scales_type, x_scales_type = sig.args[1], sig.args[3]
+
+    def block_scale(b):
+        return _splat(builder, builder.fmul(_scale(builder, w_scales_type, w_scales, b),
+                                            _scale(builder, x_scales_type, x_scales, b)), 8)
+
+    def add_q8_block(b, acc):
+        start = _load(builder, x_start, b, _I32x8, 4) if isa == "vnni" else None
+        sums = _q8_block(builder, isa, _load(builder, w, b, _I8x32, 1),
+                         _load(builder, xq, b, _I8x32, 1), start)
+        return builder.call(fma, [builder.sitofp(sums, _F32x8), block_scale(b), acc])
+
+    def q4_start(step):  # Q4_0: -8 * sum(xq) of each block (use_start), else 0
+        return builder.select(use_start, _load(builder, x_start, step, _I32x8, 4), zero)
+
+    def add_q4_pair(pair, acc):
+        low, high = _nibbles(builder, _load(builder, w, pair, _I8x32, 1))
+        first = builder.mul(pair, ir.Constant(pair.type, 2))
+        sums = _dot_u8_s8(builder, isa, low, _load(builder, xq, first, _I8x32, 1),
+                          q4_start(pair))
+        sums = _dot_u8_s8(builder, isa, high, _load(builder, xq, builder.add(
+            first, ir.Constant(first.type, 1)), _I8x32, 1), sums)
+        scale = builder.fmul(_load_pair(builder, w_scales_type, w_scales, pair),
+                             _load_pair(builder, x_scales_type, x_scales, pair))
+        return builder.call(fma, [builder.sitofp(sums, _F32x8), scale, acc])
+
+    if not q4:
+        return _reduce(builder, _chained(builder, n_blocks, add_q8_block))
+    two = ir.Constant(n_blocks.type, 2)
+    n_pairs = builder.udiv(n_blocks, two)
+    total = cgutils.alloca_once_value(builder, _chained(builder, n_pairs, add_q4_pair))
+    with builder.if_then(builder.icmp_unsigned("!=", builder.urem(n_blocks, two),
+                                               ir.Constant(n_blocks.type, 0))):
+        last = builder.sub(n_blocks, ir.Constant(n_blocks.type, 1))
+        low, high = _nibbles(builder, _load(builder, w, last, _I8x16, 1))
+        q = builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(ir.IntType(32), 32),
+                                                          list(range(32))))
+        sums = _dot_u8_s8(builder, isa, q, _load(builder, xq, last, _I8x32, 1),
+                          q4_start(n_pairs))
+        builder.store(builder.call(fma, [builder.sitofp(sums, _F32x8), block_scale(last),
+                                         builder.load(total)]), total)
+    return _reduce(builder, builder.load(total))
+
+
+def _make_row_dot(q4: bool):
+    def row_dot(typingctx, use_vnni, use_start, weights, w_scales, xq, x_scales, x_start):
+        """float32: one weight row (Q8 values or Q4 packed bytes, contiguous; its scales
+        float32 or float16 bits in uint16) dotted with one quantised activation row.
+        x_start: (blocks, 8) int32, the sums' starting values (quantize_rows), read by
+        the Q8 "vnni" form, and by Q4 when use_start (Q4_0's offset of 8). use_vnni
+        picks the form at run time; on a CPU without VNNI both branches are the "avx2"
+        form (an unavailable instruction cannot even be compiled)."""
+        signature = types.float32(use_vnni, use_start, weights, w_scales, xq, x_scales,
+                                  x_start)
+
+        def codegen(context, builder, sig, args):
+            isa = "vnni" if "vnni" in available() else "avx2"
+            result = cgutils.alloca_once(builder, ir.FloatType())
+            inner_sig = types.float32(*sig.args[2:])
+            with builder.if_else(args[0]) as (vnni, avx2):
+                for block, form in ((vnni, isa), (avx2, "avx2")):
+                    with block:
+                        builder.store(_row_dot(context, builder, inner_sig, args[2:], form, q4,
+                                               args[1]), result)
+            return builder.load(result)
+
+        return signature, codegen
+
+    row_dot.__name__ = "q4_dot" if q4 else "q8_dot"
+    return intrinsic(row_dot)
+
+
+q8_dot = _make_row_dot(q4=False)
+q4_dot = _make_row_dot(q4=True)
+
+
+def _q8_float_row_dot(context, builder, sig, args):
+    """sum over blocks b of scales[b] * (w_b . x_b), w_b converted to float32 and x float32:
+    per block, products summed by multiply-adds in two vectors (two chains), then one
+    multiply-add by the block's scale, instead of a multiply by the scale per value:
+    a third fewer arithmetic instructions (the scalar loop's limit, with the conversions)."""
+    w, scales, x = (_data(context, builder, t, a) for t, a in zip(sig.args, args))
+    n_blocks = _length(context, builder, sig.args[1], args[1])
+    fma = _declare(builder, "llvm.fma.v8f32", _F32x8, _F32x8, _F32x8, _F32x8)
+    x_block_type = ir.VectorType(ir.FloatType(), 32)
+
+    def add_block(b, acc):
+        weights = builder.sitofp(_load(builder, w, b, _I8x32, 1), x_block_type)
+        values = _load(builder, x, b, x_block_type, 4)
+        quarters = [[builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
+                                            ir.Constant(ir.VectorType(ir.IntType(32), 8),
+                                                        list(range(8 * k, 8 * k + 8))))
+                     for k in range(4)] for v in (weights, values)]
+        (w0, w1, w2, w3), (x0, x1, x2, x3) = quarters
+        even = builder.call(fma, [w2, x2, builder.fmul(w0, x0)])
+        odd = builder.call(fma, [w3, x3, builder.fmul(w1, x1)])
+        scale = _splat(builder, _scale(builder, sig.args[1], scales, b), 8)
+        return builder.call(fma, [builder.fadd(even, odd), scale, acc])
+
+    return _reduce(builder, _chained(builder, n_blocks, add_block))
+
+
+@intrinsic
+def q8_dot_float(typingctx, weights, scales, x):
+    """float32: one Q8 row (int8 values, float32 scales per 32) dotted with float32 x, all
+    in float32 (no integer instructions: any CPU)."""
+    def codegen(context, builder, sig, args):
+        return _q8_float_row_dot(context, builder, sig, args)
+
+    return types.float32(weights, scales, x), codegen
