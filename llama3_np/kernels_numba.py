@@ -29,6 +29,8 @@ bf16 66 us on two threads against 118 us on one.
 """
 
 import os
+import sys
+from types import FunctionType, SimpleNamespace
 
 import numba
 import numpy as np
@@ -200,10 +202,31 @@ def matmul_q8(x, values, scales, out):
         _matmul_q8_rows(x, values, scales, out, start, min(n_rows, start + _ROWS_PER_TASK))
 
 
+@njit(**_SERIAL)
+def _split_for_q4(x):
+    """x (M, K) as _gemv_q4_rows reads it: each 32-value block's first and second half
+    (x_low, x_high: (M, K/2), beside the nibbles that multiply them) and its sum
+    (M, K/32). Here rather than in NumPy: its six NumPy calls cost ~5 us a call, more
+    than multiplying a 192x576 matrix on one core."""
+    n_x, n_cols = x.shape
+    x_low = np.empty((n_x, n_cols // 2), dtype=np.float32)
+    x_high = np.empty((n_x, n_cols // 2), dtype=np.float32)
+    x_block_sums = np.empty((n_x, n_cols // 32), dtype=np.float32)
+    for i in range(n_x):
+        for b in range(n_cols // 32):
+            total = np.float32(0)
+            for k in range(16):
+                low, high = x[i, 32 * b + k], x[i, 32 * b + 16 + k]
+                x_low[i, 16 * b + k], x_high[i, 16 * b + k] = low, high
+                total += low + high
+            x_block_sums[i, b] = total
+    return x_low, x_high, x_block_sums
+
+
 @njit(**_PARALLEL)
-def matmul_q4(x_low, x_high, x_block_sums, packed, scales, mins, out):
-    """out = x (M, K) @ Q4 matrix (packed (N, K/2) uint8, scales and mins (N, K/32)).T,
-    x given as kernels.py splits it: x_low, x_high (M, K/2), x_block_sums (M, K/32)."""
+def matmul_q4(x, packed, scales, mins, out):
+    """out = x (M, K) @ Q4 matrix (packed (N, K/2) uint8, scales and mins (N, K/32)).T."""
+    x_low, x_high, x_block_sums = _split_for_q4(x)
     n_rows = packed.shape[0]
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         start = task * _ROWS_PER_TASK
@@ -247,6 +270,27 @@ def decode_q4(packed, scales, mins, start, out):
                 dst[32 * b + 16 + k] = np.float32(byte >> np.uint8(4)) * scale + minimum
 
 
+def _serial_twin(kernel):
+    """`kernel` compiled again without parallel=True (prange runs as range): the same
+    loops over the same row blocks, so the same bits, but no thread team is started,
+    which costs ~1.5 us a call on one thread and ~10 us on two (Xeon, 2 cores), as
+    much as multiplying a small matrix. Its own name keeps numba's on-disk cache of it
+    apart from the parallel one's (the cache tells them apart by name only)."""
+    f = kernel.py_func
+    twin = FunctionType(f.__code__, f.__globals__, f.__name__ + "_serial", f.__defaults__,
+                        f.__closure__)
+    twin.__qualname__ = f.__qualname__ + "_serial"
+    twin.__doc__ = f.__doc__
+    return njit(**_SERIAL)(twin)
+
+
+# The fused kernels on the calling thread alone, under the same names (kernels.linear
+# hands this to a weight's fused hook instead of the module when one thread is faster).
+SERIAL = SimpleNamespace(matmul_bf16=_serial_twin(matmul_bf16),
+                         matmul_q8=_serial_twin(matmul_q8),
+                         matmul_q4=_serial_twin(matmul_q4))
+
+
 def warmup() -> None:
     """Compile (or load from numba's on-disk cache) every kernel for the array kinds
     the loader produces: writable arrays, and read-only ones (memory-mapped files)."""
@@ -254,7 +298,6 @@ def warmup() -> None:
     x = np.zeros((n_rows, n_cols), dtype=np.float32)
     out = np.empty((n_rows, n_rows), dtype=np.float32)
     tile = np.empty((n_rows, n_cols), dtype=np.float32)
-    x_half = np.zeros((n_rows, n_cols // 2), dtype=np.float32)
     for writable in (True, False):
         bits = np.zeros((n_rows, n_cols), dtype=np.uint16)
         values = np.zeros((n_rows, n_cols), dtype=np.int8)
@@ -262,14 +305,19 @@ def warmup() -> None:
         scales = np.zeros((n_rows, n_cols >> _Q8_SHIFT), dtype=np.float32)
         for weight in (bits, values, packed, scales):
             weight.flags.writeable = writable
-        matmul_bf16(x, bits, out)
-        matmul_q8(x, values, scales, out)
-        matmul_q4(x_half, x_half, scales, packed, scales, scales, out)
+        for kernels in (SERIAL, sys.modules[__name__]):  # serial and parallel
+            kernels.matmul_bf16(x, bits, out)
+            kernels.matmul_q8(x, values, scales, out)
+            kernels.matmul_q4(x, packed, scales, scales, out)
         decode_bf16(bits, 0, tile)
         decode_q8(values, scales, 0, tile)
         decode_q4(packed, scales, scales, 0, tile)
 
 
-def set_threads(n: int) -> None:
-    """Use n threads in the parallel loops (at most the NUMBA_NUM_THREADS started)."""
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+def set_threads(n) -> int:
+    """Use n threads in this thread's parallel loops (at most the NUMBA_NUM_THREADS
+    started; None: all of them); returns the count set."""
+    started = numba.config.NUMBA_NUM_THREADS
+    count = started if n is None else min(n, started)
+    numba.set_num_threads(count)
+    return count

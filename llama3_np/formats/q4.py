@@ -34,8 +34,8 @@ class Q4:
     def fused(self, kernels):
         if kernels is None:
             return None
-        return lambda rows, out: kernels.matmul_q4(*_split_for_q4(rows), self.packed,
-                                                   self.scales, self.mins, out)
+        return lambda rows, out: kernels.matmul_q4(rows, self.packed, self.scales, self.mins,
+                                                   out)
 
     def tile_decoder(self, kernels):
         if kernels is not None:
@@ -63,11 +63,3 @@ def dequantize_q4(packed: np.ndarray, scales: np.ndarray, mins: np.ndarray,
     blocks += mins[..., None]
     return out
 
-
-def _split_for_q4(rows: np.ndarray) -> tuple:
-    """x (M, K) as the Q4 kernel reads it: each 32-value block's first and second half
-    (x_low, x_high: (M, K/2), beside the nibbles that multiply them) and its sum."""
-    halves = rows.reshape(len(rows), -1, 2, Q4_BLOCK // 2)  # (M, blocks, half, 16)
-    x_low = np.ascontiguousarray(halves[:, :, 0]).reshape(len(rows), -1)
-    x_high = np.ascontiguousarray(halves[:, :, 1]).reshape(len(rows), -1)
-    return x_low, x_high, halves.sum(axis=(2, 3), dtype=np.float32)
