@@ -44,8 +44,12 @@ _TILE_VALUES = 1 << 20
 _FUSED_MAX_ROWS = 32
 
 # Matrices with fewer weights are multiplied on one thread even when more are allowed:
-# starting a thread team and waiting at its barrier costs more than the halved loop saves.
-_PARALLEL_MIN_WEIGHTS = 1 << 19
+# starting a thread team and waiting at its barrier costs more than the halved loop
+# saves. A 192x576 Q4 matrix (110K weights) took 10 us on one core and 37 us on two
+# (medians; Xeon, 2 cores, the neighbours busy). From 576x576 (332K) up the choice is
+# measured as the model runs (thread_choice.py): 28 against 54 us there, but on a quiet
+# machine two threads may win.
+_PARALLEL_MIN_WEIGHTS = 1 << 18
 
 _backend = "auto"
 _numba_threads = None  # set_threads' wish, applied when numba loads
