@@ -19,7 +19,9 @@ Backends: "numpy" always works; "numba" needs numba; "auto" (default) is numba
 when it imports. The backend picks the loops on each call, never a weight's form: a
 loaded model's weights stay in the form load() made them (its dtype and keep_quantized),
 whichever backend multiplies them later. Thread counts: threads.configure_threads
-(before NumPy is imported) sets BLAS's; set_threads changes numba's at run time.
+(before NumPy is imported) sets BLAS's; set_threads changes numba's at run time. A
+fused call runs on all of numba's threads or on the calling thread alone, whichever
+thread_choice.py measures faster for the matrix's shape (one thread for small ones).
 Thread-safe: each thread decodes tiles into a buffer of its own.
 """
 
@@ -103,29 +105,33 @@ def linear(x: np.ndarray, w) -> np.ndarray:
         return x @ w.T
     rows = x.reshape(-1, n_in)
     kernels = _numba_kernels() if _backend != "numpy" else None
-    if kernels is not None and len(rows) <= _FUSED_MAX_ROWS and \
-            fused_matmul(w, kernels) is not None:
-        out = np.empty((len(rows), n_out), dtype=np.float32)
-        _fused_call(w, kernels, np.ascontiguousarray(rows), out)
-    else:
+    out = None
+    if kernels is not None and len(rows) <= _FUSED_MAX_ROWS:
+        out = _fused(w, kernels, np.ascontiguousarray(rows))
+    if out is None:
         out = _tiled_matmul(rows, w.shape, tile_decoder(w, _in_parallel(kernels)))
     return out.reshape(x.shape[:-1] + (n_out,))
 
 
-def _fused_call(w, kernels, rows: np.ndarray, out: np.ndarray) -> None:
-    """out = rows @ w.T by w's fused kernel: on the calling thread alone (the serial
-    twins, kernels_numba.SERIAL) when one thread is allowed or w is small, else on the
-    threads _parallel_choice finds faster for w's shape, timing the call for it."""
+def _fused(w, kernels, rows: np.ndarray):
+    """rows @ w.T by w's fused kernel (None when w has none): on the calling thread
+    alone (the serial twins, kernels_numba.SERIAL) when one thread is allowed or w is
+    small, else on the threads _parallel_choice finds faster for w's shape, timed for it."""
+    serial = fused_matmul(w, kernels.SERIAL)
+    if serial is None:
+        return None
     n_out, n_in = w.shape
+    out = np.empty((len(rows), n_out), dtype=np.float32)
     if _numba_state["threads"] == 1 or n_out * n_in < _PARALLEL_MIN_WEIGHTS:
-        fused_matmul(w, kernels.SERIAL)(rows, out)
-        return
+        serial(rows, out)
+        return out
     key = (n_out, n_in, len(rows))
     parallel = _parallel_choice.pick(key)
-    fused = fused_matmul(w, _in_parallel(kernels) if parallel else kernels.SERIAL)
+    fused = fused_matmul(w, _in_parallel(kernels)) if parallel else serial
     start = time.perf_counter()
     fused(rows, out)
     _parallel_choice.record(key, parallel, time.perf_counter() - start)
+    return out
 
 
 def _in_parallel(kernels):
