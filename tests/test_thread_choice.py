@@ -152,3 +152,16 @@ def test_each_calling_thread_gets_the_thread_count(numba_backend):
         seen.append(numba.get_num_threads())
     expected = [min(n, numba.config.NUMBA_NUM_THREADS) for n in (1, 1, 2, 2)]
     assert seen == expected
+
+
+@NEEDS_NUMBA
+def test_serial_twins_are_cached_apart_from_the_parallel_kernels():
+    """numba's on-disk cache tells functions apart by name only: a twin named as its
+    original would load the parallel machine code from the cache, or the other way round."""
+    from llama3_np import kernels_numba
+
+    for name in ("matmul_bf16", "matmul_q8", "matmul_q4"):
+        parallel, serial = getattr(kernels_numba, name), getattr(kernels_numba.SERIAL, name)
+        assert parallel.targetoptions.get("parallel") is True
+        assert not serial.targetoptions.get("parallel")
+        assert serial.py_func.__qualname__ == parallel.py_func.__qualname__ + "_serial"
