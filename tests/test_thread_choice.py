@@ -165,3 +165,19 @@ def test_serial_twins_are_cached_apart_from_the_parallel_kernels():
         assert parallel.targetoptions.get("parallel") is True
         assert not serial.targetoptions.get("parallel")
         assert serial.py_func.__qualname__ == parallel.py_func.__qualname__ + "_serial"
+
+
+@NEEDS_NUMBA
+def test_the_demo_model_decodes_the_same_bits_on_one_thread_or_all(demo_model_path, forced):
+    import llama3_np
+
+    llm = llama3_np.load(demo_model_path)
+    kernels.set_threads(2)
+    logits = {}
+    for parallel in (True, False):
+        forced(parallel)
+        cache = llm.new_cache()
+        steps = [llm.forward([1, 9690, 28, 2], 0, cache=cache)]
+        steps += [llm.forward([token], cache=cache) for token in (5248, 314)]
+        logits[parallel] = np.concatenate(steps)
+    np.testing.assert_array_equal(logits[True], logits[False])
