@@ -14,6 +14,12 @@ machine may have changed since; if it wins, the running mean takes over from the
 After a trial loses, the next comes after twice as many calls (up to
 MAX_TRIAL_INTERVAL): a busy core costs one slow call in hundreds, not in every few.
 
+What a call's own time cannot see: on a machine with more runnable threads than cores
+(load ~5 on the 2 cores), always splitting once decoded 41 against 53 ms a token while
+the per-call times favoured one thread (the scheduler favours a process whose threads
+wait often); in other rounds under that load it lost (92 against 88 ms). The per-call
+rule is kept: it is right in the case it is for, one core kept busy by another process.
+
 The choice never changes a result: each weight row is summed by the same loop, on
 whichever thread, over the same row blocks (kernels_numba.py).
 """
