@@ -23,16 +23,20 @@ Backends: "numpy" always works; "numba" needs numba; "auto" (default) is numba
 when it imports. The backend picks the loops on each call, never a weight's form: a
 loaded model's weights stay in the form load() made them (its dtype and keep_quantized),
 whichever backend multiplies them later. Thread counts: threads.configure_threads
-(before NumPy is imported) sets BLAS's; set_threads changes numba's at run time.
+(before NumPy is imported) sets BLAS's; set_threads changes numba's at run time. A
+fused call runs on all of numba's threads or on the calling thread alone, whichever
+thread_choice.py measures faster for the matrix's shape (one thread for small ones).
 Thread-safe: each thread decodes tiles into a buffer of its own.
 """
 
 import threading
+import time
 
 import numpy as np
 
 from .errors import InputError
 from .formats import fused_matmul, tile_decoder
+from .thread_choice import ParallelChoice
 
 BACKENDS = ("numpy", "numba", "auto")
 
@@ -45,11 +49,20 @@ _TILE_VALUES = 1 << 20
 # 10.0, 64 rows 18 against 16; q8 crosses over at about 32 rows too.
 _FUSED_MAX_ROWS = 32
 
+# Matrices with fewer weights are multiplied on one thread even when more are allowed:
+# starting a thread team and waiting at its barrier costs more than the halved loop
+# saves. A 192x576 Q4 matrix (110K weights) took 10 us on one core and 37 us on two
+# (medians; Xeon, 2 cores, the neighbours busy). From 576x576 (332K) up the choice is
+# measured as the model runs (thread_choice.py): 28 against 54 us there, but on a quiet
+# machine two threads may win.
+_PARALLEL_MIN_WEIGHTS = 1 << 18
+
 _backend = "auto"
 _numba_threads = None  # set_threads' wish, applied when numba loads
 _int8_wish = None  # set_int8_activations' wish, applied when numba loads
 _numba_state = {}  # "module": kernels_numba, or None when numba is unavailable
-_scratch = threading.local()  # .tile: this thread's tile buffer
+_scratch = threading.local()  # .tile: this thread's tile buffer; .threads: numba's count here
+_parallel_choice = ParallelChoice()  # per shape: fused kernels on all threads, or on one
 
 
 def set_backend(name: str) -> None:
@@ -77,7 +90,7 @@ def set_threads(n: int) -> None:
         raise InputError(f"the thread count must be at least 1, got {n}")
     _numba_threads = n
     if _numba_state.get("module") is not None:  # else applied when numba loads
-        _numba_state["module"].set_threads(n)
+        _numba_state["threads"] = _numba_state["module"].set_threads(n)
 
 
 def set_int8_activations(on: bool) -> None:
@@ -107,16 +120,44 @@ def linear(x: np.ndarray, w) -> np.ndarray:
     if isinstance(w, np.ndarray) and w.dtype == np.float32:
         return x @ w.T
     rows = x.reshape(-1, n_in)
-    kernels = _numba_kernels() if active_backend() == "numba" else None
-    if kernels is not None and _numba_threads is not None:
-        kernels.set_threads(_numba_threads)  # numba counts threads per calling thread
-    fused = fused_matmul(w, kernels) if len(rows) <= _FUSED_MAX_ROWS else None
-    if fused is not None:
-        out = np.empty((len(rows), n_out), dtype=np.float32)
-        fused(np.ascontiguousarray(rows), out)
-    else:
-        out = _tiled_matmul(rows, w.shape, tile_decoder(w, kernels))
+    kernels = _numba_kernels() if _backend != "numpy" else None
+    out = None
+    if kernels is not None and len(rows) <= _FUSED_MAX_ROWS:
+        out = _fused(w, kernels, np.ascontiguousarray(rows))
+    if out is None:
+        out = _tiled_matmul(rows, w.shape, tile_decoder(w, _in_parallel(kernels)))
     return out.reshape(x.shape[:-1] + (n_out,))
+
+
+def _fused(w, kernels, rows: np.ndarray):
+    """rows @ w.T by w's fused kernel (None when w has none): on the calling thread
+    alone (the serial twins, kernels_numba.SERIAL) when one thread is allowed or w is
+    small, else on the threads _parallel_choice finds faster for w's shape, timed for it."""
+    serial = fused_matmul(w, kernels.SERIAL)
+    if serial is None:
+        return None
+    n_out, n_in = w.shape
+    out = np.empty((len(rows), n_out), dtype=np.float32)
+    if _numba_state["threads"] == 1 or n_out * n_in < _PARALLEL_MIN_WEIGHTS:
+        serial(rows, out)
+        return out
+    key = (n_out, n_in, len(rows))
+    parallel = _parallel_choice.pick(key)
+    fused = fused_matmul(w, _in_parallel(kernels)) if parallel else serial
+    start = time.perf_counter()
+    fused(rows, out)
+    _parallel_choice.record(key, parallel, time.perf_counter() - start)
+    return out
+
+
+def _in_parallel(kernels):
+    """kernels (kernels_numba or None), after giving numba set_threads' count in this
+    thread: numba counts threads per calling thread, and setting it costs ~2 us, so
+    each thread sets it once (and again after set_threads)."""
+    if kernels is not None and getattr(_scratch, "threads", None) != _numba_threads:
+        kernels.set_threads(_numba_threads)
+        _scratch.threads = _numba_threads
+    return kernels
 
 
 def _tiled_matmul(rows: np.ndarray, shape: tuple, decode) -> np.ndarray:
@@ -142,9 +183,9 @@ def _numba_kernels():
             from . import kernels_numba
         except ImportError:
             kernels_numba = None
-        if kernels_numba is not None and _numba_threads is not None:
-            kernels_numba.set_threads(_numba_threads)
-        if kernels_numba is not None and _int8_wish is not None:
-            kernels_numba.set_int8_activations(_int8_wish)
+        if kernels_numba is not None:
+            _numba_state["threads"] = kernels_numba.set_threads(_numba_threads)
+            if _int8_wish is not None:
+                kernels_numba.set_int8_activations(_int8_wish)
         _numba_state["module"] = kernels_numba
     return _numba_state["module"]

@@ -52,7 +52,10 @@ each thread contiguous blocks of rows. With OpenMP (below) starting the workers 
 bf16 66 us on two threads against 118 us on one.
 """
 
+import hashlib
 import os
+from pathlib import Path
+from types import FunctionType, SimpleNamespace
 
 import numba
 import numpy as np
@@ -60,7 +63,6 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from . import kernels_simd
-from .formats.q4 import split_for_q4
 
 # Threading layer. A decode step runs ~80 parallel GEMVs, so starting the workers must
 # be cheap: GNU OpenMP takes ~2.5 us per parallel region here, numba's workqueue 40-65
@@ -272,10 +274,31 @@ def _matmul_q8_float(x, values, scales, out):
         _matmul_q8_rows(x, values, scales, out, start, min(n_rows, start + _ROWS_PER_TASK))
 
 
+@njit(**_SERIAL)
+def _split_for_q4(x):
+    """x (M, K) as _gemv_q4_rows reads it: each 32-value block's first and second half
+    (x_low, x_high: (M, K/2), beside the nibbles that multiply them) and its sum
+    (M, K/32). Here rather than in NumPy: its six NumPy calls cost ~5 us a call, more
+    than multiplying a 192x576 matrix on one core."""
+    n_x, n_cols = x.shape
+    x_low = np.empty((n_x, n_cols // 2), dtype=np.float32)
+    x_high = np.empty((n_x, n_cols // 2), dtype=np.float32)
+    x_block_sums = np.empty((n_x, n_cols // 32), dtype=np.float32)
+    for i in range(n_x):
+        for b in range(n_cols // 32):
+            total = np.float32(0)
+            for k in range(16):
+                low, high = x[i, 32 * b + k], x[i, 32 * b + 16 + k]
+                x_low[i, 16 * b + k], x_high[i, 16 * b + k] = low, high
+                total += low + high
+            x_block_sums[i, b] = total
+    return x_low, x_high, x_block_sums
+
+
 @njit(**_PARALLEL)
-def _matmul_q4_float(x_low, x_high, x_block_sums, packed, scales, mins, out):
-    """out = x (M, K) @ Q4 matrix (packed (N, K/2) uint8, scales and mins (N, K/32)).T,
-    x given as kernels.py splits it: x_low, x_high (M, K/2), x_block_sums (M, K/32)."""
+def _matmul_q4_float(x, packed, scales, mins, out):
+    """out = x (M, K) @ Q4 matrix (packed (N, K/2) uint8, scales and mins (N, K/32)).T."""
+    x_low, x_high, x_block_sums = _split_for_q4(x)
     n_rows = packed.shape[0]
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         start = task * _ROWS_PER_TASK
@@ -391,25 +414,6 @@ def int8_activations():
     return _int8["form"] if _int8["on"] else None
 
 
-def matmul_q8(x, values, scales, out):
-    """out = x (M, K) @ Q8 matrix (values (N, K) int8, scales (N, K/32) float32).T."""
-    form = int8_activations()
-    if form is None:
-        _matmul_q8_float(x, values, scales, out)
-    else:
-        _matmul_q8_int(form == "vnni", x, values, scales, out)
-
-
-def matmul_q4(x, packed, scales, mins, out):
-    """out = x (M, K) @ Q4 matrix.T: packed (N, K/2) uint8, scales and mins (N, K/32)
-    float32 or float16 bits (uint16); mins None: -8 * scale (Q4_0)."""
-    form = int8_activations()
-    if form is None:
-        _matmul_q4_float(*split_for_q4(x), packed, scales, mins, out)
-    else:
-        _matmul_q4_int(form == "vnni", x, packed, scales, mins, out)
-
-
 @njit(**_PARALLEL)
 def decode_bf16(bits, start, out):
     """out[i] = bits[start + i] as float32, for a tile of rows multiplied by BLAS."""
@@ -445,6 +449,53 @@ def decode_q4(packed, scales, mins, start, out):
                 dst[32 * b + 16 + k] = np.float32(byte >> np.uint8(4)) * scale + minimum
 
 
+def _serial_twin(kernel):
+    """`kernel` compiled again without parallel=True (prange runs as range): the same
+    loops over the same row blocks, so the same bits, but no thread team is started,
+    which costs ~1.5 us a call on one thread and ~10 us on two (Xeon, 2 cores), as
+    much as multiplying a small matrix. Its own name keeps numba's on-disk cache of it
+    apart from the parallel one's (the cache tells them apart by name only)."""
+    f = kernel.py_func
+    twin = FunctionType(f.__code__, f.__globals__, f.__name__ + "_serial", f.__defaults__,
+                        f.__closure__)
+    twin.__qualname__ = f.__qualname__ + "_serial"
+    twin.__doc__ = f.__doc__
+    return njit(**_SERIAL)(twin)
+
+
+def _fused_kernels(bf16, q8_float, q8_int, q4_float, q4_int) -> SimpleNamespace:
+    """The fused matmuls the weight formats call (matmul_bf16 / _q8 / _q4), the q8 and Q4
+    ones taking float32 or int8 activations as set_int8_activations says."""
+    def matmul_q8(x, values, scales, out):
+        """out = x (M, K) @ Q8 matrix (values (N, K) int8, scales (N, K/32) float32).T."""
+        form = int8_activations()
+        if form is None:
+            q8_float(x, values, scales, out)
+        else:
+            q8_int(form == "vnni", x, values, scales, out)
+
+    def matmul_q4(x, packed, scales, mins, out):
+        """out = x (M, K) @ Q4 matrix.T: packed (N, K/2) uint8, scales and mins (N, K/32)
+        float32 or float16 bits (uint16); mins None: -8 * scale (Q4_0)."""
+        form = int8_activations()
+        if form is None:
+            q4_float(x, packed, scales, mins, out)
+        else:
+            q4_int(form == "vnni", x, packed, scales, mins, out)
+
+    return SimpleNamespace(matmul_bf16=bf16, matmul_q8=matmul_q8, matmul_q4=matmul_q4)
+
+
+_PARALLEL_KERNELS = (matmul_bf16, _matmul_q8_float, _matmul_q8_int, _matmul_q4_float,
+                     _matmul_q4_int)
+_kernels = _fused_kernels(*_PARALLEL_KERNELS)
+matmul_q8, matmul_q4 = _kernels.matmul_q8, _kernels.matmul_q4
+# The same on the calling thread alone (kernels.linear hands this to a weight's fused
+# hook instead of the module when one thread is faster).
+_SERIAL_KERNELS = tuple(map(_serial_twin, _PARALLEL_KERNELS))
+SERIAL = _fused_kernels(*_SERIAL_KERNELS)
+
+
 def warmup() -> None:
     """Compile (or load from numba's on-disk cache) every kernel for the array kinds
     the loader produces: writable arrays, and read-only ones (memory-mapped files);
@@ -453,7 +504,7 @@ def warmup() -> None:
     x = np.zeros((n_rows, n_cols), dtype=np.float32)
     out = np.empty((n_rows, n_rows), dtype=np.float32)
     tile = np.empty((n_rows, n_cols), dtype=np.float32)
-    x_half = np.zeros((n_rows, n_cols // 2), dtype=np.float32)
+    vnni = _INT8_FORMS[:1] == ("vnni",)
     for writable in (True, False):
         bits = np.zeros((n_rows, n_cols), dtype=np.uint16)
         values = np.zeros((n_rows, n_cols), dtype=np.int8)
@@ -462,20 +513,47 @@ def warmup() -> None:
         half_scales = np.zeros((n_rows, n_cols >> _Q8_SHIFT), dtype=np.uint16)
         for weight in (bits, values, packed, scales, half_scales):
             weight.flags.writeable = writable
-        matmul_bf16(x, bits, out)
-        _matmul_q8_float(x, values, scales, out)
+        q4_forms = ((scales, scales), (half_scales, half_scales), (half_scales, None))
         decode_bf16(bits, 0, tile)
         decode_q8(values, scales, 0, tile)
-        if _INT8_FORMS:
-            _matmul_q8_int(True, x, values, scales, out)
-        for q4_scales, q4_mins in ((scales, scales), (half_scales, half_scales),
-                                   (half_scales, None)):  # Q4_K, Q4_1, Q4_0
-            _matmul_q4_float(x_half, x_half, scales, packed, q4_scales, q4_mins, out)
+        for q4_scales, q4_mins in q4_forms:  # Q4_K, Q4_1, Q4_0
             decode_q4(packed, q4_scales, q4_mins, 0, tile)
+        for bf16, q8_float, q8_int, q4_float, q4_int in (_PARALLEL_KERNELS, _SERIAL_KERNELS):
+            bf16(x, bits, out)
+            q8_float(x, values, scales, out)
+            for q4_scales, q4_mins in q4_forms:
+                q4_float(x, packed, q4_scales, q4_mins, out)
             if _INT8_FORMS:
-                _matmul_q4_int(True, x, packed, q4_scales, q4_mins, out)
+                q8_int(vnni, x, values, scales, out)
+                for q4_scales, q4_mins in q4_forms:
+                    q4_int(vnni, x, packed, q4_scales, q4_mins, out)
 
 
-def set_threads(n: int) -> None:
-    """Use n threads in the parallel loops (at most the NUMBA_NUM_THREADS started)."""
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+def set_threads(n) -> int:
+    """Use n threads in this thread's parallel loops (at most the NUMBA_NUM_THREADS
+    started; None: all of them); returns the count set."""
+    started = numba.config.NUMBA_NUM_THREADS
+    count = started if n is None else min(n, started)
+    numba.set_num_threads(count)
+    return count
+
+
+def _forget_kernels_built_from_other_simd_code() -> None:
+    """numba re-uses its cached kernels until kernels_numba.py itself changes, but the
+    loops of kernels_simd.py are compiled into them: when that file alone changed (an
+    update, an edit), drop this module's cached kernels so they are built again. Where the
+    cache folder is read-only, numba does not cache at all, so there is nothing to drop."""
+    cache = Path(matmul_bf16._cache._cache_path)
+    stamp = cache / "kernels_simd.sha256"
+    digest = hashlib.sha256(Path(kernels_simd.__file__).read_bytes()).hexdigest()
+    try:
+        if stamp.is_file() and stamp.read_text() == digest:
+            return
+        for built in cache.glob(f"{__name__.rsplit('.', 1)[-1]}.*.nb[ic]"):
+            built.unlink(missing_ok=True)
+        stamp.write_text(digest)
+    except OSError:
+        pass
+
+
+_forget_kernels_built_from_other_simd_code()

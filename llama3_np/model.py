@@ -10,6 +10,7 @@ are decided); every named step is handed to `self.trace`, which does nothing unl
 inspection is running in this thread (see trace.py).
 """
 
+import functools
 import threading
 
 import numpy as np
@@ -25,7 +26,7 @@ from .tiled_attention import plain_attention_fits, tiled_attention
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """Scale each vector to unit root-mean-square, then by a learned per-channel gain."""
-    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.float32(eps)) * weight
+    return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + np.float32(eps)) * weight
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -37,18 +38,21 @@ def silu(x: np.ndarray) -> np.ndarray:
         return np.divide(x, denominator, out=denominator)
 
 
+@functools.lru_cache(maxsize=1)  # every layer of a forward call asks for the same one
 def causal_mask(start_pos: int, seq: int) -> np.ndarray:
     """(seq, start_pos + seq): 0 where a query may look (itself and every position
-    before it), -inf at the positions ahead of it."""
+    before it), -inf at the positions ahead of it. Read-only: the layers share it."""
     query_pos = start_pos + np.arange(seq)[:, None]
     ahead = np.arange(start_pos + seq)[None, :] > query_pos
-    return np.where(ahead, np.float32(-np.inf), np.float32(0))
+    mask = np.where(ahead, np.float32(-np.inf), np.float32(0))
+    mask.flags.writeable = False
+    return mask
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
     """Row-wise softmax; -inf entries (masked) become exactly 0."""
-    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
-    return e / np.sum(e, axis=-1, keepdims=True)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 class NoTrace:

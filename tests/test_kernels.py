@@ -527,3 +527,27 @@ def test_float16_scales_widen_exactly_with_and_without_f16c(f16c, monkeypatch):
     nan = np.isnan(expected)
     np.testing.assert_array_equal(np.isnan(out), nan)
     np.testing.assert_array_equal(out[~nan].view(np.uint32), expected[~nan].view(np.uint32))
+
+
+@NEEDS_NUMBA
+def test_cached_kernels_are_dropped_when_the_simd_code_changes(tmp_path, monkeypatch):
+    """numba would re-use kernels compiled from an older kernels_simd.py (it watches only
+    kernels_numba.py): a changed kernels_simd.py must drop them, an unchanged one keep them."""
+    from llama3_np import kernels_numba, kernels_simd
+
+    simd_source = tmp_path / "kernels_simd.py"
+    simd_source.write_text("# version 1")
+    monkeypatch.setattr(kernels_simd, "__file__", str(simd_source))
+    monkeypatch.setattr(kernels_numba.matmul_bf16._cache, "_cache_path", str(tmp_path))
+    built = tmp_path / "kernels_numba.matmul_bf16-258.py311.nbi"
+    other = tmp_path / "model.rms_norm-10.py311.nbi"
+    for path in (built, other):
+        path.write_text("")
+    kernels_numba._forget_kernels_built_from_other_simd_code()
+    assert not built.exists() and other.exists()
+    built.write_text("")
+    kernels_numba._forget_kernels_built_from_other_simd_code()
+    assert built.exists()  # the same code: kept
+    simd_source.write_text("# version 2")
+    kernels_numba._forget_kernels_built_from_other_simd_code()
+    assert not built.exists()

@@ -82,12 +82,3 @@ def dequantize_q4(packed: np.ndarray, scales: np.ndarray, mins: np.ndarray = Non
     np.multiply(q.reshape(blocks.shape), scales[..., None], out=blocks)
     blocks += mins[..., None]
     return out
-
-
-def split_for_q4(rows: np.ndarray) -> tuple:
-    """x (M, K) as the float32 Q4 kernel reads it: each 32-value block's first and second half
-    (x_low, x_high: (M, K/2), beside the nibbles that multiply them) and its sum."""
-    halves = rows.reshape(len(rows), -1, 2, Q4_BLOCK // 2)  # (M, blocks, half, 16)
-    x_low = np.ascontiguousarray(halves[:, :, 0]).reshape(len(rows), -1)
-    x_high = np.ascontiguousarray(halves[:, :, 1]).reshape(len(rows), -1)
-    return x_low, x_high, halves.sum(axis=(2, 3), dtype=np.float32)

@@ -1,0 +1,183 @@
+"""The per-call choice of one thread or all for a fused matmul: thread_choice.ParallelChoice
+on made-up timings, and kernels.linear giving the same bits whichever it takes."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from llama3_np import kernels
+from llama3_np.thread_choice import FIRST_TRIAL_INTERVAL, MAX_TRIAL_INTERVAL, ParallelChoice
+from tests.test_kernels import NEEDS_NUMBA, assert_matches_float64, random_matrix, weight_in
+
+KEY = (1536, 576, 1)
+
+
+def run(choice: ParallelChoice, calls: int, serial: float, parallel: float) -> list:
+    """`calls` picks, each recorded as taking `serial` or `parallel` seconds; the picks."""
+    picks = []
+    for _ in range(calls):
+        picked = choice.pick(KEY)
+        choice.record(KEY, picked, parallel if picked else serial)
+        picks.append(picked)
+    return picks
+
+
+def test_times_each_way_once_then_takes_the_faster():
+    choice = ParallelChoice()
+    assert choice.favoured(KEY) is None
+    assert run(choice, 2, serial=2.0, parallel=1.0) == [False, True]
+    assert choice.favoured(KEY) is True
+    picks = run(choice, FIRST_TRIAL_INTERVAL - 1, serial=2.0, parallel=1.0)
+    assert picks == [True] * (FIRST_TRIAL_INTERVAL - 1)
+
+
+def test_tries_the_slower_way_again_less_often_while_it_loses():
+    choice = ParallelChoice()
+    run(choice, 2, serial=1.0, parallel=5.0)
+    picks = run(choice, 16 * FIRST_TRIAL_INTERVAL, serial=1.0, parallel=5.0)
+    trials = [i for i, parallel in enumerate(picks) if parallel]
+    assert trials[0] == FIRST_TRIAL_INTERVAL - 1
+    assert list(np.diff(trials)) == [2 * FIRST_TRIAL_INTERVAL, 4 * FIRST_TRIAL_INTERVAL,
+                                     8 * FIRST_TRIAL_INTERVAL]
+    picks = run(choice, 20 * MAX_TRIAL_INTERVAL, serial=1.0, parallel=5.0)
+    assert 0 < sum(picks) <= 20 + 1  # at most one trial per MAX_TRIAL_INTERVAL calls
+    assert choice.favoured(KEY) is False
+
+
+def test_follows_the_machine_when_the_faster_way_changes():
+    """A core becomes busy (parallel slows down), then free again."""
+    choice = ParallelChoice()
+    run(choice, 100, serial=2.0, parallel=1.0)
+    assert choice.favoured(KEY) is True
+    picks = run(choice, 100, serial=2.0, parallel=8.0)  # the running mean reaches 2 soon
+    assert choice.favoured(KEY) is False and sum(picks[-50:]) <= 2
+    picks = run(choice, 8 * MAX_TRIAL_INTERVAL, serial=2.0, parallel=1.0)
+    assert choice.favoured(KEY) is True and sum(picks[-100:]) >= 99
+
+
+def test_one_slow_call_does_not_switch():
+    """A call preempted once counts as at most twice the mean: the mean moves by 1/8."""
+    choice = ParallelChoice()
+    run(choice, 2, serial=2.0, parallel=1.0)
+    choice.pick(KEY)
+    choice.record(KEY, True, 1000.0)
+    assert choice.favoured(KEY) is True
+
+
+def test_shapes_are_chosen_apart():
+    choice = ParallelChoice()
+    for _ in range(10):
+        for key, serial, parallel in [((1, 2, 1), 1.0, 2.0), ((3, 4, 1), 2.0, 1.0)]:
+            picked = choice.pick(key)
+            choice.record(key, picked, parallel if picked else serial)
+    assert choice.favoured((1, 2, 1)) is False and choice.favoured((3, 4, 1)) is True
+
+
+# --- kernels.linear ------------------------------------------------------------------
+
+@pytest.fixture
+def numba_backend():
+    """The numba backend, and numba's thread count back to all started after the test."""
+    import numba
+
+    kernels.set_backend("numba")
+    yield kernels._numba_kernels()
+    kernels.set_threads(numba.config.NUMBA_NUM_THREADS)
+    kernels.set_backend("auto")
+
+
+@pytest.fixture
+def forced(monkeypatch, numba_backend):
+    """force(parallel): every fused call on all threads (True) or on one (False),
+    whatever the matrix size."""
+    monkeypatch.setattr(kernels, "_PARALLEL_MIN_WEIGHTS", 0)
+
+    def force(parallel: bool):
+        monkeypatch.setattr(kernels._parallel_choice, "pick", lambda key: parallel)
+        monkeypatch.setattr(kernels._parallel_choice, "record", lambda *args: None)
+    return force
+
+
+@NEEDS_NUMBA
+@pytest.mark.parametrize("dtype", ["bf16", "q8", "gguf_q4_1", "gguf_q4_0"])
+@pytest.mark.parametrize("n_rows", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(67, 544), (193, 96), (5, 64)])
+def test_one_thread_and_all_give_the_same_bits(dtype, n_rows, shape, forced):
+    """Each weight row is summed by the same loop over the same row blocks, on whichever
+    thread: the bits cannot depend on the thread count, or on the choice."""
+    w, w_float32 = weight_in(dtype, random_matrix(shape))
+    x = random_matrix((n_rows, shape[1]), seed=11)
+    kernels.set_threads(2)
+    forced(True)
+    parallel = kernels.linear(x, w)
+    forced(False)
+    serial = kernels.linear(x, w)
+    np.testing.assert_array_equal(parallel, serial)
+    assert_matches_float64(serial, x, w_float32)
+
+
+@NEEDS_NUMBA
+def test_small_matrices_and_one_thread_never_start_a_thread_team(monkeypatch, numba_backend):
+    def no_team(*args):
+        raise AssertionError("started the parallel kernel")
+    monkeypatch.setattr(numba_backend, "matmul_q4", no_team)
+    w, w_float32 = weight_in("gguf_q4_1", random_matrix((64, 256)))
+    x = random_matrix((1, 256), seed=12)
+    assert 64 * 256 < kernels._PARALLEL_MIN_WEIGHTS
+    assert_matches_float64(kernels.linear(x, w), x, w_float32)
+    monkeypatch.setattr(kernels, "_PARALLEL_MIN_WEIGHTS", 0)
+    kernels.set_threads(1)  # big enough now, but one thread is allowed
+    assert_matches_float64(kernels.linear(x, w), x, w_float32)
+
+
+@NEEDS_NUMBA
+def test_each_calling_thread_gets_the_thread_count(numba_backend):
+    """numba keeps its thread count per calling thread: a thread that never called
+    set_threads must still get its count, and a later set_threads must reach it."""
+    import numba
+
+    seen = []
+
+    def in_a_new_thread():
+        kernels._in_parallel(numba_backend)
+        seen.append(numba.get_num_threads())
+
+    for n in (1, 2):
+        kernels.set_threads(n)
+        worker = threading.Thread(target=in_a_new_thread)
+        worker.start()
+        worker.join()
+        kernels._in_parallel(numba_backend)
+        seen.append(numba.get_num_threads())
+    expected = [min(n, numba.config.NUMBA_NUM_THREADS) for n in (1, 1, 2, 2)]
+    assert seen == expected
+
+
+@NEEDS_NUMBA
+def test_serial_twins_are_cached_apart_from_the_parallel_kernels():
+    """numba's on-disk cache tells functions apart by name only: a twin named as its
+    original would load the parallel machine code from the cache, or the other way round."""
+    from llama3_np import kernels_numba
+
+    assert len(kernels_numba._SERIAL_KERNELS) == len(kernels_numba._PARALLEL_KERNELS) == 5
+    for parallel, serial in zip(kernels_numba._PARALLEL_KERNELS, kernels_numba._SERIAL_KERNELS):
+        assert parallel.targetoptions.get("parallel") is True
+        assert not serial.targetoptions.get("parallel")
+        assert serial.py_func.__qualname__ == parallel.py_func.__qualname__ + "_serial"
+
+
+@NEEDS_NUMBA
+def test_the_demo_model_decodes_the_same_bits_on_one_thread_or_all(demo_model_path, forced):
+    import llama3_np
+
+    llm = llama3_np.load(demo_model_path)
+    kernels.set_threads(2)
+    logits = {}
+    for parallel in (True, False):
+        forced(parallel)
+        cache = llm.new_cache()
+        steps = [llm.forward([1, 9690, 28, 2], 0, cache=cache)]
+        steps += [llm.forward([token], cache=cache) for token in (5248, 314)]
+        logits[parallel] = np.concatenate(steps)
+    np.testing.assert_array_equal(logits[True], logits[False])
