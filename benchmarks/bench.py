@@ -52,6 +52,9 @@ GGUF_TYPES = ("F32", "BF16", "Q8_0", "Q4_0", "Q4_K")
 STORED_AS = {"F32": "f32", "BF16": "bf16", "Q8_0": "q8", "Q4_0": "stored", "Q4_K": "stored",
              "Q4_1": "stored"}
 LLAMA_CPP_TARGET = {"decode": 0.95, "prefill": 0.8}  # issue 14: ours / llama.cpp
+# Weight types whose kernels can take int8 activations (--int8-activations; float32 x is
+# the default): those run with both, as backends "numba" and "numba-int8".
+INT8_TYPES = ("Q8_0", "Q4_0", "Q4_K", "Q4_1")
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,8 @@ class Case:
 
     def matches(self, selector: str) -> bool:
         """"bf16", "numba", "torch", "demo", "q4_0/llama.cpp": every part names a field."""
-        names = {self.engine, self.weights.lower(), self.backend, self.model} | (
-            {"pytorch"} if self.engine == "torch" else set())
+        names = {self.engine, self.weights.lower(), self.backend, self.model,
+                 *self.backend.split("-")} | ({"pytorch"} if self.engine == "torch" else set())
         return all(part in names for part in selector.lower().split("/"))
 
 
@@ -134,18 +137,20 @@ def all_cases(threads: int, builds: list, numpy_rows: bool) -> list:
     """Every row, in run order: for each weight type llama3_np, llama.cpp (each build),
     llama3_np again; PyTorch; then the demo model the same way at 1 thread and at
     `threads`."""
-    def interleaved(ours: Case, weights: str, model: str = "1b", n: int = 0) -> list:
+    def interleaved(weights: str, model: str = "1b", n: int = 0) -> list:
+        backends = ["numba", "numba-int8"] if weights in INT8_TYPES else ["numba"]
+        ours = [Case("llama3_np", weights, backend, model, n) for backend in backends]
         theirs = [Case("llama.cpp", weights, build, model, n) for build in builds]
-        return [ours, *theirs, ours] if theirs else [ours]
+        return [*ours, *theirs, *reversed(ours)] if theirs else ours
 
     cases = []
     for ggml_type in GGUF_TYPES:
-        cases += interleaved(Case("llama3_np", ggml_type, "numba"), ggml_type)
+        cases += interleaved(ggml_type)
         if numpy_rows and ggml_type != "F32":
             cases.append(Case("llama3_np", ggml_type, "numpy"))
     cases += [Case("torch", "f32"), Case("torch", "bf16")]
     for n in sorted({1, threads}):
-        cases += interleaved(Case("llama3_np", "Q4_1", "numba", "demo", n), "Q4_1", "demo", n)
+        cases += interleaved("Q4_1", "demo", n)
     return cases
 
 
@@ -157,8 +162,8 @@ def selected_cases(args) -> list:
     cases = all_cases(args.threads, builds, args.numpy_rows)
     if importlib.util.find_spec("numba") is None:
         print("numba is not installed: the llama3_np rows use NumPy", file=sys.stderr)
-        cases = [Case(c.engine, c.weights, "numpy", c.model, c.threads)
-                 if c.backend == "numba" else c for c in cases]
+        cases = list(dict.fromkeys(Case(c.engine, c.weights, "numpy", c.model, c.threads)
+                                   if c.backend.startswith("numba") else c for c in cases))
     if importlib.util.find_spec("transformers") is None:
         print("transformers is not installed: skipping the PyTorch rows", file=sys.stderr)
         cases = [c for c in cases if c.engine != "torch"]
@@ -183,7 +188,9 @@ def run_case(case: Case, weights: Path, threads: int, tokens: dict) -> dict:
                "--threads", str(case.threads or threads),
                "--prompt", str(tokens["prompt"]), "--decode", str(decode)]
     if case.backend:
-        command += ["--backend", case.backend]
+        command += ["--backend", case.backend.removesuffix("-int8")]
+    if case.backend.endswith("-int8"):
+        command.append("--int8-activations")
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         last_lines = done.stderr.strip().splitlines()[-3:]
@@ -286,17 +293,18 @@ def mean(rows: list, speed) -> float:
 
 
 def against_llama_cpp(rows: list, reference_only: bool = False) -> list:
-    """(case, ours, llama.cpp) for each llama.cpp build / weight type / model / thread
-    count both engines ran, ours being llama3_np's rows with its fused kernels (before and
-    after llama.cpp); reference_only: the --llama-bench build's only."""
+    """(ours, theirs, our rows, their rows) for each llama.cpp build / weight type / model /
+    thread count both engines ran, once per llama3_np backend with fused kernels (numba,
+    numba-int8), our rows being the runs before and after llama.cpp's; reference_only:
+    the --llama-bench build's only."""
     pairs = []
-    for case in dict.fromkeys(r.case for r in rows if r.case.engine == "llama.cpp"
-                              and not (reference_only and r.case.backend)):
-        ours = [r for r in rows_of(rows, "llama3_np", case.weights, case.model, case.threads)
-                if r.case.backend != "numpy"]
-        theirs = [r for r in rows if r.case == case]
-        if ours:
-            pairs.append((case, ours, theirs))
+    for theirs in dict.fromkeys(r.case for r in rows if r.case.engine == "llama.cpp"
+                                and not (reference_only and r.case.backend)):
+        mine = [r for r in rows_of(rows, "llama3_np", theirs.weights, theirs.model,
+                                   theirs.threads) if r.case.backend != "numpy"]
+        for ours in dict.fromkeys(r.case for r in mine):
+            pairs.append((ours, theirs, [r for r in mine if r.case == ours],
+                          [r for r in rows if r.case == theirs]))
     return pairs
 
 
@@ -318,9 +326,10 @@ def targets(rows: list, bandwidth: float, prompt_tokens: int) -> list:
                     "PASS" if measured >= required else "MISS", evidence))
 
     # Issue 14: llama3_np / llama.cpp on the same GGUF file, within this run.
-    for case, ours, theirs in against_llama_cpp(rows, reference_only=True):
+    for case, _, ours, theirs in against_llama_cpp(rows, reference_only=True):
         where = f"{case.weights}" + (f" demo model, {case.threads} thread"
-                                     f"{'s' * (case.threads > 1)}" if case.model == "demo" else "")
+                                     f"{'s' * (case.threads > 1)}" if case.model == "demo"
+                                     else "") + f" ({case.backend})"
         share = 1.0 if case.model == "demo" else LLAMA_CPP_TARGET["decode"]
         decode = mean(ours, lambda r: r.decode_tps)
         required = share * mean(theirs, lambda r: r.decode_tps)
@@ -361,15 +370,15 @@ def comparison_table(rows: list, prompt_tokens: int) -> str:
         return " / ".join(f"{speed(r):.1f}" for r in group)
 
     lines = []
-    for case, ours, theirs in against_llama_cpp(rows):
+    for case, theirs_case, ours, theirs in against_llama_cpp(rows):
         ratio = lambda speed: mean(ours, speed) / mean(theirs, speed)  # noqa: E731
         decode, prefill = (lambda r: r.decode_tps), (lambda r: r.prefill_tps)
-        lines.append([case.label.removeprefix("llama.cpp "), runs(ours, decode),
+        lines.append([f"{case.label} / {theirs_case.label}", runs(ours, decode),
                       runs(theirs, decode), f"{ratio(decode):.2f}", runs(ours, prefill),
                       runs(theirs, prefill), f"{ratio(prefill):.2f}",
                       f"{ours[0].weight_bytes / 1e9:.2f} / {theirs[0].weight_bytes / 1e9:.2f}"])
     return markdown_table(
-        ["weights (model, threads)", "decode tok/s: ours (before / after)", "llama.cpp",
+        ["llama3_np / llama.cpp", "decode tok/s: ours (before / after)", "llama.cpp",
          "ratio", f"prefill {prompt_tokens} tok/s: ours", "llama.cpp", "ratio",
          "GB read a token: ours / llama.cpp"], lines)
 

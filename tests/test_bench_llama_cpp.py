@@ -58,13 +58,17 @@ def test_llama_bench_failure_is_reported_not_raised(tmp_path):
 def test_engines_interleave_for_each_weight_type():
     cases = bench.all_cases(2, ["", "build-noamx"], numpy_rows=False)
     q4 = [c.label for c in cases if c.weights == "Q4_0"]
-    assert q4 == ["llama3_np Q4_0 (numba)", "llama.cpp Q4_0", "llama.cpp Q4_0 (build-noamx)",
+    assert q4 == ["llama3_np Q4_0 (numba)", "llama3_np Q4_0 (numba-int8)", "llama.cpp Q4_0",
+                  "llama.cpp Q4_0 (build-noamx)", "llama3_np Q4_0 (numba-int8)",
                   "llama3_np Q4_0 (numba)"]
+    assert [c.label for c in cases if c.weights == "BF16"] == [
+        "llama3_np BF16 (numba)", "llama.cpp BF16", "llama.cpp BF16 (build-noamx)",
+        "llama3_np BF16 (numba)"]
     demo = [(c.engine, c.threads) for c in cases if c.model == "demo"]
-    assert demo == [("llama3_np", 1), ("llama.cpp", 1), ("llama.cpp", 1), ("llama3_np", 1),
-                    ("llama3_np", 2), ("llama.cpp", 2), ("llama.cpp", 2), ("llama3_np", 2)]
+    assert demo == [("llama3_np", 1)] * 2 + [("llama.cpp", 1)] * 2 + [("llama3_np", 1)] * 2 \
+        + [("llama3_np", 2)] * 2 + [("llama.cpp", 2)] * 2 + [("llama3_np", 2)] * 2
     assert [c.label for c in bench.all_cases(2, [], numpy_rows=False)
-            if c.weights == "Q4_0"] == ["llama3_np Q4_0 (numba)"]
+            if c.weights == "Q4_0"] == ["llama3_np Q4_0 (numba)", "llama3_np Q4_0 (numba-int8)"]
 
 
 def test_targets_compare_with_the_reference_build_only():
@@ -76,8 +80,8 @@ def test_targets_compare_with_the_reference_build_only():
     rows = [row("llama3_np", "numba", 19.0, 90.0), row("llama.cpp", "", 20.0, 100.0),
             row("llama.cpp", "build-noamx", 10.0, 50.0), row("llama3_np", "numba", 21.0, 70.0)]
     results = {name: result for name, _, result, _ in bench.targets(rows, 30.0, 128)}
-    assert results == {"decode Q8_0 >= 0.95x llama.cpp": "PASS",  # 20 >= 19
-                       "prefill 128 Q8_0 >= 0.8x llama.cpp": "PASS"}  # 80 >= 80
+    assert results == {"decode Q8_0 (numba) >= 0.95x llama.cpp": "PASS",  # 20 >= 19
+                       "prefill 128 Q8_0 (numba) >= 0.8x llama.cpp": "PASS"}  # 80 >= 80
     rows[3] = row("llama3_np", "numba", 18.0, 60.0)
     results = {name: result for name, _, result, _ in bench.targets(rows, 30.0, 128)}
     assert set(results.values()) == {"MISS"}
