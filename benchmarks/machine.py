@@ -41,6 +41,16 @@ def _l3_cache() -> str:
         return "unknown"
 
 
+def l3_cache_bytes() -> int:
+    """The L3 cache's size in bytes (0 when unknown), from the size _l3_cache reads."""
+    size = _l3_cache()
+    units = {"K": 1 << 10, "M": 1 << 20}
+    try:
+        return int(size[:-1]) * units[size[-1]] if size[-1:] in units else int(size)
+    except ValueError:
+        return 0
+
+
 def blas_library() -> str:
     """NumPy's BLAS as np.show_config reports it, e.g. "scipy-openblas 0.3.31 (... Haswell)"."""
     blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
