@@ -1,0 +1,407 @@
+"""Prefill GEMMs by bf16 weights with a real bfloat16 dot product; importing needs numba.
+
+kernels.linear's default route for a many-row GEMM by bf16 weights decodes tiles of
+weights to float32 for OpenBLAS sgemm, so the CPU multiplies float32 (16 lanes a
+zmm FMA). PyTorch's bf16 model instead rounds the activations to bf16 too and lets
+oneDNN multiply bf16 by bf16 with float32 sums. This module does the same, with the
+instructions built here as LLVM IR (numba @intrinsic), on either of two routes:
+
+- "amx": Intel AMX tdpbf16ps, one instruction a 16x16 float32 tile += 16x32 bf16 @
+  32x16 bf16 (Sapphire Rapids and later). The weight matrix is the tile multiplicand
+  as it is stored, 16 rows of 32 values at the row stride, so no weight is copied or
+  packed; x is the other operand, rounded and laid out in pairs (pack_activations).
+  Each micro-kernel holds 2x2 result tiles (32 weight rows x 32 rows of x) through
+  all of K. Needs K % 32 == 0 (every Llama matrix), and Linux's permission for the
+  tile state (arch_prctl, asked once).
+- "avx512bf16": AVX512-BF16 vdpbf16ps, 16 float32 lanes += 16 pairs of bf16
+  products (Cooper Lake, Sapphire Rapids, Zen 4/5). Lanes are 16 rows of x (the same
+  pairs layout); each weight pair (2 adjacent bf16 = 4 bytes) is broadcast straight
+  from the stored row. A micro-kernel keeps 4 x 6 = 24 zmm accumulators (64 rows of
+  x by 6 weight rows) through all of K. Needs K even.
+
+Measured (Intel Xeon with AMX, 2 cores shared with other jobs, Llama 3.2 1B's w1:
+x (128, 2048) @ (8192, 2048).T, best of 7; the same process, interleaved):
+  FILLED IN BELOW
+
+Rounding x to bf16 is a new arithmetic path (kernels.set_bf16_activations chooses it
+or the float32 one); its error is measured in tests/test_kernels_bf16.py.
+"""
+
+import ctypes
+import os
+
+import numpy as np
+from llvmlite import binding as llvm_binding
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import kernels_numba  # its threading layer and settings, before any parallel loop
+from .formats.bf16 import float32_to_bf16_bits
+
+ROUTES = ("amx", "avx512bf16")
+# LLAMA3_NP_BF16_GEMM=off (or a route's name) overrides what the CPU offers.
+_ROUTE_ENV = "LLAMA3_NP_BF16_GEMM"
+
+_LANES = 16  # float32 lanes of a zmm register, rows and columns of an AMX tile
+_X_ALIGN = 32  # rows of x are padded to a multiple of this (2 tiles / 2 zmm)
+_VDP_X_VECTORS = 4  # vdpbf16ps micro-kernel: 4 zmm of x rows (64 rows) ...
+_VDP_W_ROWS = 6  # ... by 6 weight rows: 24 accumulators of the 32 zmm registers
+_VDP_ROWS_PER_TASK = 48  # weight rows handed to a thread (a multiple of _VDP_W_ROWS)
+_AMX_K_STEP = 32  # bf16 values of K one tile holds
+_AMX_BLOCK = 2 * _LANES  # weight rows, and rows of x, of one AMX micro-kernel
+
+
+# --- which route this CPU offers -------------------------------------------------------
+
+def _host_features() -> dict:
+    return dict(llvm_binding.get_host_cpu_features())
+
+
+def _request_amx_permission() -> bool:
+    """Linux hands out AMX's 8 KB tile state only on request, once per process."""
+    arch_prctl, req_xcomp_perm, xfeature_xtiledata = 158, 0x1023, 18  # x86-64 Linux ABI
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(arch_prctl, req_xcomp_perm, xfeature_xtiledata) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _choose_route():
+    wish = os.environ.get(_ROUTE_ENV, "auto").strip().lower()
+    if wish == "off":
+        return None
+    features = _host_features()
+    has_vdp = features.get("avx512bf16", False)
+    has_amx = features.get("amx-bf16", False) and features.get("amx-tile", False)
+    if wish in ("auto", "amx") and has_amx and has_vdp and _request_amx_permission():
+        return "amx"
+    if wish in ("auto", "amx", "avx512bf16") and has_vdp:
+        return "avx512bf16"
+    return None
+
+
+_route = _choose_route()
+
+
+def route():
+    """"amx", "avx512bf16", or None when this CPU (or LLAMA3_NP_BF16_GEMM=off) has neither."""
+    return _route
+
+
+def set_route(name) -> None:
+    """Use a route this CPU has, or None for none (tests force the fallback this way)."""
+    global _route
+    if name is not None and name not in _available_routes():
+        raise ValueError(f"bf16 GEMM route {name!r} is not available on this CPU")
+    _route = name
+
+
+def _available_routes() -> tuple:
+    best = _choose_route()
+    return ROUTES[ROUTES.index(best):] if best else ()
+
+
+def supports(shape: tuple) -> bool:
+    """Whether the current route multiplies a weight of this (out, in) shape."""
+    n_in = shape[1]
+    if _route == "amx":
+        return n_in % _AMX_K_STEP == 0
+    return _route == "avx512bf16" and n_in % 2 == 0 and n_in > 0
+
+
+# --- x rounded to bf16, in pairs -------------------------------------------------------
+
+def pack_activations(rows: np.ndarray) -> np.ndarray:
+    """x (M, K) float32 -> (K/2, M padded to 32) uint32: x_pairs[p, m] holds x[m, 2p] and
+    x[m, 2p + 1] rounded to bf16 (to nearest, ties to even), the first in the low half:
+    16 rows' pairs side by side, as both instructions read them. Padding rows are 0."""
+    n_x, n_in = rows.shape
+    pairs = np.zeros((n_in // 2, -(-n_x // _X_ALIGN) * _X_ALIGN), dtype=np.uint32)
+    pairs[:, :n_x] = float32_to_bf16_bits(rows).view(np.uint32).T
+    return pairs
+
+
+def matmul(rows: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """rows (M, K) float32 @ bf16 matrix bits (N, K).T, rows rounded to bf16: (M, N)."""
+    x_pairs = pack_activations(rows)
+    out = np.empty((len(rows), len(bits)), dtype=np.float32)
+    if _route == "amx":
+        _matmul_amx(x_pairs, bits, out, _AMX_CONFIG)
+    else:
+        _matmul_vdp(x_pairs, bits, out)
+    return out
+
+
+# --- LLVM IR ---------------------------------------------------------------------------
+
+class _BFloat(ir.Type):
+    """LLVM's bfloat, which llvmlite.ir lacks."""
+
+    def _to_string(self):
+        return "bfloat"
+
+    def __eq__(self, other):
+        return isinstance(other, _BFloat)
+
+    def __hash__(self):
+        return hash(_BFloat)
+
+
+_I8, _I32, _I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+_BYTE_PTR = _I8.as_pointer()
+_F32X16 = ir.VectorType(ir.FloatType(), _LANES)
+_I32X16 = ir.VectorType(_I32, _LANES)
+_BF16X32 = ir.VectorType(_BFloat(), 2 * _LANES)
+
+
+def _declare(builder, name, result, arguments):
+    fn_type = ir.FunctionType(result, arguments)
+    return cgutils.get_or_insert_function(builder.module, fn_type, name)
+
+
+def _loop(builder, count, step, carried_types, body):
+    """for i in range(0, count, step), count > 0, with values carried from pass to pass in
+    registers (phi nodes) starting at zero: body(i, values) -> new values. Returns the
+    values after the last pass."""
+    entry = builder.block
+    loop = builder.append_basic_block("loop")
+    done = builder.append_basic_block("loop.done")
+    builder.branch(loop)
+    builder.position_at_end(loop)
+    i = builder.phi(_I64)
+    carried = [builder.phi(t) for t in carried_types]
+    updated = body(i, carried)
+    i_next = builder.add(i, ir.Constant(_I64, step))
+    builder.cbranch(builder.icmp_signed("<", i_next, count), loop, done)
+    end = builder.block  # body may have added blocks
+    i.add_incoming(ir.Constant(_I64, 0), entry)
+    i.add_incoming(i_next, end)
+    for phi, value, value_type in zip(carried, updated, carried_types):
+        phi.add_incoming(ir.Constant(value_type, None), entry)
+        phi.add_incoming(value, end)
+    builder.position_at_end(done)
+    return updated
+
+
+def _array_parts(context, builder, sig, args):
+    """(data pointer, shape values) of each array argument."""
+    parts = []
+    for array_type, value in zip(sig.args, args):
+        if isinstance(array_type, types.Array):
+            array = context.make_array(array_type)(context, builder, value)
+            parts.append((array.data, cgutils.unpack_tuple(builder, array.shape)))
+    return parts
+
+
+# vdpbf16ps: a 64 x 6 block of x @ W.T (or 16 x 6 for the last rows of x).
+
+def _make_vdp_block(x_vectors: int):
+    """An intrinsic block(x_pairs, bits, acc, m0, n0): acc[16 (i * x_vectors + v) + l] =
+    x[m0 + 16 v + l] . bf16(bits[min(n0 + i, N - 1)]) for i < 6, v < x_vectors, over
+    all of K (past the last weight row the last one is repeated, and ignored)."""
+
+    @intrinsic
+    def vdp_block(typingctx, x_pairs, bits, acc, m0, n0):
+        def codegen(context, builder, sig, args):
+            (x_data, (n_pairs, x_stride)), (w_data, (n_rows, n_cols)), (acc_data, _) = \
+                _array_parts(context, builder, sig, args)
+            m0, n0 = args[3], args[4]
+            dot = _declare(builder, "llvm.x86.avx512bf16.dpbf16ps.512", _F32X16,
+                           [_F32X16, _BF16X32, _BF16X32])
+            x_base = builder.gep(builder.bitcast(x_data, _I32.as_pointer()), [m0])
+            w_pairs = builder.bitcast(w_data, _I32.as_pointer())
+            pairs_per_row = builder.ashr(n_cols, ir.Constant(_I64, 1))
+            last_row = builder.sub(n_rows, ir.Constant(_I64, 1))
+            row_starts = []
+            for i in range(_VDP_W_ROWS):
+                row = builder.add(n0, ir.Constant(_I64, i))
+                row = builder.select(builder.icmp_signed("<", row, n_rows), row, last_row)
+                row_starts.append(builder.gep(w_pairs, [builder.mul(row, pairs_per_row)]))
+
+            def one_pair(p, accs):
+                x_row = builder.gep(x_base, [builder.mul(p, x_stride)])
+                xs = [builder.bitcast(builder.load(builder.bitcast(
+                    builder.gep(x_row, [ir.Constant(_I64, _LANES * v)]), _I32X16.as_pointer()),
+                    align=4), _BF16X32) for v in range(x_vectors)]
+                updated = []
+                for i in range(_VDP_W_ROWS):
+                    pair = builder.load(builder.gep(row_starts[i], [p]), align=4)
+                    lane0 = builder.insert_element(ir.Constant(_I32X16, None), pair,
+                                                   ir.Constant(_I32, 0))
+                    splat = builder.shuffle_vector(lane0, ir.Constant(_I32X16, None),
+                                                   ir.Constant(_I32X16, None))
+                    w = builder.bitcast(splat, _BF16X32)
+                    updated += [builder.call(dot, [accs[i * x_vectors + v], xs[v], w])
+                                for v in range(x_vectors)]
+                return updated
+
+            accs = _loop(builder, n_pairs, 1, [_F32X16] * (_VDP_W_ROWS * x_vectors), one_pair)
+            acc_base = builder.bitcast(acc_data, _F32X16.as_pointer())
+            for index, value in enumerate(accs):
+                builder.store(value, builder.gep(acc_base, [ir.Constant(_I64, index)]), align=4)
+            return context.get_dummy_value()
+
+        return types.void(x_pairs, bits, acc, types.intp, types.intp), codegen
+
+    return vdp_block
+
+
+_vdp_block_64 = _make_vdp_block(_VDP_X_VECTORS)
+_vdp_block_16 = _make_vdp_block(1)
+
+
+# AMX: tiles 0-3 hold the 2 x 2 results, 4-5 the weight rows, 6-7 the rows of x.
+
+def _amx_config() -> np.ndarray:
+    """ldtilecfg's 64 bytes: palette 1, tiles 0-7 of 16 rows x 64 bytes."""
+    config = np.zeros(64, dtype=np.uint8)
+    config[0] = 1
+    config[16:32].view(np.uint16)[:] = 4 * _LANES  # bytes per row of tiles 0-7
+    config[48:56] = _LANES  # rows of tiles 0-7
+    return config
+
+
+_AMX_CONFIG = _amx_config()
+
+
+@intrinsic
+def _amx_configure(typingctx, config):
+    def codegen(context, builder, sig, args):
+        (data, _), = _array_parts(context, builder, sig, args)
+        load_config = _declare(builder, "llvm.x86.ldtilecfg", ir.VoidType(), [_BYTE_PTR])
+        builder.call(load_config, [builder.bitcast(data, _BYTE_PTR)])
+        return context.get_dummy_value()
+
+    return types.void(config), codegen
+
+
+@intrinsic
+def _amx_release(typingctx):
+    def codegen(context, builder, sig, args):
+        builder.call(_declare(builder, "llvm.x86.tilerelease", ir.VoidType(), []), [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
+def _amx_block(typingctx, x_pairs, bits, acc, m0, n0):
+    """acc (4, 16, 16) float32: tile 2 a + b holds bf16(bits[n0 + 16 a + r]) .
+    x[m0 + 16 b + c] at [r, c], over all of K; rows n0 .. n0 + 31 must exist."""
+
+    def codegen(context, builder, sig, args):
+        (x_data, (n_pairs, x_stride)), (w_data, (_, n_cols)), (acc_data, _) = \
+            _array_parts(context, builder, sig, args)
+        m0, n0 = args[3], args[4]
+
+        def const(value, kind=_I64):
+            return ir.Constant(kind, value)
+
+        tile_load = _declare(builder, "llvm.x86.tileloadd64", ir.VoidType(),
+                             [_I8, _BYTE_PTR, _I64])
+        tile_store = _declare(builder, "llvm.x86.tilestored64", ir.VoidType(),
+                              [_I8, _BYTE_PTR, _I64])
+        tile_dot = _declare(builder, "llvm.x86.tdpbf16ps", ir.VoidType(), [_I8, _I8, _I8])
+        tile_zero = _declare(builder, "llvm.x86.tilezero", ir.VoidType(), [_I8])
+        w_stride = builder.mul(n_cols, const(2))  # bytes
+        x_row_bytes = builder.mul(x_stride, const(4))
+        w_top = builder.gep(builder.bitcast(w_data, _BYTE_PTR), [builder.mul(n0, w_stride)])
+        w_bottom = builder.gep(w_top, [builder.mul(const(_LANES), w_stride)])
+        x_left = builder.gep(builder.bitcast(x_data, _BYTE_PTR), [builder.mul(m0, const(4))])
+        for tile in range(4):
+            builder.call(tile_zero, [const(tile, _I8)])
+
+        def one_k_step(p, _):  # p: index of the step's first pair of K
+            w_offset = builder.mul(p, const(4))
+            builder.call(tile_load, [const(4, _I8), builder.gep(w_top, [w_offset]), w_stride])
+            builder.call(tile_load, [const(5, _I8), builder.gep(w_bottom, [w_offset]), w_stride])
+            x_step = builder.gep(x_left, [builder.mul(p, x_row_bytes)])
+            builder.call(tile_load, [const(6, _I8), x_step, x_row_bytes])
+            builder.call(tile_load, [const(7, _I8), builder.gep(x_step, [const(4 * _LANES)]),
+                                     x_row_bytes])
+            for a in range(2):
+                for b in range(2):
+                    builder.call(tile_dot, [const(2 * a + b, _I8), const(4 + a, _I8),
+                                            const(6 + b, _I8)])
+            return []
+
+        _loop(builder, n_pairs, _AMX_K_STEP // 2, [], one_k_step)
+        acc_bytes = builder.bitcast(acc_data, _BYTE_PTR)
+        for tile in range(4):
+            builder.call(tile_store, [const(tile, _I8),
+                                      builder.gep(acc_bytes, [const(tile * _LANES * _LANES * 4)]),
+                                      const(4 * _LANES)])
+        return context.get_dummy_value()
+
+    return types.void(x_pairs, bits, acc, types.intp, types.intp), codegen
+
+
+# --- the loops around the micro-kernels ------------------------------------------------
+
+_SERIAL = dict(cache=True, nogil=True)
+_PARALLEL = dict(_SERIAL, parallel=True)
+
+
+@njit(**_SERIAL)
+def _vdp_rows(x_pairs, bits, out, acc, start, stop):
+    """out[:, start:stop] by vdpbf16ps blocks; acc: scratch of 6 x 64 float32."""
+    n_x, n_padded = out.shape[0], x_pairs.shape[1]
+    for n0 in range(start, stop, _VDP_W_ROWS):
+        n_valid = min(_VDP_W_ROWS, stop - n0)
+        m0 = 0
+        while m0 < n_x:
+            if m0 + _LANES * _VDP_X_VECTORS <= n_padded:
+                _vdp_block_64(x_pairs, bits, acc, m0, n0)
+                width = _LANES * _VDP_X_VECTORS
+            else:
+                _vdp_block_16(x_pairs, bits, acc, m0, n0)
+                width = _LANES
+            for i in range(n_valid):
+                for m in range(min(width, n_x - m0)):
+                    out[m0 + m, n0 + i] = acc[i * width + m]
+            m0 += width
+
+
+@njit(**_PARALLEL)
+def _matmul_vdp(x_pairs, bits, out):
+    n_rows = bits.shape[0]
+    for task in prange((n_rows + _VDP_ROWS_PER_TASK - 1) // _VDP_ROWS_PER_TASK):
+        acc = np.empty(_VDP_W_ROWS * _LANES * _VDP_X_VECTORS, dtype=np.float32)
+        start = task * _VDP_ROWS_PER_TASK
+        _vdp_rows(x_pairs, bits, out, acc, start, min(n_rows, start + _VDP_ROWS_PER_TASK))
+
+
+@njit(**_SERIAL)
+def _amx_rows(x_pairs, bits, out, acc, n0):
+    """out[:, n0:n0 + 32] from 32 rows of bits starting at n0, by AMX blocks."""
+    n_x = out.shape[0]
+    n_valid = min(_AMX_BLOCK, out.shape[1] - n0)
+    for m0 in range(0, n_x, _AMX_BLOCK):
+        _amx_block(x_pairs, bits, acc, m0, n0)
+        for a in range(2):
+            for b in range(2):
+                tile = acc[2 * a + b]
+                for r in range(min(_LANES, n_valid - _LANES * a)):
+                    for c in range(min(_LANES, n_x - m0 - _LANES * b)):
+                        out[m0 + _LANES * b + c, n0 + _LANES * a + r] = tile[r, c]
+
+
+@njit(**_PARALLEL)
+def _matmul_amx(x_pairs, bits, out, config):
+    """The last N mod 32 weight rows go through a zero-padded copy (tiles load 32 rows)."""
+    n_rows, n_cols = bits.shape
+    n_blocks = (n_rows + _AMX_BLOCK - 1) // _AMX_BLOCK
+    for block in prange(n_blocks):
+        _amx_configure(config)
+        acc = np.empty((4, _LANES, _LANES), dtype=np.float32)
+        n0 = block * _AMX_BLOCK
+        if n0 + _AMX_BLOCK <= n_rows:
+            _amx_rows(x_pairs, bits, out, acc, n0)
+        else:
+            last = np.zeros((_AMX_BLOCK, n_cols), dtype=np.uint16)
+            last[:n_rows - n0] = bits[n0:]
+            _amx_rows(x_pairs, last, out[:, n0:], acc, 0)
+        _amx_release()
