@@ -10,6 +10,10 @@ How, fastest first:
 - up to 32 rows of x (decoding a token, a chat turn, a short prompt), bf16 / q8 / Q4
   weights, numba backend: fused kernels that decode each weight in registers, so
   only the stored bytes cross the memory bus, once for all rows (kernels_numba.py).
+- more rows, bf16 weights, numba backend, a CPU with AMX or AVX512-BF16: x rounded
+  to bf16 and multiplied by the stored bf16 with the CPU's bf16 dot product
+  (kernels_bf16.py), as PyTorch's bf16 model does. set_bf16_activations(False) keeps
+  x in float32 (the route below).
 - otherwise (prefill, or the numpy backend): decode a tile of weight rows to
   float32 in a reused buffer (a few MB, cache-sized) and let BLAS multiply every
   row of x by it. Prefill is compute bound, and BLAS sgemm beats any loop here;
@@ -28,7 +32,7 @@ import threading
 import numpy as np
 
 from .errors import InputError
-from .formats import fused_matmul, tile_decoder
+from .formats import bf16_matmul, fused_matmul, tile_decoder
 
 BACKENDS = ("numpy", "numba", "auto")
 
@@ -44,6 +48,7 @@ _FUSED_MAX_ROWS = 32
 _backend = "auto"
 _numba_threads = None  # set_threads' wish, applied when numba loads
 _numba_state = {}  # "module": kernels_numba, or None when numba is unavailable
+_bf16_state = {"enabled": True}  # "module": kernels_bf16, or None (no numba)
 _scratch = threading.local()  # .tile: this thread's tile buffer
 
 
@@ -75,6 +80,13 @@ def set_threads(n: int) -> None:
         _numba_state["module"].set_threads(n)
 
 
+def set_bf16_activations(enabled: bool) -> None:
+    """Whether GEMMs by bf16 weights may round x to bf16 where the CPU multiplies bf16
+    (kernels_bf16.py; on by default, as in PyTorch's bf16 models); False keeps x in
+    float32 everywhere."""
+    _bf16_state["enabled"] = bool(enabled)
+
+
 def warmup() -> None:
     """Compile or load the numba kernels now, so the first token is not slow."""
     if active_backend() == "numba":
@@ -95,9 +107,12 @@ def linear(x: np.ndarray, w) -> np.ndarray:
     if kernels is not None and _numba_threads is not None:
         kernels.set_threads(_numba_threads)  # numba counts threads per calling thread
     fused = fused_matmul(w, kernels) if len(rows) <= _FUSED_MAX_ROWS else None
+    rounded = bf16_matmul(w, _bf16_kernels(kernels)) if fused is None else None
     if fused is not None:
         out = np.empty((len(rows), n_out), dtype=np.float32)
         fused(np.ascontiguousarray(rows), out)
+    elif rounded is not None:
+        out = rounded(np.ascontiguousarray(rows))
     else:
         out = _tiled_matmul(rows, w.shape, tile_decoder(w, kernels))
     return out.reshape(x.shape[:-1] + (n_out,))
@@ -117,6 +132,17 @@ def _tiled_matmul(rows: np.ndarray, shape: tuple, decode) -> np.ndarray:
         decode(start, tile)
         np.matmul(rows, tile.T, out=out[:, start:stop])
     return out
+
+
+def _bf16_kernels(kernels):
+    """The kernels_bf16 module when x may be rounded to bf16 and `kernels` (the numba
+    backend) is in use, else None."""
+    if kernels is None or not _bf16_state["enabled"]:
+        return None
+    if "module" not in _bf16_state:
+        from . import kernels_bf16
+        _bf16_state["module"] = kernels_bf16
+    return _bf16_state["module"]
 
 
 def _numba_kernels():

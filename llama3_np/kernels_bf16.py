@@ -38,7 +38,6 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import kernels_numba  # its threading layer and settings, before any parallel loop
-from .formats.bf16 import float32_to_bf16_bits
 
 ROUTES = ("amx", "avx512bf16")
 # LLAMA3_NP_BF16_GEMM=off (or a route's name) overrides what the CPU offers.
@@ -51,6 +50,7 @@ _VDP_W_ROWS = 6  # ... by 6 weight rows: 24 accumulators of the 32 zmm registers
 _VDP_ROWS_PER_TASK = 48  # weight rows handed to a thread (a multiple of _VDP_W_ROWS)
 _AMX_K_STEP = 32  # bf16 values of K one tile holds
 _AMX_BLOCK = 2 * _LANES  # weight rows, and rows of x, of one AMX micro-kernel
+_X_CHUNK_BYTES = 1 << 19  # x_pairs a pass over the weights reads: half the 2 MB L2 cache
 
 
 # --- which route this CPU offers -------------------------------------------------------
@@ -116,11 +116,12 @@ def supports(shape: tuple) -> bool:
 
 def pack_activations(rows: np.ndarray) -> np.ndarray:
     """x (M, K) float32 -> (K/2, M padded to 32) uint32: x_pairs[p, m] holds x[m, 2p] and
-    x[m, 2p + 1] rounded to bf16 (to nearest, ties to even), the first in the low half:
-    16 rows' pairs side by side, as both instructions read them. Padding rows are 0."""
+    x[m, 2p + 1] rounded to bf16 (to nearest, ties to even, as formats.bf16 rounds), the
+    first in the low half: 16 rows' pairs side by side, as both instructions read them.
+    Padding rows are 0."""
     n_x, n_in = rows.shape
-    pairs = np.zeros((n_in // 2, -(-n_x // _X_ALIGN) * _X_ALIGN), dtype=np.uint32)
-    pairs[:, :n_x] = float32_to_bf16_bits(rows).view(np.uint32).T
+    pairs = np.empty((n_in // 2, -(-n_x // _X_ALIGN) * _X_ALIGN), dtype=np.uint32)
+    _pack_pairs(np.ascontiguousarray(rows, dtype=np.float32).view(np.uint32), pairs)
     return pairs
 
 
@@ -129,7 +130,7 @@ def matmul(rows: np.ndarray, bits: np.ndarray) -> np.ndarray:
     x_pairs = pack_activations(rows)
     out = np.empty((len(rows), len(bits)), dtype=np.float32)
     if _route == "amx":
-        _matmul_amx(x_pairs, bits, out, _AMX_CONFIG)
+        _matmul_amx(x_pairs, bits, out)
     else:
         _matmul_vdp(x_pairs, bits, out)
     return out
@@ -288,61 +289,120 @@ def _amx_release(typingctx):
 
 
 @intrinsic
-def _amx_block(typingctx, x_pairs, bits, acc, m0, n0):
-    """acc (4, 16, 16) float32: tile 2 a + b holds bf16(bits[n0 + 16 a + r]) .
-    x[m0 + 16 b + c] at [r, c], over all of K; rows n0 .. n0 + 31 must exist."""
+def _amx_block(typingctx, x_pairs, bits, results, m0, w_row, result_row, pairs, prefetch_row):
+    """results[result_row + r, m0 + c] (+)= bf16(bits[w_row + r]) . x[m0 + c] over the pairs
+    of K in pairs = (start, stop), for r, c < 32: results is out transposed, (N, M padded)
+    float32, and is added to unless start == 0. Rows w_row .. w_row + 31 must exist. With
+    prefetch_row >= 0, the same pairs of rows prefetch_row .. + 31 are fetched into the
+    cache on the way (the next block's weights, while this one computes)."""
 
     def codegen(context, builder, sig, args):
-        (x_data, (n_pairs, x_stride)), (w_data, (_, n_cols)), (acc_data, _) = \
+        (x_data, (_, x_stride)), (w_data, (_, n_cols)), (r_data, (_, r_stride)) = \
             _array_parts(context, builder, sig, args)
-        m0, n0 = args[3], args[4]
+        m0, w_row, result_row, pairs, prefetch_row = args[3:]
+        start, stop = cgutils.unpack_tuple(builder, pairs)
 
         def const(value, kind=_I64):
             return ir.Constant(kind, value)
 
-        tile_load = _declare(builder, "llvm.x86.tileloadd64", ir.VoidType(),
-                             [_I8, _BYTE_PTR, _I64])
-        tile_store = _declare(builder, "llvm.x86.tilestored64", ir.VoidType(),
-                              [_I8, _BYTE_PTR, _I64])
-        tile_dot = _declare(builder, "llvm.x86.tdpbf16ps", ir.VoidType(), [_I8, _I8, _I8])
-        tile_zero = _declare(builder, "llvm.x86.tilezero", ir.VoidType(), [_I8])
-        w_stride = builder.mul(n_cols, const(2))  # bytes
-        x_row_bytes = builder.mul(x_stride, const(4))
-        w_top = builder.gep(builder.bitcast(w_data, _BYTE_PTR), [builder.mul(n0, w_stride)])
-        w_bottom = builder.gep(w_top, [builder.mul(const(_LANES), w_stride)])
-        x_left = builder.gep(builder.bitcast(x_data, _BYTE_PTR), [builder.mul(m0, const(4))])
-        for tile in range(4):
-            builder.call(tile_zero, [const(tile, _I8)])
+        def tile_op(name, *arguments):
+            kinds = [_BYTE_PTR if isinstance(a.type, ir.PointerType) else a.type
+                     for a in arguments]
+            builder.call(_declare(builder, "llvm.x86." + name, ir.VoidType(), kinds),
+                         list(arguments))
 
-        def one_k_step(p, _):  # p: index of the step's first pair of K
-            w_offset = builder.mul(p, const(4))
-            builder.call(tile_load, [const(4, _I8), builder.gep(w_top, [w_offset]), w_stride])
-            builder.call(tile_load, [const(5, _I8), builder.gep(w_bottom, [w_offset]), w_stride])
-            x_step = builder.gep(x_left, [builder.mul(p, x_row_bytes)])
-            builder.call(tile_load, [const(6, _I8), x_step, x_row_bytes])
-            builder.call(tile_load, [const(7, _I8), builder.gep(x_step, [const(4 * _LANES)]),
-                                     x_row_bytes])
+        def at(base, offset):
+            return builder.gep(base, [offset])
+
+        def mul(a, b):
+            return builder.mul(a, b)
+
+        w_bytes = builder.bitcast(w_data, _BYTE_PTR)
+        w_stride = mul(n_cols, const(2))
+        x_stride_bytes = mul(x_stride, const(4))
+        r_stride_bytes = mul(r_stride, const(4))
+        w_tops = [at(w_bytes, mul(builder.add(w_row, const(_LANES * a)), w_stride))
+                  for a in range(2)]
+        prefetch_top = at(w_bytes, mul(prefetch_row, w_stride))
+        x_left = at(builder.bitcast(x_data, _BYTE_PTR), mul(m0, const(4)))
+        r_corner = at(builder.bitcast(r_data, _BYTE_PTR),
+                      builder.add(mul(result_row, r_stride_bytes), mul(m0, const(4))))
+        r_tiles = [at(r_corner, builder.add(mul(const(_LANES * a), r_stride_bytes),
+                                            const(4 * _LANES * b)))
+                   for a in range(2) for b in range(2)]  # tile 2 a + b
+
+        with builder.if_else(builder.icmp_signed(">", start, const(0))) as (adding, fresh):
+            with adding:
+                for tile, address in enumerate(r_tiles):
+                    tile_op("tileloadd64", const(tile, _I8), address, r_stride_bytes)
+            with fresh:
+                for tile in range(4):
+                    tile_op("tilezero", const(tile, _I8))
+
+        prefetching = builder.icmp_signed(">=", prefetch_row, const(0))
+        prefetch = _declare(builder, "llvm.prefetch.p0", ir.VoidType(),
+                            [_BYTE_PTR, _I32, _I32, _I32])
+
+        def one_k_step(i, _):
+            p = builder.add(start, i)  # the step's first pair of K
+            w_offset = mul(p, const(4))
+            for a in range(2):  # tiles 4, 5: 16 weight rows x 32 values of K each
+                tile_op("tileloadd64", const(4 + a, _I8), at(w_tops[a], w_offset), w_stride)
+            x_step = at(x_left, mul(p, x_stride_bytes))
+            for b in range(2):  # tiles 6, 7: 16 pairs of K x 16 rows of x each
+                tile_op("tileloadd64", const(6 + b, _I8), at(x_step, const(4 * _LANES * b)),
+                        x_stride_bytes)
+            with builder.if_then(prefetching):
+                for row in range(_AMX_BLOCK):  # read, keep in every cache level, data
+                    address = at(prefetch_top, builder.add(mul(const(row), w_stride), w_offset))
+                    builder.call(prefetch, [address, const(0, _I32), const(3, _I32),
+                                            const(1, _I32)])
             for a in range(2):
                 for b in range(2):
-                    builder.call(tile_dot, [const(2 * a + b, _I8), const(4 + a, _I8),
-                                            const(6 + b, _I8)])
+                    tile_op("tdpbf16ps", const(2 * a + b, _I8), const(4 + a, _I8),
+                            const(6 + b, _I8))
             return []
 
-        _loop(builder, n_pairs, _AMX_K_STEP // 2, [], one_k_step)
-        acc_bytes = builder.bitcast(acc_data, _BYTE_PTR)
-        for tile in range(4):
-            builder.call(tile_store, [const(tile, _I8),
-                                      builder.gep(acc_bytes, [const(tile * _LANES * _LANES * 4)]),
-                                      const(4 * _LANES)])
+        _loop(builder, builder.sub(stop, start), _AMX_K_STEP // 2, [], one_k_step)
+        for tile, address in enumerate(r_tiles):
+            tile_op("tilestored64", const(tile, _I8), address, r_stride_bytes)
         return context.get_dummy_value()
 
-    return types.void(x_pairs, bits, acc, types.intp, types.intp), codegen
+    pair_range = types.UniTuple(types.intp, 2)
+    return types.void(x_pairs, bits, results, types.intp, types.intp, types.intp, pair_range,
+                      types.intp), codegen
 
 
 # --- the loops around the micro-kernels ------------------------------------------------
 
 _SERIAL = dict(cache=True, nogil=True)
 _PARALLEL = dict(_SERIAL, parallel=True)
+_PACK_PAIRS = 16  # pairs of K packed per pass over the rows (a 128-byte run of each row)
+
+
+@njit(**_SERIAL)
+def _bf16_bits(u):
+    """float32 bits -> bf16 bits, rounded as formats.bf16.float32_to_bf16_bits rounds."""
+    if u & 0x7FFFFFFF > 0x7F800000:  # NaN: keep it NaN (quiet)
+        return (u >> 16) | 0x40
+    return (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+
+
+@njit(**_PARALLEL)
+def _pack_pairs(x_bits, pairs):
+    """pack_activations' loop: x_bits (M, K) uint32 (float32 bits) -> pairs."""
+    n_x = x_bits.shape[0]
+    n_pairs, n_padded = pairs.shape
+    for block in prange((n_pairs + _PACK_PAIRS - 1) // _PACK_PAIRS):
+        p0 = block * _PACK_PAIRS
+        p1 = min(n_pairs, p0 + _PACK_PAIRS)
+        for m in range(n_x):
+            row = x_bits[m]
+            for p in range(p0, p1):
+                pairs[p, m] = _bf16_bits(row[2 * p]) | (_bf16_bits(row[2 * p + 1]) << 16)
+        for m in range(n_x, n_padded):
+            for p in range(p0, p1):
+                pairs[p, m] = 0
 
 
 @njit(**_SERIAL)
@@ -374,34 +434,44 @@ def _matmul_vdp(x_pairs, bits, out):
         _vdp_rows(x_pairs, bits, out, acc, start, min(n_rows, start + _VDP_ROWS_PER_TASK))
 
 
-@njit(**_SERIAL)
-def _amx_rows(x_pairs, bits, out, acc, n0):
-    """out[:, n0:n0 + 32] from 32 rows of bits starting at n0, by AMX blocks."""
-    n_x = out.shape[0]
-    n_valid = min(_AMX_BLOCK, out.shape[1] - n0)
-    for m0 in range(0, n_x, _AMX_BLOCK):
-        _amx_block(x_pairs, bits, acc, m0, n0)
-        for a in range(2):
-            for b in range(2):
-                tile = acc[2 * a + b]
-                for r in range(min(_LANES, n_valid - _LANES * a)):
-                    for c in range(min(_LANES, n_x - m0 - _LANES * b)):
-                        out[m0 + _LANES * b + c, n0 + _LANES * a + r] = tile[r, c]
+@njit(**_PARALLEL)
+def _amx_pass(x_pairs, bits, tail, results, pairs):
+    """results (N padded to 32, M padded) (+)= the pairs of K in pairs = (start, stop) of
+    bits @ x.T; the last N mod 32 rows come from tail, their zero-padded copy."""
+    n_full = bits.shape[0] // _AMX_BLOCK
+    for block in prange(n_full + (tail.shape[0] > 0)):
+        _amx_configure(_AMX_CONFIG)
+        n0 = block * _AMX_BLOCK
+        for m0 in range(0, x_pairs.shape[1], _AMX_BLOCK):
+            prefetch_row = n0 + _AMX_BLOCK if m0 == 0 and block + 1 < n_full else -1
+            if block < n_full:
+                _amx_block(x_pairs, bits, results, m0, n0, n0, pairs, prefetch_row)
+            else:
+                _amx_block(x_pairs, tail, results, m0, 0, n0, pairs, -1)
+        _amx_release()
 
 
 @njit(**_PARALLEL)
-def _matmul_amx(x_pairs, bits, out, config):
-    """The last N mod 32 weight rows go through a zero-padded copy (tiles load 32 rows)."""
-    n_rows, n_cols = bits.shape
-    n_blocks = (n_rows + _AMX_BLOCK - 1) // _AMX_BLOCK
-    for block in prange(n_blocks):
-        _amx_configure(config)
-        acc = np.empty((4, _LANES, _LANES), dtype=np.float32)
+def _transpose_into(results, out):
+    """out[m, n] = results[n, m], by blocks of 32 columns of out."""
+    n_x, n_out = out.shape
+    for block in prange((n_out + _AMX_BLOCK - 1) // _AMX_BLOCK):
         n0 = block * _AMX_BLOCK
-        if n0 + _AMX_BLOCK <= n_rows:
-            _amx_rows(x_pairs, bits, out, acc, n0)
-        else:
-            last = np.zeros((_AMX_BLOCK, n_cols), dtype=np.uint16)
-            last[:n_rows - n0] = bits[n0:]
-            _amx_rows(x_pairs, last, out[:, n0:], acc, 0)
-        _amx_release()
+        n1 = min(n_out, n0 + _AMX_BLOCK)
+        for m in range(n_x):
+            for n in range(n0, n1):
+                out[m, n] = results[n, m]
+
+
+def _matmul_amx(x_pairs, bits, out):
+    """K in chunks whose x_pairs stay in the L2 cache while every weight row passes."""
+    n_rows, n_cols = bits.shape
+    n_full = n_rows - n_rows % _AMX_BLOCK
+    tail = np.zeros((_AMX_BLOCK if n_full < n_rows else 0, n_cols), dtype=np.uint16)
+    tail[:n_rows - n_full] = bits[n_full:]
+    results = np.empty((n_full + len(tail), x_pairs.shape[1]), dtype=np.float32)
+    chunk_pairs = max(_AMX_K_STEP // 2, _X_CHUNK_BYTES // (4 * x_pairs.shape[1])
+                      // (_AMX_K_STEP // 2) * (_AMX_K_STEP // 2))
+    for start in range(0, len(x_pairs), chunk_pairs):
+        _amx_pass(x_pairs, bits, tail, results, (start, min(len(x_pairs), start + chunk_pairs)))
+    _transpose_into(results, out)
