@@ -36,8 +36,12 @@ GGUF_KINDS = ["gguf_q4_0", "gguf_q4_1", "gguf_q4_k", "gguf_q5_0"]
 
 @pytest.fixture(autouse=True)
 def restore_backend():
+    """Here x stays float32 in every product: rounding x to bf16 for the CPU's bf16 dot
+    product is another arithmetic, with its own tolerance (test_kernels_bf16.py)."""
+    kernels.set_bf16_activations(False)
     yield
     kernels.set_backend("auto")
+    kernels.set_bf16_activations(True)
 
 
 @pytest.fixture
