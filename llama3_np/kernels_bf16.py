@@ -9,26 +9,51 @@ instructions built here as LLVM IR (numba @intrinsic), on either of two routes:
 - "amx": Intel AMX tdpbf16ps, one instruction a 16x16 float32 tile += 16x32 bf16 @
   32x16 bf16 (Sapphire Rapids and later). The weight matrix is the tile multiplicand
   as it is stored, 16 rows of 32 values at the row stride, so no weight is copied or
-  packed; x is the other operand, rounded and laid out in pairs (pack_activations).
-  Each micro-kernel holds 2x2 result tiles (32 weight rows x 32 rows of x) through
-  all of K. Needs K % 32 == 0 (every Llama matrix), and Linux's permission for the
-  tile state (arch_prctl, asked once).
+  packed; x is the other operand, rounded and laid out in pairs (pack_activations),
+  and the result comes out transposed (a tile row is a weight row), so one pass
+  turns it round. Each micro-kernel holds 2x2 result tiles (32 weight rows x 32 rows
+  of x) through a chunk of K; K goes in chunks whose x stays in the L2 cache while
+  every weight row passes (w2, K = 8192: 14.5 ms in one chunk, ~10 in four; noisy).
+  Needs
+  K % 32 == 0 (every Llama matrix) and Linux's permission for the tile state
+  (arch_prctl, asked once per process).
 - "avx512bf16": AVX512-BF16 vdpbf16ps, 16 float32 lanes += 16 pairs of bf16
   products (Cooper Lake, Sapphire Rapids, Zen 4/5). Lanes are 16 rows of x (the same
   pairs layout); each weight pair (2 adjacent bf16 = 4 bytes) is broadcast straight
   from the stored row. A micro-kernel keeps 4 x 6 = 24 zmm accumulators (64 rows of
   x by 6 weight rows) through all of K. Needs K even.
 
-Measured (Intel Xeon with AMX, 2 cores shared with other jobs, Llama 3.2 1B's w1:
-x (128, 2048) @ (8192, 2048).T, best of 7; the same process, interleaved):
-  FILLED IN BELOW
+Measured on an Intel Xeon with AMX (2 cores, shared with 2-6 other busy processes:
+ratios within one process, interleaved, best of 5-9; 128 rows of x, one Llama 3.2 1B
+layer's four GEMM shapes, benchmarks/prefill_gemm.py):
+- instruction peaks, one core, data in L1/L2: f32 FMA (torch f32) ~150 GFLOP/s;
+  vdpbf16ps (the micro-kernel here) 94-103, i.e. no faster than f32 FMA on this Xeon:
+  its 32 products an instruction issue at half the FMA rate. So the avx512bf16 route
+  only matches sgemm here (70 against 70-84 GFLOP/s, 1 thread); it is the route for
+  Zen 4/5, whose vdpbf16ps is where PyTorch's 256-272 tok/s bf16 prefill comes from.
+  AMX: PyTorch (oneDNN brg_matmul:avx10_1_512_amx, ONEDNN_VERBOSE) 1024 GFLOP/s on one
+  core at its quietest, 400-740 while neighbours ran; this AMX kernel 720-800 with
+  its data in L1/L2, 430-520 streaming the weights.
+- a layer, 1 thread: x rounded (AMX) 247 GFLOP/s, x float32 (tiles + sgemm) 70, f32
+  sgemm 84, PyTorch bf16 417 (ours 0.59x); 2 threads, by shape, in the quieter
+  runs: PyTorch 1.15-1.6x faster than ours (w2: 1.4-2.1x); up to 4x at load 5+.
+So on this machine PyTorch's AMX GEMMs stay ahead of this module's, by 1.4-2x per
+GEMM: the target "prefill >= PyTorch bf16" is not met here; see the report in
+issue 14. The remaining gap: oneDNN packs the weights into AMX's layout and prefetches
+them; here they are read as stored, two 16-row tiles at a 4 KB (w2: 16 KB) stride,
+from the L2 cache for every 32 rows of x.
 
 Rounding x to bf16 is a new arithmetic path (kernels.set_bf16_activations chooses it
-or the float32 one); its error is measured in tests/test_kernels_bf16.py.
+or the float32 one; on by default, as PyTorch's bf16 models round x). Its error is
+measured and bounded in tests/test_kernels_bf16.py: on the Llama 3.2 1B shape (random
+weights, 128 tokens) the logits move by at most 0.031 of their standard deviation
+(median 0.0039), where PyTorch's bf16 model moves them 0.086 (median 0.010) from its
+float32 run on the same weights.
 """
 
 import ctypes
 import os
+import threading
 
 import numpy as np
 from llvmlite import binding as llvm_binding
@@ -51,6 +76,19 @@ _VDP_ROWS_PER_TASK = 48  # weight rows handed to a thread (a multiple of _VDP_W_
 _AMX_K_STEP = 32  # bf16 values of K one tile holds
 _AMX_BLOCK = 2 * _LANES  # weight rows, and rows of x, of one AMX micro-kernel
 _X_CHUNK_BYTES = 1 << 19  # x_pairs a pass over the weights reads: half the 2 MB L2 cache
+
+
+_scratch = threading.local()  # this thread's reused buffers (fresh ones cost page faults)
+
+
+def _reused(name: str, shape: tuple, dtype) -> np.ndarray:
+    """An uninitialised array of this shape from a buffer this thread keeps."""
+    size = int(np.prod(shape))
+    buffer = getattr(_scratch, name, None)
+    if buffer is None or buffer.size < size:
+        buffer = np.empty(size, dtype=dtype)
+        setattr(_scratch, name, buffer)
+    return buffer[:size].reshape(shape)
 
 
 # --- which route this CPU offers -------------------------------------------------------
@@ -118,9 +156,9 @@ def pack_activations(rows: np.ndarray) -> np.ndarray:
     """x (M, K) float32 -> (K/2, M padded to 32) uint32: x_pairs[p, m] holds x[m, 2p] and
     x[m, 2p + 1] rounded to bf16 (to nearest, ties to even, as formats.bf16 rounds), the
     first in the low half: 16 rows' pairs side by side, as both instructions read them.
-    Padding rows are 0."""
+    Padding rows are 0. A buffer this thread reuses: valid until its next call."""
     n_x, n_in = rows.shape
-    pairs = np.empty((n_in // 2, -(-n_x // _X_ALIGN) * _X_ALIGN), dtype=np.uint32)
+    pairs = _reused("pairs", (n_in // 2, -(-n_x // _X_ALIGN) * _X_ALIGN), np.uint32)
     _pack_pairs(np.ascontiguousarray(rows, dtype=np.float32).view(np.uint32), pairs)
     return pairs
 
@@ -377,7 +415,6 @@ def _amx_block(typingctx, x_pairs, bits, results, m0, w_row, result_row, pairs, 
 
 _SERIAL = dict(cache=True, nogil=True)
 _PARALLEL = dict(_SERIAL, parallel=True)
-_PACK_PAIRS = 16  # pairs of K packed per pass over the rows (a 128-byte run of each row)
 
 
 @njit(**_SERIAL)
@@ -390,18 +427,17 @@ def _bf16_bits(u):
 
 @njit(**_PARALLEL)
 def _pack_pairs(x_bits, pairs):
-    """pack_activations' loop: x_bits (M, K) uint32 (float32 bits) -> pairs."""
+    """pack_activations' loop: x_bits (M, K) uint32 (float32 bits) -> pairs. By blocks of
+    16 rows of x: each pair row p gets a 64-byte run, read from 16 sequential streams."""
     n_x = x_bits.shape[0]
     n_pairs, n_padded = pairs.shape
-    for block in prange((n_pairs + _PACK_PAIRS - 1) // _PACK_PAIRS):
-        p0 = block * _PACK_PAIRS
-        p1 = min(n_pairs, p0 + _PACK_PAIRS)
-        for m in range(n_x):
-            row = x_bits[m]
-            for p in range(p0, p1):
-                pairs[p, m] = _bf16_bits(row[2 * p]) | (_bf16_bits(row[2 * p + 1]) << 16)
-        for m in range(n_x, n_padded):
-            for p in range(p0, p1):
+    for block in prange(n_padded // _LANES):
+        m0 = block * _LANES
+        m1 = min(n_x, m0 + _LANES)
+        for p in range(n_pairs):
+            for m in range(m0, m1):
+                pairs[p, m] = _bf16_bits(x_bits[m, 2 * p]) | (_bf16_bits(x_bits[m, 2 * p + 1]) << 16)
+            for m in range(m1, m0 + _LANES):
                 pairs[p, m] = 0
 
 
@@ -469,7 +505,7 @@ def _matmul_amx(x_pairs, bits, out):
     n_full = n_rows - n_rows % _AMX_BLOCK
     tail = np.zeros((_AMX_BLOCK if n_full < n_rows else 0, n_cols), dtype=np.uint16)
     tail[:n_rows - n_full] = bits[n_full:]
-    results = np.empty((n_full + len(tail), x_pairs.shape[1]), dtype=np.float32)
+    results = _reused("results", (n_full + len(tail), x_pairs.shape[1]), np.float32)
     chunk_pairs = max(_AMX_K_STEP // 2, _X_CHUNK_BYTES // (4 * x_pairs.shape[1])
                       // (_AMX_K_STEP // 2) * (_AMX_K_STEP // 2))
     for start in range(0, len(x_pairs), chunk_pairs):
