@@ -55,7 +55,7 @@ def main():
     kernels.set_threads(args.threads)
     kernels.set_backend("numba")
     best_route = kernels_bf16.route()
-    routes = kernels_bf16._available_routes()
+    routes = kernels_bf16.available_routes()
     print(f"bf16 routes on this CPU: {', '.join(routes) or 'none'}; rows of x: {args.rows}")
     rng = np.random.default_rng(0)
 

@@ -107,21 +107,22 @@ def _request_amx_permission() -> bool:
         return False
 
 
-def _choose_route():
+def _routes_offered() -> tuple:
+    """The routes this CPU offers (and LLAMA3_NP_BF16_GEMM allows), best first."""
     wish = os.environ.get(_ROUTE_ENV, "auto").strip().lower()
     if wish == "off":
-        return None
+        return ()
     features = _host_features()
-    has_vdp = features.get("avx512bf16", False)
+    if not features.get("avx512bf16", False):
+        return ()
     has_amx = features.get("amx-bf16", False) and features.get("amx-tile", False)
-    if wish in ("auto", "amx") and has_amx and has_vdp and _request_amx_permission():
-        return "amx"
-    if wish in ("auto", "amx", "avx512bf16") and has_vdp:
-        return "avx512bf16"
-    return None
+    if wish in ("auto", "amx") and has_amx and _request_amx_permission():
+        return ROUTES
+    return ROUTES[1:]
 
 
-_route = _choose_route()
+_offered = _routes_offered()
+_route = _offered[0] if _offered else None
 
 
 def route():
@@ -129,25 +130,28 @@ def route():
     return _route
 
 
+def available_routes() -> tuple:
+    """Every route this CPU offers, best first (one with AMX has AVX512-BF16 too)."""
+    return _offered
+
+
 def set_route(name) -> None:
     """Use a route this CPU has, or None for none (tests force the fallback this way)."""
     global _route
-    if name is not None and name not in _available_routes():
+    if name is not None and name not in _offered:
         raise ValueError(f"bf16 GEMM route {name!r} is not available on this CPU")
     _route = name
 
 
-def _available_routes() -> tuple:
-    best = _choose_route()
-    return ROUTES[ROUTES.index(best):] if best else ()
-
-
-def supports(shape: tuple) -> bool:
-    """Whether the current route multiplies a weight of this (out, in) shape."""
-    n_in = shape[1]
+def supports(bits: np.ndarray) -> bool:
+    """Whether the current route multiplies by this bf16 matrix: its rows must be
+    contiguous (they are read at the row stride), and as long as the route needs."""
+    n_in = bits.shape[1]
+    if not bits.flags.c_contiguous or n_in == 0:
+        return False
     if _route == "amx":
         return n_in % _AMX_K_STEP == 0
-    return _route == "avx512bf16" and n_in % 2 == 0 and n_in > 0
+    return _route == "avx512bf16" and n_in % 2 == 0
 
 
 # --- x rounded to bf16, in pairs -------------------------------------------------------

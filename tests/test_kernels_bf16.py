@@ -42,7 +42,7 @@ def routes():
     if importlib.util.find_spec("numba") is None:
         return []
     from llama3_np import kernels_bf16
-    return list(kernels_bf16._available_routes())
+    return list(kernels_bf16.available_routes())
 
 
 ROUTES = pytest.mark.parametrize("route", routes() or [pytest.param(
@@ -146,20 +146,32 @@ def test_linear_keeps_x_float32_when_asked_or_when_the_cpu_cannot(kernels_bf16):
     kernels.set_bf16_activations(True)
     kernels_bf16.set_route(None)  # as on a CPU without AMX or AVX512-BF16
     assert_float32_path(kernels.linear(x, w), x, w)
-    kernels.set_backend("numpy")  # NumPy alone never rounds x
-    kernels_bf16.set_route(kernels_bf16._choose_route())
+    kernels.set_bf16_activations(True)
+    kernels.set_backend("numpy")  # NumPy alone never rounds x, whatever the route
     assert_float32_path(kernels.linear(x, w), x, w)
 
 
-def test_amx_leaves_rows_not_a_multiple_of_32_long_to_another_path(kernels_bf16):
+@ROUTES
+def test_weights_that_are_not_contiguous_go_to_tiles(kernels_bf16, route):
+    """Rows are read at the row stride: a column slice (stride != row length) is not."""
+    kernels_bf16.set_route(route)
+    kernels.set_backend("numba")
+    wide = float32_to_bf16_bits(random_matrix((8, 128)))
+    assert kernels_bf16.supports(wide) and not kernels_bf16.supports(wide[:, 64:])
+    w = BF16(wide[:, 64:])
+    x = random_matrix((40, 64), seed=6)
+    assert_float32_path(kernels.linear(x, w), x, w)  # decoded tiles, x float32
+
+
+def test_amx_leaves_rows_not_a_multiple_of_32_long_to_tiles(kernels_bf16):
     if "amx" not in routes():
         pytest.skip("this CPU has no AMX")
     kernels_bf16.set_route("amx")
-    assert kernels_bf16.supports((8, 64)) and not kernels_bf16.supports((8, 48))
     w = BF16(float32_to_bf16_bits(random_matrix((8, 48))))
-    x = random_matrix((40, 48), seed=6)
+    assert not kernels_bf16.supports(w.bits)
     kernels.set_backend("numba")
-    assert_float32_path(kernels.linear(x, w), x, w)  # decoded tiles, x float32
+    x = random_matrix((40, 48), seed=6)
+    assert_float32_path(kernels.linear(x, w), x, w)
 
 
 def test_route_is_off_when_the_environment_says_so():

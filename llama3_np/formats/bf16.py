@@ -46,7 +46,7 @@ class BF16:
         return lambda rows, out: kernels.matmul_bf16(rows, self.bits, out)
 
     def bf16_matmul(self, bf16_kernels):
-        if bf16_kernels is None or not bf16_kernels.supports(self.shape):
+        if bf16_kernels is None or not bf16_kernels.supports(self.bits):
             return None
         return lambda rows: bf16_kernels.matmul(rows, self.bits)
 
