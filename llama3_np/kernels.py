@@ -48,7 +48,7 @@ _FUSED_MAX_ROWS = 32
 _backend = "auto"
 _numba_threads = None  # set_threads' wish, applied when numba loads
 _numba_state = {}  # "module": kernels_numba, or None when numba is unavailable
-_bf16_state = {"enabled": True}  # "module": kernels_bf16, or None (no numba)
+_bf16_state = {"enabled": True}  # set_bf16_activations; "module": kernels_bf16 once loaded
 _scratch = threading.local()  # .tile: this thread's tile buffer
 
 
