@@ -171,6 +171,9 @@ def pack_activations(rows: np.ndarray) -> np.ndarray:
 
 def matmul(rows: np.ndarray, bits: np.ndarray) -> np.ndarray:
     """rows (M, K) float32 @ bf16 matrix bits (N, K).T, rows rounded to bf16: (M, N)."""
+    if not supports(bits):  # the micro-kernels read rows at the row stride, unchecked
+        raise ValueError(f"the {_route} route cannot multiply by bf16 bits {bits.shape} "
+                         f"(contiguous: {bits.flags.c_contiguous})")
     x_pairs = pack_activations(rows)
     out = np.empty((len(rows), len(bits)), dtype=np.float32)
     if _route == "amx":
