@@ -31,19 +31,24 @@ layer's four GEMM shapes, benchmarks/prefill_gemm.py):
 - instruction peaks, one core, data in L1/L2: f32 FMA (torch f32) ~150 GFLOP/s;
   vdpbf16ps (the micro-kernel here) 94-103, i.e. no faster than f32 FMA on this Xeon:
   its 32 products an instruction issue at half the FMA rate. So the avx512bf16 route
-  only matches sgemm here (70 against 70-84 GFLOP/s, 1 thread); it is the route for
+  only matches sgemm here (95 against 99-114 GFLOP/s, 1 thread); it is the route for
   Zen 4/5, whose vdpbf16ps is where PyTorch's 256-272 tok/s bf16 prefill comes from.
   AMX: PyTorch (oneDNN brg_matmul:avx10_1_512_amx, ONEDNN_VERBOSE) 1024 GFLOP/s on one
   core at its quietest, 400-740 while neighbours ran; this AMX kernel 720-800 with
   its data in L1/L2, 430-520 streaming the weights.
-- a layer, 1 thread: x rounded (AMX) 247 GFLOP/s, x float32 (tiles + sgemm) 70, f32
-  sgemm 84, PyTorch bf16 417 (ours 0.59x); 2 threads, by shape, in the quieter
-  runs: PyTorch 1.15-1.6x faster than ours (w2: 1.4-2.1x); up to 4x at load 5+.
-So on this machine PyTorch's AMX GEMMs stay ahead of this module's, by 1.4-2x per
-GEMM: the target "prefill >= PyTorch bf16" is not met here; see the report in
-issue 14. The remaining gap: oneDNN packs the weights into AMX's layout and prefetches
-them; here they are read as stored, two 16-row tiles at a 4 KB (w2: 16 KB) stride,
-from the L2 cache for every 32 rows of x.
+- a layer (GFLOP/s over its 7 GEMMs; a calm moment, load ~1.5): 2 threads: x
+  rounded (AMX) 854, PyTorch bf16 1124 (ours 0.76x; by shape 0.71-0.81x), x float32
+  (tiles + sgemm, the path before) 168, f32 sgemm 221, x rounded on vdpbf16ps 189;
+  1 thread: 349, 598 (0.58x), 99, 114, 95. At load 3-6 the ratio to PyTorch fell
+  to 0.25-0.6x.
+- the whole 128-token prefill (Llama 3.2 1B shape, bf16 weights, bench_case.py, runs
+  alternating): x rounded 0.655-0.69 s, x float32 1.87-1.94 s (2.85x slower),
+  PyTorch bf16 0.34-0.36 s (ours 0.50-0.52x): of our 0.66 s the GEMMs take 0.46.
+So on this machine PyTorch's AMX GEMMs stay ahead of this module's (1.3x on 2 cores
+at best, 1.7x on one), and the target "prefill >= PyTorch bf16" is not met here. The
+remaining gap: oneDNN packs the weights into AMX's layout and prefetches them; here
+they are read as stored, two 16-row tiles at a 4 KB (w2: 16 KB) row stride, from the
+L2 cache for every 32 rows of x, and x is rounded and packed on every call.
 
 Rounding x to bf16 is a new arithmetic path (kernels.set_bf16_activations chooses it
 or the float32 one; on by default, as PyTorch's bf16 models round x). Its error is
