@@ -91,6 +91,9 @@ def warmup() -> None:
     """Compile or load the numba kernels now, so the first token is not slow."""
     if active_backend() == "numba":
         _numba_kernels().warmup()
+        rounding = _bf16_kernels(_numba_kernels())
+        if rounding is not None:
+            rounding.warmup()
 
 
 def linear(x: np.ndarray, w) -> np.ndarray:

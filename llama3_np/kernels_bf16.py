@@ -161,6 +161,19 @@ def supports(bits: np.ndarray) -> bool:
     return _route == "avx512bf16" and n_in % 2 == 0
 
 
+def warmup() -> None:
+    """Compile (or load from numba's on-disk cache) the current route's loops for the
+    weights the loader produces: writable and read-only (memory-mapped) arrays, with
+    and without a last partial block of rows."""
+    if _route is None:
+        return
+    x = np.zeros((2, 2 * _AMX_K_STEP), dtype=np.float32)
+    for writable in (True, False):
+        bits = np.zeros((_AMX_BLOCK + 1, 2 * _AMX_K_STEP), dtype=np.uint16)
+        bits.flags.writeable = writable
+        matmul(x, bits)
+
+
 # --- x rounded to bf16, in pairs -------------------------------------------------------
 
 def pack_activations(rows: np.ndarray) -> np.ndarray:

@@ -217,3 +217,19 @@ def test_prefill_with_rounded_x_stays_within_its_tolerance(kernels_bf16, route):
     kernels.set_bf16_activations(True)
     error = np.abs(model.forward(tokens) - exact) / exact.std(axis=-1, keepdims=True)
     assert 1e-4 < error.max() < BF16_ACTIVATIONS_LOGITS  # rounded, and no more than that
+
+
+@ROUTES
+def test_warmup_compiles_the_route_for_both_kinds_of_weights(route):
+    """In a fresh process, where nothing else has compiled the loops yet."""
+    code = ("from llama3_np import kernels, kernels_bf16\n"
+            f"kernels_bf16.set_route({route!r})\n"
+            "kernels.set_backend('numba')\n"
+            "kernels.warmup()\n"
+            "loop = kernels_bf16._amx_pass if kernels_bf16.route() == 'amx' "
+            "else kernels_bf16._matmul_vdp\n"
+            "print(sorted({signature[1].mutable for signature in loop.signatures}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[False,", "True]"]  # read-only and writable weights
