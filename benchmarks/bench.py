@@ -52,9 +52,11 @@ GGUF_TYPES = ("F32", "BF16", "Q8_0", "Q4_0", "Q4_K")
 STORED_AS = {"F32": "f32", "BF16": "bf16", "Q8_0": "q8", "Q4_0": "stored", "Q4_K": "stored",
              "Q4_1": "stored"}
 LLAMA_CPP_TARGET = {"decode": 0.95, "prefill": 0.8}  # issue 14: ours / llama.cpp
-# Weight types whose kernels can take int8 activations (--int8-activations; float32 x is
-# the default): those run with both, as backends "numba" and "numba-int8".
-INT8_TYPES = ("Q8_0", "Q4_0", "Q4_K", "Q4_1")
+# Weight types whose kernels can also take activations in a lower precision (float32 x
+# is the default): int8 for the q8 / 4-bit decode kernels, bf16 for the bf16 prefill
+# GEMMs. Those run both ways, as backends "numba" and "numba-int8" / "numba-bf16".
+LOW_PRECISION_X = {"Q8_0": "int8", "Q4_0": "int8", "Q4_K": "int8", "Q4_1": "int8",
+                   "BF16": "bf16"}
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,8 @@ def all_cases(threads: int, builds: list, numpy_rows: bool) -> list:
     llama3_np again; PyTorch; then the demo model the same way at 1 thread and at
     `threads`."""
     def interleaved(weights: str, model: str = "1b", n: int = 0) -> list:
-        backends = ["numba", "numba-int8"] if weights in INT8_TYPES else ["numba"]
+        backends = ["numba"] + ([f"numba-{LOW_PRECISION_X[weights]}"]
+                                if weights in LOW_PRECISION_X else [])
         ours = [Case("llama3_np", weights, backend, model, n) for backend in backends]
         theirs = [Case("llama.cpp", weights, build, model, n) for build in builds]
         return [*ours, *theirs, *reversed(ours)] if theirs else ours
@@ -187,10 +190,11 @@ def run_case(case: Case, weights: Path, threads: int, tokens: dict) -> dict:
                "--engine", case.engine, "--dtype", dtype,
                "--threads", str(case.threads or threads),
                "--prompt", str(tokens["prompt"]), "--decode", str(decode)]
-    if case.backend:
-        command += ["--backend", case.backend.removesuffix("-int8")]
-    if case.backend.endswith("-int8"):
-        command.append("--int8-activations")
+    backend, _, activations = case.backend.partition("-")
+    if backend:
+        command += ["--backend", backend]
+    if activations:
+        command.append(f"--{activations}-activations")
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         last_lines = done.stderr.strip().splitlines()[-3:]

@@ -50,6 +50,8 @@ def parse_args(argv=None):
                         help="prefills of the prompt, the fastest kept (default 2)")
     parser.add_argument("--int8-activations", action="store_true",
                         help="llama3_np: q8 / Q4 kernels take x quantised to int8 per block")
+    parser.add_argument("--bf16-activations", action="store_true",
+                        help="llama3_np: prefill GEMMs by bf16 weights round x to bf16")
     parser.add_argument("--kv-dtype", choices=("f32", "bf16"), default="f32",
                         help="llama3_np's KV cache precision")
     args = parser.parse_args(argv)
@@ -76,7 +78,8 @@ class Llama3NpRunner:
     """llama3_np's model behind the two calls the measurement needs."""
 
     def __init__(self, checkpoint: Path, dtype: str, backend: str, threads: int,
-                 kv_dtype: str = "f32", int8_activations: bool = False):
+                 kv_dtype: str = "f32", int8_activations: bool = False,
+                 bf16_activations: bool = False):
         import llama3_np
         from llama3_np import kernels
         from llama3_np.sampling import Sampler
@@ -88,6 +91,7 @@ class Llama3NpRunner:
         self.vocab_size = self.llama.config.vocab_size
         kernels.set_threads(threads)
         kernels.set_int8_activations(int8_activations)
+        kernels.set_bf16_activations(bf16_activations)
         kernels.warmup()
         self.sample = Sampler(temperature=0)  # greedy, as the PyTorch side
 
@@ -203,7 +207,7 @@ def make_runner(args):
     if args.engine == "torch":
         return TorchRunner(args.checkpoint, args.dtype, args.threads)
     return Llama3NpRunner(args.checkpoint, args.dtype, args.backend, args.threads,
-                          args.kv_dtype, args.int8_activations)
+                          args.kv_dtype, args.int8_activations, args.bf16_activations)
 
 
 def run_case(args) -> dict:

@@ -14,6 +14,11 @@ How, fastest first:
   block, in integer dot products where the CPU has them (VNNI or AVX2, kernels_simd.py),
   as llama.cpp does: 1.6-2.9x the float32 loops' speed, at a measured error
   (kernels_numba.py). Off by default: all math stays float32, as the weights are stored.
+- more rows, bf16 weights, numba backend, set_bf16_activations(True), a CPU with AMX or
+  AVX512-BF16: x rounded to bf16 and multiplied by the stored bf16 with the CPU's bf16
+  dot product (kernels_bf16.py), as PyTorch's bf16 model does: ~2.9x the route below on
+  an AMX Xeon, at a measured error. Off by default, for the same reason, and so that the
+  numbers do not depend on which CPU computed them.
 - otherwise (prefill, or the numpy backend): decode a tile of weight rows to
   float32 in a reused buffer (a few MB, cache-sized) and let BLAS multiply every
   row of x by it. Prefill is compute bound, and BLAS sgemm beats any loop here;
@@ -35,7 +40,7 @@ import time
 import numpy as np
 
 from .errors import InputError
-from .formats import fused_matmul, tile_decoder
+from .formats import bf16_matmul, fused_matmul, tile_decoder
 from .thread_choice import ParallelChoice
 
 BACKENDS = ("numpy", "numba", "auto")
@@ -61,6 +66,7 @@ _backend = "auto"
 _numba_threads = None  # set_threads' wish, applied when numba loads
 _int8_wish = None  # set_int8_activations' wish, applied when numba loads
 _numba_state = {}  # "module": kernels_numba, or None when numba is unavailable
+_bf16_state = {"enabled": False}  # set_bf16_activations; "module": kernels_bf16 once loaded
 _scratch = threading.local()  # .tile: this thread's tile buffer; .threads: numba's count here
 _parallel_choice = ParallelChoice()  # per shape: fused kernels on all threads, or on one
 
@@ -104,10 +110,20 @@ def set_int8_activations(on: bool) -> None:
         _numba_state["module"].set_int8_activations(_int8_wish)
 
 
+def set_bf16_activations(enabled: bool) -> None:
+    """Whether GEMMs by bf16 weights (prefill: more than _FUSED_MAX_ROWS rows of x) round
+    x to bf16 where the CPU multiplies bf16 (kernels_bf16.py), as PyTorch's bf16 models
+    do; False (the default) keeps x in float32 everywhere."""
+    _bf16_state["enabled"] = bool(enabled)
+
+
 def warmup() -> None:
     """Compile or load the numba kernels now, so the first token is not slow."""
     if active_backend() == "numba":
         _numba_kernels().warmup()
+        rounding = _bf16_kernels(_numba_kernels())
+        if rounding is not None:
+            rounding.warmup()
 
 
 def linear(x: np.ndarray, w) -> np.ndarray:
@@ -124,6 +140,10 @@ def linear(x: np.ndarray, w) -> np.ndarray:
     out = None
     if kernels is not None and len(rows) <= _FUSED_MAX_ROWS:
         out = _fused(w, kernels, np.ascontiguousarray(rows))
+    if out is None:
+        rounded = bf16_matmul(w, _bf16_kernels(_in_parallel(kernels)))
+        if rounded is not None:
+            out = rounded(np.ascontiguousarray(rows))
     if out is None:
         out = _tiled_matmul(rows, w.shape, tile_decoder(w, _in_parallel(kernels)))
     return out.reshape(x.shape[:-1] + (n_out,))
@@ -174,6 +194,17 @@ def _tiled_matmul(rows: np.ndarray, shape: tuple, decode) -> np.ndarray:
         decode(start, tile)
         np.matmul(rows, tile.T, out=out[:, start:stop])
     return out
+
+
+def _bf16_kernels(kernels):
+    """The kernels_bf16 module when x may be rounded to bf16 and `kernels` (the numba
+    backend) is in use, else None."""
+    if kernels is None or not _bf16_state["enabled"]:
+        return None
+    if "module" not in _bf16_state:
+        from . import kernels_bf16
+        _bf16_state["module"] = kernels_bf16
+    return _bf16_state["module"]
 
 
 def _numba_kernels():

@@ -40,13 +40,15 @@ def demo_model_path() -> Path:
 
 @pytest.fixture
 def float_activations():
-    """The numba kernels multiply q8 / Q4 weights by float32 activations, exactly as the
-    weights are stored (the default; said here where a test depends on it)."""
+    """The numba kernels multiply q8 / Q4 / bf16 weights by float32 activations, exactly as
+    the weights are stored (the default; said here where a test depends on it)."""
     from llama3_np import kernels
 
     kernels.set_int8_activations(False)
+    kernels.set_bf16_activations(False)
     yield
     kernels.set_int8_activations(False)
+    kernels.set_bf16_activations(False)
 
 
 def pytest_report_header(config):

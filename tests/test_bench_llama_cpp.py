@@ -62,8 +62,10 @@ def test_engines_interleave_for_each_weight_type():
                   "llama.cpp Q4_0 (build-noamx)", "llama3_np Q4_0 (numba-int8)",
                   "llama3_np Q4_0 (numba)"]
     assert [c.label for c in cases if c.weights == "BF16"] == [
-        "llama3_np BF16 (numba)", "llama.cpp BF16", "llama.cpp BF16 (build-noamx)",
-        "llama3_np BF16 (numba)"]
+        "llama3_np BF16 (numba)", "llama3_np BF16 (numba-bf16)", "llama.cpp BF16",
+        "llama.cpp BF16 (build-noamx)", "llama3_np BF16 (numba-bf16)", "llama3_np BF16 (numba)"]
+    assert [c.label for c in cases if c.weights == "F32"] == [
+        "llama3_np F32", "llama.cpp F32", "llama.cpp F32 (build-noamx)", "llama3_np F32"]
     demo = [(c.engine, c.threads) for c in cases if c.model == "demo"]
     assert demo == [("llama3_np", 1)] * 2 + [("llama.cpp", 1)] * 2 + [("llama3_np", 1)] * 2 \
         + [("llama3_np", 2)] * 2 + [("llama.cpp", 2)] * 2 + [("llama3_np", 2)] * 2

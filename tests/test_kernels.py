@@ -37,7 +37,8 @@ GGUF_KINDS = ["gguf_q4_0", "gguf_q4_1", "gguf_q4_k", "gguf_q5_0"]
 @pytest.fixture(autouse=True)
 def restore_backend(float_activations):
     """Each test starts on float32 activations (the default, whose arithmetic
-    assert_matches_float64 bounds); the int8 ones have their own tests below."""
+    assert_matches_float64 bounds); the int8 ones have their own tests below, the bf16
+    ones theirs in test_kernels_bf16.py."""
     yield
     kernels.set_backend("auto")
 

@@ -76,6 +76,14 @@ def fused_matmul(w, kernels) -> Optional[FusedMatmul]:
     return None if isinstance(w, np.ndarray) else w.fused(kernels)
 
 
+def bf16_matmul(w, bf16_kernels) -> Optional[Callable[[np.ndarray], np.ndarray]]:
+    """fn(rows) -> rows @ w.T with rows rounded to bf16, by the CPU's bf16 dot product
+    (bf16_kernels: kernels_bf16, or None), for bf16 weights where the CPU has one; else
+    None."""
+    method = getattr(w, "bf16_matmul", None)
+    return None if method is None else method(bf16_kernels)
+
+
 def tile_decoder(w, kernels) -> TileDecoder:
     """w's tile decoder; an ndarray (float16) is copied into the tile."""
     if isinstance(w, np.ndarray):

@@ -45,6 +45,11 @@ class BF16:
             return None
         return lambda rows, out: kernels.matmul_bf16(rows, self.bits, out)
 
+    def bf16_matmul(self, bf16_kernels):
+        if bf16_kernels is None or not bf16_kernels.supports(self.bits):
+            return None
+        return lambda rows: bf16_kernels.matmul(rows, self.bits)
+
     def tile_decoder(self, kernels):
         if kernels is not None:
             return lambda start, tile: kernels.decode_bf16(self.bits, start, tile)

@@ -1,0 +1,533 @@
+"""Prefill GEMMs by bf16 weights with a real bfloat16 dot product; importing needs numba.
+
+kernels.linear's default route for a many-row GEMM by bf16 weights decodes tiles of
+weights to float32 for OpenBLAS sgemm, so the CPU multiplies float32 (16 lanes a
+zmm FMA). PyTorch's bf16 model instead rounds the activations to bf16 too and lets
+oneDNN multiply bf16 by bf16 with float32 sums. This module does the same, with the
+instructions built here as LLVM IR (numba @intrinsic), on either of two routes:
+
+- "amx": Intel AMX tdpbf16ps, one instruction a 16x16 float32 tile += 16x32 bf16 @
+  32x16 bf16 (Sapphire Rapids and later). The weight matrix is the tile multiplicand
+  as it is stored, 16 rows of 32 values at the row stride, so no weight is copied or
+  packed; x is the other operand, rounded and laid out in pairs (pack_activations),
+  and the result comes out transposed (a tile row is a weight row): each block of
+  32 weight rows is turned round into out right after its last pass, still cached
+  (one parallel loop fewer than a separate transposition; no speed-up could be
+  measured through the neighbours' noise). Each micro-kernel holds 2x2 result tiles (32 weight rows x 32 rows
+  of x) through a chunk of K; K goes in chunks whose x stays in the L2 cache while
+  every weight row passes (w2, K = 8192: 14.5 ms in one chunk, ~10 in four; noisy).
+  Needs
+  K % 32 == 0 (every Llama matrix) and Linux's permission for the tile state
+  (arch_prctl, asked once per process).
+- "avx512bf16": AVX512-BF16 vdpbf16ps, 16 float32 lanes += 16 pairs of bf16
+  products (Cooper Lake, Sapphire Rapids, Zen 4/5). Lanes are 16 rows of x (the same
+  pairs layout); each weight pair (2 adjacent bf16 = 4 bytes) is broadcast straight
+  from the stored row. A micro-kernel keeps 4 x 6 = 24 zmm accumulators (64 rows of
+  x by 6 weight rows) through all of K. Needs K even.
+
+Measured on an Intel Xeon with AMX (2 cores, shared with 2-6 other busy processes:
+ratios within one process, interleaved, best of 5-9; 128 rows of x, one Llama 3.2 1B
+layer's four GEMM shapes, benchmarks/prefill_gemm.py):
+- instruction peaks, one core, data in L1/L2: f32 FMA (torch f32) ~150 GFLOP/s;
+  vdpbf16ps (the micro-kernel here) 94-103, i.e. no faster than f32 FMA on this Xeon:
+  its 32 products an instruction issue at half the FMA rate. So the avx512bf16 route
+  only matches sgemm here (95 against 99-114 GFLOP/s, 1 thread); it is the route for
+  Zen 4/5, whose vdpbf16ps is where PyTorch's 256-272 tok/s bf16 prefill comes from.
+  AMX: PyTorch (oneDNN brg_matmul:avx10_1_512_amx, ONEDNN_VERBOSE) 1024 GFLOP/s on one
+  core at its quietest, 400-740 while neighbours ran; this AMX kernel 720-800 with
+  its data in L1/L2, 430-520 streaming the weights.
+- a layer (GFLOP/s over its 7 GEMMs; a calm moment, load ~1.5): 2 threads: x
+  rounded (AMX) 854, PyTorch bf16 1124 (ours 0.76x; by shape 0.71-0.81x), x float32
+  (tiles + sgemm, the path before) 168, f32 sgemm 221, x rounded on vdpbf16ps 189;
+  1 thread: 349, 598 (0.58x), 99, 114, 95. At load 3-6 the ratio to PyTorch fell
+  to 0.25-0.6x.
+- the whole 128-token prefill (Llama 3.2 1B shape, bf16 weights, bench_case.py, runs
+  alternating): x rounded 0.655-0.69 s, x float32 1.87-1.94 s (2.85x slower),
+  PyTorch bf16 0.34-0.36 s (ours 0.50-0.52x): of our 0.66 s the GEMMs take 0.46.
+So on this machine PyTorch's AMX GEMMs stay ahead of this module's (1.3x on 2 cores
+at best, 1.7x on one), and the target "prefill >= PyTorch bf16" is not met here. The
+remaining gap: oneDNN packs the weights into AMX's layout and prefetches them; here
+they are read as stored, two 16-row tiles at a 4 KB (w2: 16 KB) row stride, from the
+L2 cache for every 32 rows of x, and x is rounded and packed on every call.
+
+Rounding x to bf16 is a new arithmetic path (kernels.set_bf16_activations chooses it
+or the float32 one; on by default, as PyTorch's bf16 models round x). Its error is
+measured and bounded in tests/test_kernels_bf16.py: on the Llama 3.2 1B shape (random
+weights, 128 tokens) the logits move by at most 0.031 of their standard deviation
+(median 0.0039), where PyTorch's bf16 model moves them 0.086 (median 0.010) from its
+float32 run on the same weights.
+"""
+
+import ctypes
+import os
+import threading
+
+import numpy as np
+from llvmlite import binding as llvm_binding
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import kernels_numba  # noqa: F401  (sets numba up before any parallel loop)
+
+ROUTES = ("amx", "avx512bf16")
+# LLAMA3_NP_BF16_GEMM=off (or a route's name) overrides what the CPU offers.
+_ROUTE_ENV = "LLAMA3_NP_BF16_GEMM"
+
+_LANES = 16  # float32 lanes of a zmm register, rows and columns of an AMX tile
+_X_ALIGN = 32  # rows of x are padded to a multiple of this (2 tiles / 2 zmm)
+_VDP_X_VECTORS = 4  # vdpbf16ps micro-kernel: 4 zmm of x rows (64 rows) ...
+_VDP_W_ROWS = 6  # ... by 6 weight rows: 24 accumulators of the 32 zmm registers
+_VDP_ROWS_PER_TASK = 48  # weight rows handed to a thread (a multiple of _VDP_W_ROWS)
+_AMX_K_STEP = 32  # bf16 values of K one tile holds
+_AMX_BLOCK = 2 * _LANES  # weight rows, and rows of x, of one AMX micro-kernel
+_X_CHUNK_BYTES = 1 << 19  # x_pairs a pass over the weights reads: half the 2 MB L2 cache
+
+
+_scratch = threading.local()  # this thread's reused buffers (fresh ones cost page faults)
+
+
+def _reused(name: str, shape: tuple, dtype) -> np.ndarray:
+    """An uninitialised array of this shape from a buffer this thread keeps."""
+    size = int(np.prod(shape))
+    buffer = getattr(_scratch, name, None)
+    if buffer is None or buffer.size < size:
+        buffer = np.empty(size, dtype=dtype)
+        setattr(_scratch, name, buffer)
+    return buffer[:size].reshape(shape)
+
+
+# --- which route this CPU offers -------------------------------------------------------
+
+def _host_features() -> dict:
+    return dict(llvm_binding.get_host_cpu_features())
+
+
+def _request_amx_permission() -> bool:
+    """Linux hands out AMX's 8 KB tile state only on request, once per process."""
+    arch_prctl, req_xcomp_perm, xfeature_xtiledata = 158, 0x1023, 18  # x86-64 Linux ABI
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(arch_prctl, req_xcomp_perm, xfeature_xtiledata) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _routes_offered() -> tuple:
+    """The routes this CPU offers (and LLAMA3_NP_BF16_GEMM allows), best first."""
+    wish = os.environ.get(_ROUTE_ENV, "auto").strip().lower()
+    if wish == "off":
+        return ()
+    features = _host_features()
+    if not features.get("avx512bf16", False):
+        return ()
+    has_amx = features.get("amx-bf16", False) and features.get("amx-tile", False)
+    if wish in ("auto", "amx") and has_amx and _request_amx_permission():
+        return ROUTES
+    return ROUTES[1:]
+
+
+_offered = _routes_offered()
+_route = _offered[0] if _offered else None
+
+
+def route():
+    """"amx", "avx512bf16", or None when this CPU (or LLAMA3_NP_BF16_GEMM=off) has neither."""
+    return _route
+
+
+def available_routes() -> tuple:
+    """Every route this CPU offers, best first (one with AMX has AVX512-BF16 too)."""
+    return _offered
+
+
+def set_route(name) -> None:
+    """Use a route this CPU has, or None for none (tests force the fallback this way)."""
+    global _route
+    if name is not None and name not in _offered:
+        raise ValueError(f"bf16 GEMM route {name!r} is not available on this CPU")
+    _route = name
+
+
+def supports(bits: np.ndarray) -> bool:
+    """Whether the current route multiplies by this bf16 matrix: its rows must be
+    contiguous (they are read at the row stride), and as long as the route needs."""
+    n_in = bits.shape[1]
+    if not bits.flags.c_contiguous or n_in == 0:
+        return False
+    if _route == "amx":
+        return n_in % _AMX_K_STEP == 0
+    return _route == "avx512bf16" and n_in % 2 == 0
+
+
+def warmup() -> None:
+    """Compile (or load from numba's on-disk cache) the current route's loops for the
+    weights the loader produces: writable and read-only (memory-mapped) arrays, with
+    and without a last partial block of rows."""
+    if _route is None:
+        return
+    x = np.zeros((2, 2 * _AMX_K_STEP), dtype=np.float32)
+    for writable in (True, False):
+        bits = np.zeros((_AMX_BLOCK + 1, 2 * _AMX_K_STEP), dtype=np.uint16)
+        bits.flags.writeable = writable
+        matmul(x, bits)
+
+
+# --- x rounded to bf16, in pairs -------------------------------------------------------
+
+def pack_activations(rows: np.ndarray) -> np.ndarray:
+    """x (M, K) float32 -> (K/2, M padded to 32) uint32: x_pairs[p, m] holds x[m, 2p] and
+    x[m, 2p + 1] rounded to bf16 (to nearest, ties to even, as formats.bf16 rounds), the
+    first in the low half: 16 rows' pairs side by side, as both instructions read them.
+    Padding rows are 0. A buffer this thread reuses: valid until its next call."""
+    n_x, n_in = rows.shape
+    pairs = _reused("pairs", (n_in // 2, -(-n_x // _X_ALIGN) * _X_ALIGN), np.uint32)
+    _pack_pairs(np.ascontiguousarray(rows, dtype=np.float32).view(np.uint32), pairs)
+    return pairs
+
+
+def matmul(rows: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """rows (M, K) float32 @ bf16 matrix bits (N, K).T, rows rounded to bf16: (M, N)."""
+    if not supports(bits):  # the micro-kernels read rows at the row stride, unchecked
+        raise ValueError(f"the {_route} route cannot multiply by bf16 bits {bits.shape} "
+                         f"(contiguous: {bits.flags.c_contiguous})")
+    x_pairs = pack_activations(rows)
+    out = np.empty((len(rows), len(bits)), dtype=np.float32)
+    if _route == "amx":
+        _matmul_amx(x_pairs, bits, out)
+    else:
+        _matmul_vdp(x_pairs, bits, out)
+    return out
+
+
+# --- LLVM IR ---------------------------------------------------------------------------
+
+class _BFloat(ir.Type):
+    """LLVM's bfloat, which llvmlite.ir lacks."""
+
+    def _to_string(self):
+        return "bfloat"
+
+    def __eq__(self, other):
+        return isinstance(other, _BFloat)
+
+    def __hash__(self):
+        return hash(_BFloat)
+
+
+_I8, _I32, _I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+_BYTE_PTR = _I8.as_pointer()
+_F32X16 = ir.VectorType(ir.FloatType(), _LANES)
+_I32X16 = ir.VectorType(_I32, _LANES)
+_BF16X32 = ir.VectorType(_BFloat(), 2 * _LANES)
+
+
+def _declare(builder, name, result, arguments):
+    fn_type = ir.FunctionType(result, arguments)
+    return cgutils.get_or_insert_function(builder.module, fn_type, name)
+
+
+def _loop(builder, count, step, carried_types, body):
+    """for i in range(0, count, step), count > 0, with values carried from pass to pass in
+    registers (phi nodes) starting at zero: body(i, values) -> new values. Returns the
+    values after the last pass."""
+    entry = builder.block
+    loop = builder.append_basic_block("loop")
+    done = builder.append_basic_block("loop.done")
+    builder.branch(loop)
+    builder.position_at_end(loop)
+    i = builder.phi(_I64)
+    carried = [builder.phi(t) for t in carried_types]
+    updated = body(i, carried)
+    i_next = builder.add(i, ir.Constant(_I64, step))
+    builder.cbranch(builder.icmp_signed("<", i_next, count), loop, done)
+    end = builder.block  # body may have added blocks
+    i.add_incoming(ir.Constant(_I64, 0), entry)
+    i.add_incoming(i_next, end)
+    for phi, value, value_type in zip(carried, updated, carried_types):
+        phi.add_incoming(ir.Constant(value_type, None), entry)
+        phi.add_incoming(value, end)
+    builder.position_at_end(done)
+    return updated
+
+
+def _array_parts(context, builder, sig, args):
+    """(data pointer, shape values) of each array argument."""
+    parts = []
+    for array_type, value in zip(sig.args, args):
+        if isinstance(array_type, types.Array):
+            array = context.make_array(array_type)(context, builder, value)
+            parts.append((array.data, cgutils.unpack_tuple(builder, array.shape)))
+    return parts
+
+
+# vdpbf16ps: a 64 x 6 block of x @ W.T (or 16 x 6 for the last rows of x).
+
+def _make_vdp_block(x_vectors: int):
+    """An intrinsic block(x_pairs, bits, acc, m0, n0): acc[16 (i * x_vectors + v) + l] =
+    x[m0 + 16 v + l] . bf16(bits[min(n0 + i, N - 1)]) for i < 6, v < x_vectors, over
+    all of K (past the last weight row the last one is repeated, and ignored)."""
+
+    @intrinsic
+    def vdp_block(typingctx, x_pairs, bits, acc, m0, n0):
+        def codegen(context, builder, sig, args):
+            (x_data, (n_pairs, x_stride)), (w_data, (n_rows, n_cols)), (acc_data, _) = \
+                _array_parts(context, builder, sig, args)
+            m0, n0 = args[3], args[4]
+            dot = _declare(builder, "llvm.x86.avx512bf16.dpbf16ps.512", _F32X16,
+                           [_F32X16, _BF16X32, _BF16X32])
+            x_base = builder.gep(builder.bitcast(x_data, _I32.as_pointer()), [m0])
+            w_pairs = builder.bitcast(w_data, _I32.as_pointer())
+            pairs_per_row = builder.ashr(n_cols, ir.Constant(_I64, 1))
+            last_row = builder.sub(n_rows, ir.Constant(_I64, 1))
+            row_starts = []
+            for i in range(_VDP_W_ROWS):
+                row = builder.add(n0, ir.Constant(_I64, i))
+                row = builder.select(builder.icmp_signed("<", row, n_rows), row, last_row)
+                row_starts.append(builder.gep(w_pairs, [builder.mul(row, pairs_per_row)]))
+
+            def one_pair(p, accs):
+                x_row = builder.gep(x_base, [builder.mul(p, x_stride)])
+                xs = [builder.bitcast(builder.load(builder.bitcast(
+                    builder.gep(x_row, [ir.Constant(_I64, _LANES * v)]), _I32X16.as_pointer()),
+                    align=4), _BF16X32) for v in range(x_vectors)]
+                updated = []
+                for i in range(_VDP_W_ROWS):
+                    pair = builder.load(builder.gep(row_starts[i], [p]), align=4)
+                    lane0 = builder.insert_element(ir.Constant(_I32X16, None), pair,
+                                                   ir.Constant(_I32, 0))
+                    splat = builder.shuffle_vector(lane0, ir.Constant(_I32X16, None),
+                                                   ir.Constant(_I32X16, None))
+                    w = builder.bitcast(splat, _BF16X32)
+                    updated += [builder.call(dot, [accs[i * x_vectors + v], xs[v], w])
+                                for v in range(x_vectors)]
+                return updated
+
+            accs = _loop(builder, n_pairs, 1, [_F32X16] * (_VDP_W_ROWS * x_vectors), one_pair)
+            acc_base = builder.bitcast(acc_data, _F32X16.as_pointer())
+            for index, value in enumerate(accs):
+                builder.store(value, builder.gep(acc_base, [ir.Constant(_I64, index)]), align=4)
+            return context.get_dummy_value()
+
+        return types.void(x_pairs, bits, acc, types.intp, types.intp), codegen
+
+    return vdp_block
+
+
+_vdp_block_64 = _make_vdp_block(_VDP_X_VECTORS)
+_vdp_block_16 = _make_vdp_block(1)
+
+
+# AMX: tiles 0-3 hold the 2 x 2 results, 4-5 the weight rows, 6-7 the rows of x.
+
+def _amx_config() -> np.ndarray:
+    """ldtilecfg's 64 bytes: palette 1, tiles 0-7 of 16 rows x 64 bytes."""
+    config = np.zeros(64, dtype=np.uint8)
+    config[0] = 1
+    config[16:32].view(np.uint16)[:] = 4 * _LANES  # bytes per row of tiles 0-7
+    config[48:56] = _LANES  # rows of tiles 0-7
+    return config
+
+
+_AMX_CONFIG = _amx_config()
+
+
+@intrinsic
+def _amx_configure(typingctx, config):
+    def codegen(context, builder, sig, args):
+        (data, _), = _array_parts(context, builder, sig, args)
+        load_config = _declare(builder, "llvm.x86.ldtilecfg", ir.VoidType(), [_BYTE_PTR])
+        builder.call(load_config, [builder.bitcast(data, _BYTE_PTR)])
+        return context.get_dummy_value()
+
+    return types.void(config), codegen
+
+
+@intrinsic
+def _amx_release(typingctx):
+    def codegen(context, builder, sig, args):
+        builder.call(_declare(builder, "llvm.x86.tilerelease", ir.VoidType(), []), [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
+def _amx_block(typingctx, x_pairs, bits, results, m0, w_row, result_row, pairs, prefetch_row):
+    """results[result_row + r, m0 + c] (+)= bf16(bits[w_row + r]) . x[m0 + c] over the pairs
+    of K in pairs = (start, stop), for r, c < 32: results is out transposed, (N, M padded)
+    float32, and is added to unless start == 0. Rows w_row .. w_row + 31 must exist. With
+    prefetch_row >= 0, the same pairs of rows prefetch_row .. + 31 are fetched into the
+    cache on the way (the next block's weights, while this one computes)."""
+
+    def codegen(context, builder, sig, args):
+        (x_data, (_, x_stride)), (w_data, (_, n_cols)), (r_data, (_, r_stride)) = \
+            _array_parts(context, builder, sig, args)
+        m0, w_row, result_row, pairs, prefetch_row = args[3:]
+        start, stop = cgutils.unpack_tuple(builder, pairs)
+
+        def const(value, kind=_I64):
+            return ir.Constant(kind, value)
+
+        def tile_op(name, *arguments):
+            kinds = [_BYTE_PTR if isinstance(a.type, ir.PointerType) else a.type
+                     for a in arguments]
+            builder.call(_declare(builder, "llvm.x86." + name, ir.VoidType(), kinds),
+                         list(arguments))
+
+        def at(base, offset):
+            return builder.gep(base, [offset])
+
+        def mul(a, b):
+            return builder.mul(a, b)
+
+        w_bytes = builder.bitcast(w_data, _BYTE_PTR)
+        w_stride = mul(n_cols, const(2))
+        x_stride_bytes = mul(x_stride, const(4))
+        r_stride_bytes = mul(r_stride, const(4))
+        w_tops = [at(w_bytes, mul(builder.add(w_row, const(_LANES * a)), w_stride))
+                  for a in range(2)]
+        prefetch_top = at(w_bytes, mul(prefetch_row, w_stride))
+        x_left = at(builder.bitcast(x_data, _BYTE_PTR), mul(m0, const(4)))
+        r_corner = at(builder.bitcast(r_data, _BYTE_PTR),
+                      builder.add(mul(result_row, r_stride_bytes), mul(m0, const(4))))
+        r_tiles = [at(r_corner, builder.add(mul(const(_LANES * a), r_stride_bytes),
+                                            const(4 * _LANES * b)))
+                   for a in range(2) for b in range(2)]  # tile 2 a + b
+
+        with builder.if_else(builder.icmp_signed(">", start, const(0))) as (adding, fresh):
+            with adding:
+                for tile, address in enumerate(r_tiles):
+                    tile_op("tileloadd64", const(tile, _I8), address, r_stride_bytes)
+            with fresh:
+                for tile in range(4):
+                    tile_op("tilezero", const(tile, _I8))
+
+        prefetching = builder.icmp_signed(">=", prefetch_row, const(0))
+        prefetch = _declare(builder, "llvm.prefetch.p0", ir.VoidType(),
+                            [_BYTE_PTR, _I32, _I32, _I32])
+
+        def one_k_step(i, _):
+            p = builder.add(start, i)  # the step's first pair of K
+            w_offset = mul(p, const(4))
+            for a in range(2):  # tiles 4, 5: 16 weight rows x 32 values of K each
+                tile_op("tileloadd64", const(4 + a, _I8), at(w_tops[a], w_offset), w_stride)
+            x_step = at(x_left, mul(p, x_stride_bytes))
+            for b in range(2):  # tiles 6, 7: 16 pairs of K x 16 rows of x each
+                tile_op("tileloadd64", const(6 + b, _I8), at(x_step, const(4 * _LANES * b)),
+                        x_stride_bytes)
+            with builder.if_then(prefetching):
+                for row in range(_AMX_BLOCK):  # read, keep in every cache level, data
+                    address = at(prefetch_top, builder.add(mul(const(row), w_stride), w_offset))
+                    builder.call(prefetch, [address, const(0, _I32), const(3, _I32),
+                                            const(1, _I32)])
+            for a in range(2):
+                for b in range(2):
+                    tile_op("tdpbf16ps", const(2 * a + b, _I8), const(4 + a, _I8),
+                            const(6 + b, _I8))
+            return []
+
+        _loop(builder, builder.sub(stop, start), _AMX_K_STEP // 2, [], one_k_step)
+        for tile, address in enumerate(r_tiles):
+            tile_op("tilestored64", const(tile, _I8), address, r_stride_bytes)
+        return context.get_dummy_value()
+
+    pair_range = types.UniTuple(types.intp, 2)
+    return types.void(x_pairs, bits, results, types.intp, types.intp, types.intp, pair_range,
+                      types.intp), codegen
+
+
+# --- the loops around the micro-kernels ------------------------------------------------
+
+_SERIAL = dict(cache=True, nogil=True)
+_PARALLEL = dict(_SERIAL, parallel=True)
+
+
+@njit(**_SERIAL)
+def _bf16_bits(u):
+    """float32 bits -> bf16 bits, rounded as formats.bf16.float32_to_bf16_bits rounds."""
+    if u & 0x7FFFFFFF > 0x7F800000:  # NaN: keep it NaN (quiet)
+        return (u >> 16) | 0x40
+    return (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+
+
+@njit(**_PARALLEL)
+def _pack_pairs(x_bits, pairs):
+    """pack_activations' loop: x_bits (M, K) uint32 (float32 bits) -> pairs. By blocks of
+    16 rows of x: each pair row p gets a 64-byte run, read from 16 sequential streams."""
+    n_x = x_bits.shape[0]
+    n_pairs, n_padded = pairs.shape
+    for block in prange(n_padded // _LANES):
+        m0 = block * _LANES
+        m1 = min(n_x, m0 + _LANES)
+        for p in range(n_pairs):
+            for m in range(m0, m1):
+                pairs[p, m] = _bf16_bits(x_bits[m, 2 * p]) | (_bf16_bits(x_bits[m, 2 * p + 1]) << 16)
+            for m in range(m1, m0 + _LANES):
+                pairs[p, m] = 0
+
+
+@njit(**_SERIAL)
+def _vdp_rows(x_pairs, bits, out, acc, start, stop):
+    """out[:, start:stop] by vdpbf16ps blocks; acc: scratch of 6 x 64 float32."""
+    n_x, n_padded = out.shape[0], x_pairs.shape[1]
+    for n0 in range(start, stop, _VDP_W_ROWS):
+        n_valid = min(_VDP_W_ROWS, stop - n0)
+        m0 = 0
+        while m0 < n_x:
+            if m0 + _LANES * _VDP_X_VECTORS <= n_padded:
+                _vdp_block_64(x_pairs, bits, acc, m0, n0)
+                width = _LANES * _VDP_X_VECTORS
+            else:
+                _vdp_block_16(x_pairs, bits, acc, m0, n0)
+                width = _LANES
+            for i in range(n_valid):
+                for m in range(min(width, n_x - m0)):
+                    out[m0 + m, n0 + i] = acc[i * width + m]
+            m0 += width
+
+
+@njit(**_PARALLEL)
+def _matmul_vdp(x_pairs, bits, out):
+    n_rows = bits.shape[0]
+    for task in prange((n_rows + _VDP_ROWS_PER_TASK - 1) // _VDP_ROWS_PER_TASK):
+        acc = np.empty(_VDP_W_ROWS * _LANES * _VDP_X_VECTORS, dtype=np.float32)
+        start = task * _VDP_ROWS_PER_TASK
+        _vdp_rows(x_pairs, bits, out, acc, start, min(n_rows, start + _VDP_ROWS_PER_TASK))
+
+
+@njit(**_PARALLEL)
+def _amx_pass(x_pairs, bits, tail, results, pairs, out, last):
+    """results (N padded to 32, M padded) (+)= the pairs of K in pairs = (start, stop) of
+    bits @ x.T; the last N mod 32 rows come from tail, their zero-padded copy. On the
+    last pass each block's results go on into out, turned round while still cached."""
+    n_full = bits.shape[0] // _AMX_BLOCK
+    for block in prange(n_full + (tail.shape[0] > 0)):
+        _amx_configure(_AMX_CONFIG)
+        n0 = block * _AMX_BLOCK
+        for m0 in range(0, x_pairs.shape[1], _AMX_BLOCK):
+            prefetch_row = n0 + _AMX_BLOCK if m0 == 0 and block + 1 < n_full else -1
+            if block < n_full:
+                _amx_block(x_pairs, bits, results, m0, n0, n0, pairs, prefetch_row)
+            else:
+                _amx_block(x_pairs, tail, results, m0, 0, n0, pairs, -1)
+        _amx_release()
+        if last:
+            for m in range(out.shape[0]):
+                for n in range(n0, min(out.shape[1], n0 + _AMX_BLOCK)):
+                    out[m, n] = results[n, m]
+
+
+def _matmul_amx(x_pairs, bits, out):
+    """K in chunks whose x_pairs stay in the L2 cache while every weight row passes."""
+    n_rows, n_cols = bits.shape
+    n_full = n_rows - n_rows % _AMX_BLOCK
+    tail = np.zeros((_AMX_BLOCK if n_full < n_rows else 0, n_cols), dtype=np.uint16)
+    tail[:n_rows - n_full] = bits[n_full:]
+    results = _reused("results", (n_full + len(tail), x_pairs.shape[1]), np.float32)
+    chunk_pairs = max(_AMX_K_STEP // 2, _X_CHUNK_BYTES // (4 * x_pairs.shape[1])
+                      // (_AMX_K_STEP // 2) * (_AMX_K_STEP // 2))
+    for start in range(0, len(x_pairs), chunk_pairs):
+        stop = min(len(x_pairs), start + chunk_pairs)
+        _amx_pass(x_pairs, bits, tail, results, (start, stop), out, stop == len(x_pairs))
