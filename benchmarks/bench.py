@@ -217,22 +217,28 @@ def run_llama_bench(binary: Path, gguf: Path, threads: int, tokens: dict, case: 
             "prefill_seconds": [ns / 1e9 for ns in prefill["samples_ns"]],
             # llama-bench times whole runs: a run's time per token stands for a step.
             "decode_seconds": [ns / 1e9 / decode for ns in generate["samples_ns"]],
-            "weight_bytes_per_token": prefill["model_size"], "ru_maxrss": peak_rss,
+            "weight_bytes_per_token": prefill["model_size"], "peak_rss": peak_rss,
             "load_seconds": float("nan"),
             "threads_in_use": {"llama.cpp": prefill["n_threads"]},
             "build": f"{prefill['build_commit']} ({prefill['build_number']})"}
 
 
+# Runs a command and reports its peak RSS (KiB) on stderr's last line. Linux starts a
+# process's ru_maxrss at its parent's peak when the parent spawns it with vfork (as
+# Python's subprocess does), so this small process stands between: the command's
+# ru_maxrss starts from this one's few MB, not from the benchmark's gigabytes.
+_PEAK_RSS_OF = ("import resource, subprocess, sys\n"
+                "code = subprocess.call(sys.argv[1:])\n"
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+                "sys.exit(code)\n")
+
+
 def run_measuring_memory(command: list) -> tuple:
-    """(exit code, stdout, stderr, peak RSS in bytes) of a command: wait4 gives the
-    child's own peak, where getrusage(RUSAGE_CHILDREN) would give the largest child's."""
-    with tempfile.TemporaryFile("w+") as err:
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True)
-        out = child.stdout.read()
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        err.seek(0)
-        return child.returncode, out, err.read(), usage.ru_maxrss * 1024
+    """(exit code, stdout, stderr, peak RSS in bytes) of a command."""
+    done = subprocess.run([sys.executable, "-c", _PEAK_RSS_OF, *command],
+                          capture_output=True, text=True)
+    *err, peak_kib = done.stderr.rstrip("\n").split("\n")
+    return done.returncode, done.stdout, "\n".join(err), int(peak_kib) * 1024
 
 
 @dataclass
@@ -249,7 +255,7 @@ class Row:
     def from_measurement(cls, case: Case, m: dict) -> "Row":
         return cls(case, prefill_tps=m["prompt_tokens"] / min(m["prefill_seconds"]),
                    decode_tps=1 / statistics.median(m["decode_seconds"]),
-                   weight_bytes=m["weight_bytes_per_token"], peak_rss=m["ru_maxrss"],
+                   weight_bytes=m["weight_bytes_per_token"], peak_rss=m["peak_rss"],
                    load_seconds=m["load_seconds"], threads_in_use=m["threads_in_use"])
 
     @property

@@ -22,7 +22,6 @@ llama3_np's forward(last_only=True).
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -161,13 +160,14 @@ class TorchRunner:
         return {"torch": self.torch.get_num_threads()}
 
 
-def peak_memory() -> dict:
-    """Peak resident memory of this process in bytes, as the kernel reports it two ways
-    (both count the pages of memory-mapped weight files that were touched); VmHWM since
-    the last reset_peak_memory()."""
-    status = _status()
-    return {"ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "VmHWM": status["VmHWM"]}
+def peak_memory(loading_peak: int) -> dict:
+    """Peak resident memory of this process in bytes (counting the pages of memory-mapped
+    weight files that were touched): VmHWM since the last reset_peak_memory(), and the
+    peak of the whole process, loading's included. Not ru_maxrss: Linux carries it over
+    from the parent's memory when the parent started this process with vfork (Python's
+    subprocess does), so every row would show the benchmark's own peak."""
+    run_peak = _status()["VmHWM"]
+    return {"VmHWM": run_peak, "peak_rss": max(loading_peak, run_peak)}
 
 
 def _status() -> dict:
@@ -218,6 +218,7 @@ def run_case(args) -> dict:
     load_seconds = time.perf_counter() - start
     prompt = np.random.default_rng(PROMPT_SEED).integers(0, runner.vocab_size,
                                                           args.prompt).tolist()
+    loading_peak = _status()["VmHWM"]
     resident_after_load = reset_peak_memory()
     timings = measure(runner, prompt, args.decode, args.prefill_repeats)
     return {"engine": args.engine, "dtype": args.dtype,
@@ -225,7 +226,7 @@ def run_case(args) -> dict:
             "threads": args.threads, "threads_in_use": runner.threads_in_use(),
             "prompt_tokens": args.prompt, "load_seconds": load_seconds, **timings,
             "weight_bytes_per_token": runner.weight_bytes_per_token(),
-            "resident_after_load": resident_after_load, **peak_memory()}
+            "resident_after_load": resident_after_load, **peak_memory(loading_peak)}
 
 
 def main():
