@@ -6,24 +6,23 @@ zmm FMA). PyTorch's bf16 model instead rounds the activations to bf16 too and le
 oneDNN multiply bf16 by bf16 with float32 sums. This module does the same, with the
 instructions built here as LLVM IR (numba @intrinsic), on either of two routes:
 
-- "amx": Intel AMX tdpbf16ps, one instruction a 16x16 float32 tile += 16x32 bf16 @
-  32x16 bf16 (Sapphire Rapids and later). The weight matrix is the tile multiplicand
-  as it is stored, 16 rows of 32 values at the row stride, so no weight is copied or
-  packed; x is the other operand, rounded and laid out in pairs (pack_activations),
-  and the result comes out transposed (a tile row is a weight row): each block of
-  32 weight rows is turned round into out right after its last pass, still cached
-  (one parallel loop fewer than a separate transposition; no speed-up could be
-  measured through the neighbours' noise). Each micro-kernel holds 2x2 result tiles (32 weight rows x 32 rows
-  of x) through a chunk of K; K goes in chunks whose x stays in the L2 cache while
-  every weight row passes (w2, K = 8192: 14.5 ms in one chunk, ~10 in four; noisy).
-  Needs
-  K % 32 == 0 (every Llama matrix) and Linux's permission for the tile state
-  (arch_prctl, asked once per process).
-- "avx512bf16": AVX512-BF16 vdpbf16ps, 16 float32 lanes += 16 pairs of bf16
-  products (Cooper Lake, Sapphire Rapids, Zen 4/5). Lanes are 16 rows of x (the same
-  pairs layout); each weight pair (2 adjacent bf16 = 4 bytes) is broadcast straight
-  from the stored row. A micro-kernel keeps 4 x 6 = 24 zmm accumulators (64 rows of
-  x by 6 weight rows) through all of K. Needs K even.
+- "amx": Intel AMX tdpbf16ps, one instruction a 16x16 float32 tile += 16x32 bf16 @ 32x16
+  bf16 (Sapphire Rapids and later). The weight matrix is the tile multiplicand as it is
+  stored, 16 rows of 32 values at the row stride, so no weight is copied or packed; x is
+  the other operand, rounded and laid out in pairs (pack_activations), and the result
+  comes out transposed (a tile row is a weight row): each block of 32 weight rows is
+  turned round into out right after its last pass, still cached (one parallel loop fewer
+  than a separate transposition; no speed-up could be measured through the neighbours'
+  noise). Each micro-kernel holds 2x2 result tiles (32 weight rows x 32 rows of x)
+  through a chunk of K; K goes in chunks whose x stays in the L2 cache while every
+  weight row passes (w2, K = 8192: 14.5 ms in one chunk, ~10 in four; noisy). Needs
+  K % 32 == 0 (every Llama matrix) and Linux's permission for the tile state (arch_prctl, asked
+  once per process).
+- "avx512bf16": AVX512-BF16 vdpbf16ps, 16 float32 lanes += 16 pairs of bf16 products
+  (Cooper Lake, Sapphire Rapids, Zen 4/5). Lanes are 16 rows of x (the same pairs
+  layout); each weight pair (2 adjacent bf16 = 4 bytes) is broadcast straight from the
+  stored row. A micro-kernel keeps 4 x 6 = 24 zmm accumulators (64 rows of x by 6 weight
+  rows) through all of K. Needs K even.
 
 Measured on an Intel Xeon with AMX (2 cores, shared with 2-6 other busy processes:
 ratios within one process, interleaved, best of 5-9; 128 rows of x, one Llama 3.2 1B
@@ -50,8 +49,9 @@ remaining gap: oneDNN packs the weights into AMX's layout and prefetches them; h
 they are read as stored, two 16-row tiles at a 4 KB (w2: 16 KB) row stride, from the
 L2 cache for every 32 rows of x, and x is rounded and packed on every call.
 
-Rounding x to bf16 is a new arithmetic path (kernels.set_bf16_activations chooses it
-or the float32 one; on by default, as PyTorch's bf16 models round x). Its error is
+Rounding x to bf16 is a new arithmetic path, asked for with kernels.set_bf16_activations
+(--bf16-activations), as PyTorch's bf16 models round x; off by default, so that results
+keep the float32 arithmetic and do not depend on which CPU computed them. Its error is
 measured and bounded in tests/test_kernels_bf16.py: on the Llama 3.2 1B shape (random
 weights, 128 tokens) the logits move by at most 0.031 of their standard deviation
 (median 0.0039), where PyTorch's bf16 model moves them 0.086 (median 0.010) from its
@@ -463,7 +463,8 @@ def _pack_pairs(x_bits, pairs):
         m1 = min(n_x, m0 + _LANES)
         for p in range(n_pairs):
             for m in range(m0, m1):
-                pairs[p, m] = _bf16_bits(x_bits[m, 2 * p]) | (_bf16_bits(x_bits[m, 2 * p + 1]) << 16)
+                low, high = x_bits[m, 2 * p], x_bits[m, 2 * p + 1]
+                pairs[p, m] = _bf16_bits(low) | (_bf16_bits(high) << 16)
             for m in range(m1, m0 + _LANES):
                 pairs[p, m] = 0
 
