@@ -341,9 +341,11 @@ def targets(rows: list, bandwidth: float, prompt_tokens: int) -> list:
 
     # Issue 14: llama3_np / llama.cpp on the same GGUF file, within this run.
     for case, _, ours, theirs in against_llama_cpp(rows, reference_only=True):
-        where = f"{case.weights}" + (f" demo model, {case.threads} thread"
-                                     f"{'s' * (case.threads > 1)}" if case.model == "demo"
-                                     else "") + f" ({case.backend})"
+        where = case.weights
+        if case.model == "demo":
+            where += f" demo model, {case.threads} thread{'s' * (case.threads > 1)}"
+        if case.weights != "F32":  # F32 always goes to BLAS, whatever the backend
+            where += f" ({case.backend})"
         share = 1.0 if case.model == "demo" else LLAMA_CPP_TARGET["decode"]
         decode = mean(ours, lambda r: r.decode_tps)
         required = share * mean(theirs, lambda r: r.decode_tps)
@@ -466,13 +468,28 @@ def results_markdown(args, tokens, machine_description, loads, bandwidths, bandw
     return "\n\n".join(parts)
 
 
+def weights_file(case: Case, checkpoint: Path, quantizer, log):
+    """The file a row reads: the HF checkpoint (PyTorch), the demo model, or the
+    checkpoint's GGUF file of the row's type, written on first use; None when that type
+    needs llama-quantize and there is none."""
+    from to_gguf import QUANTISED_TYPES, gguf_file
+
+    if case.engine == "torch":
+        return checkpoint
+    if case.model == "demo":
+        return DEMO_MODEL
+    if case.weights in QUANTISED_TYPES and not (quantizer and quantizer.is_file()):
+        return None
+    log(f"GGUF {case.weights} ...")
+    return gguf_file(checkpoint, checkpoint / "gguf", case.weights, quantizer)
+
+
 def main():
     args = parse_args()
     configure_threads(args.threads)
     from machine import best_read_gbps, describe_machine, load_average, memory_bandwidth
     from make_checkpoint import is_complete, write_random_checkpoint
     from results import write_section
-    from to_gguf import QUANTISED_TYPES, gguf_file
 
     cases = selected_cases(args)
     tokens = QUICK if args.quick else FULL
@@ -489,23 +506,18 @@ def main():
             write_random_checkpoint(checkpoint, SHAPE, log=log)
         rows, failures = [], []
         for case in cases:
-            if case.engine == "torch":
-                weights = checkpoint
-            elif case.model == "demo":
-                weights = DEMO_MODEL
-            elif case.weights in QUANTISED_TYPES and not (quantizer and quantizer.is_file()):
+            weights = weights_file(case, checkpoint, quantizer, log)
+            if weights is None:
                 failures.append((case, "needs llama.cpp's llama-quantize beside llama-bench"))
                 continue
-            else:
-                log(f"GGUF {case.weights} ...")
-                weights = gguf_file(checkpoint, checkpoint / "gguf", case.weights, quantizer)
             log(f"running {case.label} ...")
             if case.engine == "llama.cpp":
                 measured = run_llama_bench(builds[case.backend], weights,
                                            case.threads or args.threads, tokens, case)
                 if "build" in measured:
                     llama_cpp_build = f"build {measured['build']}: " + ", ".join(
-                        f"{path}" + (f" ({name})" if name else "") for name, path in builds.items())
+                        f"{path}" + (f" ({name})" if name else "")
+                        for name, path in builds.items())
             else:
                 measured = run_case(case, weights, args.threads, tokens)
             if "error" in measured:
