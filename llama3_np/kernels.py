@@ -7,8 +7,8 @@ this module only chooses between them by the number of rows and the backend.
 
 How, fastest first:
 - float32 weights: NumPy's BLAS. Its GEMV already runs at memory bandwidth.
-- up to 32 rows of x (decoding a token, a chat turn, a short prompt), bf16 / q8 / Q4
-  weights, numba backend: fused kernels that decode each weight in registers, so
+- up to 32 rows of x (decoding a token, a chat turn, a short prompt; Q4 with float32 x:
+  up to 6, formats/q4.py), bf16 / q8 / Q4 weights, numba backend: fused kernels that decode each weight in registers, so
   only the stored bytes cross the memory bus, once for all rows (kernels_numba.py).
   set_int8_activations(True) makes q8 and Q4 multiply x quantised to int8 per 32-value
   block, in integer dot products where the CPU has them (VNNI or AVX2, kernels_simd.py),
@@ -153,7 +153,7 @@ def _fused(w, kernels, rows: np.ndarray):
     """rows @ w.T by w's fused kernel (None when w has none): on the calling thread
     alone (the serial twins, kernels_numba.SERIAL) when one thread is allowed or w is
     small, else on the threads _parallel_choice finds faster for w's shape, timed for it."""
-    serial = fused_matmul(w, kernels.SERIAL)
+    serial = fused_matmul(w, kernels.SERIAL, len(rows))
     if serial is None:
         return None
     n_out, n_in = w.shape
@@ -163,7 +163,7 @@ def _fused(w, kernels, rows: np.ndarray):
         return out
     key = (n_out, n_in, len(rows))
     parallel = _parallel_choice.pick(key)
-    fused = fused_matmul(w, _in_parallel(kernels)) if parallel else serial
+    fused = fused_matmul(w, _in_parallel(kernels), len(rows)) if parallel else serial
     start = time.perf_counter()
     fused(rows, out)
     _parallel_choice.record(key, parallel, time.perf_counter() - start)

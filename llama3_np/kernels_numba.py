@@ -483,7 +483,8 @@ def _fused_kernels(bf16, q8_float, q8_int, q4_float, q4_int) -> SimpleNamespace:
         else:
             q4_int(form == "vnni", x, packed, scales, mins, out)
 
-    return SimpleNamespace(matmul_bf16=bf16, matmul_q8=matmul_q8, matmul_q4=matmul_q4)
+    return SimpleNamespace(matmul_bf16=bf16, matmul_q8=matmul_q8, matmul_q4=matmul_q4,
+                           int8_activations=int8_activations)
 
 
 _PARALLEL_KERNELS = (matmul_bf16, _matmul_q8_float, _matmul_q8_int, _matmul_q4_float,

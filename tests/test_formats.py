@@ -52,7 +52,7 @@ def test_every_form_is_a_stored_tensor_with_its_own_kernels(form):
     tile = np.empty((2, 64), np.float32)
     form.tile_decoder(None)(1, tile)  # NumPy's decoding, no numba needed
     np.testing.assert_array_equal(tile, form.to_float32()[1:3])
-    assert form.fused(None) is None  # fused kernels exist only as compiled loops
+    assert form.fused(None, 1) is None  # fused kernels exist only as compiled loops
 
 
 def test_the_matmul_layer_does_not_import_the_readers():

@@ -140,10 +140,17 @@ def test_linear_reads_weights_from_read_only_memory(backend, n_rows):
 
 @NEEDS_NUMBA
 @pytest.mark.parametrize("dtype", ["bf16", "q8", "gguf_q4_1", "gguf_q4_k"])
-@pytest.mark.parametrize("n_rows", [1, 2, 3, kernels._FUSED_MAX_ROWS])
+@pytest.mark.parametrize("n_rows", [1, 2, 3, "most"])
 def test_numba_multiplies_few_rows_without_decoding_weights(dtype, n_rows, monkeypatch):
     """The point of the numba backend: a token (or a short prompt) never decodes weights
-    to memory. Odd and even counts: rows of x go through the kernels in pairs."""
+    to memory. Odd and even counts: rows of x go through the kernels in pairs. "most":
+    as many rows as the form's fused loop takes (float32 x: Q4's is fewer)."""
+    from llama3_np.formats.q4 import Q4_FLOAT_FUSED_MAX_ROWS
+
+    if n_rows == "most":
+        n_rows = Q4_FLOAT_FUSED_MAX_ROWS if dtype.startswith("gguf_q4") \
+            else kernels._FUSED_MAX_ROWS
+
     def no_tiles(*args):
         raise AssertionError(f"decoded weight tiles for {n_rows} row(s)")
     monkeypatch.setattr(kernels, "_tiled_matmul", no_tiles)
@@ -552,3 +559,21 @@ def test_cached_kernels_are_dropped_when_the_simd_code_changes(tmp_path, monkeyp
     simd_source.write_text("# version 2")
     kernels_numba._forget_kernels_built_from_other_simd_code()
     assert not built.exists()
+
+
+@NEEDS_NUMBA
+def test_q4_takes_tiles_beyond_a_few_rows_of_float32_x():
+    """The float32 Q4 loop repeats its work for every row of x, so beyond
+    Q4_FLOAT_FUSED_MAX_ROWS rows BLAS on decoded tiles is faster; the int8 loop is not."""
+    from llama3_np import kernels_numba
+    from llama3_np.formats.q4 import Q4_FLOAT_FUSED_MAX_ROWS
+
+    w, _ = weight_in("gguf_q4_1", random_matrix((64, 256)))
+    limit = Q4_FLOAT_FUSED_MAX_ROWS
+    for kernels_set in (kernels_numba, kernels_numba.SERIAL):
+        assert w.fused(kernels_set, limit) is not None
+        assert w.fused(kernels_set, limit + 1) is None
+    if kernels_numba._INT8_FORMS:
+        kernels.set_int8_activations(True)
+        assert w.fused(kernels_numba, 32) is not None
+        kernels.set_int8_activations(False)

@@ -44,9 +44,10 @@ class StoredTensor(Protocol):
     def take(self, rows) -> "StoredTensor":
         """A stored tensor of the same form holding only the given rows (embedding lookup)."""
 
-    def fused(self, kernels) -> Optional[FusedMatmul]:
-        """A kernel multiplying by the stored bytes without decoding them to memory,
-        or None where there is none (then kernels.linear decodes tiles)."""
+    def fused(self, kernels, n_rows: int) -> Optional[FusedMatmul]:
+        """A kernel multiplying n_rows rows of x by the stored bytes without decoding them
+        to memory, or None where there is none or where decoding tiles for BLAS is faster
+        for that many rows (then kernels.linear decodes tiles)."""
 
     def tile_decoder(self, kernels) -> TileDecoder:
         """Decodes rows into a float32 tile for BLAS to multiply."""
@@ -71,9 +72,9 @@ def distinct(tensors) -> list:
     return list({id(t): t for t in tensors}.values())
 
 
-def fused_matmul(w, kernels) -> Optional[FusedMatmul]:
-    """w's fused kernel, or None; an ndarray (float16) has none."""
-    return None if isinstance(w, np.ndarray) else w.fused(kernels)
+def fused_matmul(w, kernels, n_rows: int) -> Optional[FusedMatmul]:
+    """w's fused kernel for n_rows rows of x, or None; an ndarray (float16) has none."""
+    return None if isinstance(w, np.ndarray) else w.fused(kernels, n_rows)
 
 
 def bf16_matmul(w, bf16_kernels) -> Optional[Callable[[np.ndarray], np.ndarray]]:

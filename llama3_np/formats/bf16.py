@@ -40,7 +40,7 @@ class BF16:
     def take(self, rows) -> "BF16":
         return BF16(self.bits[rows])
 
-    def fused(self, kernels):
+    def fused(self, kernels, n_rows: int):
         if kernels is None:
             return None
         return lambda rows, out: kernels.matmul_bf16(rows, self.bits, out)

@@ -228,7 +228,7 @@ class QuantizedTensor:
             raise TypeError("take() picks rows; a 1-D quantised tensor has none")
         return QuantizedTensor(self.raw[rows], self.ggml_type)
 
-    def fused(self, kernels):
+    def fused(self, kernels, n_rows: int):
         return None
 
     def tile_decoder(self, kernels):

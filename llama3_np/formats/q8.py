@@ -40,7 +40,7 @@ class Q8:
     def take(self, rows) -> "Q8":
         return Q8(self.values[rows], self.scales[rows])
 
-    def fused(self, kernels):
+    def fused(self, kernels, n_rows: int):
         if kernels is None:
             return None
         return lambda rows, out: kernels.matmul_q8(rows, self.values, self.scales, out)
