@@ -3,16 +3,17 @@ llama.cpp on the same GGUF files and PyTorch + transformers on the same checkpoi
 memory bandwidth measured in the same run. Writes benchmarks/RESULTS.md.
 
     python benchmarks/bench.py [--quick] [--threads 2] [--only bf16,torch] [--checkpoint DIR]
-                               [--llama-bench PATH] [--numpy-rows]
+                               [--llama-bench PATH] [--llama-bench-also PATH] [--numpy-rows]
 
 A random-weight bfloat16 HF checkpoint of the 1B shape (2.5 GB) is written to a temporary
 directory and deleted afterwards (--checkpoint DIR keeps and reuses one, with its GGUF
 files). to_gguf.py writes it as F32 and BF16 GGUF files and llama.cpp's llama-quantize
 (found beside llama-bench) makes the Q8_0, Q4_0 and Q4_K ones (every matrix in that type).
 llama3_np reads each GGUF file as stored (F32 as float32, BF16 as bf16, Q8_0 as q8, Q4_0
-and Q4_K kept 4-bit), the numba backend unless --numpy-rows adds NumPy's. Engines are
-interleaved for each weight type: llama3_np, llama.cpp, llama3_np again, so a change of
-the machine's speed during the run shows as a difference between our two rows.
+and Q4_K kept 4-bit), the numba backend unless --numpy-rows adds NumPy's, with float32
+activations and again with the lower-precision ones a type allows (LOW_PRECISION_X).
+Engines are interleaved for each weight type: llama3_np, llama.cpp, llama3_np again, so a
+change of the machine's speed during the run shows as a difference between our two rows.
 
 Each llama3_np / PyTorch row runs in its own process (bench_case.py). Decode speed is the
 median step of greedy decoding after the prompt; prefill the faster of two. llama.cpp's
