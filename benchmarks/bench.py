@@ -183,9 +183,13 @@ def selected_cases(args) -> list:
     return cases
 
 
+def decode_steps(case: Case, tokens: dict) -> int:
+    return tokens["demo_decode" if case.model == "demo" else "decode"]
+
+
 def run_case(case: Case, weights: Path, threads: int, tokens: dict) -> dict:
     """bench_case.py's measurement of one row, or {"error": ...} if it failed."""
-    decode = tokens["demo_decode" if case.model == "demo" else "decode"]
+    decode = decode_steps(case, tokens)
     dtype = STORED_AS.get(case.weights, case.weights)
     command = [sys.executable, str(HERE / "bench_case.py"), str(weights),
                "--engine", case.engine, "--dtype", dtype,
@@ -205,7 +209,7 @@ def run_case(case: Case, weights: Path, threads: int, tokens: dict) -> dict:
 
 def run_llama_bench(binary: Path, gguf: Path, threads: int, tokens: dict, case: Case) -> dict:
     """llama-bench's prefill and decode runs, in bench_case.py's terms."""
-    decode = tokens["demo_decode" if case.model == "demo" else "decode"]
+    decode = decode_steps(case, tokens)
     command = [str(binary), "-m", str(gguf), "-p", str(tokens["prompt"]), "-n", str(decode),
                "-r", "3", "-t", str(threads), "-o", "json"]
     exit_code, out, err, peak_rss = run_measuring_memory(command)

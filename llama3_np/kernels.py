@@ -8,8 +8,9 @@ this module only chooses between them by the number of rows and the backend.
 How, fastest first:
 - float32 weights: NumPy's BLAS. Its GEMV already runs at memory bandwidth.
 - up to 32 rows of x (decoding a token, a chat turn, a short prompt; Q4 with float32 x:
-  up to 6, formats/q4.py), bf16 / q8 / Q4 weights, numba backend: fused kernels that decode each weight in registers, so
-  only the stored bytes cross the memory bus, once for all rows (kernels_numba.py).
+  up to 6, formats/q4.py), bf16 / q8 / Q4 weights, numba backend: fused kernels that
+  decode each weight in registers, so only the stored bytes cross the memory bus, once
+  for all rows (kernels_numba.py).
   set_int8_activations(True) makes q8 and Q4 multiply x quantised to int8 per 32-value
   block, in integer dot products where the CPU has them (VNNI or AVX2, kernels_simd.py),
   as llama.cpp does: 1.6-2.9x the float32 loops' speed, at a measured error

@@ -63,13 +63,13 @@ import os
 import threading
 
 import numpy as np
-from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import kernels_numba  # noqa: F401  (sets numba up before any parallel loop)
+from .kernels_simd import cpu_features, declare
 
 ROUTES = ("amx", "avx512bf16")
 # LLAMA3_NP_BF16_GEMM=off (or a route's name) overrides what the CPU offers.
@@ -100,10 +100,6 @@ def _reused(name: str, shape: tuple, dtype) -> np.ndarray:
 
 # --- which route this CPU offers -------------------------------------------------------
 
-def _host_features() -> dict:
-    return dict(llvm_binding.get_host_cpu_features())
-
-
 def _request_amx_permission() -> bool:
     """Linux hands out AMX's 8 KB tile state only on request, once per process."""
     arch_prctl, req_xcomp_perm, xfeature_xtiledata = 158, 0x1023, 18  # x86-64 Linux ABI
@@ -119,10 +115,10 @@ def _routes_offered() -> tuple:
     wish = os.environ.get(_ROUTE_ENV, "auto").strip().lower()
     if wish == "off":
         return ()
-    features = _host_features()
-    if not features.get("avx512bf16", False):
+    features = cpu_features()
+    if "avx512bf16" not in features:
         return ()
-    has_amx = features.get("amx-bf16", False) and features.get("amx-tile", False)
+    has_amx = {"amx-bf16", "amx-tile"} <= features
     if wish in ("auto", "amx") and has_amx and _request_amx_permission():
         return ROUTES
     return ROUTES[1:]
@@ -223,11 +219,6 @@ _I32X16 = ir.VectorType(_I32, _LANES)
 _BF16X32 = ir.VectorType(_BFloat(), 2 * _LANES)
 
 
-def _declare(builder, name, result, arguments):
-    fn_type = ir.FunctionType(result, arguments)
-    return cgutils.get_or_insert_function(builder.module, fn_type, name)
-
-
 def _loop(builder, count, step, carried_types, body):
     """for i in range(0, count, step), count > 0, with values carried from pass to pass in
     registers (phi nodes) starting at zero: body(i, values) -> new values. Returns the
@@ -275,8 +266,8 @@ def _make_vdp_block(x_vectors: int):
             (x_data, (n_pairs, x_stride)), (w_data, (n_rows, n_cols)), (acc_data, _) = \
                 _array_parts(context, builder, sig, args)
             m0, n0 = args[3], args[4]
-            dot = _declare(builder, "llvm.x86.avx512bf16.dpbf16ps.512", _F32X16,
-                           [_F32X16, _BF16X32, _BF16X32])
+            dot = declare(builder, "llvm.x86.avx512bf16.dpbf16ps.512", _F32X16,
+                          _F32X16, _BF16X32, _BF16X32)
             x_base = builder.gep(builder.bitcast(x_data, _I32.as_pointer()), [m0])
             w_pairs = builder.bitcast(w_data, _I32.as_pointer())
             pairs_per_row = builder.ashr(n_cols, ir.Constant(_I64, 1))
@@ -337,7 +328,7 @@ _AMX_CONFIG = _amx_config()
 def _amx_configure(typingctx, config):
     def codegen(context, builder, sig, args):
         (data, _), = _array_parts(context, builder, sig, args)
-        load_config = _declare(builder, "llvm.x86.ldtilecfg", ir.VoidType(), [_BYTE_PTR])
+        load_config = declare(builder, "llvm.x86.ldtilecfg", ir.VoidType(), _BYTE_PTR)
         builder.call(load_config, [builder.bitcast(data, _BYTE_PTR)])
         return context.get_dummy_value()
 
@@ -347,7 +338,7 @@ def _amx_configure(typingctx, config):
 @intrinsic
 def _amx_release(typingctx):
     def codegen(context, builder, sig, args):
-        builder.call(_declare(builder, "llvm.x86.tilerelease", ir.VoidType(), []), [])
+        builder.call(declare(builder, "llvm.x86.tilerelease", ir.VoidType()), [])
         return context.get_dummy_value()
 
     return types.void(), codegen
@@ -373,7 +364,7 @@ def _amx_block(typingctx, x_pairs, bits, results, m0, w_row, result_row, pairs, 
         def tile_op(name, *arguments):
             kinds = [_BYTE_PTR if isinstance(a.type, ir.PointerType) else a.type
                      for a in arguments]
-            builder.call(_declare(builder, "llvm.x86." + name, ir.VoidType(), kinds),
+            builder.call(declare(builder, "llvm.x86." + name, ir.VoidType(), *kinds),
                          list(arguments))
 
         def at(base, offset):
@@ -405,8 +396,8 @@ def _amx_block(typingctx, x_pairs, bits, results, m0, w_row, result_row, pairs, 
                     tile_op("tilezero", const(tile, _I8))
 
         prefetching = builder.icmp_signed(">=", prefetch_row, const(0))
-        prefetch = _declare(builder, "llvm.prefetch.p0", ir.VoidType(),
-                            [_BYTE_PTR, _I32, _I32, _I32])
+        prefetch = declare(builder, "llvm.prefetch.p0", ir.VoidType(),
+                           _BYTE_PTR, _I32, _I32, _I32)
 
         def one_k_step(i, _):
             p = builder.add(start, i)  # the step's first pair of K

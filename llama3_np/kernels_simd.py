@@ -66,7 +66,8 @@ def available() -> tuple:
 
 # --- IR helpers ------------------------------------------------------------------------
 
-def _declare(builder, name, return_type, *arg_types):
+def declare(builder, name, return_type, *arg_types):
+    """The LLVM function (an intrinsic) `name` of that signature, declared in the module."""
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(return_type, arg_types),
                                           name)
 
@@ -170,11 +171,11 @@ def _dot_u8_s8(builder, isa, unsigned, signed, start):
     """start + the sums of four adjacent unsigned x signed byte products (<8 x i32>).
     "avx2": `unsigned` must keep each pair's sum within int16 (see the docstring)."""
     if isa == "vnni":
-        dpbusd = _declare(builder, "llvm.x86.avx512.vpdpbusd.256", _I32x8, _I32x8, _I32x8, _I32x8)
+        dpbusd = declare(builder, "llvm.x86.avx512.vpdpbusd.256", _I32x8, _I32x8, _I32x8, _I32x8)
         return builder.call(dpbusd, [start, builder.bitcast(unsigned, _I32x8),
                                      builder.bitcast(signed, _I32x8)])
-    maddubs = _declare(builder, "llvm.x86.avx2.pmadd.ub.sw", _I16x16, _I8x32, _I8x32)
-    madd = _declare(builder, "llvm.x86.avx2.pmadd.wd", _I32x8, _I16x16, _I16x16)
+    maddubs = declare(builder, "llvm.x86.avx2.pmadd.ub.sw", _I16x16, _I8x32, _I8x32)
+    madd = declare(builder, "llvm.x86.avx2.pmadd.wd", _I32x8, _I16x16, _I16x16)
     pairs = builder.call(maddubs, [unsigned, signed])
     return builder.add(start, builder.call(madd, [pairs, ir.Constant(_I16x16, [1] * 16)]))
 
@@ -184,8 +185,8 @@ def _q8_block(builder, isa, weights, xq, x_start):
     if isa == "vnni":  # (w + 128) . xq, started at -128 * sum(xq)
         flipped = builder.xor(weights, ir.Constant(_I8x32, [-128] * 32))
         return _dot_u8_s8(builder, isa, flipped, xq, x_start)
-    absolute = _declare(builder, "llvm.abs.v32i8", _I8x32, _I8x32, ir.IntType(1))
-    sign = _declare(builder, "llvm.x86.avx2.psign.b", _I8x32, _I8x32, _I8x32)
+    absolute = declare(builder, "llvm.abs.v32i8", _I8x32, _I8x32, ir.IntType(1))
+    sign = declare(builder, "llvm.x86.avx2.psign.b", _I8x32, _I8x32, _I8x32)
     magnitude = builder.call(absolute, [weights, ir.Constant(ir.IntType(1), 0)])
     return _dot_u8_s8(builder, isa, magnitude, builder.call(sign, [xq, weights]),
                       ir.Constant(_I32x8, None))
@@ -230,7 +231,7 @@ def _row_dot(context, builder, sig, args, isa, q4, use_start):
     w, w_scales, xq, x_scales, x_start = (
         _data(context, builder, t, a) for t, a in zip(sig.args, args))
     n_blocks = _length(context, builder, sig.args[1], args[1])
-    fma = _declare(builder, "llvm.fma.v8f32", _F32x8, _F32x8, _F32x8, _F32x8)
+    fma = declare(builder, "llvm.fma.v8f32", _F32x8, _F32x8, _F32x8, _F32x8)
     zero = ir.Constant(_I32x8, None)
 
     w_scales_type, x_scales_type = sig.args[1], sig.args[3]
@@ -316,7 +317,7 @@ def _q8_float_row_dot(context, builder, sig, args):
     a third fewer arithmetic instructions (the scalar loop's limit, with the conversions)."""
     w, scales, x = (_data(context, builder, t, a) for t, a in zip(sig.args, args))
     n_blocks = _length(context, builder, sig.args[1], args[1])
-    fma = _declare(builder, "llvm.fma.v8f32", _F32x8, _F32x8, _F32x8, _F32x8)
+    fma = declare(builder, "llvm.fma.v8f32", _F32x8, _F32x8, _F32x8, _F32x8)
     x_block_type = ir.VectorType(ir.FloatType(), 32)
 
     def add_block(b, acc):

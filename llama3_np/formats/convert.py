@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import InputError
 from . import as_float32, take_rows
 from .bf16 import BF16, float32_to_bf16_bits
-from .gguf_blocks import Q4_KINDS, Q4_SCALE_BYTES, q4_parts, q8_0_parts
+from .gguf_blocks import Q4_KINDS, Q4_SCALE_BYTES, Q4_SCALE_DTYPE, q4_parts, q8_0_parts
 from .q4 import Q4, Q4_BLOCK
 from .q8 import Q8, Q8_BLOCK, Q8_BYTES_PER_WEIGHT, quantize_q8
 
@@ -125,7 +125,7 @@ def _q8_from_gguf_q8_0(tensor) -> Q8:
 def _q4_from_gguf(tensor) -> Q4:
     """A GGUF Q4_0 / Q4_1 / Q4_K matrix as Q4, a few MB of rows at a time."""
     n_rows, n_cols = tensor.shape
-    dtype = np.float32 if tensor.ggml_type == "Q4_K" else np.float16
+    dtype = Q4_SCALE_DTYPE[tensor.ggml_type]
     blocks = (n_rows, n_cols // Q4_BLOCK)
     q4 = Q4(np.empty((n_rows, n_cols // 2), np.uint8), np.empty(blocks, dtype),
             None if tensor.ggml_type == "Q4_0" else np.empty(blocks, dtype))

@@ -132,8 +132,9 @@ def q8_0_parts(raw: np.ndarray) -> tuple:
 # significant bits, more than float16's 11, so its scales and mins are float32.
 
 Q4_KINDS = ("Q4_0", "Q4_1", "Q4_K")
-# The scale and min bytes per 32 values each kind becomes (q4_parts).
-Q4_SCALE_BYTES = {"Q4_0": 2, "Q4_1": 4, "Q4_K": 8}
+# What each kind's scales (and mins) become in q4_parts, and their bytes per 32 values.
+Q4_SCALE_DTYPE = {"Q4_0": np.float16, "Q4_1": np.float16, "Q4_K": np.float32}
+Q4_SCALE_BYTES = {"Q4_0": 2, "Q4_1": 4, "Q4_K": 8}  # Q4_0 has no mins
 
 
 def q4_parts(raw: np.ndarray, ggml_type: str) -> tuple:
@@ -155,9 +156,10 @@ def q4_parts(raw: np.ndarray, ggml_type: str) -> tuple:
         scales, mins = _f16(d) * sc, -(_f16(dmin) * mn)  # (n_blocks, 8 sub-blocks)
         q = _unpack(qs, 4, 32).reshape(-1, 2, 16)  # (32-value sub-blocks, halves, 16)
         packed = q[:, 0] | (q[:, 1] << 4)
-    dtype = np.float32 if ggml_type == "Q4_K" else np.float16
+    dtype = Q4_SCALE_DTYPE[ggml_type]
     return (np.ascontiguousarray(packed).reshape(n_rows, -1),
-            *(None if part is None else np.ascontiguousarray(part, dtype=dtype).reshape(n_rows, -1)
+            *(None if part is None else
+              np.ascontiguousarray(part, dtype=dtype).reshape(n_rows, -1)
               for part in (scales, mins)))
 
 

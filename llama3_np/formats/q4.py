@@ -33,8 +33,9 @@ class Q4:
         return self.packed.nbytes + self.scales.nbytes + (0 if self.mins is None else
                                                           self.mins.nbytes)
 
-    def to_float32(self) -> np.ndarray:
-        return dequantize_q4(self.packed, self.scales, self.mins)
+    def to_float32(self, out: np.ndarray = None) -> np.ndarray:
+        """The whole matrix in float32; into `out` if given."""
+        return dequantize_q4(self.packed, self.scales, self.mins, out=out)
 
     def take(self, rows) -> "Q4":
         return Q4(self.packed[rows], self.scales[rows],
@@ -63,10 +64,7 @@ class Q4:
         if kernels is not None:
             parts = self._kernel_parts()
             return lambda start, tile: kernels.decode_q4(self.packed, *parts, start, tile)
-        return lambda start, tile: self.take(slice(start, start + len(tile))).decode_into(tile)
-
-    def decode_into(self, out: np.ndarray) -> np.ndarray:
-        return dequantize_q4(self.packed, self.scales, self.mins, out=out)
+        return lambda start, tile: self.take(slice(start, start + len(tile))).to_float32(tile)
 
     def __repr__(self) -> str:
         return f"Q4(shape={self.shape})"
