@@ -138,8 +138,8 @@ def main():
         seen.add(w.shape)
         x = np.random.default_rng(0).standard_normal((1, w.shape[1]), dtype=np.float32)
         out = np.empty((1, w.shape[0]), dtype=np.float32)
-        kernel = best_call_seconds(lambda: numba_kernels.SERIAL.matmul_q4(
-            x, w.packed, w.scales, w.mins, out))
+        fused = w.fused(numba_kernels.SERIAL, n_rows=1)
+        kernel = best_call_seconds(lambda: fused(x, out))
         policies["serial"]()
         seam = best_call_seconds(lambda: kernels.linear(x, w))
         policies["chosen"]()

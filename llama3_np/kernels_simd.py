@@ -143,6 +143,25 @@ def half_to_float32(typingctx, bits):
     return types.float32(types.uint16), codegen
 
 
+@intrinsic
+def prefetch(typingctx, array, byte_offset):
+    """Ask the CPU to start loading the cache line at array's data + byte_offset (a hint:
+    it never faults, even past the array's end; LLVM drops it where there is no such
+    instruction). For streams whose next bytes the hardware prefetcher fetches too late:
+    short weight rows, each followed by a reduction and a jump to the next row."""
+    def codegen(context, builder, sig, args):
+        data = builder.bitcast(context.make_array(sig.args[0])(context, builder, args[0]).data,
+                               ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        hint = declare(builder, "llvm.prefetch.p0i8", ir.VoidType(), data.type, i32, i32, i32)
+        # read, keep in every cache level (locality 3), data (not instruction) cache
+        builder.call(hint, [builder.gep(data, [args[1]]), ir.Constant(i32, 0),
+                            ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(array, types.intp), codegen
+
+
 def _scale(builder, array_type, pointer, index):
     """array[index] as float: float32 as it is, uint16 as float16 bits."""
     value = builder.load(builder.gep(pointer, [index]))
@@ -193,11 +212,16 @@ def _q8_block(builder, isa, weights, xq, x_start):
 
 
 def _reduce(builder, vector):
-    total = builder.extract_element(vector, ir.Constant(ir.IntType(32), 0))
-    for lane in range(1, vector.type.count):
-        total = builder.fadd(total, builder.extract_element(vector, ir.Constant(ir.IntType(32),
-                                                                                lane)))
-    return total
+    """The sum of a vector's lanes, halving it each step (lane i + lane i + half): three
+    dependent adds for eight lanes, not seven, which a short row (Q4, 576 values: nine
+    steps) waited on."""
+    while vector.type.count > 1:
+        half = vector.type.count // 2
+        index = ir.VectorType(ir.IntType(32), half)
+        low, high = (builder.shuffle_vector(vector, vector, ir.Constant(
+            index, list(range(start, start + half)))) for start in (0, half))
+        vector = builder.fadd(low, high)
+    return builder.extract_element(vector, ir.Constant(ir.IntType(32), 0))
 
 
 def _chained(builder, n_steps, add_step):
@@ -215,26 +239,30 @@ def _chained(builder, n_steps, add_step):
     with cgutils.for_range_slice(builder, n_grouped, n_steps,
                                  ir.Constant(n_steps.type, 1)) as (step, _):
         builder.store(add_step(step, builder.load(accs[0])), accs[0])
-    total = builder.load(accs[0])
-    for acc in accs[1:]:
-        total = builder.fadd(total, builder.load(acc))
-    return total
+    sums = [builder.load(acc) for acc in accs]
+    while len(sums) > 1:  # pairwise, as _reduce
+        sums = [builder.fadd(a, b) for a, b in zip(sums[::2], sums[1::2])]
+    return sums[0]
 
 
-def _row_dot(context, builder, sig, args, isa, q4, use_start):
-    """sum over blocks b of w_scales[b] * x_scales[b] * (w_b . xq_b) for one weight row.
+def _row_dot(context, builder, sig, args, isa):
+    """sum over blocks b of w_scales[b] * x_scales[b] * (w_b . xq_b) for one weight row
+    (plus w_mins[b] * x_sums[b] for Q4 with mins).
 
     Q8: one block (32 bytes) a step. Q4: two blocks a step, 32 bytes of nibbles whose
     low halves multiply one 32-byte run of xq and high halves the next (quantize_rows
     lays xq out so for Q4): no shuffle, and one conversion and multiply-add per two
-    blocks; an odd last block goes alone (its xq in plain order)."""
-    w, w_scales, xq, x_scales, x_start = (
-        _data(context, builder, t, a) for t, a in zip(sig.args, args))
-    n_blocks = _length(context, builder, sig.args[1], args[1])
+    blocks (and one more for the mins); an odd last block goes alone (its xq in plain
+    order)."""
+    parts = dict(zip(_ROW_DOT_ARGUMENTS[len(sig.args)], zip(sig.args, args)))
+    q4 = "w_mins" in parts
+    pointer = {name: _data(context, builder, *typed) for name, typed in parts.items()
+               if not isinstance(typed[0], types.NoneType)}
+    w, w_scales, xq, x_scales, x_start = (pointer[name] for name in (
+        "weights", "w_scales", "xq", "x_scales", "x_start"))
+    n_blocks = _length(context, builder, *parts["w_scales"])
+    w_scales_type, x_scales_type = parts["w_scales"][0], parts["x_scales"][0]
     fma = declare(builder, "llvm.fma.v8f32", _F32x8, _F32x8, _F32x8, _F32x8)
-    zero = ir.Constant(_I32x8, None)
-
-    w_scales_type, x_scales_type = sig.args[1], sig.args[3]
 
     def block_scale(b):
         return _splat(builder, builder.fmul(_scale(builder, w_scales_type, w_scales, b),
@@ -246,8 +274,18 @@ def _row_dot(context, builder, sig, args, isa, q4, use_start):
                          _load(builder, xq, b, _I8x32, 1), start)
         return builder.call(fma, [builder.sitofp(sums, _F32x8), block_scale(b), acc])
 
-    def q4_start(step):  # Q4_0: -8 * sum(xq) of each block (use_start), else 0
-        return builder.select(use_start, _load(builder, x_start, step, _I32x8, 4), zero)
+    if not q4:
+        return _reduce(builder, _chained(builder, n_blocks, add_q8_block))
+
+    # Q4_0 (no mins): -8 * sum(xq) of each block starts its sums (x_start); else they
+    # start at 0 and the mins times x's block sums (in lanes 0 and 4 of x_sums) are added.
+    has_mins = "w_mins" in pointer
+
+    def q4_start(step):
+        return _load(builder, x_start, step, _I32x8, 4) if not has_mins else             ir.Constant(_I32x8, None)
+
+    def add_mins(step, mins, acc):
+        return builder.call(fma, [mins, _load(builder, pointer["x_sums"], step, _F32x8, 4), acc])
 
     def add_q4_pair(pair, acc):
         low, high = _nibbles(builder, _load(builder, w, pair, _I8x32, 1))
@@ -258,10 +296,12 @@ def _row_dot(context, builder, sig, args, isa, q4, use_start):
             first, ir.Constant(first.type, 1)), _I8x32, 1), sums)
         scale = builder.fmul(_load_pair(builder, w_scales_type, w_scales, pair),
                              _load_pair(builder, x_scales_type, x_scales, pair))
-        return builder.call(fma, [builder.sitofp(sums, _F32x8), scale, acc])
+        acc = builder.call(fma, [builder.sitofp(sums, _F32x8), scale, acc])
+        if has_mins:
+            acc = add_mins(pair, _load_pair(builder, parts["w_mins"][0], pointer["w_mins"],
+                                            pair), acc)
+        return acc
 
-    if not q4:
-        return _reduce(builder, _chained(builder, n_blocks, add_q8_block))
     two = ir.Constant(n_blocks.type, 2)
     n_pairs = builder.udiv(n_blocks, two)
     total = cgutils.alloca_once_value(builder, _chained(builder, n_pairs, add_q4_pair))
@@ -273,41 +313,51 @@ def _row_dot(context, builder, sig, args, isa, q4, use_start):
                                                           list(range(32))))
         sums = _dot_u8_s8(builder, isa, q, _load(builder, xq, last, _I8x32, 1),
                           q4_start(n_pairs))
-        builder.store(builder.call(fma, [builder.sitofp(sums, _F32x8), block_scale(last),
-                                         builder.load(total)]), total)
+        acc = builder.call(fma, [builder.sitofp(sums, _F32x8), block_scale(last),
+                                 builder.load(total)])
+        if has_mins:
+            acc = add_mins(n_pairs, _splat(builder, _scale(builder, parts["w_mins"][0],
+                                                           pointer["w_mins"], last), 8), acc)
+        builder.store(acc, total)
     return _reduce(builder, builder.load(total))
 
 
-def _make_row_dot(q4: bool):
-    def row_dot(typingctx, use_vnni, use_start, weights, w_scales, xq, x_scales, x_start):
-        """float32: one weight row (Q8 values or Q4 packed bytes, contiguous; its scales
-        float32 or float16 bits in uint16) dotted with one quantised activation row.
-        x_start: (blocks, 8) int32, the sums' starting values (quantize_rows), read by
-        the Q8 "vnni" form, and by Q4 when use_start (Q4_0's offset of 8). use_vnni
-        picks the form at run time; on a CPU without VNNI both branches are the "avx2"
-        form (an unavailable instruction cannot even be compiled)."""
-        signature = types.float32(use_vnni, use_start, weights, w_scales, xq, x_scales,
-                                  x_start)
-
-        def codegen(context, builder, sig, args):
-            isa = "vnni" if "vnni" in available() else "avx2"
-            result = cgutils.alloca_once(builder, ir.FloatType())
-            inner_sig = types.float32(*sig.args[2:])
-            with builder.if_else(args[0]) as (vnni, avx2):
-                for block, form in ((vnni, isa), (avx2, "avx2")):
-                    with block:
-                        builder.store(_row_dot(context, builder, inner_sig, args[2:], form, q4,
-                                               args[1]), result)
-            return builder.load(result)
-
-        return signature, codegen
-
-    row_dot.__name__ = "q4_dot" if q4 else "q8_dot"
-    return intrinsic(row_dot)
+# The arrays each row dot product takes, by their count (Q8: 5, Q4: 7).
+_ROW_DOT_ARGUMENTS = {5: ("weights", "w_scales", "xq", "x_scales", "x_start"),
+                      7: ("weights", "w_scales", "w_mins", "xq", "x_scales", "x_start",
+                          "x_sums")}
 
 
-q8_dot = _make_row_dot(q4=False)
-q4_dot = _make_row_dot(q4=True)
+def _row_dot_codegen(context, builder, sig, args):
+    """Both instruction forms, the first argument (use_vnni) choosing at run time; on a
+    CPU without VNNI both are the "avx2" form (an unavailable instruction cannot even
+    be compiled)."""
+    isa = "vnni" if "vnni" in available() else "avx2"
+    result = cgutils.alloca_once(builder, ir.FloatType())
+    inner_sig = types.float32(*sig.args[1:])
+    with builder.if_else(args[0]) as (vnni, avx2):
+        for block, form in ((vnni, isa), (avx2, "avx2")):
+            with block:
+                builder.store(_row_dot(context, builder, inner_sig, args[1:], form), result)
+    return builder.load(result)
+
+
+@intrinsic
+def q8_dot(typingctx, use_vnni, values, scales, xq, x_scales, x_start):
+    """float32: one Q8 weight row (int8 values, float32 scales; contiguous) dotted with
+    one activation row quantised by kernels_numba.quantize_rows (xq, x_scales; x_start:
+    (blocks, 8) int32, the sums' starting values, read by the "vnni" form)."""
+    return (types.float32(use_vnni, values, scales, xq, x_scales, x_start),
+            _row_dot_codegen)
+
+
+@intrinsic
+def q4_dot(typingctx, use_vnni, packed, scales, mins, xq, x_scales, x_start, x_sums):
+    """float32: one Q4 weight row (packed bytes; scales and mins float32 or float16 bits
+    in uint16; mins None: Q4_0, whose offset of 8 x_start carries) dotted with one
+    activation row quantised by kernels_numba.quantize_rows for Q4."""
+    return (types.float32(use_vnni, packed, scales, mins, xq, x_scales, x_start, x_sums),
+            _row_dot_codegen)
 
 
 def _q8_float_row_dot(context, builder, sig, args):
