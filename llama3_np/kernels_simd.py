@@ -212,16 +212,11 @@ def _q8_block(builder, isa, weights, xq, x_start):
 
 
 def _reduce(builder, vector):
-    """The sum of a vector's lanes, halving it each step (lane i + lane i + half): three
-    dependent adds for eight lanes, not seven, which a short row (Q4, 576 values: nine
-    steps) waited on."""
-    while vector.type.count > 1:
-        half = vector.type.count // 2
-        index = ir.VectorType(ir.IntType(32), half)
-        low, high = (builder.shuffle_vector(vector, vector, ir.Constant(
-            index, list(range(start, start + half)))) for start in (0, half))
-        vector = builder.fadd(low, high)
-    return builder.extract_element(vector, ir.Constant(ir.IntType(32), 0))
+    total = builder.extract_element(vector, ir.Constant(ir.IntType(32), 0))
+    for lane in range(1, vector.type.count):
+        total = builder.fadd(total, builder.extract_element(vector, ir.Constant(ir.IntType(32),
+                                                                                lane)))
+    return total
 
 
 def _chained(builder, n_steps, add_step):
@@ -239,10 +234,10 @@ def _chained(builder, n_steps, add_step):
     with cgutils.for_range_slice(builder, n_grouped, n_steps,
                                  ir.Constant(n_steps.type, 1)) as (step, _):
         builder.store(add_step(step, builder.load(accs[0])), accs[0])
-    sums = [builder.load(acc) for acc in accs]
-    while len(sums) > 1:  # pairwise, as _reduce
-        sums = [builder.fadd(a, b) for a, b in zip(sums[::2], sums[1::2])]
-    return sums[0]
+    total = builder.load(accs[0])
+    for acc in accs[1:]:
+        total = builder.fadd(total, builder.load(acc))
+    return total
 
 
 def _row_dot(context, builder, sig, args, isa):
@@ -282,7 +277,9 @@ def _row_dot(context, builder, sig, args, isa):
     has_mins = "w_mins" in pointer
 
     def q4_start(step):
-        return _load(builder, x_start, step, _I32x8, 4) if not has_mins else             ir.Constant(_I32x8, None)
+        if has_mins:
+            return ir.Constant(_I32x8, None)
+        return _load(builder, x_start, step, _I32x8, 4)
 
     def add_mins(step, mins, acc):
         return builder.call(fma, [mins, _load(builder, pointer["x_sums"], step, _F32x8, 4), acc])
