@@ -27,7 +27,12 @@ else AVX2 vpmaddubsw; llama.cpp's arithmetic for its Q8_0 / Q4_0 dot products): 
 0.89-0.97, Q4_K 0.92-0.94, Q4_0 0.73-0.79 (40 G weights/s a core against Q4_K's 37: its
 bytes are fewer, not its work; per-row costs, the reduction and loop set-up, weigh
 more). From DRAM (the 128256 x 2048 output matrix, two threads, a busy machine): bf16
-0.89, q8 0.66 / 0.73 (float / int8 x), Q4_0 0.14 / 0.63, Q4_K 0.23 / 0.72.
+0.89, q8 0.66 / 0.73 (float / int8 x), Q4_0 0.14 / 0.63, Q4_K 0.23 / 0.72; the int8
+loops then wait on memory between rows, and asking for the bytes 2 KB ahead of the row
+they multiply (_prefetch_ahead) took them to q8 0.82-0.86, Q4_0 0.71-0.79, Q4_K
+0.87-0.99 (the same for bf16's long rows: 0.88 -> 0.70, so it has none). Q4 steps of
+four blocks in 512-bit vectors (AVX512-VNNI) measured no faster than these 256-bit
+ones, one thread or two, from DRAM or the L2 cache: the per-row costs dominate.
 The scalar Q8 loop already gets one scale broadcast per 32 values (no gather), as the
 assembly shows; its cost is converting each int8 to float32.
 
@@ -35,9 +40,10 @@ The int8 activations are a different arithmetic: each x is rounded to its block'
 max|x_b| / 127, an error of at most half a step per value. Measured on the demo model
 (SmolLM2-135M Q4_1, tests/test_demo_model.py): the next-token distribution moves by a
 KL of 0.002-0.006 nats on average (0.023 at most), the logits by 2-5% of their largest
-magnitude, perplexity (test_precision's text) by 0.6%, and the demo chat's greedy answer
-to "What is the capital of France?" changes (no longer "Paris"); the float32 path agrees
-with transformers on the same file to 2.4e-6. So the default is float32 x, exactly as
+magnitude, perplexity by 0.1-0.5% (test_precision's prose; the order of the float32
+sums alone moves it that much: a tiny change can flip an int8 rounding), and the demo
+chat's greedy answer to "What is the capital of France?" changes (no longer "Paris");
+the float32 path agrees with transformers on the same file to 2.4e-6. So the default is float32 x, exactly as
 the weights are stored (the project's rule: all math in float32), and int8 x is asked
 for: kernels.set_int8_activations(True), --int8-activations (llama.cpp's own choice for
 these formats, and what matches its decoding speed). The integer sums are exact, so the
