@@ -43,11 +43,12 @@ KL of 0.002-0.006 nats on average (0.023 at most), the logits by 2-5% of their l
 magnitude, perplexity by 0.1-0.5% (test_precision's prose; the order of the float32
 sums alone moves it that much: a tiny change can flip an int8 rounding), and the demo
 chat's greedy answer to "What is the capital of France?" changes (no longer "Paris");
-the float32 path agrees with transformers on the same file to 2.4e-6. So the default is float32 x, exactly as
-the weights are stored (the project's rule: all math in float32), and int8 x is asked
-for: kernels.set_int8_activations(True), --int8-activations (llama.cpp's own choice for
-these formats, and what matches its decoding speed). The integer sums are exact, so the
-result is the quantised x times the weights, to float32 roundoff (tests/test_kernels.py).
+the float32 path agrees with transformers on the same file to 2.4e-6. So the default is
+float32 x, exactly as the weights are stored (the project's rule: all math in float32),
+and int8 x is asked for: kernels.set_int8_activations(True), --int8-activations
+(llama.cpp's own choice for these formats, and what matches its decoding speed). The
+integer sums are exact, so the result is the quantised x times the weights, to float32
+roundoff (tests/test_kernels.py).
 
 A GEMV with a nested per-block loop (for block: for j in 32) ran 6-8x slower, and
 one with a 32-float accumulator array 2.5x slower: LLVM no longer vectorises them.

@@ -21,8 +21,9 @@ Two instruction sets, chosen at run time by `available()`:
   a Q8 block goes as |w| (at most 128) against xq with w's sign (127 * 128 * 2 = 32512).
 
 Vectors are 256 bits (one 32-value Q8 block, or two Q4 blocks, each): every AVX2 CPU
-has them, and LLVM splits 512-bit types on CPUs it tunes for 256 (Intel's AVX-512 server
-parts). A CPU with neither set runs kernels_numba's float loops. Which form the code
+has them. Written as 512-bit types, LLVM does emit zmm code (vpdpbusd on zmm, four Q4
+blocks a step), but that measured no faster (kernels_numba.py). A CPU with neither set
+runs kernels_numba's float loops. Which form the code
 holds is decided when numba compiles it, for the CPU it runs on (numba's on-disk cache
 is keyed by the CPU too); numba re-compiles a cached kernel when kernels_numba.py
 changes, not when only this file does: clear llama3_np/__pycache__/*.nbi / *.nbc after
@@ -282,7 +283,8 @@ def _row_dot(context, builder, sig, args, isa):
         return _load(builder, x_start, step, _I32x8, 4)
 
     def add_mins(step, mins, acc):
-        return builder.call(fma, [mins, _load(builder, pointer["x_sums"], step, _F32x8, 4), acc])
+        x_sums = _load(builder, pointer["x_sums"], step, _F32x8, 4)
+        return builder.call(fma, [mins, x_sums, acc])
 
     def add_q4_pair(pair, acc):
         low, high = _nibbles(builder, _load(builder, w, pair, _I8x32, 1))
