@@ -69,7 +69,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import kernels_numba  # noqa: F401  (sets numba up before any parallel loop)
-from .kernels_simd import cpu_features, declare
+from .kernels_simd import array_parts, counted_loop, cpu_features, declare
 
 ROUTES = ("amx", "avx512bf16")
 # LLAMA3_NP_BF16_GEMM=off (or a route's name) overrides what the CPU offers.
@@ -219,40 +219,6 @@ _I32X16 = ir.VectorType(_I32, _LANES)
 _BF16X32 = ir.VectorType(_BFloat(), 2 * _LANES)
 
 
-def _loop(builder, count, step, carried_types, body):
-    """for i in range(0, count, step), count > 0, with values carried from pass to pass in
-    registers (phi nodes) starting at zero: body(i, values) -> new values. Returns the
-    values after the last pass."""
-    entry = builder.block
-    loop = builder.append_basic_block("loop")
-    done = builder.append_basic_block("loop.done")
-    builder.branch(loop)
-    builder.position_at_end(loop)
-    i = builder.phi(_I64)
-    carried = [builder.phi(t) for t in carried_types]
-    updated = body(i, carried)
-    i_next = builder.add(i, ir.Constant(_I64, step))
-    builder.cbranch(builder.icmp_signed("<", i_next, count), loop, done)
-    end = builder.block  # body may have added blocks
-    i.add_incoming(ir.Constant(_I64, 0), entry)
-    i.add_incoming(i_next, end)
-    for phi, value, value_type in zip(carried, updated, carried_types):
-        phi.add_incoming(ir.Constant(value_type, None), entry)
-        phi.add_incoming(value, end)
-    builder.position_at_end(done)
-    return updated
-
-
-def _array_parts(context, builder, sig, args):
-    """(data pointer, shape values) of each array argument."""
-    parts = []
-    for array_type, value in zip(sig.args, args):
-        if isinstance(array_type, types.Array):
-            array = context.make_array(array_type)(context, builder, value)
-            parts.append((array.data, cgutils.unpack_tuple(builder, array.shape)))
-    return parts
-
-
 # vdpbf16ps: a 64 x 6 block of x @ W.T (or 16 x 6 for the last rows of x).
 
 def _make_vdp_block(x_vectors: int):
@@ -264,7 +230,7 @@ def _make_vdp_block(x_vectors: int):
     def vdp_block(typingctx, x_pairs, bits, acc, m0, n0):
         def codegen(context, builder, sig, args):
             (x_data, (n_pairs, x_stride)), (w_data, (n_rows, n_cols)), (acc_data, _) = \
-                _array_parts(context, builder, sig, args)
+                array_parts(context, builder, sig, args)
             m0, n0 = args[3], args[4]
             dot = declare(builder, "llvm.x86.avx512bf16.dpbf16ps.512", _F32X16,
                           _F32X16, _BF16X32, _BF16X32)
@@ -295,7 +261,7 @@ def _make_vdp_block(x_vectors: int):
                                 for v in range(x_vectors)]
                 return updated
 
-            accs = _loop(builder, n_pairs, 1, [_F32X16] * (_VDP_W_ROWS * x_vectors), one_pair)
+            accs = counted_loop(builder, n_pairs, 1, [_F32X16] * (_VDP_W_ROWS * x_vectors), one_pair)
             acc_base = builder.bitcast(acc_data, _F32X16.as_pointer())
             for index, value in enumerate(accs):
                 builder.store(value, builder.gep(acc_base, [ir.Constant(_I64, index)]), align=4)
@@ -327,7 +293,7 @@ _AMX_CONFIG = _amx_config()
 @intrinsic
 def _amx_configure(typingctx, config):
     def codegen(context, builder, sig, args):
-        (data, _), = _array_parts(context, builder, sig, args)
+        (data, _), = array_parts(context, builder, sig, args)
         load_config = declare(builder, "llvm.x86.ldtilecfg", ir.VoidType(), _BYTE_PTR)
         builder.call(load_config, [builder.bitcast(data, _BYTE_PTR)])
         return context.get_dummy_value()
@@ -354,7 +320,7 @@ def _amx_block(typingctx, x_pairs, bits, results, m0, w_row, result_row, pairs, 
 
     def codegen(context, builder, sig, args):
         (x_data, (_, x_stride)), (w_data, (_, n_cols)), (r_data, (_, r_stride)) = \
-            _array_parts(context, builder, sig, args)
+            array_parts(context, builder, sig, args)
         m0, w_row, result_row, pairs, prefetch_row = args[3:]
         start, stop = cgutils.unpack_tuple(builder, pairs)
 
@@ -419,7 +385,7 @@ def _amx_block(typingctx, x_pairs, bits, results, m0, w_row, result_row, pairs, 
                             const(6 + b, _I8))
             return []
 
-        _loop(builder, builder.sub(stop, start), _AMX_K_STEP // 2, [], one_k_step)
+        counted_loop(builder, builder.sub(stop, start), _AMX_K_STEP // 2, [], one_k_step)
         for tile, address in enumerate(r_tiles):
             tile_op("tilestored64", const(tile, _I8), address, r_stride_bytes)
         return context.get_dummy_value()

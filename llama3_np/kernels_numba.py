@@ -573,18 +573,20 @@ def set_threads(n) -> int:
 
 
 def _forget_kernels_built_from_other_simd_code() -> None:
-    """numba re-uses its cached kernels until kernels_numba.py itself changes, but the
-    loops of kernels_simd.py are compiled into them: when that file alone changed (an
-    update, an edit), drop this module's cached kernels so they are built again. Where the
-    cache folder is read-only, numba does not cache at all, so there is nothing to drop."""
+    """numba re-uses a module's cached kernels until that module's file changes, but the
+    IR of kernels_simd.py is compiled into this module's, kernels_int8's and
+    kernels_bf16's: when that file alone changed (an update, an edit), drop their cached
+    kernels so they are built again. Where the cache folder is read-only, numba does not
+    cache at all, so there is nothing to drop."""
     cache = Path(matmul_bf16._cache._cache_path)
     stamp = cache / "kernels_simd.sha256"
     digest = hashlib.sha256(Path(kernels_simd.__file__).read_bytes()).hexdigest()
     try:
         if stamp.is_file() and stamp.read_text() == digest:
             return
-        for built in cache.glob(f"{__name__.rsplit('.', 1)[-1]}.*.nb[ic]"):
-            built.unlink(missing_ok=True)
+        for module in ("kernels_numba", "kernels_int8", "kernels_bf16"):
+            for built in cache.glob(f"{module}.*.nb[ic]"):
+                built.unlink(missing_ok=True)
         stamp.write_text(digest)
     except OSError:
         pass

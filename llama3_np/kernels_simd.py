@@ -26,8 +26,8 @@ blocks a step), but that measured no faster (kernels_numba.py). A CPU with neith
 runs kernels_numba's float loops. Which form the code
 holds is decided when numba compiles it, for the CPU it runs on (numba's on-disk cache
 is keyed by the CPU too); numba re-compiles a cached kernel when kernels_numba.py
-changes, not when only this file does: clear llama3_np/__pycache__/*.nbi / *.nbc after
-editing here.
+changes, not when only this file does: kernels_numba drops the cached kernels of every
+module built from this file's IR when this file's hash changes.
 """
 
 import llvmlite.binding as llvm
@@ -73,6 +73,40 @@ def declare(builder, name, return_type, *arg_types):
                                           name)
 
 
+def counted_loop(builder, count, step, carried_types, body):
+    """for i in range(0, count, step), count > 0, with values carried from pass to pass in
+    registers (phi nodes) starting at zero: body(i, values) -> new values. Returns the
+    values after the last pass."""
+    entry = builder.block
+    loop = builder.append_basic_block("loop")
+    done = builder.append_basic_block("loop.done")
+    builder.branch(loop)
+    builder.position_at_end(loop)
+    i = builder.phi(count.type)
+    carried = [builder.phi(t) for t in carried_types]
+    updated = body(i, carried)
+    i_next = builder.add(i, ir.Constant(count.type, step))
+    builder.cbranch(builder.icmp_signed("<", i_next, count), loop, done)
+    end = builder.block  # body may have added blocks
+    i.add_incoming(ir.Constant(count.type, 0), entry)
+    i.add_incoming(i_next, end)
+    for phi, value, value_type in zip(carried, updated, carried_types):
+        phi.add_incoming(ir.Constant(value_type, None), entry)
+        phi.add_incoming(value, end)
+    builder.position_at_end(done)
+    return updated
+
+
+def array_parts(context, builder, sig, args):
+    """(data pointer, shape values) of each array argument."""
+    parts = []
+    for array_type, value in zip(sig.args, args):
+        if isinstance(array_type, types.Array):
+            array = context.make_array(array_type)(context, builder, value)
+            parts.append((array.data, cgutils.unpack_tuple(builder, array.shape)))
+    return parts
+
+
 def _data(context, builder, array_type, value):
     """The data pointer of a contiguous 1-D array argument."""
     return context.make_array(array_type)(context, builder, value).data
@@ -91,7 +125,7 @@ def _load(builder, pointer, index, vector_type, element_bytes):
     return builder.load(address, align=1)
 
 
-def _splat(builder, value, count):
+def splat(builder, value, count):
     vector = ir.VectorType(value.type, count)
     single = builder.insert_element(ir.Constant(vector, ir.Undefined), value,
                                     ir.Constant(ir.IntType(32), 0))
@@ -163,7 +197,7 @@ def prefetch(typingctx, array, byte_offset):
     return types.void(array, types.intp), codegen
 
 
-def _scale(builder, array_type, pointer, index):
+def load_scale(builder, array_type, pointer, index):
     """array[index] as float: float32 as it is, uint16 as float16 bits."""
     value = builder.load(builder.gep(pointer, [index]))
     return half_bits_to_float(builder, value) if array_type.dtype == types.uint16 else value
@@ -261,8 +295,8 @@ def _row_dot(context, builder, sig, args, isa):
     fma = declare(builder, "llvm.fma.v8f32", _F32x8, _F32x8, _F32x8, _F32x8)
 
     def block_scale(b):
-        return _splat(builder, builder.fmul(_scale(builder, w_scales_type, w_scales, b),
-                                            _scale(builder, x_scales_type, x_scales, b)), 8)
+        return splat(builder, builder.fmul(load_scale(builder, w_scales_type, w_scales, b),
+                                            load_scale(builder, x_scales_type, x_scales, b)), 8)
 
     def add_q8_block(b, acc):
         start = _load(builder, x_start, b, _I32x8, 4) if isa == "vnni" else None
@@ -315,7 +349,7 @@ def _row_dot(context, builder, sig, args, isa):
         acc = builder.call(fma, [builder.sitofp(sums, _F32x8), block_scale(last),
                                  builder.load(total)])
         if has_mins:
-            acc = add_mins(n_pairs, _splat(builder, _scale(builder, parts["w_mins"][0],
+            acc = add_mins(n_pairs, splat(builder, load_scale(builder, parts["w_mins"][0],
                                                            pointer["w_mins"], last), 8), acc)
         builder.store(acc, total)
     return _reduce(builder, builder.load(total))
@@ -379,7 +413,7 @@ def _q8_float_row_dot(context, builder, sig, args):
         (w0, w1, w2, w3), (x0, x1, x2, x3) = quarters
         even = builder.call(fma, [w2, x2, builder.fmul(w0, x0)])
         odd = builder.call(fma, [w3, x3, builder.fmul(w1, x1)])
-        scale = _splat(builder, _scale(builder, sig.args[1], scales, b), 8)
+        scale = splat(builder, load_scale(builder, sig.args[1], scales, b), 8)
         return builder.call(fma, [builder.fadd(even, odd), scale, acc])
 
     return _reduce(builder, _chained(builder, n_blocks, add_block))

@@ -412,6 +412,8 @@ def test_to_dtype_rejects_an_unknown_dtype():
 
 INT8_FORMS = list(importlib.import_module("llama3_np.kernels_simd").available()) \
     if HAVE_NUMBA else []
+HAVE_INT8_GEMM = HAVE_NUMBA and importlib.import_module("llama3_np.kernels_int8").available()
+NEEDS_INT8_GEMM = pytest.mark.skipif(not HAVE_INT8_GEMM, reason="no AVX512-VNNI on this CPU")
 
 
 def quantised_activations(x):
@@ -428,12 +430,17 @@ def quantised_activations(x):
 @pytest.mark.skipif(not INT8_FORMS, reason="no integer dot product on this CPU")
 @pytest.mark.parametrize("form", INT8_FORMS)
 @pytest.mark.parametrize("dtype", ["q8", "gguf_q4_0", "gguf_q4_1", "gguf_q4_k"])
-@pytest.mark.parametrize("n_rows", [1, 2, 7, kernels._FUSED_MAX_ROWS])
+@pytest.mark.parametrize("n_rows", [1, 2, 7, kernels._FUSED_MAX_ROWS,
+                                    pytest.param(kernels._FUSED_MAX_ROWS + 1,
+                                                 marks=NEEDS_INT8_GEMM),
+                                    pytest.param(75, marks=NEEDS_INT8_GEMM)])
 def test_int8_activations_are_the_quantised_x_times_the_weight(form, dtype, n_rows):
     """The integer block sums are exact and Q4's mins multiply the same quantised x, so
     the result is the float64 product of the quantised x and the decoded weight, within
     float32 roundoff (the bound of the float path). Against x itself the error is at most
-    half a step per value: sum over blocks of max|x_b| / 254 * sum |w_b|."""
+    half a step per value: sum over blocks of max|x_b| / 254 * sum |w_b|. Past 32 rows
+    the GEMM of kernels_int8 multiplies (rows of x in groups of 32, weight rows in 6s:
+    75 rows and 67 weight rows end both ragged)."""
     kernels.set_backend("numba")
     kernels._numba_kernels().set_int8_activations(True, form)
     n_in = 2 * N_IN_K if dtype == "gguf_q4_k" else N_IN
@@ -471,6 +478,46 @@ def test_int8_activations_read_only_weights_extreme_values_and_nan(form):
     x[1, 40] = np.nan
     y = kernels.linear(x, q8)
     assert np.isnan(y[1]).all() and np.isfinite(y[[0, 2]]).all()
+
+
+@NEEDS_INT8_GEMM
+@pytest.mark.parametrize("dtype", ["q8", "gguf_q4_0", "gguf_q4_1", "gguf_q4_k"])
+def test_int8_gemm_agrees_with_the_row_loops_of_decoding(dtype):
+    """A prompt's rows go through the GEMM, a decode step's through the row loops: the
+    same quantised x and the same float32 operations per block, summed in another order
+    (float32 roundoff of sum |x_j w_ij|). Read-only weights, as memory-mapped ones are."""
+    kernels_numba = kernels._numba_kernels()
+    kernels.set_backend("numba")
+    kernels_numba.set_int8_activations(True)
+    n_in = 2 * N_IN_K if dtype == "gguf_q4_k" else N_IN
+    w, w_float32 = weight_in(dtype, random_matrix((N_OUT, n_in)))
+    for array in vars(w).values():
+        if isinstance(array, np.ndarray):
+            array.flags.writeable = False
+    x = random_matrix((40, n_in), seed=6)
+    prompt = kernels.linear(x, w)
+    steps = np.concatenate([kernels.linear(x[i:i + 8], w) for i in range(0, 40, 8)])
+    scale = np.abs(quantised_activations(x)).astype(np.float64) @ \
+        np.abs(w_float32).T.astype(np.float64)
+    np.testing.assert_array_less(np.abs(prompt - steps), 8 * U32 * np.sqrt(n_in) * scale)
+    assert not np.array_equal(prompt, kernels.linear(x, w_float32))  # not float32 x
+
+
+@NEEDS_NUMBA
+def test_int8_prefill_without_avx512_vnni_decodes_float32_tiles(monkeypatch):
+    """Where the CPU lacks AVX512-VNNI, more than 32 rows of x go on to float32 tiles for
+    BLAS (float32 x), int8 activations or not."""
+    kernels_int8 = importlib.import_module("llama3_np.kernels_int8")
+    kernels.set_backend("numba")
+    kernels._numba_kernels().set_int8_activations(True)
+    monkeypatch.setattr(kernels_int8, "available", lambda: False)
+    monkeypatch.delitem(kernels._numba_state, "int8", raising=False)
+    w, w_float32 = weight_in("q8", random_matrix((N_OUT, N_IN)))
+    x = random_matrix((kernels._FUSED_MAX_ROWS + 1, N_IN), seed=7)
+    try:
+        assert_matches_float64(kernels.linear(x, w), x, w_float32)
+    finally:
+        kernels._numba_state.pop("int8", None)  # decided again, on the real CPU
 
 
 @NEEDS_NUMBA

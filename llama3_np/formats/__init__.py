@@ -85,6 +85,14 @@ def bf16_matmul(w, bf16_kernels) -> Optional[Callable[[np.ndarray], np.ndarray]]
     return None if method is None else method(bf16_kernels)
 
 
+def int8_matmul(w, int8_kernels) -> Optional[FusedMatmul]:
+    """A kernel multiplying many rows of x, quantised to int8 per block, by the stored
+    bytes in integer dot products (int8_kernels: kernels_int8, or None), for Q8 and Q4
+    weights; else None."""
+    method = getattr(w, "int8_matmul", None)
+    return None if method is None or int8_kernels is None else method(int8_kernels)
+
+
 def tile_decoder(w, kernels) -> TileDecoder:
     """w's tile decoder; an ndarray (float16) is copied into the tile."""
     if isinstance(w, np.ndarray):

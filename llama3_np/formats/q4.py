@@ -60,6 +60,12 @@ class Q4:
         parts = self._kernel_parts()
         return lambda rows, out: kernels.matmul_q4(rows, self.packed, *parts, out)
 
+    def int8_matmul(self, int8_kernels):
+        parts = self._kernel_parts()
+        if not int8_kernels.supports(self.packed, *parts):
+            return None
+        return lambda rows, out: int8_kernels.matmul_q4(rows, self.packed, *parts, out)
+
     def tile_decoder(self, kernels):
         if kernels is not None:
             parts = self._kernel_parts()

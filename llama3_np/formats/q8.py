@@ -45,6 +45,11 @@ class Q8:
             return None
         return lambda rows, out: kernels.matmul_q8(rows, self.values, self.scales, out)
 
+    def int8_matmul(self, int8_kernels):
+        if not int8_kernels.supports(self.values, self.scales):
+            return None
+        return lambda rows, out: int8_kernels.matmul_q8(rows, self.values, self.scales, out)
+
     def tile_decoder(self, kernels):
         if kernels is not None:
             return lambda start, tile: kernels.decode_q8(self.values, self.scales, start, tile)
