@@ -17,7 +17,7 @@ How, fastest first:
   (kernels_numba.py). Off by default: all math stays float32, as the weights are stored.
 - more rows, q8 / Q4 weights, int8 activations on, a CPU with AVX512-VNNI: the same
   int8 arithmetic in a GEMM micro-kernel (kernels_int8.py), 6 weight rows by 32 rows of
-  x a step: a prompt then gets the same quantised x as decoding, ~3.5x faster than the
+  x a step: a prompt then gets the same quantised x as decoding, 2-3.5x faster than the
   row loops at 128 rows and faster than float32 tiles for BLAS. (Without AVX512-VNNI,
   prefill decodes float32 tiles below, with float32 x.)
 - more rows, bf16 weights, numba backend, set_bf16_activations(True), a CPU with AMX or
