@@ -1,4 +1,4 @@
-"""Prefill GEMMs of one Llama 3.2 1B layer by bf16 weights: GFLOP/s of each route.
+"""Prefill GEMMs of one Llama 3.2 1B layer by bf16 and q8 weights: GFLOP/s of each route.
 
     python benchmarks/prefill_gemm.py [--rows 128] [--threads 2] [--rounds 7] [--no-torch]
 
@@ -10,7 +10,10 @@ shared machine cost less):
   the CPU's best route (AMX or AVX512-BF16; each route this CPU has is listed);
 - "x float32": kernels.linear's float32 path, weight tiles decoded for OpenBLAS sgemm;
 - "f32 sgemm": NumPy's BLAS on a float32 copy of the weights (no decoding at all);
-- "torch bf16": PyTorch's x @ w.T in bf16 (oneDNN), x already bf16, when installed.
+- "torch bf16": PyTorch's x @ w.T in bf16 (oneDNN), x already bf16, when installed;
+- the same weights quantised to q8: "q8, x int8, GEMM" (kernels_int8, AVX512-VNNI, where
+  the CPU has it), "q8, x int8, row loops" (kernels_numba's decode loops, every row of x),
+  "q8, x float32, tiles + sgemm" (the default float32 path).
 
 Prints GFLOP/s per shape and for the whole layer (the four shapes weighted by how often a
 layer multiplies by each: wq, wo; wk, wv; w1, w3; w2).
@@ -42,8 +45,9 @@ def main():
     configure_threads(args.threads)
     import numpy as np
 
-    from llama3_np import kernels, kernels_bf16
+    from llama3_np import kernels, kernels_bf16, kernels_int8
     from llama3_np.formats.bf16 import BF16, bf16_bits_to_float32, float32_to_bf16_bits
+    from llama3_np.formats.convert import to_dtype
 
     torch = None
     if not args.no_torch:
@@ -83,7 +87,20 @@ def main():
             x_bf16 = torch.from_numpy(x).bfloat16()
             w_bf16 = torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16)
             cases["torch bf16"] = lambda: x_bf16 @ w_bf16.T
+        q8 = to_dtype(w_float32, "q8")
+        out = np.empty((args.rows, n_out), dtype=np.float32)
+        row_loops = kernels._numba_kernels().matmul_q8
+        if kernels_int8.available():
+            cases["q8, x int8, GEMM"] = lambda: kernels_int8.matmul_q8(x, q8.values, q8.scales,
+                                                                        out)
+        cases["q8, x int8, row loops"] = lambda: int8(row_loops, x, q8.values, q8.scales, out)
+        cases["q8, x float32, tiles + sgemm"] = lambda: kernels.linear(x, q8)
         return cases
+
+    def int8(kernel, *args):
+        kernels.set_int8_activations(True)
+        kernel(*args)
+        kernels.set_int8_activations(False)
 
     shapes = {shape: cases_for(*shape) for shape in LAYER}
     best = {}

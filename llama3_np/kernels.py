@@ -15,11 +15,11 @@ How, fastest first:
   block, in integer dot products where the CPU has them (VNNI or AVX2, kernels_simd.py),
   as llama.cpp does: 1.6-2.9x the float32 loops' speed, at a measured error
   (kernels_numba.py). Off by default: all math stays float32, as the weights are stored.
-- more rows, q8 / Q4 weights, int8 activations on, a CPU with AVX512-VNNI: the same
-  int8 arithmetic in a GEMM micro-kernel (kernels_int8.py), 6 weight rows by 32 rows of
-  x a step: a prompt then gets the same quantised x as decoding, 2-3.5x faster than the
-  row loops at 128 rows and faster than float32 tiles for BLAS. (Without AVX512-VNNI,
-  prefill decodes float32 tiles below, with float32 x.)
+- from 9 rows of x on, q8 / Q4 weights, int8 activations on, a CPU with AVX512-VNNI:
+  the same int8 arithmetic in a GEMM micro-kernel (kernels_int8.py), 6 weight rows by 32
+  rows of x a step: a prompt gets the same quantised x as decoding, 2-3.5x faster than
+  the row loops from 16 rows on and ~2x faster than float32 tiles for BLAS. (Without
+  AVX512-VNNI, more than 32 rows decode float32 tiles below, with float32 x.)
 - more rows, bf16 weights, numba backend, set_bf16_activations(True), a CPU with AMX or
   AVX512-BF16: x rounded to bf16 and multiplied by the stored bf16 with the CPU's bf16
   dot product (kernels_bf16.py), as PyTorch's bf16 model does: ~2.9x the route below on
@@ -59,6 +59,12 @@ _TILE_VALUES = 1 << 20
 # Llama 3.2 1B's w1 (bf16, 2 threads): 6 rows 2.3 against 9.0 ms, 32 rows 9.1 against
 # 10.0, 64 rows 18 against 16; q8 crosses over at about 32 rows too.
 _FUSED_MAX_ROWS = 32
+
+# With int8 activations and AVX512-VNNI, from this many rows of x on the GEMM of
+# kernels_int8 beats the row loops (2 threads, q8 / Q4_0; 8192 x 2048: 8 rows 1.9 against
+# 2.0 ms, 16 rows 2.1 against 4.1; 2048 x 2048: 0.6 both at 8 rows, 0.65 against 1.1 at
+# 16; 1536 x 576: 0.13 both at 8, 0.17 against 0.26 at 16).
+_INT8_GEMM_MIN_ROWS = 9
 
 # Matrices with fewer weights are multiplied on one thread even when more are allowed:
 # starting a thread team and waiting at its barrier costs more than the halved loop
@@ -144,17 +150,17 @@ def linear(x: np.ndarray, w) -> np.ndarray:
     rows = x.reshape(-1, n_in)
     kernels = _numba_kernels() if _backend != "numpy" else None
     out = None
-    if kernels is not None and len(rows) <= _FUSED_MAX_ROWS:
+    if kernels is not None and len(rows) >= _INT8_GEMM_MIN_ROWS:
+        gemm = int8_matmul(w, _int8_kernels(_in_parallel(kernels)))
+        if gemm is not None:
+            out = np.empty((len(rows), n_out), dtype=np.float32)
+            gemm(np.ascontiguousarray(rows), out)
+    if out is None and kernels is not None and len(rows) <= _FUSED_MAX_ROWS:
         out = _fused(w, kernels, np.ascontiguousarray(rows))
     if out is None:
         rounded = bf16_matmul(w, _bf16_kernels(_in_parallel(kernels)))
         if rounded is not None:
             out = rounded(np.ascontiguousarray(rows))
-    if out is None:
-        gemm = int8_matmul(w, _int8_kernels(_in_parallel(kernels)))
-        if gemm is not None:
-            out = np.empty((len(rows), n_out), dtype=np.float32)
-            gemm(np.ascontiguousarray(rows), out)
     if out is None:
         out = _tiled_matmul(rows, w.shape, tile_decoder(w, _in_parallel(kernels)))
     return out.reshape(x.shape[:-1] + (n_out,))
@@ -219,9 +225,10 @@ def _bf16_kernels(kernels):
 
 
 def _int8_kernels(kernels):
-    """The kernels_int8 module when x is quantised to int8 (set_int8_activations), the
-    numba backend is in use and the CPU has AVX512-VNNI, else None."""
-    if kernels is None or kernels.int8_activations() is None:
+    """The kernels_int8 module when x is quantised to int8 in the "vnni" form
+    (set_int8_activations), the numba backend is in use and the CPU has AVX512-VNNI,
+    else None."""
+    if kernels is None or kernels.int8_activations() != "vnni":
         return None
     if "int8" not in _numba_state:
         from . import kernels_int8
