@@ -15,11 +15,12 @@ How, fastest first:
   block, in integer dot products where the CPU has them (VNNI or AVX2, kernels_simd.py),
   as llama.cpp does: 1.6-2.9x the float32 loops' speed, at a measured error
   (kernels_numba.py). Off by default: all math stays float32, as the weights are stored.
-- from 9 rows of x on, q8 / Q4 weights, int8 activations on, a CPU with AVX512-VNNI:
-  the same int8 arithmetic in a GEMM micro-kernel (kernels_int8.py), 6 weight rows by 32
-  rows of x a step: a prompt gets the same quantised x as decoding, 2-3.5x faster than
-  the row loops from 16 rows on and ~2x faster than float32 tiles for BLAS. (Without
-  AVX512-VNNI, more than 32 rows decode float32 tiles below, with float32 x.)
+- from 9 rows of x on (small matrices: from 33), q8 / Q4 weights, int8 activations on,
+  a CPU with AVX512-VNNI: the same int8 arithmetic in a GEMM micro-kernel
+  (kernels_int8.py), 6 weight rows by 32 rows of x a step: a prompt gets the same
+  quantised x as decoding, 1.5-2x faster than the row loops at 16 rows, 2-3.5x at 128,
+  and ~2.5x faster than float32 tiles for BLAS. (Without AVX512-VNNI, more than 32 rows
+  decode float32 tiles below, with float32 x.)
 - more rows, bf16 weights, numba backend, set_bf16_activations(True), a CPU with AMX or
   AVX512-BF16: x rounded to bf16 and multiplied by the stored bf16 with the CPU's bf16
   dot product (kernels_bf16.py), as PyTorch's bf16 model does: ~2.9x the route below on
@@ -63,7 +64,8 @@ _FUSED_MAX_ROWS = 32
 # With int8 activations and AVX512-VNNI, from this many rows of x on the GEMM of
 # kernels_int8 beats the row loops (2 threads, q8 / Q4_0; 8192 x 2048: 8 rows 1.9 against
 # 2.0 ms, 16 rows 2.1 against 4.1; 2048 x 2048: 0.6 both at 8 rows, 0.65 against 1.1 at
-# 16; 1536 x 576: 0.13 both at 8, 0.17 against 0.26 at 16).
+# 16; 1536 x 576: 0.13 both at 8, 0.17 against 0.26 at 16). Matrices smaller than
+# _PARALLEL_MIN_WEIGHTS keep the row loops, on one thread, up to _FUSED_MAX_ROWS rows.
 _INT8_GEMM_MIN_ROWS = 9
 
 # Matrices with fewer weights are multiplied on one thread even when more are allowed:
@@ -150,7 +152,8 @@ def linear(x: np.ndarray, w) -> np.ndarray:
     rows = x.reshape(-1, n_in)
     kernels = _numba_kernels() if _backend != "numpy" else None
     out = None
-    if kernels is not None and len(rows) >= _INT8_GEMM_MIN_ROWS:
+    if kernels is not None and (len(rows) > _FUSED_MAX_ROWS or (
+            len(rows) >= _INT8_GEMM_MIN_ROWS and n_out * n_in >= _PARALLEL_MIN_WEIGHTS)):
         gemm = int8_matmul(w, _int8_kernels(_in_parallel(kernels)))
         if gemm is not None:
             out = np.empty((len(rows), n_out), dtype=np.float32)

@@ -69,7 +69,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import kernels_numba  # noqa: F401  (sets numba up before any parallel loop)
-from .kernels_simd import array_parts, counted_loop, cpu_features, declare
+from .kernels_simd import (F32X16, I32, I32X16, I64, array_parts, counted_loop, cpu_features,
+                           declare)
 
 ROUTES = ("amx", "avx512bf16")
 # LLAMA3_NP_BF16_GEMM=off (or a route's name) overrides what the CPU offers.
@@ -212,10 +213,8 @@ class _BFloat(ir.Type):
         return hash(_BFloat)
 
 
-_I8, _I32, _I64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+_I8 = ir.IntType(8)
 _BYTE_PTR = _I8.as_pointer()
-_F32X16 = ir.VectorType(ir.FloatType(), _LANES)
-_I32X16 = ir.VectorType(_I32, _LANES)
 _BF16X32 = ir.VectorType(_BFloat(), 2 * _LANES)
 
 
@@ -232,39 +231,40 @@ def _make_vdp_block(x_vectors: int):
             (x_data, (n_pairs, x_stride)), (w_data, (n_rows, n_cols)), (acc_data, _) = \
                 array_parts(context, builder, sig, args)
             m0, n0 = args[3], args[4]
-            dot = declare(builder, "llvm.x86.avx512bf16.dpbf16ps.512", _F32X16,
-                          _F32X16, _BF16X32, _BF16X32)
-            x_base = builder.gep(builder.bitcast(x_data, _I32.as_pointer()), [m0])
-            w_pairs = builder.bitcast(w_data, _I32.as_pointer())
-            pairs_per_row = builder.ashr(n_cols, ir.Constant(_I64, 1))
-            last_row = builder.sub(n_rows, ir.Constant(_I64, 1))
+            dot = declare(builder, "llvm.x86.avx512bf16.dpbf16ps.512", F32X16,
+                          F32X16, _BF16X32, _BF16X32)
+            x_base = builder.gep(builder.bitcast(x_data, I32.as_pointer()), [m0])
+            w_pairs = builder.bitcast(w_data, I32.as_pointer())
+            pairs_per_row = builder.ashr(n_cols, ir.Constant(I64, 1))
+            last_row = builder.sub(n_rows, ir.Constant(I64, 1))
             row_starts = []
             for i in range(_VDP_W_ROWS):
-                row = builder.add(n0, ir.Constant(_I64, i))
+                row = builder.add(n0, ir.Constant(I64, i))
                 row = builder.select(builder.icmp_signed("<", row, n_rows), row, last_row)
                 row_starts.append(builder.gep(w_pairs, [builder.mul(row, pairs_per_row)]))
 
             def one_pair(p, accs):
                 x_row = builder.gep(x_base, [builder.mul(p, x_stride)])
                 xs = [builder.bitcast(builder.load(builder.bitcast(
-                    builder.gep(x_row, [ir.Constant(_I64, _LANES * v)]), _I32X16.as_pointer()),
+                    builder.gep(x_row, [ir.Constant(I64, _LANES * v)]), I32X16.as_pointer()),
                     align=4), _BF16X32) for v in range(x_vectors)]
                 updated = []
                 for i in range(_VDP_W_ROWS):
                     pair = builder.load(builder.gep(row_starts[i], [p]), align=4)
-                    lane0 = builder.insert_element(ir.Constant(_I32X16, None), pair,
-                                                   ir.Constant(_I32, 0))
-                    splat = builder.shuffle_vector(lane0, ir.Constant(_I32X16, None),
-                                                   ir.Constant(_I32X16, None))
+                    lane0 = builder.insert_element(ir.Constant(I32X16, None), pair,
+                                                   ir.Constant(I32, 0))
+                    splat = builder.shuffle_vector(lane0, ir.Constant(I32X16, None),
+                                                   ir.Constant(I32X16, None))
                     w = builder.bitcast(splat, _BF16X32)
                     updated += [builder.call(dot, [accs[i * x_vectors + v], xs[v], w])
                                 for v in range(x_vectors)]
                 return updated
 
-            accs = counted_loop(builder, n_pairs, 1, [_F32X16] * (_VDP_W_ROWS * x_vectors), one_pair)
-            acc_base = builder.bitcast(acc_data, _F32X16.as_pointer())
+            accs = counted_loop(builder, n_pairs, 1, [F32X16] * (_VDP_W_ROWS * x_vectors),
+                                one_pair)
+            acc_base = builder.bitcast(acc_data, F32X16.as_pointer())
             for index, value in enumerate(accs):
-                builder.store(value, builder.gep(acc_base, [ir.Constant(_I64, index)]), align=4)
+                builder.store(value, builder.gep(acc_base, [ir.Constant(I64, index)]), align=4)
             return context.get_dummy_value()
 
         return types.void(x_pairs, bits, acc, types.intp, types.intp), codegen
@@ -324,7 +324,7 @@ def _amx_block(typingctx, x_pairs, bits, results, m0, w_row, result_row, pairs, 
         m0, w_row, result_row, pairs, prefetch_row = args[3:]
         start, stop = cgutils.unpack_tuple(builder, pairs)
 
-        def const(value, kind=_I64):
+        def const(value, kind=I64):
             return ir.Constant(kind, value)
 
         def tile_op(name, *arguments):
@@ -363,7 +363,7 @@ def _amx_block(typingctx, x_pairs, bits, results, m0, w_row, result_row, pairs, 
 
         prefetching = builder.icmp_signed(">=", prefetch_row, const(0))
         prefetch = declare(builder, "llvm.prefetch.p0", ir.VoidType(),
-                           _BYTE_PTR, _I32, _I32, _I32)
+                           _BYTE_PTR, I32, I32, I32)
 
         def one_k_step(i, _):
             p = builder.add(start, i)  # the step's first pair of K
@@ -377,8 +377,8 @@ def _amx_block(typingctx, x_pairs, bits, results, m0, w_row, result_row, pairs, 
             with builder.if_then(prefetching):
                 for row in range(_AMX_BLOCK):  # read, keep in every cache level, data
                     address = at(prefetch_top, builder.add(mul(const(row), w_stride), w_offset))
-                    builder.call(prefetch, [address, const(0, _I32), const(3, _I32),
-                                            const(1, _I32)])
+                    builder.call(prefetch, [address, const(0, I32), const(3, I32),
+                                            const(1, I32)])
             for a in range(2):
                 for b in range(2):
                     tile_op("tdpbf16ps", const(2 * a + b, _I8), const(4 + a, _I8),

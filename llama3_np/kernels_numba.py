@@ -530,24 +530,33 @@ _SERIAL_KERNELS = tuple(map(_serial_twin, _PARALLEL_KERNELS))
 SERIAL = _fused_kernels(*_SERIAL_KERNELS)
 
 
+def warmup_weights(n_rows: int, n_cols: int):
+    """Zero weights of every array kind the loader produces, to compile kernels for
+    (warmup): writable, then read-only (memory-mapped files); bf16 bits, Q8 values with
+    float32 scales, Q4 nibbles; q4_forms the (scales, mins) of Q4_K (float32), Q4_1 and
+    Q4_0 (float16, as uint16 bits; Q4_0 without mins)."""
+    for writable in (True, False):
+        w = SimpleNamespace(bits=np.zeros((n_rows, n_cols), dtype=np.uint16),
+                            values=np.zeros((n_rows, n_cols), dtype=np.int8),
+                            packed=np.zeros((n_rows, n_cols // 2), dtype=np.uint8),
+                            scales=np.zeros((n_rows, n_cols >> _Q8_SHIFT), dtype=np.float32),
+                            half_scales=np.zeros((n_rows, n_cols >> _Q8_SHIFT), dtype=np.uint16))
+        for array in vars(w).values():
+            array.flags.writeable = writable
+        w.q4_forms = ((w.scales, w.scales), (w.half_scales, w.half_scales), (w.half_scales, None))
+        yield w
+
+
 def warmup() -> None:
     """Compile (or load from numba's on-disk cache) every kernel for the array kinds
-    the loader produces: writable arrays, and read-only ones (memory-mapped files);
-    float32 scales and float16 ones (as uint16 bits: Q4_0, Q4_1)."""
+    the loader produces (warmup_weights)."""
     n_rows, n_cols = 2, 64
     x = np.zeros((n_rows, n_cols), dtype=np.float32)
     out = np.empty((n_rows, n_rows), dtype=np.float32)
     tile = np.empty((n_rows, n_cols), dtype=np.float32)
     vnni = _INT8_FORMS[:1] == ("vnni",)
-    for writable in (True, False):
-        bits = np.zeros((n_rows, n_cols), dtype=np.uint16)
-        values = np.zeros((n_rows, n_cols), dtype=np.int8)
-        packed = np.zeros((n_rows, n_cols // 2), dtype=np.uint8)
-        scales = np.zeros((n_rows, n_cols >> _Q8_SHIFT), dtype=np.float32)
-        half_scales = np.zeros((n_rows, n_cols >> _Q8_SHIFT), dtype=np.uint16)
-        for weight in (bits, values, packed, scales, half_scales):
-            weight.flags.writeable = writable
-        q4_forms = ((scales, scales), (half_scales, half_scales), (half_scales, None))
+    for w in warmup_weights(n_rows, n_cols):
+        bits, values, packed, scales, q4_forms = w.bits, w.values, w.packed, w.scales, w.q4_forms
         decode_bf16(bits, 0, tile)
         decode_q8(values, scales, 0, tile)
         for q4_scales, q4_mins in q4_forms:  # Q4_K, Q4_1, Q4_0
@@ -572,15 +581,17 @@ def set_threads(n) -> int:
     return count
 
 
-def _forget_kernels_built_from_other_simd_code() -> None:
+def _forget_kernels_built_from_older_sources() -> None:
     """numba re-uses a module's cached kernels until that module's file changes, but the
     IR of kernels_simd.py is compiled into this module's, kernels_int8's and
-    kernels_bf16's: when that file alone changed (an update, an edit), drop their cached
-    kernels so they are built again. Where the cache folder is read-only, numba does not
-    cache at all, so there is nothing to drop."""
+    kernels_bf16's, and this module's quantize_rows into kernels_int8's: when one of the
+    two files changed (an update, an edit), drop the three modules' cached kernels so they
+    are built again. Where the cache folder is read-only, numba does not cache at all, so
+    there is nothing to drop."""
     cache = Path(matmul_bf16._cache._cache_path)
-    stamp = cache / "kernels_simd.sha256"
-    digest = hashlib.sha256(Path(kernels_simd.__file__).read_bytes()).hexdigest()
+    stamp = cache / "kernel_sources.sha256"
+    digest = hashlib.sha256(Path(kernels_simd.__file__).read_bytes()
+                            + Path(__file__).read_bytes()).hexdigest()
     try:
         if stamp.is_file() and stamp.read_text() == digest:
             return
@@ -592,4 +603,4 @@ def _forget_kernels_built_from_other_simd_code() -> None:
         pass
 
 
-_forget_kernels_built_from_other_simd_code()
+_forget_kernels_built_from_older_sources()

@@ -43,6 +43,10 @@ _I16x16 = ir.VectorType(ir.IntType(16), 16)
 _I32x8 = ir.VectorType(ir.IntType(32), 8)
 _F32x8 = ir.VectorType(ir.FloatType(), 8)
 _CHAINS = 4  # independent accumulators (blocks in flight) per row
+# Types of the GEMM micro-kernels' IR (kernels_bf16.py, kernels_int8.py): zmm registers.
+I32, I64 = ir.IntType(32), ir.IntType(64)
+F32X16 = ir.VectorType(ir.FloatType(), 16)
+I32X16 = ir.VectorType(I32, 16)
 
 
 def cpu_features() -> set:
@@ -296,7 +300,7 @@ def _row_dot(context, builder, sig, args, isa):
 
     def block_scale(b):
         return splat(builder, builder.fmul(load_scale(builder, w_scales_type, w_scales, b),
-                                            load_scale(builder, x_scales_type, x_scales, b)), 8)
+                                           load_scale(builder, x_scales_type, x_scales, b)), 8)
 
     def add_q8_block(b, acc):
         start = _load(builder, x_start, b, _I32x8, 4) if isa == "vnni" else None
@@ -350,7 +354,7 @@ def _row_dot(context, builder, sig, args, isa):
                                  builder.load(total)])
         if has_mins:
             acc = add_mins(n_pairs, splat(builder, load_scale(builder, parts["w_mins"][0],
-                                                           pointer["w_mins"], last), 8), acc)
+                                                          pointer["w_mins"], last), 8), acc)
         builder.store(acc, total)
     return _reduce(builder, builder.load(total))
 

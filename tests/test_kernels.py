@@ -14,7 +14,7 @@ import llama3_np
 from llama3_np import kernels, threads
 from llama3_np.checkpoint.detect import read_checkpoint
 from llama3_np.errors import CheckpointError, InputError
-from llama3_np.formats import convert
+from llama3_np.formats import convert, fused_matmul
 from llama3_np.formats.bf16 import BF16, bf16_bits_to_float32, float32_to_bf16_bits
 from llama3_np.formats.convert import new_bytes, to_dtype
 from llama3_np.formats.gguf_blocks import QuantizedTensor
@@ -491,9 +491,10 @@ def test_int8_activations_read_only_weights_extreme_values_and_nan(form, n_rows)
 @NEEDS_INT8_GEMM
 @pytest.mark.parametrize("dtype", ["q8", "gguf_q4_0", "gguf_q4_1", "gguf_q4_k"])
 def test_int8_gemm_agrees_with_the_row_loops_of_decoding(dtype):
-    """A prompt's rows go through the GEMM, a decode step's through the row loops: the
-    same quantised x and the same float32 operations per block, summed in another order
-    (float32 roundoff of sum |x_j w_ij|). Read-only weights, as memory-mapped ones are."""
+    """A prompt's rows go through the GEMM, a decode step's through the row loops
+    (kernels_numba, called here on all 40 rows): the same quantised x and the same float32
+    operations per block, summed in another order (float32 roundoff of sum |x_j w_ij|).
+    Read-only weights, as memory-mapped ones are."""
     kernels_numba = kernels._numba_kernels()
     kernels.set_backend("numba")
     kernels_numba.set_int8_activations(True)
@@ -504,17 +505,34 @@ def test_int8_gemm_agrees_with_the_row_loops_of_decoding(dtype):
             array.flags.writeable = False
     x = random_matrix((40, n_in), seed=6)
     prompt = kernels.linear(x, w)
-    steps = np.concatenate([kernels.linear(x[i:i + 8], w) for i in range(0, 40, 8)])
+    steps = np.empty_like(prompt)
+    fused_matmul(w, kernels_numba, len(x))(x, steps)
     scale = np.abs(quantised_activations(x)).astype(np.float64) @ \
         np.abs(w_float32).T.astype(np.float64)
     np.testing.assert_array_less(np.abs(prompt - steps), 8 * U32 * np.sqrt(n_in) * scale)
-    assert not np.array_equal(prompt, kernels.linear(x, w_float32))  # not float32 x
+
+
+@NEEDS_INT8_GEMM
+def test_int8_gemm_refuses_shapes_it_would_read_past():
+    """The micro-kernel reads rows at the scales' length unchecked: a mismatched x, out
+    or a non-contiguous weight is refused before it runs."""
+    kernels_int8 = importlib.import_module("llama3_np.kernels_int8")
+    q8 = to_dtype(random_matrix((12, 64)), "q8")
+    x, out = random_matrix((40, 64)), np.empty((40, 12), dtype=np.float32)
+    kernels_int8.matmul_q8(x, q8.values, q8.scales, out)
+    assert_matches_float64(out, quantised_activations(x), q8.to_float32())
+    for bad_x, bad_out, values, scales in [
+            (random_matrix((40, 96)), out, q8.values, q8.scales),
+            (x, np.empty((40, 11), dtype=np.float32), q8.values, q8.scales),
+            (x, np.empty((40, 6), dtype=np.float32), q8.values[::2], q8.scales[::2])]:
+        with pytest.raises(ValueError, match="int8 GEMM"):
+            kernels_int8.matmul_q8(bad_x, values, scales, bad_out)
 
 
 @NEEDS_NUMBA
 def test_int8_prefill_without_avx512_vnni_decodes_float32_tiles(monkeypatch):
     """Where the CPU lacks AVX512-VNNI, more than 32 rows of x go on to float32 tiles for
-    BLAS (float32 x), int8 activations or not."""
+    BLAS (float32 x) even with int8 activations on."""
     kernels_int8 = importlib.import_module("llama3_np.kernels_int8")
     kernels.set_backend("numba")
     kernels._numba_kernels().set_int8_activations(True)
@@ -593,27 +611,35 @@ def test_float16_scales_widen_exactly_with_and_without_f16c(f16c, monkeypatch):
 
 
 @NEEDS_NUMBA
-def test_cached_kernels_are_dropped_when_the_simd_code_changes(tmp_path, monkeypatch):
+def test_cached_kernels_are_dropped_when_the_code_built_into_them_changes(tmp_path,
+                                                                          monkeypatch):
     """numba would re-use kernels compiled from an older kernels_simd.py (it watches only
-    kernels_numba.py): a changed kernels_simd.py must drop them, an unchanged one keep them."""
+    each kernel's own file), and kernels_int8's from an older quantize_rows: a changed
+    kernels_simd.py or kernels_numba.py must drop the cached kernels of the three modules
+    built from them, unchanged ones keep them."""
     from llama3_np import kernels_numba, kernels_simd
 
-    simd_source = tmp_path / "kernels_simd.py"
-    simd_source.write_text("# version 1")
-    monkeypatch.setattr(kernels_simd, "__file__", str(simd_source))
+    sources = {module: tmp_path / f"{module.__name__}.py" for module in (kernels_simd,
+                                                                           kernels_numba)}
+    for module, source in sources.items():
+        source.write_text("# version 1")
+        monkeypatch.setattr(module, "__file__", str(source))
     monkeypatch.setattr(kernels_numba.matmul_bf16._cache, "_cache_path", str(tmp_path))
-    built = tmp_path / "kernels_numba.matmul_bf16-258.py311.nbi"
+    built = [tmp_path / f"{name}.py311.nbi" for name in (
+        "kernels_numba.matmul_bf16-258", "kernels_int8._gemm-240", "kernels_bf16._pack_pairs-90")]
     other = tmp_path / "model.rms_norm-10.py311.nbi"
-    for path in (built, other):
+    for path in built + [other]:
         path.write_text("")
-    kernels_numba._forget_kernels_built_from_other_simd_code()
-    assert not built.exists() and other.exists()
-    built.write_text("")
-    kernels_numba._forget_kernels_built_from_other_simd_code()
-    assert built.exists()  # the same code: kept
-    simd_source.write_text("# version 2")
-    kernels_numba._forget_kernels_built_from_other_simd_code()
-    assert not built.exists()
+    kernels_numba._forget_kernels_built_from_older_sources()
+    assert not any(path.exists() for path in built) and other.exists()
+    for source in sources.values():
+        for path in built:
+            path.write_text("")
+        kernels_numba._forget_kernels_built_from_older_sources()
+        assert all(path.exists() for path in built)  # the same code: kept
+        source.write_text("# version 2")
+        kernels_numba._forget_kernels_built_from_older_sources()
+        assert not any(path.exists() for path in built)
 
 
 @NEEDS_NUMBA
