@@ -68,9 +68,9 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import kernels_numba  # noqa: F401  (sets numba up before any parallel loop)
+from . import kernels_numba  # (imported first: it sets numba up before any parallel loop)
 from .kernels_simd import (F32X16, I32, I32X16, I64, array_parts, counted_loop, cpu_features,
-                           declare)
+                           declare, store_vectors)
 
 ROUTES = ("amx", "avx512bf16")
 # LLAMA3_NP_BF16_GEMM=off (or a route's name) overrides what the CPU offers.
@@ -260,11 +260,8 @@ def _make_vdp_block(x_vectors: int):
                                 for v in range(x_vectors)]
                 return updated
 
-            accs = counted_loop(builder, n_pairs, 1, [F32X16] * (_VDP_W_ROWS * x_vectors),
-                                one_pair)
-            acc_base = builder.bitcast(acc_data, F32X16.as_pointer())
-            for index, value in enumerate(accs):
-                builder.store(value, builder.gep(acc_base, [ir.Constant(I64, index)]), align=4)
+            store_vectors(builder, acc_data, counted_loop(
+                builder, n_pairs, 1, [F32X16] * (_VDP_W_ROWS * x_vectors), one_pair))
             return context.get_dummy_value()
 
         return types.void(x_pairs, bits, acc, types.intp, types.intp), codegen
@@ -440,9 +437,7 @@ def _vdp_rows(x_pairs, bits, out, acc, start, stop):
             else:
                 _vdp_block_16(x_pairs, bits, acc, m0, n0)
                 width = _LANES
-            for i in range(n_valid):
-                for m in range(min(width, n_x - m0)):
-                    out[m0 + m, n0 + i] = acc[i * width + m]
+            kernels_numba.store_block(acc, out, m0, n0, n_valid, width)
             m0 += width
 
 

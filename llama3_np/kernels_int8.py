@@ -44,7 +44,7 @@ from numba.extending import intrinsic
 
 from . import kernels_numba
 from .kernels_simd import (F32X16, I32, I32X16, I64, array_parts, counted_loop, cpu_features,
-                           declare, load_scale, splat)
+                           declare, load_scale, splat, store_vectors)
 
 _LANES = 16  # int32 / float32 lanes of a zmm register: rows of x
 _X_VECTORS = 2  # the micro-kernel: 2 zmm of rows of x (32 rows) ...
@@ -191,11 +191,8 @@ def _make_block(x_vectors: int):
                         updated.append(acc)
                 return updated
 
-            accs = counted_loop(builder, n_blocks, 1, [F32X16] * (_W_ROWS * x_vectors),
-                                one_block)
-            acc_base = builder.bitcast(acc_data, F32X16.as_pointer())
-            for index, value in enumerate(accs):
-                builder.store(value, builder.gep(acc_base, [ir.Constant(I64, index)]), align=4)
+            store_vectors(builder, acc_data, counted_loop(
+                builder, n_blocks, 1, [F32X16] * (_W_ROWS * x_vectors), one_block))
             return context.get_dummy_value()
 
         return types.void(x_quads, x_scales, x_sums, weights, w_scales, w_mins, acc,
@@ -224,9 +221,7 @@ def _gemm_rows(x_quads, x_scales, x_sums, weights, w_scales, w_mins, out, acc, s
             else:
                 _block_16(x_quads, x_scales, x_sums, weights, w_scales, w_mins, acc, m0, n0)
                 width = _LANES
-            for i in range(n_valid):
-                for m in range(min(width, n_x - m0)):
-                    out[m0 + m, n0 + i] = acc[i * width + m]
+            kernels_numba.store_block(acc, out, m0, n0, n_valid, width)
             m0 += width
 
 

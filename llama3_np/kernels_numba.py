@@ -169,6 +169,16 @@ def _prefetch_ahead(matrix, r):
 
 
 @njit(**_SERIAL)
+def store_block(acc, out, m0, n0, n_valid, width):
+    """A GEMM micro-kernel's results (kernels_bf16, kernels_int8: acc[i * width + m] for
+    weight row n0 + i and row m0 + m of x) into out, past the last row of x or the
+    n_valid-th weight row left out (padding)."""
+    for i in range(n_valid):
+        for m in range(min(width, out.shape[0] - m0)):
+            out[m0 + m, n0 + i] = acc[i * width + m]
+
+
+@njit(**_SERIAL)
 def _gemv_bf16_rows(x, bits, out, start, stop):
     """out[r] = sum_j x[j] * bf16(bits[r, j]) for r in start..stop.
     x (K,) float32, bits (N, K) uint16. Four rows per pass share each load of x."""

@@ -101,6 +101,13 @@ def counted_loop(builder, count, step, carried_types, body):
     return updated
 
 
+def store_vectors(builder, data, vectors):
+    """vectors (F32X16 each) stored one after another at data (a float32 array's data)."""
+    base = builder.bitcast(data, F32X16.as_pointer())
+    for index, value in enumerate(vectors):
+        builder.store(value, builder.gep(base, [ir.Constant(I64, index)]), align=4)
+
+
 def array_parts(context, builder, sig, args):
     """(data pointer, shape values) of each array argument."""
     parts = []
