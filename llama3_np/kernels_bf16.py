@@ -69,8 +69,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import kernels_numba  # (imported first: it sets numba up before any parallel loop)
-from .kernels_simd import (F32X16, I32, I32X16, I64, array_parts, counted_loop, cpu_features,
-                           declare, store_vectors)
+from .kernels_simd import (F32X16, I32, I32X16, I64, array_parts, clamped_rows, counted_loop,
+                           cpu_features, declare, store_vectors)
 
 ROUTES = ("amx", "avx512bf16")
 # LLAMA3_NP_BF16_GEMM=off (or a route's name) overrides what the CPU offers.
@@ -236,12 +236,8 @@ def _make_vdp_block(x_vectors: int):
             x_base = builder.gep(builder.bitcast(x_data, I32.as_pointer()), [m0])
             w_pairs = builder.bitcast(w_data, I32.as_pointer())
             pairs_per_row = builder.ashr(n_cols, ir.Constant(I64, 1))
-            last_row = builder.sub(n_rows, ir.Constant(I64, 1))
-            row_starts = []
-            for i in range(_VDP_W_ROWS):
-                row = builder.add(n0, ir.Constant(I64, i))
-                row = builder.select(builder.icmp_signed("<", row, n_rows), row, last_row)
-                row_starts.append(builder.gep(w_pairs, [builder.mul(row, pairs_per_row)]))
+            row_starts = [builder.gep(w_pairs, [builder.mul(row, pairs_per_row)])
+                          for row in clamped_rows(builder, n0, _VDP_W_ROWS, n_rows)]
 
             def one_pair(p, accs):
                 x_row = builder.gep(x_base, [builder.mul(p, x_stride)])

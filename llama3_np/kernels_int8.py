@@ -43,15 +43,14 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 from . import kernels_numba
-from .kernels_simd import (F32X16, I32, I32X16, I64, array_parts, counted_loop, cpu_features,
-                           declare, load_scale, splat, store_vectors)
+from .kernels_simd import (F32X16, I32, I32X16, I64, array_parts, clamped_rows, counted_loop,
+                           cpu_features, declare, load_scale, splat, store_vectors)
 
 _LANES = 16  # int32 / float32 lanes of a zmm register: rows of x
 _X_VECTORS = 2  # the micro-kernel: 2 zmm of rows of x (32 rows) ...
 _W_ROWS = 6  # ... by 6 weight rows: 12 float32 accumulators and 12 int32 sums
 _ROWS_PER_TASK = 48  # weight rows handed to a thread (a multiple of _W_ROWS)
 _QUADS = 8  # quads of a 32-value block
-
 
 
 def available() -> bool:
@@ -143,12 +142,7 @@ def _make_block(x_vectors: int):
                              I32X16, I32X16, I32X16)
             fma = declare(builder, "llvm.fma.v16f32", F32X16, F32X16, F32X16, F32X16)
             x_quads_at = builder.gep(builder.bitcast(xq_data, I32.as_pointer()), [m0])
-            last_row = builder.sub(n_rows, ir.Constant(I64, 1))
-            rows = []
-            for i in range(_W_ROWS):
-                row = builder.add(n0, ir.Constant(I64, i))
-                rows.append(builder.select(builder.icmp_signed("<", row, n_rows), row,
-                                           last_row))
+            rows = clamped_rows(builder, n0, _W_ROWS, n_rows)
             w_rows = [builder.gep(w_data, [builder.mul(r, row_bytes)]) for r in rows]
             scale_rows = [builder.mul(r, n_blocks) for r in rows]
             start_factor = None if has_mins else -8 if q4 else -128

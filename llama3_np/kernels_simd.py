@@ -101,6 +101,14 @@ def counted_loop(builder, count, step, carried_types, body):
     return updated
 
 
+def clamped_rows(builder, first, count, n_rows):
+    """Row indices first .. first + count - 1, each past the last row replaced by the last
+    (a micro-kernel's rows beyond the matrix: read again, never stored)."""
+    last = builder.sub(n_rows, ir.Constant(n_rows.type, 1))
+    rows = [builder.add(first, ir.Constant(first.type, i)) for i in range(count)]
+    return [builder.select(builder.icmp_signed("<", row, n_rows), row, last) for row in rows]
+
+
 def store_vectors(builder, data, vectors):
     """vectors (F32X16 each) stored one after another at data (a float32 array's data)."""
     base = builder.bitcast(data, F32X16.as_pointer())
