@@ -16,11 +16,11 @@ How, fastest first:
   as llama.cpp does: 1.6-2.9x the float32 loops' speed, at a measured error
   (kernels_numba.py). Off by default: all math stays float32, as the weights are stored.
 - from 9 rows of x on (small matrices: from 33), q8 / Q4 weights, int8 activations on,
-  a CPU with AVX512-VNNI: the same int8 arithmetic in a GEMM micro-kernel
-  (kernels_int8.py), 6 weight rows by 32 rows of x a step: a prompt gets the same
-  quantised x as decoding, 1.5-2x faster than the row loops at 16 rows, 2-3.5x at 128,
-  and ~2.5x faster than float32 tiles for BLAS. (Without AVX512-VNNI, more than 32 rows
-  decode float32 tiles below, with float32 x.)
+  a CPU with AVX512-VNNI: the same int8 arithmetic in GEMM micro-kernels
+  (kernels_int8.py; on AMX beyond 16 rows): a prompt gets the same quantised x as
+  decoding, 1.5-2x faster than the row loops at 16 rows, 2-3.5x at 128, and 2.5-4x
+  faster than float32 tiles for BLAS. (Without AVX512-VNNI, more than 32 rows decode
+  float32 tiles below, with float32 x.)
 - more rows, bf16 weights, numba backend, set_bf16_activations(True), a CPU with AMX or
   AVX512-BF16: x rounded to bf16 and multiplied by the stored bf16 with the CPU's bf16
   dot product (kernels_bf16.py), as PyTorch's bf16 model does: ~2.9x the route below on
@@ -229,14 +229,14 @@ def _bf16_kernels(kernels):
 
 def _int8_kernels(kernels):
     """The kernels_int8 module when x is quantised to int8 in the "vnni" form
-    (set_int8_activations), the numba backend is in use and the CPU has AVX512-VNNI,
-    else None."""
+    (set_int8_activations), the numba backend is in use and the module has a route (the
+    CPU has AVX512-VNNI), else None."""
     if kernels is None or kernels.int8_activations() != "vnni":
         return None
     if "int8" not in _numba_state:
         from . import kernels_int8
-        _numba_state["int8"] = kernels_int8 if kernels_int8.available() else None
-    return _numba_state["int8"]
+        _numba_state["int8"] = kernels_int8
+    return _numba_state["int8"] if _numba_state["int8"].route() is not None else None
 
 
 def _numba_kernels():

@@ -58,7 +58,6 @@ weights, 128 tokens) the logits move by at most 0.031 of their standard deviatio
 float32 run on the same weights.
 """
 
-import ctypes
 import os
 import threading
 
@@ -69,8 +68,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import kernels_numba  # (imported first: it sets numba up before any parallel loop)
-from .kernels_simd import (F32X16, I32, I32X16, I64, array_parts, clamped_rows, counted_loop,
-                           cpu_features, declare, store_vectors)
+from .kernels_simd import (BYTE_POINTER, F32X16, I32, I32X16, I64, amx_config, amx_configure,
+                           amx_release, array_parts, clamped_rows, counted_loop, cpu_features,
+                           declare, request_amx_permission, store_vectors, tile_op)
 
 ROUTES = ("amx", "avx512bf16")
 # LLAMA3_NP_BF16_GEMM=off (or a route's name) overrides what the CPU offers.
@@ -101,16 +101,6 @@ def _reused(name: str, shape: tuple, dtype) -> np.ndarray:
 
 # --- which route this CPU offers -------------------------------------------------------
 
-def _request_amx_permission() -> bool:
-    """Linux hands out AMX's 8 KB tile state only on request, once per process."""
-    arch_prctl, req_xcomp_perm, xfeature_xtiledata = 158, 0x1023, 18  # x86-64 Linux ABI
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.syscall(arch_prctl, req_xcomp_perm, xfeature_xtiledata) == 0
-    except (OSError, AttributeError):
-        return False
-
-
 def _routes_offered() -> tuple:
     """The routes this CPU offers (and LLAMA3_NP_BF16_GEMM allows), best first."""
     wish = os.environ.get(_ROUTE_ENV, "auto").strip().lower()
@@ -120,7 +110,7 @@ def _routes_offered() -> tuple:
     if "avx512bf16" not in features:
         return ()
     has_amx = {"amx-bf16", "amx-tile"} <= features
-    if wish in ("auto", "amx") and has_amx and _request_amx_permission():
+    if wish in ("auto", "amx") and has_amx and request_amx_permission():
         return ROUTES
     return ROUTES[1:]
 
@@ -213,8 +203,6 @@ class _BFloat(ir.Type):
         return hash(_BFloat)
 
 
-_I8 = ir.IntType(8)
-_BYTE_PTR = _I8.as_pointer()
 _BF16X32 = ir.VectorType(_BFloat(), 2 * _LANES)
 
 
@@ -271,36 +259,8 @@ _vdp_block_16 = _make_vdp_block(1)
 
 # AMX: tiles 0-3 hold the 2 x 2 results, 4-5 the weight rows, 6-7 the rows of x.
 
-def _amx_config() -> np.ndarray:
-    """ldtilecfg's 64 bytes: palette 1, tiles 0-7 of 16 rows x 64 bytes."""
-    config = np.zeros(64, dtype=np.uint8)
-    config[0] = 1
-    config[16:32].view(np.uint16)[:] = 4 * _LANES  # bytes per row of tiles 0-7
-    config[48:56] = _LANES  # rows of tiles 0-7
-    return config
-
-
-_AMX_CONFIG = _amx_config()
-
-
-@intrinsic
-def _amx_configure(typingctx, config):
-    def codegen(context, builder, sig, args):
-        (data, _), = array_parts(context, builder, sig, args)
-        load_config = declare(builder, "llvm.x86.ldtilecfg", ir.VoidType(), _BYTE_PTR)
-        builder.call(load_config, [builder.bitcast(data, _BYTE_PTR)])
-        return context.get_dummy_value()
-
-    return types.void(config), codegen
-
-
-@intrinsic
-def _amx_release(typingctx):
-    def codegen(context, builder, sig, args):
-        builder.call(declare(builder, "llvm.x86.tilerelease", ir.VoidType()), [])
-        return context.get_dummy_value()
-
-    return types.void(), codegen
+# tiles 0-7: 16 rows x 64 bytes
+_AMX_CONFIG = amx_config([(_LANES, 4 * _LANES)] * 8)
 
 
 @intrinsic
@@ -320,27 +280,21 @@ def _amx_block(typingctx, x_pairs, bits, results, m0, w_row, result_row, pairs, 
         def const(value, kind=I64):
             return ir.Constant(kind, value)
 
-        def tile_op(name, *arguments):
-            kinds = [_BYTE_PTR if isinstance(a.type, ir.PointerType) else a.type
-                     for a in arguments]
-            builder.call(declare(builder, "llvm.x86." + name, ir.VoidType(), *kinds),
-                         list(arguments))
-
         def at(base, offset):
             return builder.gep(base, [offset])
 
         def mul(a, b):
             return builder.mul(a, b)
 
-        w_bytes = builder.bitcast(w_data, _BYTE_PTR)
+        w_bytes = builder.bitcast(w_data, BYTE_POINTER)
         w_stride = mul(n_cols, const(2))
         x_stride_bytes = mul(x_stride, const(4))
         r_stride_bytes = mul(r_stride, const(4))
         w_tops = [at(w_bytes, mul(builder.add(w_row, const(_LANES * a)), w_stride))
                   for a in range(2)]
         prefetch_top = at(w_bytes, mul(prefetch_row, w_stride))
-        x_left = at(builder.bitcast(x_data, _BYTE_PTR), mul(m0, const(4)))
-        r_corner = at(builder.bitcast(r_data, _BYTE_PTR),
+        x_left = at(builder.bitcast(x_data, BYTE_POINTER), mul(m0, const(4)))
+        r_corner = at(builder.bitcast(r_data, BYTE_POINTER),
                       builder.add(mul(result_row, r_stride_bytes), mul(m0, const(4))))
         r_tiles = [at(r_corner, builder.add(mul(const(_LANES * a), r_stride_bytes),
                                             const(4 * _LANES * b)))
@@ -349,23 +303,23 @@ def _amx_block(typingctx, x_pairs, bits, results, m0, w_row, result_row, pairs, 
         with builder.if_else(builder.icmp_signed(">", start, const(0))) as (adding, fresh):
             with adding:
                 for tile, address in enumerate(r_tiles):
-                    tile_op("tileloadd64", const(tile, _I8), address, r_stride_bytes)
+                    tile_op(builder, "tileloadd64", tile, address, r_stride_bytes)
             with fresh:
                 for tile in range(4):
-                    tile_op("tilezero", const(tile, _I8))
+                    tile_op(builder, "tilezero", tile)
 
         prefetching = builder.icmp_signed(">=", prefetch_row, const(0))
         prefetch = declare(builder, "llvm.prefetch.p0", ir.VoidType(),
-                           _BYTE_PTR, I32, I32, I32)
+                           BYTE_POINTER, I32, I32, I32)
 
         def one_k_step(i, _):
             p = builder.add(start, i)  # the step's first pair of K
             w_offset = mul(p, const(4))
             for a in range(2):  # tiles 4, 5: 16 weight rows x 32 values of K each
-                tile_op("tileloadd64", const(4 + a, _I8), at(w_tops[a], w_offset), w_stride)
+                tile_op(builder, "tileloadd64", 4 + a, at(w_tops[a], w_offset), w_stride)
             x_step = at(x_left, mul(p, x_stride_bytes))
             for b in range(2):  # tiles 6, 7: 16 pairs of K x 16 rows of x each
-                tile_op("tileloadd64", const(6 + b, _I8), at(x_step, const(4 * _LANES * b)),
+                tile_op(builder, "tileloadd64", 6 + b, at(x_step, const(4 * _LANES * b)),
                         x_stride_bytes)
             with builder.if_then(prefetching):
                 for row in range(_AMX_BLOCK):  # read, keep in every cache level, data
@@ -374,13 +328,13 @@ def _amx_block(typingctx, x_pairs, bits, results, m0, w_row, result_row, pairs, 
                                             const(1, I32)])
             for a in range(2):
                 for b in range(2):
-                    tile_op("tdpbf16ps", const(2 * a + b, _I8), const(4 + a, _I8),
-                            const(6 + b, _I8))
+                    tile_op(builder, "tdpbf16ps", 2 * a + b, 4 + a,
+                            6 + b)
             return []
 
         counted_loop(builder, builder.sub(stop, start), _AMX_K_STEP // 2, [], one_k_step)
         for tile, address in enumerate(r_tiles):
-            tile_op("tilestored64", const(tile, _I8), address, r_stride_bytes)
+            tile_op(builder, "tilestored64", tile, address, r_stride_bytes)
         return context.get_dummy_value()
 
     pair_range = types.UniTuple(types.intp, 2)
@@ -453,7 +407,7 @@ def _amx_pass(x_pairs, bits, tail, results, pairs, out, last):
     last pass each block's results go on into out, turned round while still cached."""
     n_full = bits.shape[0] // _AMX_BLOCK
     for block in prange(n_full + (tail.shape[0] > 0)):
-        _amx_configure(_AMX_CONFIG)
+        amx_configure(_AMX_CONFIG)
         n0 = block * _AMX_BLOCK
         for m0 in range(0, x_pairs.shape[1], _AMX_BLOCK):
             prefetch_row = n0 + _AMX_BLOCK if m0 == 0 and block + 1 < n_full else -1
@@ -461,7 +415,7 @@ def _amx_pass(x_pairs, bits, tail, results, pairs, out, last):
                 _amx_block(x_pairs, bits, results, m0, n0, n0, pairs, prefetch_row)
             else:
                 _amx_block(x_pairs, tail, results, m0, 0, n0, pairs, -1)
-        _amx_release()
+        amx_release()
         if last:
             for m in range(out.shape[0]):
                 for n in range(n0, min(out.shape[1], n0 + _AMX_BLOCK)):

@@ -30,15 +30,18 @@ changes, not when only this file does: kernels_numba drops the cached kernels of
 module built from this file's IR when this file's hash changes.
 """
 
+import ctypes
+
 import llvmlite.binding as llvm
 import numba
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-_I8x32 = ir.VectorType(ir.IntType(8), 32)
-_I8x16 = ir.VectorType(ir.IntType(8), 16)
+I8X32 = ir.VectorType(ir.IntType(8), 32)
+I8X16 = ir.VectorType(ir.IntType(8), 16)
 _I16x16 = ir.VectorType(ir.IntType(16), 16)
 _I32x8 = ir.VectorType(ir.IntType(32), 8)
 _F32x8 = ir.VectorType(ir.FloatType(), 8)
@@ -47,6 +50,7 @@ _CHAINS = 4  # independent accumulators (blocks in flight) per row
 I32, I64 = ir.IntType(32), ir.IntType(64)
 F32X16 = ir.VectorType(ir.FloatType(), 16)
 I32X16 = ir.VectorType(I32, 16)
+BYTE_POINTER = ir.IntType(8).as_pointer()
 
 
 def cpu_features() -> set:
@@ -67,6 +71,60 @@ def available() -> tuple:
     if "avx2" in features:
         found.append("avx2")
     return tuple(found)
+
+
+# --- AMX (kernels_bf16.py, kernels_int8.py) -------------------------------------------
+
+def request_amx_permission() -> bool:
+    """Linux hands out AMX's 8 KB tile state only on request, once per process."""
+    arch_prctl, req_xcomp_perm, xfeature_xtiledata = 158, 0x1023, 18  # x86-64 Linux ABI
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(arch_prctl, req_xcomp_perm, xfeature_xtiledata) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def amx_config(tiles) -> np.ndarray:
+    """ldtilecfg's 64 bytes, palette 1: tiles[t] = (rows, bytes per row) of tile t."""
+    config = np.zeros(64, dtype=np.uint8)
+    config[0] = 1
+    for t, (rows, row_bytes) in enumerate(tiles):
+        config[16 + 2 * t:18 + 2 * t].view(np.uint16)[0] = row_bytes
+        config[48 + t] = rows
+    return config
+
+
+@intrinsic
+def amx_configure(typingctx, config):
+    """Load a tile configuration (amx_config) in this thread."""
+    def codegen(context, builder, sig, args):
+        (data, _), = array_parts(context, builder, sig, args)
+        load_config = declare(builder, "llvm.x86.ldtilecfg", ir.VoidType(), BYTE_POINTER)
+        builder.call(load_config, [builder.bitcast(data, BYTE_POINTER)])
+        return context.get_dummy_value()
+
+    return types.void(config), codegen
+
+
+@intrinsic
+def amx_release(typingctx):
+    """Give this thread's tile state back (after the last tile instruction)."""
+    def codegen(context, builder, sig, args):
+        builder.call(declare(builder, "llvm.x86.tilerelease", ir.VoidType()), [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+def tile_op(builder, name, *arguments):
+    """Call the AMX intrinsic llvm.x86.<name>: tile numbers as ints, addresses as any
+    pointer, strides as i64."""
+    values = [ir.Constant(ir.IntType(8), a) if isinstance(a, int) else
+              builder.bitcast(a, BYTE_POINTER) if isinstance(a.type, ir.PointerType) else a
+              for a in arguments]
+    builder.call(declare(builder, "llvm.x86." + name, ir.VoidType(), *[v.type for v in values]),
+                 values)
 
 
 # --- IR helpers ------------------------------------------------------------------------
@@ -136,7 +194,7 @@ def _length(context, builder, array_type, value):
     return cgutils.unpack_tuple(builder, array.shape, 1)[0]
 
 
-def _load(builder, pointer, index, vector_type, element_bytes):
+def load_vector(builder, pointer, index, vector_type, element_bytes):
     """vector_type's worth of elements at pointer + index * (vector elements), unaligned."""
     start = builder.mul(index, ir.Constant(index.type, vector_type.count * element_bytes))
     raw = builder.bitcast(pointer, ir.IntType(8).as_pointer())
@@ -222,7 +280,7 @@ def load_scale(builder, array_type, pointer, index):
     return half_bits_to_float(builder, value) if array_type.dtype == types.uint16 else value
 
 
-def _nibbles(builder, packed):
+def nibbles(builder, packed):
     """Q4 bytes -> (low nibbles, high nibbles), as unsigned bytes."""
     low = builder.and_(packed, ir.Constant(packed.type, [15] * packed.type.count))
     return low, builder.lshr(packed, ir.Constant(packed.type, [4] * packed.type.count))
@@ -247,7 +305,7 @@ def _dot_u8_s8(builder, isa, unsigned, signed, start):
         dpbusd = declare(builder, "llvm.x86.avx512.vpdpbusd.256", _I32x8, _I32x8, _I32x8, _I32x8)
         return builder.call(dpbusd, [start, builder.bitcast(unsigned, _I32x8),
                                      builder.bitcast(signed, _I32x8)])
-    maddubs = declare(builder, "llvm.x86.avx2.pmadd.ub.sw", _I16x16, _I8x32, _I8x32)
+    maddubs = declare(builder, "llvm.x86.avx2.pmadd.ub.sw", _I16x16, I8X32, I8X32)
     madd = declare(builder, "llvm.x86.avx2.pmadd.wd", _I32x8, _I16x16, _I16x16)
     pairs = builder.call(maddubs, [unsigned, signed])
     return builder.add(start, builder.call(madd, [pairs, ir.Constant(_I16x16, [1] * 16)]))
@@ -256,10 +314,10 @@ def _dot_u8_s8(builder, isa, unsigned, signed, start):
 def _q8_block(builder, isa, weights, xq, x_start):
     """A Q8 block's int32 partial sums of weights * xq (see the module docstring)."""
     if isa == "vnni":  # (w + 128) . xq, started at -128 * sum(xq)
-        flipped = builder.xor(weights, ir.Constant(_I8x32, [-128] * 32))
+        flipped = builder.xor(weights, ir.Constant(I8X32, [-128] * 32))
         return _dot_u8_s8(builder, isa, flipped, xq, x_start)
-    absolute = declare(builder, "llvm.abs.v32i8", _I8x32, _I8x32, ir.IntType(1))
-    sign = declare(builder, "llvm.x86.avx2.psign.b", _I8x32, _I8x32, _I8x32)
+    absolute = declare(builder, "llvm.abs.v32i8", I8X32, I8X32, ir.IntType(1))
+    sign = declare(builder, "llvm.x86.avx2.psign.b", I8X32, I8X32, I8X32)
     magnitude = builder.call(absolute, [weights, ir.Constant(ir.IntType(1), 0)])
     return _dot_u8_s8(builder, isa, magnitude, builder.call(sign, [xq, weights]),
                       ir.Constant(_I32x8, None))
@@ -318,9 +376,9 @@ def _row_dot(context, builder, sig, args, isa):
                                            load_scale(builder, x_scales_type, x_scales, b)), 8)
 
     def add_q8_block(b, acc):
-        start = _load(builder, x_start, b, _I32x8, 4) if isa == "vnni" else None
-        sums = _q8_block(builder, isa, _load(builder, w, b, _I8x32, 1),
-                         _load(builder, xq, b, _I8x32, 1), start)
+        start = load_vector(builder, x_start, b, _I32x8, 4) if isa == "vnni" else None
+        sums = _q8_block(builder, isa, load_vector(builder, w, b, I8X32, 1),
+                         load_vector(builder, xq, b, I8X32, 1), start)
         return builder.call(fma, [builder.sitofp(sums, _F32x8), block_scale(b), acc])
 
     if not q4:
@@ -333,19 +391,19 @@ def _row_dot(context, builder, sig, args, isa):
     def q4_start(step):
         if has_mins:
             return ir.Constant(_I32x8, None)
-        return _load(builder, x_start, step, _I32x8, 4)
+        return load_vector(builder, x_start, step, _I32x8, 4)
 
     def add_mins(step, mins, acc):
-        x_sums = _load(builder, pointer["x_sums"], step, _F32x8, 4)
+        x_sums = load_vector(builder, pointer["x_sums"], step, _F32x8, 4)
         return builder.call(fma, [mins, x_sums, acc])
 
     def add_q4_pair(pair, acc):
-        low, high = _nibbles(builder, _load(builder, w, pair, _I8x32, 1))
+        low, high = nibbles(builder, load_vector(builder, w, pair, I8X32, 1))
         first = builder.mul(pair, ir.Constant(pair.type, 2))
-        sums = _dot_u8_s8(builder, isa, low, _load(builder, xq, first, _I8x32, 1),
+        sums = _dot_u8_s8(builder, isa, low, load_vector(builder, xq, first, I8X32, 1),
                           q4_start(pair))
-        sums = _dot_u8_s8(builder, isa, high, _load(builder, xq, builder.add(
-            first, ir.Constant(first.type, 1)), _I8x32, 1), sums)
+        sums = _dot_u8_s8(builder, isa, high, load_vector(builder, xq, builder.add(
+            first, ir.Constant(first.type, 1)), I8X32, 1), sums)
         scale = builder.fmul(_load_pair(builder, w_scales_type, w_scales, pair),
                              _load_pair(builder, x_scales_type, x_scales, pair))
         acc = builder.call(fma, [builder.sitofp(sums, _F32x8), scale, acc])
@@ -360,10 +418,10 @@ def _row_dot(context, builder, sig, args, isa):
     with builder.if_then(builder.icmp_unsigned("!=", builder.urem(n_blocks, two),
                                                ir.Constant(n_blocks.type, 0))):
         last = builder.sub(n_blocks, ir.Constant(n_blocks.type, 1))
-        low, high = _nibbles(builder, _load(builder, w, last, _I8x16, 1))
+        low, high = nibbles(builder, load_vector(builder, w, last, I8X16, 1))
         q = builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(ir.IntType(32), 32),
                                                           list(range(32))))
-        sums = _dot_u8_s8(builder, isa, q, _load(builder, xq, last, _I8x32, 1),
+        sums = _dot_u8_s8(builder, isa, q, load_vector(builder, xq, last, I8X32, 1),
                           q4_start(n_pairs))
         acc = builder.call(fma, [builder.sitofp(sums, _F32x8), block_scale(last),
                                  builder.load(total)])
@@ -423,8 +481,8 @@ def _q8_float_row_dot(context, builder, sig, args):
     x_block_type = ir.VectorType(ir.FloatType(), 32)
 
     def add_block(b, acc):
-        weights = builder.sitofp(_load(builder, w, b, _I8x32, 1), x_block_type)
-        values = _load(builder, x, b, x_block_type, 4)
+        weights = builder.sitofp(load_vector(builder, w, b, I8X32, 1), x_block_type)
+        values = load_vector(builder, x, b, x_block_type, 4)
         quarters = [[builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
                                             ir.Constant(ir.VectorType(ir.IntType(32), 8),
                                                         list(range(8 * k, 8 * k + 8))))

@@ -14,7 +14,7 @@ import llama3_np
 from llama3_np import kernels, threads
 from llama3_np.checkpoint.detect import read_checkpoint
 from llama3_np.errors import CheckpointError, InputError
-from llama3_np.formats import convert, fused_matmul
+from llama3_np.formats import convert, fused_matmul, int8_matmul
 from llama3_np.formats.bf16 import BF16, bf16_bits_to_float32, float32_to_bf16_bits
 from llama3_np.formats.convert import new_bytes, to_dtype
 from llama3_np.formats.gguf_blocks import QuantizedTensor
@@ -412,8 +412,9 @@ def test_to_dtype_rejects_an_unknown_dtype():
 
 INT8_FORMS = list(importlib.import_module("llama3_np.kernels_simd").available()) \
     if HAVE_NUMBA else []
-HAVE_INT8_GEMM = HAVE_NUMBA and importlib.import_module("llama3_np.kernels_int8").available()
-NEEDS_INT8_GEMM = pytest.mark.skipif(not HAVE_INT8_GEMM, reason="no AVX512-VNNI on this CPU")
+INT8_GEMM_ROUTES = list(importlib.import_module("llama3_np.kernels_int8").available_routes()) \
+    if HAVE_NUMBA else []
+NEEDS_INT8_GEMM = pytest.mark.skipif(not INT8_GEMM_ROUTES, reason="no AVX512-VNNI on this CPU")
 
 
 def quantised_activations(x):
@@ -512,6 +513,44 @@ def test_int8_gemm_agrees_with_the_row_loops_of_decoding(dtype):
     np.testing.assert_array_less(np.abs(prompt - steps), 8 * U32 * np.sqrt(n_in) * scale)
 
 
+@pytest.fixture
+def int8_gemm():
+    """kernels_int8, its route put back after the test."""
+    kernels_int8 = importlib.import_module("llama3_np.kernels_int8")
+    best = kernels_int8.route()
+    yield kernels_int8
+    kernels_int8.set_route(best)
+
+
+@NEEDS_INT8_GEMM
+@pytest.mark.skipif("amx" not in INT8_GEMM_ROUTES, reason="no AMX-INT8 on this CPU")
+@pytest.mark.parametrize("dtype", ["q8", "gguf_q4_0", "gguf_q4_1", "gguf_q4_k"])
+def test_int8_gemm_routes_give_the_same_bits(int8_gemm, dtype):
+    """AMX sums each block in integers as vpdpbusd does and scales the sums in the same
+    float32 operations, in the same order: the same bits, for ragged blocks of rows (67
+    weight rows; 17 rows of x, the fewest AMX takes, 40 and 75), read-only weights, blocks
+    of very different magnitude and a NaN (its row NaN, as float32)."""
+    n_in = 2 * N_IN_K if dtype == "gguf_q4_k" else N_IN
+    w, _ = weight_in(dtype, random_matrix((N_OUT, n_in)))
+    arrays = [a for a in vars(w).values() if isinstance(a, np.ndarray)]
+    for array in arrays:
+        array.flags.writeable = False
+    multiply = int8_matmul(w, int8_gemm)  # the weight format's call of matmul_q8 / q4
+    for n_rows in (17, 40, 75):
+        rng = np.random.default_rng(n_rows)
+        x = (random_matrix((n_rows, n_in), seed=8) * 10.0 ** rng.uniform(-3, 2, (n_rows, n_in))
+             ).astype(np.float32)
+        x[n_rows // 2, 5] = np.nan
+        results = []
+        for route in ("vnni", "amx"):
+            int8_gemm.set_route(route)
+            out = np.empty((n_rows, N_OUT), dtype=np.float32)
+            multiply(x, out)
+            results.append(out)
+        np.testing.assert_array_equal(results[0].view(np.uint32), results[1].view(np.uint32))
+        assert np.isnan(results[1][n_rows // 2]).all()
+
+
 @NEEDS_INT8_GEMM
 def test_int8_gemm_refuses_shapes_it_would_read_past():
     """The micro-kernel reads rows at the scales' length unchecked: a mismatched x, out
@@ -530,20 +569,36 @@ def test_int8_gemm_refuses_shapes_it_would_read_past():
 
 
 @NEEDS_NUMBA
-def test_int8_prefill_without_avx512_vnni_decodes_float32_tiles(monkeypatch):
-    """Where the CPU lacks AVX512-VNNI, more than 32 rows of x go on to float32 tiles for
-    BLAS (float32 x) even with int8 activations on."""
-    kernels_int8 = importlib.import_module("llama3_np.kernels_int8")
+def test_int8_prefill_without_avx512_vnni_decodes_float32_tiles(int8_gemm):
+    """Where the CPU lacks AVX512-VNNI (no route: forced here), more than 32 rows of x
+    go on to float32 tiles for BLAS (float32 x) even with int8 activations on."""
     kernels.set_backend("numba")
     kernels._numba_kernels().set_int8_activations(True)
-    monkeypatch.setattr(kernels_int8, "available", lambda: False)
-    monkeypatch.delitem(kernels._numba_state, "int8", raising=False)
+    int8_gemm.set_route(None)
     w, w_float32 = weight_in("q8", random_matrix((N_OUT, N_IN)))
     x = random_matrix((kernels._FUSED_MAX_ROWS + 1, N_IN), seed=7)
-    try:
-        assert_matches_float64(kernels.linear(x, w), x, w_float32)
-    finally:
-        kernels._numba_state.pop("int8", None)  # decided again, on the real CPU
+    assert_matches_float64(kernels.linear(x, w), x, w_float32)
+
+
+def test_int8_gemm_route_follows_the_environment():
+    """LLAMA3_NP_INT8_GEMM=off, or vnni (AMX not used even where the CPU has it); a
+    route the CPU lacks is refused. A fresh process: the route is chosen on import."""
+    if not HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    code = ("from llama3_np import kernels_int8\n"
+            "print(kernels_int8.route(), *kernels_int8.available_routes())\n"
+            "try:\n"
+            "    kernels_int8.set_route('tpu')\n"
+            "except ValueError:\n"
+            "    print('refused')\n")
+    for wish, expected in [("off", ["None", "refused"]),
+                           ("vnni", ["vnni", "vnni", "refused"] if INT8_GEMM_ROUTES
+                            else ["None", "refused"])]:
+        env = dict(os.environ, LLAMA3_NP_INT8_GEMM=wish)
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                text=True, cwd=Path(__file__).resolve().parents[1])
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == expected
 
 
 @NEEDS_NUMBA
