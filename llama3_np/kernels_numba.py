@@ -361,39 +361,73 @@ def _q4_order(j, n_cols):
     return 64 * (block >> 1) + 32 * (k >> 4) + 16 * (block & 1) + (k & 15)
 
 
+@intrinsic
+def _magnitude_bits(typingctx, value):
+    """float32 -> |value|'s bits as uint32. Their integer order is the float order of the
+    magnitudes, inf above every finite one and NaN above inf: an integer max over them
+    vectorises (a float max with NaN does not) and keeps a NaN."""
+    def codegen(context, builder, sig, args):
+        bits = builder.bitcast(args[0], context.get_value_type(types.uint32))
+        return builder.and_(bits, context.get_constant(types.uint32, 0x7FFFFFFF))
+
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def _bits_to_float32(typingctx, bits):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+    return types.float32(types.uint32), codegen
+
+
+@njit(**_SERIAL)
+def quantize_block(block, q):
+    """One 32-value block of x -> q (32 int8) = round(block / d), d = max|block| / 127;
+    returns (d, sum of q). d is NaN when the block holds NaN or inf (its products are
+    then NaN, as in float32; q is then meaningless)."""
+    largest_bits = np.uint32(0)
+    total = np.float32(0)
+    for k in range(32):
+        largest_bits = max(largest_bits, _magnitude_bits(block[k]))
+        total += block[k]
+    largest = _bits_to_float32(largest_bits)
+    inverse = np.float32(127) / largest if largest > 0 else np.float32(0)
+    q_total = 0
+    for k in range(32):
+        value = np.int8(np.rint(block[k] * inverse))
+        q[k] = value
+        q_total += value
+    return largest / np.float32(127) + np.float32(0) * total, q_total  # NaN, inf: NaN
+
+
 @njit(**_SERIAL)
 def quantize_rows(x, q4_order):
-    """x (M, K) float32 as the integer kernels read it, per 32-value block b of each row:
-    xq (M, K) int8 = round(x / d) with d = max|x_b| / 127 (x_scales (M, K/32)), laid out
-    for Q4 (_q4_order) or in plain order (Q8); then two (M, K/32, 8) arrays of per-block
-    values in the lanes kernels_simd's sums have (Q8: lane 0 of row b; Q4: lane 0 or 4
-    of row b // 2, block b's place in its pair, or lane 0 for an odd last block):
-    x_start, int32, the sums' starting values (Q8: -128 * sum(xq_b); Q4: -8 * sum(xq_b)
-    for Q4_0), and x_sums, float32, the block sums that Q4's mins multiply, of the
-    quantised x as the rest of the product (so Q4_0's mins, -8 * scale, cancel the
-    scaled nibbles' offset exactly; the float32 sums doubled the error on Q4_0). A block
-    holding NaN or inf gets d = NaN, so the products are NaN as in float32."""
+    """x (M, K) float32 as the integer kernels read it, per 32-value block b of each row
+    (quantize_block): xq (M, K) int8 = round(x / d) with d = max|x_b| / 127 (x_scales
+    (M, K/32)), laid out for Q4 (_q4_order) or in plain order (Q8); then two (M, K/32, 8)
+    arrays of per-block values in the lanes kernels_simd's sums have (Q8: lane 0 of row
+    b; Q4: lane 0 or 4 of row b // 2, block b's place in its pair, or lane 0 for an odd
+    last block): x_start, int32, the sums' starting values (Q8: -128 * sum(xq_b); Q4: -8 *
+    sum(xq_b) for Q4_0), and x_sums, float32, the block sums that Q4's mins multiply, of
+    the quantised x as the rest of the product (so Q4_0's mins, -8 * scale, cancel the
+    scaled nibbles' offset exactly; the float32 sums doubled the error on Q4_0)."""
     n_x, n_cols = x.shape
     n_blocks = n_cols >> _Q8_SHIFT
     xq = np.empty((n_x, n_cols), dtype=np.int8)
     x_scales = np.empty((n_x, n_blocks), dtype=np.float32)
     x_start = np.zeros((n_x, n_blocks, 8), dtype=np.int32)
     x_sums = np.zeros((n_x, n_blocks, 8), dtype=np.float32)
+    q = np.empty(32, dtype=np.int8)
     for i in range(n_x):
         for b in range(n_blocks):
-            block = x[i, 32 * b:32 * b + 32]
-            largest = np.float32(0)
-            total = np.float32(0)
-            for value in block:
-                largest = max(largest, abs(value))
-                total += value
-            inverse = np.float32(127) / largest if largest > 0 else np.float32(0)
-            q_total = 0
-            for j in range(32 * b, 32 * b + 32):
-                q = np.int8(np.rint(x[i, j] * inverse))
-                xq[i, _q4_order(j, n_cols) if q4_order else j] = q
-                q_total += q
-            x_scales[i, b] = largest / np.float32(127) + np.float32(0) * total  # NaN stays
+            if q4_order:
+                x_scales[i, b], q_total = quantize_block(x[i, 32 * b:32 * b + 32], q)
+                for j in range(32 * b, 32 * b + 32):
+                    xq[i, _q4_order(j, n_cols)] = q[j - 32 * b]
+            else:
+                x_scales[i, b], q_total = quantize_block(x[i, 32 * b:32 * b + 32],
+                                                         xq[i, 32 * b:32 * b + 32])
             if not q4_order:
                 row, lane = b, 0
             elif b % 2 == 0 and b + 1 == n_blocks:  # Q4's odd last block, after the pairs

@@ -33,7 +33,8 @@ def silu(x: np.ndarray) -> np.ndarray:
     """x * sigmoid(x) = x / (1 + e^-x); exp overflows to inf for x < -88, which correctly
     gives -0. (In place: prefill's (seq, ffn_dim) temporaries are the largest here.)"""
     with np.errstate(over="ignore"):
-        denominator = np.exp(-x)
+        denominator = np.negative(x)
+        np.exp(denominator, out=denominator)
         denominator += np.float32(1)
         return np.divide(x, denominator, out=denominator)
 
@@ -50,9 +51,11 @@ def causal_mask(start_pos: int, seq: int) -> np.ndarray:
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
-    """Row-wise softmax; -inf entries (masked) become exactly 0."""
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    """Row-wise softmax; -inf entries (masked) become exactly 0. (In place, as silu.)"""
+    e = x - x.max(axis=-1, keepdims=True)
+    np.exp(e, out=e)
+    e /= e.sum(axis=-1, keepdims=True)
+    return e
 
 
 class NoTrace:
