@@ -11,8 +11,8 @@ shared machine cost less):
 - "x float32": kernels.linear's float32 path, weight tiles decoded for OpenBLAS sgemm;
 - "f32 sgemm": NumPy's BLAS on a float32 copy of the weights (no decoding at all);
 - "torch bf16": PyTorch's x @ w.T in bf16 (oneDNN), x already bf16, when installed;
-- the same weights quantised to q8: "q8, x int8, GEMM" (kernels_int8, AVX512-VNNI, where
-  the CPU has it), "q8, x int8, row loops" (kernels_numba's decode loops, every row of x),
+- the same weights quantised to q8: "q8, x int8, amx" / "vnni" (kernels_int8's routes
+  this CPU has), "q8, x int8, row loops" (kernels_numba's decode loops, every row of x),
   "q8, x float32, tiles + sgemm" (the default float32 path).
 
 Prints GFLOP/s per shape and for the whole layer (the four shapes weighted by how often a
@@ -60,7 +60,9 @@ def main():
     kernels.set_backend("numba")
     best_route = kernels_bf16.route()
     routes = kernels_bf16.available_routes()
-    print(f"bf16 routes on this CPU: {', '.join(routes) or 'none'}; rows of x: {args.rows}")
+    best_int8_route, int8_routes = kernels_int8.route(), kernels_int8.available_routes()
+    print(f"bf16 routes on this CPU: {', '.join(routes) or 'none'}; int8 routes: "
+          f"{', '.join(int8_routes) or 'none'}; rows of x: {args.rows}")
     rng = np.random.default_rng(0)
 
     def cases_for(n_out, n_in):
@@ -90,12 +92,17 @@ def main():
         q8 = to_dtype(w_float32, "q8")
         out = np.empty((args.rows, n_out), dtype=np.float32)
         row_loops = kernels._numba_kernels().matmul_q8
-        if kernels_int8.available():
-            cases["q8, x int8, GEMM"] = lambda: kernels_int8.matmul_q8(x, q8.values, q8.scales,
-                                                                        out)
+        for route in int8_routes:
+            cases[f"q8, x int8, {route}"] = int8_gemm(route, x, q8, out)
         cases["q8, x int8, row loops"] = lambda: int8(row_loops, x, q8.values, q8.scales, out)
         cases["q8, x float32, tiles + sgemm"] = lambda: kernels.linear(x, q8)
         return cases
+
+    def int8_gemm(route, x, q8, out):
+        def run():
+            kernels_int8.set_route(route)
+            kernels_int8.matmul_q8(x, q8.values, q8.scales, out)
+        return run
 
     def int8(kernel, *args):
         kernels.set_int8_activations(True)
@@ -113,6 +120,7 @@ def main():
                 if round_:
                     best[(shape, name)] = min(best.get((shape, name), seconds), seconds)
     kernels_bf16.set_route(best_route)
+    kernels_int8.set_route(best_int8_route)
 
     names = list(next(iter(shapes.values())))
     print(f"{'GFLOP/s':28s}" + "".join(f"{f'{n}x{k}':>12s}" for n, k in LAYER) + f"{'layer':>10s}")

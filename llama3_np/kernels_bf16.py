@@ -58,7 +58,6 @@ weights, 128 tokens) the logits move by at most 0.031 of their standard deviatio
 float32 run on the same weights.
 """
 
-import os
 import threading
 
 import numpy as np
@@ -68,13 +67,10 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import kernels_numba  # (imported first: it sets numba up before any parallel loop)
-from .kernels_simd import (BYTE_POINTER, F32X16, I32, I32X16, I64, amx_config, amx_configure,
-                           amx_release, array_parts, clamped_rows, counted_loop, cpu_features,
-                           declare, request_amx_permission, store_vectors, tile_op)
+from .kernels_simd import (BYTE_POINTER, F32X16, I32, I32X16, I64, Routes, amx_config,
+                           amx_configure, amx_release, array_parts, clamped_rows, counted_loop,
+                           declare, store_vectors, tile_op)
 
-ROUTES = ("amx", "avx512bf16")
-# LLAMA3_NP_BF16_GEMM=off (or a route's name) overrides what the CPU offers.
-_ROUTE_ENV = "LLAMA3_NP_BF16_GEMM"
 
 _LANES = 16  # float32 lanes of a zmm register, rows and columns of an AMX tile
 _X_ALIGN = 32  # rows of x are padded to a multiple of this (2 tiles / 2 zmm)
@@ -101,40 +97,11 @@ def _reused(name: str, shape: tuple, dtype) -> np.ndarray:
 
 # --- which route this CPU offers -------------------------------------------------------
 
-def _routes_offered() -> tuple:
-    """The routes this CPU offers (and LLAMA3_NP_BF16_GEMM allows), best first."""
-    wish = os.environ.get(_ROUTE_ENV, "auto").strip().lower()
-    if wish == "off":
-        return ()
-    features = cpu_features()
-    if "avx512bf16" not in features:
-        return ()
-    has_amx = {"amx-bf16", "amx-tile"} <= features
-    if wish in ("auto", "amx") and has_amx and request_amx_permission():
-        return ROUTES
-    return ROUTES[1:]
-
-
-_offered = _routes_offered()
-_route = _offered[0] if _offered else None
-
-
-def route():
-    """"amx", "avx512bf16", or None when this CPU (or LLAMA3_NP_BF16_GEMM=off) has neither."""
-    return _route
-
-
-def available_routes() -> tuple:
-    """Every route this CPU offers, best first (one with AMX has AVX512-BF16 too)."""
-    return _offered
-
-
-def set_route(name) -> None:
-    """Use a route this CPU has, or None for none (tests force the fallback this way)."""
-    global _route
-    if name is not None and name not in _offered:
-        raise ValueError(f"bf16 GEMM route {name!r} is not available on this CPU")
-    _route = name
+# LLAMA3_NP_BF16_GEMM=off (or a route's name) overrides what the CPU offers.
+_routes = Routes("bf16 GEMM", "LLAMA3_NP_BF16_GEMM",
+                 {"amx": {"avx512bf16", "amx-bf16", "amx-tile"}, "avx512bf16": {"avx512bf16"}})
+route, available_routes, set_route = (_routes.route, _routes.available_routes,
+                                      _routes.set_route)
 
 
 def supports(bits: np.ndarray) -> bool:
@@ -143,16 +110,16 @@ def supports(bits: np.ndarray) -> bool:
     n_in = bits.shape[1]
     if not bits.flags.c_contiguous or n_in == 0:
         return False
-    if _route == "amx":
+    if _routes.current == "amx":
         return n_in % _AMX_K_STEP == 0
-    return _route == "avx512bf16" and n_in % 2 == 0
+    return _routes.current == "avx512bf16" and n_in % 2 == 0
 
 
 def warmup() -> None:
     """Compile (or load from numba's on-disk cache) the current route's loops for the
     weights the loader produces: writable and read-only (memory-mapped) arrays, with
     and without a last partial block of rows."""
-    if _route is None:
+    if _routes.current is None:
         return
     x = np.zeros((2, 2 * _AMX_K_STEP), dtype=np.float32)
     for writable in (True, False):
@@ -177,11 +144,11 @@ def pack_activations(rows: np.ndarray) -> np.ndarray:
 def matmul(rows: np.ndarray, bits: np.ndarray) -> np.ndarray:
     """rows (M, K) float32 @ bf16 matrix bits (N, K).T, rows rounded to bf16: (M, N)."""
     if not supports(bits):  # the micro-kernels read rows at the row stride, unchecked
-        raise ValueError(f"the {_route} route cannot multiply by bf16 bits {bits.shape} "
+        raise ValueError(f"the {_routes.current} route cannot multiply by bf16 bits {bits.shape} "
                          f"(contiguous: {bits.flags.c_contiguous})")
     x_pairs = pack_activations(rows)
     out = np.empty((len(rows), len(bits)), dtype=np.float32)
-    if _route == "amx":
+    if _routes.current == "amx":
         _matmul_amx(x_pairs, bits, out)
     else:
         _matmul_vdp(x_pairs, bits, out)

@@ -24,7 +24,7 @@ On both, after each 32-value block the int32 sums are converted to float32 once 
 scaled by weight scale x activation scale into float32 accumulators (plus min x the
 block's sum of x, for Q4 with mins): per block the same float32 operations as the row
 dot products, added up in another order; the two routes' results are the same bits. The
-activations are quantised by kernels_numba.quantize_rows, as the row dot products
+activations are quantised by kernels_numba.quantize_block, as the row dot products
 quantise them: a token's numbers do not depend on the prompt's length.
 
 "vnni" needs AVX512-VNNI (Cascade Lake and later Xeons, Zen 4 and 5), "amx" AMX-INT8
@@ -48,19 +48,17 @@ Measured on an Intel Xeon with AMX (2 cores, shared; 128 rows of x, best of 5-12
   -> 146-180.
 """
 
-import os
-
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core.errors import TypingError
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from . import kernels_numba
-from .kernels_simd import (F32X16, I32, I32X16, I64, amx_config, amx_configure, amx_release,
-                           array_parts, clamped_rows, counted_loop, cpu_features, declare,
-                           load_scale, request_amx_permission, splat, store_vectors, tile_op)
-from .kernels_simd import I8X16, I8X32, load_vector, nibbles
+from .kernels_simd import (F32X16, I8X16, I8X32, I32, I32X16, I64, Routes, amx_config,
+                           amx_configure, amx_release, array_parts, clamped_rows, counted_loop,
+                           declare, load_scale, load_vector, nibbles, splat, store_vectors,
+                           tile_op)
 
 _LANES = 16  # int32 / float32 lanes of a zmm register: rows of x
 _X_VECTORS = 2  # the micro-kernel: 2 zmm of rows of x (32 rows) ...
@@ -69,44 +67,12 @@ _ROWS_PER_TASK = 48  # weight rows handed to a thread (a multiple of _W_ROWS)
 _QUADS = 8  # quads of a 32-value block
 
 
-ROUTES = ("amx", "vnni")
 # LLAMA3_NP_INT8_GEMM=off (or a route's name) overrides what the CPU offers.
-_ROUTE_ENV = "LLAMA3_NP_INT8_GEMM"
-
-
-def _routes_offered() -> tuple:
-    """The routes this CPU offers (and LLAMA3_NP_INT8_GEMM allows), best first: "vnni"
-    needs the zmm vpdpbusd, "amx" AMX-INT8 too (every such CPU has both)."""
-    wish = os.environ.get(_ROUTE_ENV, "auto").strip().lower()
-    features = cpu_features()
-    if wish == "off" or not {"avx512vnni", "avx512bw"} <= features:
-        return ()
-    if wish in ("auto", "amx") and {"amx-int8", "amx-tile"} <= features \
-            and request_amx_permission():
-        return ROUTES
-    return ROUTES[1:]
-
-
-_offered = _routes_offered()
-_route = _offered[0] if _offered else None
-
-
-def route():
-    """"amx", "vnni", or None when this CPU (or LLAMA3_NP_INT8_GEMM=off) has neither."""
-    return _route
-
-
-def available_routes() -> tuple:
-    """Every route this CPU offers, best first."""
-    return _offered
-
-
-def set_route(name) -> None:
-    """Use a route this CPU has, or None for none (tests force the fallback this way)."""
-    global _route
-    if name is not None and name not in _offered:
-        raise ValueError(f"int8 GEMM route {name!r} is not available on this CPU")
-    _route = name
+_VNNI = {"avx512vnni", "avx512bw"}  # the zmm vpdpbusd (every AMX-INT8 CPU has it)
+_routes = Routes("int8 GEMM", "LLAMA3_NP_INT8_GEMM",
+                 {"amx": _VNNI | {"amx-int8", "amx-tile"}, "vnni": _VNNI})
+route, available_routes, set_route = (_routes.route, _routes.available_routes,
+                                      _routes.set_route)
 
 
 # --- x, quantised and laid out in quads ------------------------------------------------
@@ -115,7 +81,7 @@ def set_route(name) -> None:
 def pack_activations(x, align):
     """x (M, K) float32 -> (x_quads (M'/16, K/4, 16), x_scales (K/32, M'), x_sums (K/32,
     M')), M' = M rounded up to align (a multiple of 16): x quantised per 32-value block by
-    quantize_rows, quad p of row 16 g + l (its int8 values 4p .. 4p + 3) in x_quads[g, p,
+    quantize_block, quad p of row 16 g + l (its int8 values 4p .. 4p + 3) in x_quads[g, p,
     l] (int32: a block's quads of 16 rows are 512 contiguous bytes, an AMX tile), the
     block's scale and the sum of its int8 values in x_scales and x_sums. Padding rows are
     0. In parallel by groups of rows (quantising a 128 x 8192 x took 2.5 ms serially,
@@ -276,6 +242,9 @@ def _amx_block(typingctx, x_quads, x_scales, x_sums, weights, w_scales, w_mins, 
     copy (_stage_row; w_row unused)."""
     has_mins = not isinstance(w_mins, types.NoneType)
     blocked = weights.ndim == 3
+    if weights.dtype != types.int8:
+        raise TypingError(f"AMX int8 GEMM: int8 weight rows (Q8's, or staged), got "
+                          f"{weights.dtype}")
 
     def codegen(context, builder, sig, args):
         parts = array_parts(context, builder, sig, args)
@@ -462,6 +431,19 @@ def _stage_rows(weights, nibble_offset, n0, staged):
         _stage_row(weights[min(n0 + i, last)], staged, i, nibble_offset)
 
 
+def _stored_rows(weights, staged):
+    """The rows _amx_block may read as stored: Q8's int8 weights; for Q4's nibbles, which
+    it cannot, the staging buffer (3-D). Compiled code only."""
+    raise NotImplementedError("_stored_rows runs inside numba-compiled code only")
+
+
+@overload(_stored_rows)
+def _stored_rows_overload(weights, staged):
+    if weights.dtype == types.int8:
+        return lambda weights, staged: weights
+    return lambda weights, staged: staged
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def _gemm_amx(x_quads, x_scales, x_sums, weights, w_scales, w_mins, out, nibble_offset):
     """out = x @ W.T by _amx_block, a task being _AMX_GROUPS_PER_TASK blocks of 32
@@ -476,12 +458,13 @@ def _gemm_amx(x_quads, x_scales, x_sums, weights, w_scales, w_mins, out, nibble_
         first = task * _AMX_GROUPS_PER_TASK
         for group in range(first, min(n_groups, first + _AMX_GROUPS_PER_TASK)):
             n0 = group * _AMX_BLOCK
-            as_stored = nibble_offset < 0 and n0 + _AMX_BLOCK <= n_rows
+            stored = _stored_rows(weights, staged)
+            as_stored = stored.ndim == 2 and n0 + _AMX_BLOCK <= n_rows
             if not as_stored:
                 _stage_rows(weights, nibble_offset, n0, staged)
             for m0 in range(0, x_scales.shape[1], _AMX_BLOCK):
                 if as_stored:
-                    _amx_block(x_quads, x_scales, x_sums, weights, w_scales, w_mins, sums, acc,
+                    _amx_block(x_quads, x_scales, x_sums, stored, w_scales, w_mins, sums, acc,
                                m0, n0, n0)
                 else:
                     _amx_block(x_quads, x_scales, x_sums, staged, w_scales, w_mins, sums, acc,
@@ -495,7 +478,7 @@ def warmup() -> None:
     """Compile (or load from numba's on-disk cache) the GEMMs the route uses (up to 16
     rows of x and more) for the weights the loader produces (kernels_numba.warmup_weights):
     Q8, Q4_K, Q4_1 and Q4_0."""
-    if _route is None:
+    if _routes.current is None:
         return
     for n_x in (2, _LANES + 1):
         x = np.zeros((n_x, 64), dtype=np.float32)
@@ -530,16 +513,20 @@ def _matmul(x, weights, scales, mins, out):
     fast on Q8 and 1.3-1.5x faster on Q4 (which AMX must unpack first)."""
     n_x, n_in = x.shape
     n_out, n_blocks = scales.shape
-    if n_in != 32 * n_blocks or out.shape != (n_x, n_out) or not supports(weights, scales):
+    row_bytes = n_in // 2 if weights.dtype == np.uint8 else n_in
+    if n_in != 32 * n_blocks or out.shape != (n_x, n_out) or \
+            weights.shape != (n_out, row_bytes) or \
+            (mins is not None and mins.shape != scales.shape) or \
+            not supports(weights, scales, mins):
         raise ValueError(f"int8 GEMM: x {x.shape}, out {out.shape} and contiguous weights of "
                          f"{n_out} rows of {32 * n_blocks} values expected (got "
-                         f"{weights.shape}, scales {scales.shape})")
-    if _route is None:
+                         f"{weights.shape}, scales {scales.shape}, mins "
+                         f"{None if mins is None else mins.shape})")
+    if _routes.current is None:
         raise ValueError("int8 GEMM: this CPU has no route for it (see route())")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if _route == "amx" and n_x > _LANES:
-        q4_0 = weights.dtype == np.uint8 and mins is None
-        nibble_offset = -1 if weights.dtype == np.int8 else 8 if q4_0 else 0
+    if _routes.current == "amx" and n_x > _LANES:
+        nibble_offset = 8 if weights.dtype == np.uint8 and mins is None else 0  # Q4_0: q - 8
         _gemm_amx(*pack_activations(x, _AMX_BLOCK), weights, scales, mins, out, nibble_offset)
     else:
         _gemm(*pack_activations(x, _LANES), weights, scales, mins, out)

@@ -78,13 +78,13 @@ from . import kernels_simd
 if not {"NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY"} & set(os.environ):
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
 # How long OpenMP workers busy-wait for the next region before sleeping (libgomp reads it
-# on loading). Its default spin starved the OpenBLAS threads of the prefill GEMMs that
-# run between tile decodes (prefill 2x slower). 30000 rounds against 1000 (2 threads,
-# bench_case.py, alternating runs): decode +9% (1B Q8_0, int8 x) and +12% (demo model),
-# a 16-token prefill of the demo model +45% (a worker woken from sleep is late for the
-# short regions between Python steps); 128-token prefills by BF16 tiles for sgemm and
-# by Q4_K unchanged.
-SPIN_COUNT = "30000"
+# on loading). Spinning starves the OpenBLAS threads of the prefill GEMMs that run between
+# tile decodes (libgomp's default: prefill 2x slower); sleeping makes the next short
+# region wait for a worker to wake. Rounds (2 threads, bench_case.py, alternating runs,
+# 1B shape): BF16 tiles + sgemm 128-token prefill 68-69 tok/s at 1000, 69-71 at 4000,
+# 66-70 at 10000, 62 at 30000; Q8_0 int8 decode 12.5-12.9, 13.2-13.3, 14.2-14.6,
+# 13.8-14.2; its 16-token prefill 97-100, 103-107, 108, 109-114.
+SPIN_COUNT = "10000"
 os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
 
 # "reassoc" lets LLVM split a float32 sum into vector lanes; NaN/inf stay IEEE.
@@ -389,13 +389,14 @@ def _bits_to_float32(typingctx, bits):
 @njit(**_SERIAL)
 def quantize_block(block, q):
     """One 32-value block of x -> q (32 int8) = round(block / d), d = max|block| / 127;
-    returns (d, sum of q). d is NaN when the block holds NaN or inf (its products are
-    then NaN, as in float32; q is then meaningless)."""
+    returns (d, sum of q). A block holding NaN or inf gets d = NaN and q = 0: its
+    products are NaN, as in float32."""
     largest_bits = np.uint32(0)
-    total = np.float32(0)
     for k in range(32):
         largest_bits = max(largest_bits, _magnitude_bits(block[k]))
-        total += block[k]
+    if largest_bits >= np.uint32(0x7F800000):  # inf's bits, or a NaN's
+        q[:] = 0
+        return np.float32(np.nan), 0
     largest = _bits_to_float32(largest_bits)
     inverse = np.float32(127) / largest if largest > 0 else np.float32(0)
     q_total = 0
@@ -403,7 +404,7 @@ def quantize_block(block, q):
         value = np.int8(np.rint(block[k] * inverse))
         q[k] = value
         q_total += value
-    return largest / np.float32(127) + np.float32(0) * total, q_total  # NaN, inf: NaN
+    return largest / np.float32(127), q_total
 
 
 @njit(**_SERIAL)
@@ -634,7 +635,7 @@ def set_threads(n) -> int:
 def _forget_kernels_built_from_older_sources() -> None:
     """numba re-uses a module's cached kernels until that module's file changes, but the
     IR of kernels_simd.py is compiled into this module's, kernels_int8's and
-    kernels_bf16's, and this module's quantize_rows into kernels_int8's: when one of the
+    kernels_bf16's, and this module's quantize_block into kernels_int8's: when one of the
     two files changed (an update, an edit), drop the three modules' cached kernels so they
     are built again. Where the cache folder is read-only, numba does not cache at all, so
     there is nothing to drop."""

@@ -31,6 +31,7 @@ module built from this file's IR when this file's hash changes.
 """
 
 import ctypes
+import os
 
 import llvmlite.binding as llvm
 import numba
@@ -71,6 +72,38 @@ def available() -> tuple:
     if "avx2" in features:
         found.append("avx2")
     return tuple(found)
+
+
+# --- GEMM routes (kernels_bf16.py, kernels_int8.py) ------------------------------------
+
+class Routes:
+    """The routes of a GEMM module that this CPU offers, best first, and the one in use:
+    needs maps each route, best first, to the CPU features it needs ("amx" also Linux's
+    permission for the tile state). The environment variable env_var may say "off", or
+    name a route: then only it and the routes after it are offered."""
+
+    def __init__(self, what: str, env_var: str, needs: dict):
+        wish = os.environ.get(env_var, "auto").strip().lower()
+        names = list(needs)
+        names = names[names.index(wish):] if wish in names else [] if wish == "off" else names
+        features = cpu_features()
+        self.what = what
+        self.offered = tuple(name for name in names if needs[name] <= features and (
+            name != "amx" or request_amx_permission()))
+        self.current = self.offered[0] if self.offered else None
+
+    def route(self):
+        """The route in use, or None when this CPU (or the environment) offers none."""
+        return self.current
+
+    def available_routes(self) -> tuple:
+        return self.offered
+
+    def set_route(self, name) -> None:
+        """Use a route this CPU offers, or None for none (tests force fallbacks so)."""
+        if name is not None and name not in self.offered:
+            raise ValueError(f"{self.what} route {name!r} is not available on this CPU")
+        self.current = name
 
 
 # --- AMX (kernels_bf16.py, kernels_int8.py) -------------------------------------------

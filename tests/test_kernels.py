@@ -419,7 +419,7 @@ NEEDS_INT8_GEMM = pytest.mark.skipif(not INT8_GEMM_ROUTES, reason="no AVX512-VNN
 
 
 def quantised_activations(x):
-    """x as kernels_numba.quantize_rows rounds it, back in float32: per 32-value block,
+    """x as kernels_numba.quantize_block rounds it, back in float32: per 32-value block,
     round(x * 127 / max|x|) * max|x| / 127."""
     blocks = x.reshape(len(x), -1, 32)
     largest = np.abs(blocks).max(axis=-1, keepdims=True)
@@ -526,30 +526,74 @@ def int8_gemm():
 @NEEDS_INT8_GEMM
 @pytest.mark.skipif("amx" not in INT8_GEMM_ROUTES, reason="no AMX-INT8 on this CPU")
 @pytest.mark.parametrize("dtype", ["q8", "gguf_q4_0", "gguf_q4_1", "gguf_q4_k"])
-def test_int8_gemm_routes_give_the_same_bits(int8_gemm, dtype):
+@pytest.mark.parametrize("n_out", [N_OUT, 300])
+def test_int8_gemm_routes_give_the_same_bits(int8_gemm, dtype, n_out):
     """AMX sums each block in integers as vpdpbusd does and scales the sums in the same
     float32 operations, in the same order: the same bits, for ragged blocks of rows (67
-    weight rows; 17 rows of x, the fewest AMX takes, 40 and 75), read-only weights, blocks
-    of very different magnitude and a NaN (its row NaN, as float32)."""
+    weight rows; 300: several tasks, on both threads; 17 rows of x, the fewest AMX takes,
+    40 and 75), read-only weights, blocks of very different magnitude, and a NaN and an
+    inf in x (their rows NaN, as in float32; the others finite)."""
     n_in = 2 * N_IN_K if dtype == "gguf_q4_k" else N_IN
-    w, _ = weight_in(dtype, random_matrix((N_OUT, n_in)))
-    arrays = [a for a in vars(w).values() if isinstance(a, np.ndarray)]
-    for array in arrays:
-        array.flags.writeable = False
+    w, _ = weight_in(dtype, random_matrix((n_out, n_in)))
+    for array in vars(w).values():
+        if isinstance(array, np.ndarray):
+            array.flags.writeable = False
     multiply = int8_matmul(w, int8_gemm)  # the weight format's call of matmul_q8 / q4
     for n_rows in (17, 40, 75):
         rng = np.random.default_rng(n_rows)
         x = (random_matrix((n_rows, n_in), seed=8) * 10.0 ** rng.uniform(-3, 2, (n_rows, n_in))
              ).astype(np.float32)
-        x[n_rows // 2, 5] = np.nan
+        x[3, 5], x[n_rows - 1, 40] = np.nan, np.inf
         results = []
         for route in ("vnni", "amx"):
             int8_gemm.set_route(route)
-            out = np.empty((n_rows, N_OUT), dtype=np.float32)
+            out = np.empty((n_rows, n_out), dtype=np.float32)
             multiply(x, out)
             results.append(out)
         np.testing.assert_array_equal(results[0].view(np.uint32), results[1].view(np.uint32))
-        assert np.isnan(results[1][n_rows // 2]).all()
+        special = np.isin(np.arange(n_rows), [3, n_rows - 1])
+        assert np.isnan(results[1][special]).all() and np.isfinite(results[1][~special]).all()
+
+
+@NEEDS_NUMBA
+@pytest.mark.parametrize("dtype", ["q8", "gguf_q4_0", "gguf_q4_1"])
+def test_int8_gemm_stages_weight_rows_block_by_block(dtype):
+    """AMX reads Q4 (and a last partial block of Q8 rows) from a copy staged block by
+    block as int8 values in their order (Q4_0's as q - 8, the others' nibbles as they
+    are), rows past the last repeating it. Plain vector code: checked on any CPU."""
+    kernels_int8 = importlib.import_module("llama3_np.kernels_int8")
+    w, _ = weight_in(dtype, random_matrix((40, 96)))
+    q4_0 = dtype == "gguf_q4_0"
+    if dtype == "q8":
+        weights, values = w.values, w.values
+    else:
+        weights = w.packed
+        low, high = weights.reshape(40, 3, 16) & 15, weights.reshape(40, 3, 16) >> 4
+        values = (np.concatenate([low, high], axis=-1).reshape(40, 96).astype(np.int16)
+                  - (8 if q4_0 else 0)).astype(np.int8)
+    staged = np.empty((3, 32, 32), dtype=np.int8)
+    kernels_int8._stage_rows(weights, 8 if q4_0 else 0, 32, staged)  # rows 32..39, then 39
+    rows = np.minimum(np.arange(32, 64), 39)
+    np.testing.assert_array_equal(staged, values[rows].reshape(32, 3, 32).transpose(1, 0, 2))
+
+
+@NEEDS_NUMBA
+@pytest.mark.parametrize("align", [16, 32])
+def test_int8_gemm_lays_x_out_in_quads_of_16_rows(align):
+    """pack_activations: the int8 values quantize_rows makes, quad p of row 16 g + l at
+    x_quads[g, p, l], block scales and sums of q beside them; padding rows 0."""
+    kernels_int8 = importlib.import_module("llama3_np.kernels_int8")
+    x = random_matrix((19, 96), seed=9)
+    x_quads, x_scales, x_sums = kernels_int8.pack_activations(x, align)
+    xq, scales, _, _ = kernels._numba_kernels().quantize_rows(x, False)
+    n_padded = -(-19 // align) * align
+    assert x_quads.shape == (n_padded // 16, 24, 16) and x_scales.shape == (3, n_padded)
+    quads = np.zeros((n_padded, 24), dtype=np.int32)
+    quads[:19] = xq.view(np.int32)
+    np.testing.assert_array_equal(x_quads, quads.reshape(-1, 16, 24).transpose(0, 2, 1))
+    np.testing.assert_array_equal(x_scales[:, :19], scales.T)
+    np.testing.assert_array_equal(x_sums[:, :19], xq.reshape(19, 3, 32).sum(-1).T)
+    assert not x_scales[:, 19:].any() and not x_sums[:, 19:].any()
 
 
 @NEEDS_INT8_GEMM
@@ -592,8 +636,9 @@ def test_int8_gemm_route_follows_the_environment():
             "    kernels_int8.set_route('tpu')\n"
             "except ValueError:\n"
             "    print('refused')\n")
+    has_vnni = {"avx512vnni", "avx512bw"} <= kernels._numba_kernels().kernels_simd.cpu_features()
     for wish, expected in [("off", ["None", "refused"]),
-                           ("vnni", ["vnni", "vnni", "refused"] if INT8_GEMM_ROUTES
+                           ("vnni", ["vnni", "vnni", "refused"] if has_vnni
                             else ["None", "refused"])]:
         env = dict(os.environ, LLAMA3_NP_INT8_GEMM=wish)
         result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
@@ -670,7 +715,7 @@ def test_float16_scales_widen_exactly_with_and_without_f16c(f16c, monkeypatch):
 def test_cached_kernels_are_dropped_when_the_code_built_into_them_changes(tmp_path,
                                                                           monkeypatch):
     """numba would re-use kernels compiled from an older kernels_simd.py (it watches only
-    each kernel's own file), and kernels_int8's from an older quantize_rows: a changed
+    each kernel's own file), and kernels_int8's from an older quantize_block: a changed
     kernels_simd.py or kernels_numba.py must drop the cached kernels of the three modules
     built from them, unchanged ones keep them."""
     from llama3_np import kernels_numba, kernels_simd
