@@ -34,18 +34,19 @@ keeps the row loops up to 32 rows of x and decodes float32 tiles for BLAS (float
 beyond.
 
 Measured on an Intel Xeon with AMX (2 cores, shared; 128 rows of x, best of 5-12):
-- an 8192 x 2048 matrix: "vnni" 8.5-10.5 ms (~220 G int8 multiply-adds a second,
-  against OpenBLAS sgemm's ~120 G float32 ones on the same shape decoded), "amx"
-  4.7-5.3 on Q8 and 6.8-7.9 on Q4 (1.3-1.8x); kernels_numba's row loops 22-37 ms; the
-  results agree with float64 to 4-5e-7 of their largest (summation order). Other vnni
-  micro-kernel shapes: 32 x 8 and 64 x 4 as fast, 64 x 3 and 16 x 12 10-25% slower.
-- AMX runs far below its peak here: the tile stores of each block's sums and their
-  scaling take most of the time (tdpbssd itself ~5%), so a block's 16 x 32 products
-  cost about as much as the float32 work on their 256 sums.
+- an 8192 x 2048 matrix, Q8 / Q4_0 / Q4_K: "vnni" 8.3-8.9 / 8.8-9.2 / 10.4-11.3 ms (~220 G
+  int8 multiply-adds a second, against OpenBLAS sgemm's ~120 G float32 ones on the same
+  shape decoded), "amx" 4.7-5.6 / 5.5-7.3 / 6.5-7.9 ms; kernels_numba's row loops 22-37
+  ms; the results agree with float64 to 4-5e-7 of their largest (summation order).
+  Other vnni micro-kernel shapes: 32 x 8 and 64 x 4 as fast, 64 x 3 and 16 x 12 10-25%
+  slower.
+- AMX runs far below its peak: of ~4.5 ms on Q8, tdpbssd itself took ~0.2. A block's
+  int32 sums go through memory to be scaled (AMX converts nothing), and those tile loads
+  and stores and the float32 scaling take the rest (the Q4 mins another ~20%).
 - the whole 128-token prefill of the Llama 3.2 1B shape with int8 activations
-  (bench.py, benchmarks/RESULTS.md), against float32 tiles for BLAS: Q8_0 68 -> 147-166
-  tok/s (vnni) -> 170-198 (amx); Q4_0 66 -> 150-168 -> 170-195; Q4_K 70 -> 146-148
-  -> 146-180.
+  (bench.py, benchmarks/RESULTS.md): float32 tiles for BLAS 60-80 tok/s; "vnni" Q8_0
+  147-166, Q4_0 150-168, Q4_K 146-148; "amx" Q8_0 208-218, Q4_0 208-250, Q4_K 188-195
+  (llama.cpp on AMX: 190-217).
 """
 
 import numpy as np
@@ -88,20 +89,18 @@ def pack_activations(x, align):
     against 10 for the GEMM after it, w2)."""
     n_x, n_cols = x.shape
     n_padded = -(-n_x // align) * align
-    x_bytes = np.zeros((n_padded // _LANES, n_cols // 4, 4 * _LANES), dtype=np.int8)
+    x_quads = np.zeros((n_padded // _LANES, n_cols // 4, _LANES), dtype=np.int32)
     x_scales = np.zeros((n_cols // 32, n_padded), dtype=np.float32)
     x_sums = np.zeros((n_cols // 32, n_padded), dtype=np.int32)
     for group in prange(n_padded // _LANES):
         q = np.empty(32, dtype=np.int8)
+        quads = q.view(np.int32)
         for m in range(group * _LANES, min(n_x, (group + 1) * _LANES)):
-            lane = 4 * (m % _LANES)
             for b in range(n_cols // 32):
                 x_scales[b, m], x_sums[b, m] = kernels_numba.quantize_block(
                     x[m, 32 * b:32 * b + 32], q)
-                for p in range(_QUADS):
-                    for k in range(4):
-                        x_bytes[group, _QUADS * b + p, lane + k] = q[4 * p + k]
-    return x_bytes.view(np.int32), x_scales, x_sums
+                x_quads[group, _QUADS * b:_QUADS * (b + 1), m % _LANES] = quads
+    return x_quads, x_scales, x_sums
 
 
 # --- the micro-kernel ------------------------------------------------------------------
@@ -179,7 +178,7 @@ def _make_block(x_vectors: int):
                     starts = [builder.mul(s, factor) for s in x_sum]
                 quad_rows = [builder.mul(builder.add(builder.mul(b, ir.Constant(I64, _QUADS)),
                                                      ir.Constant(I64, q)), ir.Constant(I64, _LANES))
-                             for q in range(_QUADS)]
+                             for q in range(_QUADS)]  # x_quads[., 8 b + q] (16 int32 each)
                 updated = []
                 for i in range(_W_ROWS):
                     sums = list(starts)
@@ -271,9 +270,7 @@ def _amx_block(typingctx, x_quads, x_scales, x_sums, weights, w_scales, w_mins, 
         def address(data, index):  # index in the array's elements
             return builder.gep(data, [index])
 
-        for k in range(_AMX_BLOCK * 2):
-            store_vectors(builder, address(acc_data, const(_LANES * k)),
-                          [ir.Constant(F32X16, None)])
+        store_vectors(builder, acc_data, [ir.Constant(F32X16, None)] * (2 * _AMX_BLOCK))
         if blocked:  # staged (blocks, 32, 32): rows 16 a.. of block b at (32 b + 16 a) 32
             w_tops = [address(w_data, const(32 * _LANES * a)) for a in range(2)]
             w_step, w_stride = const(32 * _AMX_BLOCK), const(32)
@@ -391,6 +388,7 @@ def _stage_row(typingctx, row, staged, i, nibble_offset):
         return context.get_dummy_value()
 
     return types.void(row, staged, types.intp, types.intp), codegen
+
 
 # --- the loops around them -------------------------------------------------------------
 

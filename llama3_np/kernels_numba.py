@@ -83,7 +83,8 @@ if not {"NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY"} & set(os.envi
 # region wait for a worker to wake. Rounds (2 threads, bench_case.py, alternating runs,
 # 1B shape): BF16 tiles + sgemm 128-token prefill 68-69 tok/s at 1000, 69-71 at 4000,
 # 66-70 at 10000, 62 at 30000; Q8_0 int8 decode 12.5-12.9, 13.2-13.3, 14.2-14.6,
-# 13.8-14.2; its 16-token prefill 97-100, 103-107, 108, 109-114.
+# 13.8-14.2; its 16-token prefill 97-100, 103-107, 108, 109-114; the demo model's int8
+# decode 76 at 1000 and 10000, 87-89 at 30000 (a trade against the BF16 prefill).
 SPIN_COUNT = "10000"
 os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
 

@@ -1,6 +1,6 @@
 """x86 integer dot products for kernels_numba.py, written as LLVM vector IR; needs numba.
 
-Each function here multiplies one Q8 or Q4 weight row by an activation row that was
+The row dot products here multiply one Q8 or Q4 weight row by an activation row that was
 quantised to int8 per 32-value block (kernels_numba.quantize_rows), as llama.cpp does
 for its Q8_0 / Q4_0 dot products: one block's 32 products are summed in int32 by one
 or two instructions, converted to float32 once, and scaled once per block
@@ -28,6 +28,10 @@ holds is decided when numba compiles it, for the CPU it runs on (numba's on-disk
 is keyed by the CPU too); numba re-compiles a cached kernel when kernels_numba.py
 changes, not when only this file does: kernels_numba drops the cached kernels of every
 module built from this file's IR when this file's hash changes.
+
+Here too, what the GEMM modules (kernels_bf16.py, kernels_int8.py) share: the choice of
+a route by CPU features (Routes), AMX's tile configuration and instructions, and the
+IR helpers and zmm types their micro-kernels are built from.
 """
 
 import ctypes
