@@ -36,6 +36,7 @@ IR helpers and zmm types their micro-kernels are built from.
 
 import ctypes
 import os
+import warnings
 
 import llvmlite.binding as llvm
 import numba
@@ -89,6 +90,9 @@ class Routes:
     def __init__(self, what: str, env_var: str, needs: dict):
         wish = os.environ.get(env_var, "auto").strip().lower()
         names = list(needs)
+        if wish not in names + ["off", "auto"]:
+            warnings.warn(f"{env_var}={wish!r} is not one of {', '.join(names)}, off, auto: "
+                          f"using auto", stacklevel=2)
         names = names[names.index(wish):] if wish in names else [] if wish == "off" else names
         features = cpu_features()
         self.what = what

@@ -645,6 +645,10 @@ def test_int8_gemm_route_follows_the_environment():
                                 text=True, cwd=Path(__file__).resolve().parents[1])
         assert result.returncode == 0, result.stderr
         assert result.stdout.split() == expected
+    env = dict(os.environ, LLAMA3_NP_INT8_GEMM="avx2")  # a typo is said, not ignored
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, cwd=Path(__file__).resolve().parents[1])
+    assert "LLAMA3_NP_INT8_GEMM='avx2' is not one of amx, vnni, off, auto" in result.stderr
 
 
 @NEEDS_NUMBA
