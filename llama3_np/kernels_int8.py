@@ -453,10 +453,10 @@ def _gemm_amx(x_quads, x_scales, x_sums, weights, w_scales, w_mins, out, nibble_
         sums = np.empty(_AMX_BATCH * _AMX_BLOCK * _AMX_BLOCK, dtype=np.int32)
         acc = np.empty(_AMX_BLOCK * _AMX_BLOCK, dtype=np.float32)
         staged = np.empty((n_cols // 32, _AMX_BLOCK, 32), dtype=np.int8)
+        stored = _stored_rows(weights, staged)
         first = task * _AMX_GROUPS_PER_TASK
         for group in range(first, min(n_groups, first + _AMX_GROUPS_PER_TASK)):
             n0 = group * _AMX_BLOCK
-            stored = _stored_rows(weights, staged)
             as_stored = stored.ndim == 2 and n0 + _AMX_BLOCK <= n_rows
             if not as_stored:
                 _stage_rows(weights, nibble_offset, n0, staged)

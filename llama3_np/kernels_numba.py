@@ -428,13 +428,9 @@ def quantize_rows(x, q4_order):
     q = np.empty(32, dtype=np.int8)
     for i in range(n_x):
         for b in range(n_blocks):
-            if q4_order:
-                x_scales[i, b], q_total = quantize_block(x[i, 32 * b:32 * b + 32], q)
-                for j in range(32 * b, 32 * b + 32):
-                    xq[i, _q4_order(j, n_cols)] = q[j - 32 * b]
-            else:
-                x_scales[i, b], q_total = quantize_block(x[i, 32 * b:32 * b + 32],
-                                                         xq[i, 32 * b:32 * b + 32])
+            x_scales[i, b], q_total = quantize_block(x[i, 32 * b:32 * b + 32], q)
+            for j in range(32 * b, 32 * b + 32):
+                xq[i, _q4_order(j, n_cols) if q4_order else j] = q[j - 32 * b]
             if not q4_order:
                 row, lane = b, 0
             elif b % 2 == 0 and b + 1 == n_blocks:  # Q4's odd last block, after the pairs
