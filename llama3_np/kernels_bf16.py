@@ -69,7 +69,7 @@ from numba.extending import intrinsic
 from . import kernels_numba  # (imported first: it sets numba up before any parallel loop)
 from .kernels_simd import (BYTE_POINTER, F32X16, I32, I32X16, I64, Routes, amx_config,
                            amx_configure, amx_release, array_parts, clamped_rows, counted_loop,
-                           declare, store_vectors, tile_op)
+                           declare, prefetch, store_vectors, tile_op)
 
 
 _LANES = 16  # float32 lanes of a zmm register, rows and columns of an AMX tile
@@ -276,8 +276,6 @@ def _amx_block(typingctx, x_pairs, bits, results, m0, w_row, result_row, pairs, 
                     tile_op(builder, "tilezero", tile)
 
         prefetching = builder.icmp_signed(">=", prefetch_row, const(0))
-        prefetch = declare(builder, "llvm.prefetch.p0", ir.VoidType(),
-                           BYTE_POINTER, I32, I32, I32)
 
         def one_k_step(i, _):
             p = builder.add(start, i)  # the step's first pair of K
@@ -289,10 +287,9 @@ def _amx_block(typingctx, x_pairs, bits, results, m0, w_row, result_row, pairs, 
                 tile_op(builder, "tileloadd64", 6 + b, at(x_step, const(4 * _LANES * b)),
                         x_stride_bytes)
             with builder.if_then(prefetching):
-                for row in range(_AMX_BLOCK):  # read, keep in every cache level, data
-                    address = at(prefetch_top, builder.add(mul(const(row), w_stride), w_offset))
-                    builder.call(prefetch, [address, const(0, I32), const(3, I32),
-                                            const(1, I32)])
+                for row in range(_AMX_BLOCK):
+                    prefetch(builder, at(prefetch_top, builder.add(mul(const(row), w_stride),
+                                                                   w_offset)))
             for a in range(2):
                 for b in range(2):
                     tile_op(builder, "tdpbf16ps", 2 * a + b, 4 + a,

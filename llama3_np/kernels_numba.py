@@ -29,8 +29,9 @@ bytes are fewer, not its work; per-row costs, the reduction and loop set-up, wei
 more). From DRAM (the 128256 x 2048 output matrix, two threads, a busy machine): bf16
 0.89, q8 0.66 / 0.73 (float / int8 x), Q4_0 0.14 / 0.63, Q4_K 0.23 / 0.72; the int8
 loops then wait on memory between rows, and asking for the bytes 2 KB ahead of the row
-they multiply (_prefetch_ahead) took them to q8 0.82-0.86, Q4_0 0.71-0.79, Q4_K
-0.87-0.99 (the same for bf16's long rows: 0.88 -> 0.70, so it has none). Q4 steps of
+they multiply took them to q8 0.82-0.86, Q4_0 0.71-0.79, Q4_K 0.87-0.99 (the same for
+bf16's long rows: 0.88 -> 0.70, so it has none); asking from each step of the row's
+loop, 4 KB ahead, is faster again (kernels_simd.PREFETCH_DISTANCE). Q4 steps of
 four blocks in 512-bit vectors (AVX512-VNNI) measured no faster than these 256-bit
 ones, one thread or two, from DRAM or the L2 cache: the per-row costs dominate.
 The scalar Q8 loop already gets one scale broadcast per 32 values (no gather), as the
@@ -95,10 +96,6 @@ _PARALLEL = dict(_SERIAL, parallel=True)
 _Q8_SHIFT = 5  # j >> 5 is the index of j's 32-value Q8 block
 _Q4_SHIFT = 4  # byte j >> 4 is the index of its 32-value Q4 block (16 bytes a block)
 _ROWS_PER_TASK = 16  # the unit of rows handed to a thread
-# How far ahead of the row being multiplied its successors' bytes are asked for
-# (_prefetch_ahead). Q4_0 int8 GEMV from DRAM (one core; two): 1 KB ahead 10.9 (18.9)
-# GB/s, 2 KB 11.3 (20.1), 4 KB 10.9 (19.1), none 9.3 (16.5).
-_PREFETCH_BYTES = 2048
 
 
 @intrinsic
@@ -163,15 +160,6 @@ def _block_min(mins, scales, r, b):
     if mins is None:
         return np.float32(-8) * _as_float32(scales[r, b])
     return _as_float32(mins[r, b])
-
-
-@njit(**_SERIAL)
-def _prefetch_ahead(matrix, r):
-    """Start loading the bytes _PREFETCH_BYTES past row r's start, one row's worth: the
-    hardware prefetcher alone lets a GEMV over short rows wait on memory (see above)."""
-    start = r * matrix.strides[0] + _PREFETCH_BYTES
-    for offset in range(start, start + matrix.strides[0], 64):
-        kernels_simd.prefetch(matrix, offset)
 
 
 @njit(**_SERIAL)
@@ -451,7 +439,6 @@ def _matmul_q8_int(use_vnni, x, values, scales, out):
     n_rows = values.shape[0]
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         for r in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
-            _prefetch_ahead(values, r)
             for i in range(xq.shape[0]):
                 out[i, r] = kernels_simd.q8_dot(use_vnni, values[r], scales[r], xq[i],
                                                 x_scales[i], x_start[i])
@@ -466,7 +453,6 @@ def _matmul_q4_int(use_vnni, x, packed, scales, mins, out):
     n_rows = packed.shape[0]
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         for r in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
-            _prefetch_ahead(packed, r)
             for i in range(xq.shape[0]):
                 out[i, r] = kernels_simd.q4_dot(use_vnni, packed[r], scales[r],
                                                 _row_or_none(mins, r), xq[i], x_scales[i],
