@@ -475,14 +475,15 @@ def _gemm_amx(x_quads, x_scales, x_sums, weights, w_scales, w_mins, out, nibble_
 def warmup() -> None:
     """Compile (or load from numba's on-disk cache) the GEMMs the route uses (up to 16
     rows of x and more) for the weights the loader produces (kernels_numba.warmup_weights):
-    Q8, Q4_K, Q4_1 and Q4_0."""
+    Q8 (float32 and float16 scales), Q4_K, Q4_1 and Q4_0."""
     if _routes.current is None:
         return
     for n_x in (2, _LANES + 1):
         x = np.zeros((n_x, 64), dtype=np.float32)
         out = np.empty((n_x, 2), dtype=np.float32)
         for w in kernels_numba.warmup_weights(2, 64):
-            matmul_q8(x, w.values, w.scales, out)
+            for q8_scales in w.q8_forms:
+                matmul_q8(x, w.values, q8_scales, out)
             for q4_scales, q4_mins in w.q4_forms:
                 matmul_q4(x, w.packed, q4_scales, q4_mins, out)
 
@@ -494,7 +495,8 @@ def supports(*weight_arrays) -> bool:
 
 
 def matmul_q8(x, values, scales, out):
-    """out = x (M, K) @ Q8 matrix (values (N, K) int8, scales (N, K/32) float32).T, x
+    """out = x (M, K) @ Q8 matrix (values (N, K) int8, scales (N, K/32) float32 or float16
+    bits (uint16)).T, x
     quantised to int8 per block (as kernels_numba.matmul_q8 with int8 activations)."""
     _matmul(x, values, scales, None, out)
 

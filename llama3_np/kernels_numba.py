@@ -112,7 +112,7 @@ def _bf16_to_float32(typingctx, bits):
 
 def _as_float32(value):
     """A scale as float32: float32 as it is, uint16 as float16 bits (numba has no
-    float16; Q4_0 / Q4_1 keep the file's float16 scales). Compiled code only."""
+    float16; Q8_0, Q4_0 and Q4_1 keep the file's float16 scales). Compiled code only."""
     raise NotImplementedError("_as_float32 runs inside numba-compiled code only")
 
 
@@ -277,12 +277,14 @@ def _matmul_bf16_rows(x, bits, out, start, stop):
 
 @njit(**_SERIAL)
 def _matmul_q8_rows(x, values, scales, out, start, stop):
-    """As _matmul_bf16_rows, for Q8 weights (one weight row per pass)."""
+    """As _matmul_bf16_rows, for Q8 weights (one weight row per pass; float16 scales
+    widened a row at a time)."""
     n_x, n_cols = x.shape
+    widened = np.empty(scales.shape[1], dtype=np.float32)
     for i in range(0, n_x - 1, 2):
         x0, x1 = x[i], x[i + 1]
         for r in range(start, stop):
-            row, row_scales = values[r], scales[r]
+            row, row_scales = values[r], _scales_as_float32(scales[r], widened)
             a = b = np.float32(0)
             for j in range(n_cols):
                 w = np.float32(row[j]) * row_scales[j >> _Q8_SHIFT]
@@ -304,7 +306,8 @@ def matmul_bf16(x, bits, out):
 
 @njit(**_PARALLEL)
 def _matmul_q8_float(x, values, scales, out):
-    """out = x (M, K) @ Q8 matrix (values (N, K) int8, scales (N, K/32) float32).T."""
+    """out = x (M, K) @ Q8 matrix (values (N, K) int8, scales (N, K/32) float32 or float16
+    bits (uint16)).T."""
     n_rows = values.shape[0]
     for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
         start = task * _ROWS_PER_TASK
@@ -496,7 +499,9 @@ def decode_q8(values, scales, start, out):
     """out[i] = rows start + i of a Q8 matrix as float32."""
     n_cols = values.shape[1]
     for i in prange(out.shape[0]):
-        row, row_scales, dst = values[start + i], scales[start + i], out[i]
+        widened = np.empty(scales.shape[1], dtype=np.float32)
+        row, dst = values[start + i], out[i]
+        row_scales = _scales_as_float32(scales[start + i], widened)
         for j in range(n_cols):
             dst[j] = np.float32(row[j]) * row_scales[j >> _Q8_SHIFT]
 
@@ -534,7 +539,8 @@ def _fused_kernels(bf16, q8_float, q8_int, q4_float, q4_int) -> SimpleNamespace:
     """The fused matmuls the weight formats call (matmul_bf16 / _q8 / _q4), the q8 and Q4
     ones taking float32 or int8 activations as set_int8_activations says."""
     def matmul_q8(x, values, scales, out):
-        """out = x (M, K) @ Q8 matrix (values (N, K) int8, scales (N, K/32) float32).T."""
+        """out = x (M, K) @ Q8 matrix (values (N, K) int8, scales (N, K/32) float32 or float16
+    bits (uint16)).T."""
         form = int8_activations()
         if form is None:
             q8_float(x, values, scales, out)
@@ -566,9 +572,10 @@ SERIAL = _fused_kernels(*_SERIAL_KERNELS)
 
 def warmup_weights(n_rows: int, n_cols: int):
     """Zero weights of every array kind the loader produces, to compile kernels for
-    (warmup): writable, then read-only (memory-mapped files); bf16 bits, Q8 values with
-    float32 scales, Q4 nibbles; q4_forms the (scales, mins) of Q4_K (float32), Q4_1 and
-    Q4_0 (float16, as uint16 bits; Q4_0 without mins)."""
+    (warmup): writable, then read-only (memory-mapped files); bf16 bits, Q8 values, Q4
+    nibbles; q8_forms the scales of Q8 (float32) and of GGUF's Q8_0 (float16, as uint16
+    bits); q4_forms the (scales, mins) of Q4_K (float32), Q4_1 and Q4_0 (float16; Q4_0
+    without mins)."""
     for writable in (True, False):
         w = SimpleNamespace(bits=np.zeros((n_rows, n_cols), dtype=np.uint16),
                             values=np.zeros((n_rows, n_cols), dtype=np.int8),
@@ -577,6 +584,7 @@ def warmup_weights(n_rows: int, n_cols: int):
                             half_scales=np.zeros((n_rows, n_cols >> _Q8_SHIFT), dtype=np.uint16))
         for array in vars(w).values():
             array.flags.writeable = writable
+        w.q8_forms = (w.scales, w.half_scales)
         w.q4_forms = ((w.scales, w.scales), (w.half_scales, w.half_scales), (w.half_scales, None))
         yield w
 
@@ -590,18 +598,22 @@ def warmup() -> None:
     tile = np.empty((n_rows, n_cols), dtype=np.float32)
     vnni = _INT8_FORMS[:1] == ("vnni",)
     for w in warmup_weights(n_rows, n_cols):
-        bits, values, packed, scales, q4_forms = w.bits, w.values, w.packed, w.scales, w.q4_forms
+        bits, values, packed, q8_forms, q4_forms = w.bits, w.values, w.packed, w.q8_forms, \
+            w.q4_forms
         decode_bf16(bits, 0, tile)
-        decode_q8(values, scales, 0, tile)
+        for q8_scales in q8_forms:
+            decode_q8(values, q8_scales, 0, tile)
         for q4_scales, q4_mins in q4_forms:  # Q4_K, Q4_1, Q4_0
             decode_q4(packed, q4_scales, q4_mins, 0, tile)
         for bf16, q8_float, q8_int, q4_float, q4_int in (_PARALLEL_KERNELS, _SERIAL_KERNELS):
             bf16(x, bits, out)
-            q8_float(x, values, scales, out)
+            for q8_scales in q8_forms:
+                q8_float(x, values, q8_scales, out)
             for q4_scales, q4_mins in q4_forms:
                 q4_float(x, packed, q4_scales, q4_mins, out)
             if _INT8_FORMS:
-                q8_int(vnni, x, values, scales, out)
+                for q8_scales in q8_forms:
+                    q8_int(vnni, x, values, q8_scales, out)
                 for q4_scales, q4_mins in q4_forms:
                     q4_int(vnni, x, packed, q4_scales, q4_mins, out)
 

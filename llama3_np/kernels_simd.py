@@ -499,9 +499,10 @@ def _row_dot_codegen(context, builder, sig, args):
 
 @intrinsic
 def q8_dot(typingctx, use_vnni, values, scales, xq, x_scales, x_start):
-    """float32: one Q8 weight row (int8 values, float32 scales; contiguous) dotted with
-    one activation row quantised by kernels_numba.quantize_rows (xq, x_scales; x_start:
-    (blocks, 8) int32, the sums' starting values, read by the "vnni" form)."""
+    """float32: one Q8 weight row (int8 values, float32 scales or float16 bits in uint16;
+    contiguous) dotted with one activation row quantised by kernels_numba.quantize_rows
+    (xq, x_scales; x_start: (blocks, 8) int32, the sums' starting values, read by the
+    "vnni" form)."""
     return (types.float32(use_vnni, values, scales, xq, x_scales, x_start),
             _row_dot_codegen)
 
@@ -543,8 +544,8 @@ def _q8_float_row_dot(context, builder, sig, args):
 
 @intrinsic
 def q8_dot_float(typingctx, weights, scales, x):
-    """float32: one Q8 row (int8 values, float32 scales per 32) dotted with float32 x, all
-    in float32 (no integer instructions: any CPU)."""
+    """float32: one Q8 row (int8 values, scales per 32 as q8_dot's) dotted with float32 x,
+    all in float32 (no integer instructions: any CPU)."""
     def codegen(context, builder, sig, args):
         return _q8_float_row_dot(context, builder, sig, args)
 

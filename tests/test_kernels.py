@@ -31,7 +31,10 @@ BACKENDS = ["numpy", pytest.param("numba", marks=NEEDS_NUMBA)]
 U32 = 2.0 ** -24  # float32 unit roundoff
 N_OUT, N_IN = 67, 544  # 17 Q8 blocks a row; 67 rows: a prime, so tiles end ragged
 N_IN_K = 256  # K-quants (Q4_K) come in super-blocks of 256 values
-GGUF_KINDS = ["gguf_q4_0", "gguf_q4_1", "gguf_q4_k", "gguf_q5_0"]
+GGUF_KINDS = ["gguf_q8_0", "gguf_q4_0", "gguf_q4_1", "gguf_q4_k", "gguf_q5_0"]
+# Weights the integer kernels multiply: q8 (float32 scales), Q8_0 (the file's float16
+# scales) and the 4-bit forms.
+INT8_KINDS = ["q8", "gguf_q8_0", "gguf_q4_0", "gguf_q4_1", "gguf_q4_k"]
 
 
 @pytest.fixture(autouse=True)
@@ -65,8 +68,9 @@ def gguf_blocks(kind: str, n_rows: int, n_cols: int, seed=0) -> QuantizedTensor:
 
 def weight_in(dtype: str, w: np.ndarray):
     """w in the in-memory form `dtype`, and that form decoded to float32. "gguf_X": random
-    GGUF blocks of type X in w's shape, as load() keeps them: Q4_0, Q4_1, Q4_K become a
-    Q4; Q5_0 has no kernel of its own and stays a stored tensor."""
+    GGUF blocks of type X in w's shape, as load() keeps them: Q8_0 becomes a Q8 (float16
+    scales), Q4_0, Q4_1, Q4_K a Q4; Q5_0 has no kernel of its own and stays a stored
+    tensor."""
     if dtype == "f16":
         stored = w.astype(np.float16)
     elif dtype.startswith("gguf_"):
@@ -139,7 +143,7 @@ def test_linear_reads_weights_from_read_only_memory(backend, n_rows):
 
 
 @NEEDS_NUMBA
-@pytest.mark.parametrize("dtype", ["bf16", "q8", "gguf_q4_1", "gguf_q4_k"])
+@pytest.mark.parametrize("dtype", ["bf16", "q8", "gguf_q8_0", "gguf_q4_1", "gguf_q4_k"])
 @pytest.mark.parametrize("n_rows", [1, 2, 3, "most"])
 def test_numba_multiplies_few_rows_without_decoding_weights(dtype, n_rows, monkeypatch):
     """The point of the numba backend: a token (or a short prompt) never decodes weights
@@ -327,7 +331,7 @@ def test_to_dtype_keeps_vectors_float32(dtype):
 def test_gguf_q8_0_becomes_q8_exactly_by_default_and_as_q8(dtype):
     tensor = gguf_blocks("Q8_0", 6, 96)
     kept = to_dtype(tensor, dtype)
-    assert isinstance(kept, Q8)
+    assert isinstance(kept, Q8) and kept.scales.dtype == np.float16  # the file's, as stored
     np.testing.assert_array_equal(kept.to_float32(), tensor.to_float32())
 
 
@@ -431,7 +435,7 @@ def quantised_activations(x):
 @NEEDS_NUMBA
 @pytest.mark.skipif(not INT8_FORMS, reason="no integer dot product on this CPU")
 @pytest.mark.parametrize("form", INT8_FORMS)
-@pytest.mark.parametrize("dtype", ["q8", "gguf_q4_0", "gguf_q4_1", "gguf_q4_k"])
+@pytest.mark.parametrize("dtype", INT8_KINDS)
 @pytest.mark.parametrize("n_rows", [1, 2, 7, kernels._FUSED_MAX_ROWS,
                                     pytest.param(kernels._FUSED_MAX_ROWS + 1,
                                                  marks=NEEDS_INT8_GEMM),
@@ -491,7 +495,7 @@ def test_int8_activations_read_only_weights_extreme_values_and_nan(form, n_rows)
 
 
 @NEEDS_INT8_GEMM
-@pytest.mark.parametrize("dtype", ["q8", "gguf_q4_0", "gguf_q4_1", "gguf_q4_k"])
+@pytest.mark.parametrize("dtype", INT8_KINDS)
 def test_int8_gemm_agrees_with_the_row_loops_of_decoding(dtype):
     """A prompt's rows go through the GEMM, a decode step's through the row loops
     (kernels_numba, called here on all 40 rows): the same quantised x and the same float32
@@ -525,7 +529,7 @@ def int8_gemm():
 
 @NEEDS_INT8_GEMM
 @pytest.mark.skipif("amx" not in INT8_GEMM_ROUTES, reason="no AMX-INT8 on this CPU")
-@pytest.mark.parametrize("dtype", ["q8", "gguf_q4_0", "gguf_q4_1", "gguf_q4_k"])
+@pytest.mark.parametrize("dtype", INT8_KINDS)
 @pytest.mark.parametrize("n_out", [N_OUT, 300])
 def test_int8_gemm_routes_give_the_same_bits(int8_gemm, dtype, n_out):
     """AMX sums each block in integers as vpdpbusd does and scales the sums in the same

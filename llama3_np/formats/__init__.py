@@ -2,7 +2,8 @@
 
     float32 / float16 ndarray   NumPy's own (float16 only as a reader hands it over)
     bf16.BF16                   raw bfloat16 bits, 2 bytes a weight
-    q8.Q8                       int8 in blocks of 32 sharing a float32 scale (like Q8_0)
+    q8.Q8                       int8 in blocks of 32 sharing a float32 scale (float16 as
+                                GGUF's Q8_0 stores it)
     q4.Q4                       4-bit values in blocks of 32 with a scale and a min
                                 (GGUF's Q4_0, Q4_1, Q4_K, re-laid)
     gguf_blocks.QuantizedTensor any GGUF block type as the file stores it (raw bytes)
@@ -65,6 +66,13 @@ def take_rows(tensor, rows) -> np.ndarray:
     if isinstance(tensor, np.ndarray):
         return tensor[rows].astype(np.float32, copy=False)
     return tensor.take(rows).to_float32()
+
+
+def kernel_view(scales: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """Quantisation scales (or mins) as the compiled kernels read them: float16 as its
+    bits (uint16: numba has no float16), float32 as it is."""
+    return scales.view(np.uint16) if scales is not None and scales.dtype == np.float16 \
+        else scales
 
 
 def distinct(tensors) -> list:

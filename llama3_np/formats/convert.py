@@ -6,8 +6,9 @@
 
 `to_dtype` makes every matrix the dtype asked for. With none asked for (None), matrices
 become f32, except GGUF Q8_0, Q4_0, Q4_1 and Q4_K matrices when `keep_quantized`: those
-keep the file's quantisation, re-laid for the kernels (Q8_0 as a Q8, the 4-bit ones as
-a q4.Q4: 0.5625, 0.625 and 0.75 bytes a weight), with the stored values exactly.
+keep the file's quantisation, re-laid for the kernels (Q8_0 as a Q8 with the file's
+float16 scales, 1.0625 bytes a weight; the 4-bit ones as a q4.Q4: 0.5625, 0.625 and 0.75),
+with the stored values exactly.
 Vectors (norm gains) are always float32.
 """
 
@@ -18,7 +19,7 @@ from . import as_float32, take_rows
 from .bf16 import BF16, float32_to_bf16_bits
 from .gguf_blocks import Q4_KINDS, Q4_SCALE_BYTES, Q4_SCALE_DTYPE, q4_parts, q8_0_parts
 from .q4 import Q4, Q4_BLOCK
-from .q8 import Q8, Q8_BLOCK, Q8_BYTES_PER_WEIGHT, quantize_q8
+from .q8 import Q8, Q8_0_BYTES_PER_WEIGHT, Q8_BLOCK, Q8_BYTES_PER_WEIGHT, quantize_q8
 
 DTYPES = ("f32", "bf16", "q8")
 
@@ -75,7 +76,7 @@ def new_bytes(tensor, dtype, keep_quantized: bool = True) -> int:
     if form == "kept":
         return 0
     per_weight = (0.5 + Q4_SCALE_BYTES[form] / Q4_BLOCK if form in Q4_KINDS else
-                  BYTES_PER_WEIGHT["q8" if form == "Q8_0" else form])  # Q8_0 becomes a Q8
+                  Q8_0_BYTES_PER_WEIGHT if form == "Q8_0" else BYTES_PER_WEIGHT[form])
     return int(np.prod(tensor.shape, dtype=np.int64) * per_weight)
 
 
@@ -118,7 +119,7 @@ def _row_slices(n_rows: int, n_cols: int):
 
 
 def _q8_from_gguf_q8_0(tensor) -> Q8:
-    """A GGUF Q8_0 matrix as Q8: the same values, each block's float16 scale widened."""
+    """A GGUF Q8_0 matrix as Q8: the same values and float16 scales, re-laid."""
     return Q8(*q8_0_parts(tensor.raw))
 
 

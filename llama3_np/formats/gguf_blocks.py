@@ -113,11 +113,11 @@ def _q6_k(blocks):
 
 def q8_0_parts(raw: np.ndarray) -> tuple:
     """(n_rows, bytes_per_row) uint8 of Q8_0 blocks (a float16 scale, 32 int8 values)
-    -> (values (n_rows, K) int8, scales (n_rows, K/32) float32); widening is exact."""
+    -> (values (n_rows, K) int8, scales (n_rows, K/32) float16, as the file has them)."""
     n_rows = raw.shape[0]
     d, qs = _split(np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1, 2 + 32), 2, 32)
     return (np.ascontiguousarray(qs).view(np.int8).reshape(n_rows, -1),
-            _f16(d).reshape(n_rows, -1))
+            np.ascontiguousarray(d.view("<f2"), dtype=np.float16).reshape(n_rows, -1))
 
 
 # 4-bit formats as one kernel form.

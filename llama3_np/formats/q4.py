@@ -3,6 +3,8 @@ Q4_1 and Q4_K are re-laid in (gguf_blocks.q4_parts) so one kernel multiplies all
 
 import numpy as np
 
+from . import kernel_view
+
 Q4_BLOCK = 32  # values sharing one scale and min
 Q4_FLOAT_FUSED_MAX_ROWS = 6  # rows of float32 x up to which the fused loop beats tiles
 _Q4_0_MIN_FACTOR = -8.0  # Q4_0: w = d * (q - 8), so min = -8 * scale
@@ -42,12 +44,8 @@ class Q4:
                   None if self.mins is None else self.mins[rows])
 
     def _kernel_parts(self) -> tuple:
-        """(scales, mins) as the compiled kernels read them: float16 as its bits (uint16:
-        numba has no float16)."""
-        if self.scales.dtype != np.float16:
-            return self.scales, self.mins
-        return self.scales.view(np.uint16), None if self.mins is None else \
-            self.mins.view(np.uint16)
+        """(scales, mins) as the compiled kernels read them (formats.kernel_view)."""
+        return kernel_view(self.scales), kernel_view(self.mins)
 
     def fused(self, kernels, n_rows: int):
         # With float32 x, the Q4 loop does all its work again for each row of x: from 6 or
