@@ -79,14 +79,17 @@ from . import kernels_simd
 if not {"NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY"} & set(os.environ):
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
 # How long OpenMP workers busy-wait for the next region before sleeping (libgomp reads it
-# on loading). Spinning starves the OpenBLAS threads of the prefill GEMMs that run between
-# tile decodes (libgomp's default: prefill 2x slower); sleeping makes the next short
-# region wait for a worker to wake. Rounds (2 threads, bench_case.py, alternating runs,
-# 1B shape): BF16 tiles + sgemm 128-token prefill 68-69 tok/s at 1000, 69-71 at 4000,
-# 66-70 at 10000, 62 at 30000; Q8_0 int8 decode 12.5-12.9, 13.2-13.3, 14.2-14.6,
-# 13.8-14.2; its 16-token prefill 97-100, 103-107, 108, 109-114; the demo model's int8
-# decode 76 at 1000 and 10000, 87-89 at 30000 (a trade against the BF16 prefill).
-SPIN_COUNT = "10000"
+# on loading). A sleeping worker takes 35-55 us to wake (an empty region after an idle
+# gap: 1.7 us up to 100 us, 45 us from 200 us at 10000 rounds, ~15 ns a round), and
+# decoding a token of a small model leaves such gaps between its matmuls; spinning
+# longer holds a core that BLAS's threads may want, so nothing parallel in numba runs
+# just before BLAS does (the tile decoders below). Rounds (2 threads, bench_case.py,
+# alternating runs): the demo model's int8 decode 80-86 tok/s at 10000, 93-97 at 30000,
+# 92-100 at 100000, its int8 128-token prefill 920-1000, 880-910, 760-980; 1B BF16
+# tiles + sgemm prefill unchanged (70-79 at 10000 with parallel tile decoders, 70-78 at
+# 100000 with these), Q4_0 float x prefill 67-69 -> 62-63 (its tiles decoded on one
+# thread), Q8_0 and Q4_0 int8 decode unchanged.
+SPIN_COUNT = "30000"
 os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
 
 # "reassoc" lets LLVM split a float32 sum into vector lanes; NaN/inf stay IEEE.
@@ -484,33 +487,36 @@ def int8_activations():
     return _int8["form"] if _int8["on"] else None
 
 
-@njit(**_PARALLEL)
+# Tile decoders, for the products BLAS multiplies (kernels._tiled_matmul). They run on the
+# calling thread: BLAS's own threads multiply each tile right after, and numba's workers,
+# spinning for SPIN_COUNT rounds after a parallel decode, would hold their cores.
+@njit(**_SERIAL)
 def decode_bf16(bits, start, out):
     """out[i] = bits[start + i] as float32, for a tile of rows multiplied by BLAS."""
     n_cols = bits.shape[1]
-    for i in prange(out.shape[0]):
+    for i in range(out.shape[0]):
         row, dst = bits[start + i], out[i]
         for j in range(n_cols):
             dst[j] = _bf16_to_float32(np.uint32(row[j]))
 
 
-@njit(**_PARALLEL)
+@njit(**_SERIAL)
 def decode_q8(values, scales, start, out):
     """out[i] = rows start + i of a Q8 matrix as float32."""
     n_cols = values.shape[1]
-    for i in prange(out.shape[0]):
-        widened = np.empty(scales.shape[1], dtype=np.float32)
+    widened = np.empty(scales.shape[1], dtype=np.float32)
+    for i in range(out.shape[0]):
         row, dst = values[start + i], out[i]
         row_scales = _scales_as_float32(scales[start + i], widened)
         for j in range(n_cols):
             dst[j] = np.float32(row[j]) * row_scales[j >> _Q8_SHIFT]
 
 
-@njit(**_PARALLEL)
+@njit(**_SERIAL)
 def decode_q4(packed, scales, mins, start, out):
     """out[i] = rows start + i of a Q4 matrix as float32 (arguments as matmul_q4's)."""
     n_blocks = scales.shape[1]
-    for i in prange(out.shape[0]):
+    for i in range(out.shape[0]):
         row, dst = packed[start + i], out[i]
         for b in range(n_blocks):
             scale = _as_float32(scales[start + i, b])
