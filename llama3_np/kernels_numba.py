@@ -203,9 +203,12 @@ def _gemv_bf16_rows(x, bits, out, start, stop):
 @njit(**_SERIAL)
 def _gemv_q8_rows(x, values, scales, out, start, stop):
     """out[r] = sum_j x[j] * values[r, j] * scales[r, j // 32] for r in start..stop, each
-    block's products summed before its scale multiplies them (kernels_simd.q8_dot_float)."""
+    block's products summed before its scale multiplies them (kernels_simd.q8_dot_float).
+    float16 scales are widened a row at a time first (converted per block in the loop:
+    1B Q8_0 decode 25% slower)."""
+    widened = np.empty(scales.shape[1], dtype=np.float32)
     for r in range(start, stop):
-        out[r] = kernels_simd.q8_dot_float(values[r], scales[r], x)
+        out[r] = kernels_simd.q8_dot_float(values[r], _scales_as_float32(scales[r], widened), x)
 
 
 @njit(**_SERIAL)
