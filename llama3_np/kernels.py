@@ -25,7 +25,9 @@ How, fastest first:
   AVX512-BF16: x rounded to bf16 and multiplied by the stored bf16 with the CPU's bf16
   dot product (kernels_bf16.py), as PyTorch's bf16 model does: ~2.9x the route below on
   an AMX Xeon, at a measured error. Off by default, for the same reason, and so that the
-  numbers do not depend on which CPU computed them.
+  numbers do not depend on which CPU computed them. Off, on AMX: x as it is, in three
+  bf16 parts that add up to it exactly, each multiplied so (float32 arithmetic, 1.4x
+  the route below).
 - otherwise (prefill, or the numpy backend): decode a tile of weight rows to
   float32 in a reused buffer (a few MB, cache-sized) and let BLAS multiply every
   row of x by it. Prefill is compute bound, and BLAS sgemm beats any loop here;
@@ -161,9 +163,9 @@ def linear(x: np.ndarray, w) -> np.ndarray:
     if out is None and kernels is not None and len(rows) <= _FUSED_MAX_ROWS:
         out = _fused(w, kernels, np.ascontiguousarray(rows))
     if out is None:
-        rounded = bf16_matmul(w, _bf16_kernels(_in_parallel(kernels)))
-        if rounded is not None:
-            out = rounded(np.ascontiguousarray(rows))
+        bf16_gemm = bf16_matmul(w, _bf16_kernels(_in_parallel(kernels)))
+        if bf16_gemm is not None:
+            out = bf16_gemm(np.ascontiguousarray(rows))
     if out is None:
         out = _tiled_matmul(rows, w.shape, tile_decoder(w, _in_parallel(kernels)))
     return out.reshape(x.shape[:-1] + (n_out,))
@@ -217,14 +219,19 @@ def _tiled_matmul(rows: np.ndarray, shape: tuple, decode) -> np.ndarray:
 
 
 def _bf16_kernels(kernels):
-    """The kernels_bf16 module when x may be rounded to bf16 and `kernels` (the numba
-    backend) is in use, else None."""
-    if kernels is None or not _bf16_state["enabled"]:
+    """How many rows of x are multiplied by bf16 weights in the CPU's bf16 dot products
+    (a kernels_bf16.Multiply) when `kernels` (the numba backend) is in use: x rounded to
+    bf16 where set_bf16_activations asks for it; else x as it is, in three bf16 parts, on
+    the AMX route, where that beats decoding tiles for sgemm. None: tiles."""
+    if kernels is None:
         return None
     if "module" not in _bf16_state:
         from . import kernels_bf16
         _bf16_state["module"] = kernels_bf16
-    return _bf16_state["module"]
+    module = _bf16_state["module"]
+    if _bf16_state["enabled"]:
+        return module.ROUNDED
+    return module.EXACT if module.route() == "amx" else None
 
 
 def _int8_kernels(kernels):

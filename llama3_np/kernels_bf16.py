@@ -1,6 +1,6 @@
 """Prefill GEMMs by bf16 weights with a real bfloat16 dot product; importing needs numba.
 
-kernels.linear's default route for a many-row GEMM by bf16 weights decodes tiles of
+kernels.linear's portable route for a many-row GEMM by bf16 weights decodes tiles of
 weights to float32 for OpenBLAS sgemm, so the CPU multiplies float32 (16 lanes a
 zmm FMA). PyTorch's bf16 model instead rounds the activations to bf16 too and lets
 oneDNN multiply bf16 by bf16 with float32 sums. This module does the same, with the
@@ -49,6 +49,14 @@ remaining gap: oneDNN packs the weights into AMX's layout and prefetches them; h
 they are read as stored, two 16-row tiles at a 4 KB (w2: 16 KB) row stride, from the
 L2 cache for every 32 rows of x, and x is rounded and packed on every call.
 
+With x kept in float32 (the default), the AMX route multiplies too: x is the exact sum
+of three bf16 parts (_part_bits), each goes through the same GEMM, and the three products
+are added (matmul_exact). Products of bf16 values are exact in float32 and the sums are
+float32, so this is float32 arithmetic (sgemm's bound holds), and three AMX passes cost
+less than decoding tiles for sgemm: the 1B 128-token prefill ran at 84-91 tok/s against
+66-70 (runs alternating). vdpbf16ps, no faster than float32 FMAs on a Xeon, would lose
+three times over, so on that route float32 x keeps the tiles.
+
 Rounding x to bf16 is a new arithmetic path, asked for with kernels.set_bf16_activations
 (--bf16-activations), as PyTorch's bf16 models round x; off by default, so that results
 keep the float32 arithmetic and do not depend on which CPU computed them. Its error is
@@ -59,6 +67,7 @@ float32 run on the same weights.
 """
 
 import threading
+from typing import Callable, NamedTuple
 
 import numpy as np
 from llvmlite import ir
@@ -67,6 +76,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import kernels_numba  # (imported first: it sets numba up before any parallel loop)
+from .kernels_numba import bits_to_float32, float32_bits
 from .kernels_simd import (BYTE_POINTER, F32X16, I32, I32X16, I64, Routes, amx_config,
                            amx_configure, amx_release, array_parts, clamped_rows, counted_loop,
                            declare, prefetch, store_vectors, tile_op)
@@ -80,6 +90,7 @@ _VDP_ROWS_PER_TASK = 48  # weight rows handed to a thread (a multiple of _VDP_W_
 _AMX_K_STEP = 32  # bf16 values of K one tile holds
 _AMX_BLOCK = 2 * _LANES  # weight rows, and rows of x, of one AMX micro-kernel
 _X_CHUNK_BYTES = 1 << 19  # x_pairs a pass over the weights reads: half the 2 MB L2 cache
+ROUNDED_X = -1  # pack_activations: x rounded to bf16, not one of its exact parts
 
 
 _scratch = threading.local()  # this thread's reused buffers (fresh ones cost page faults)
@@ -130,29 +141,57 @@ def warmup() -> None:
 
 # --- x rounded to bf16, in pairs -------------------------------------------------------
 
-def pack_activations(rows: np.ndarray) -> np.ndarray:
+def pack_activations(rows: np.ndarray, part: int = ROUNDED_X) -> np.ndarray:
     """x (M, K) float32 -> (K/2, M padded to 32) uint32: x_pairs[p, m] holds x[m, 2p] and
-    x[m, 2p + 1] rounded to bf16 (to nearest, ties to even, as formats.bf16 rounds), the
-    first in the low half: 16 rows' pairs side by side, as both instructions read them.
-    Padding rows are 0. A buffer this thread reuses: valid until its next call."""
+    x[m, 2p + 1] as bf16, the first in the low half: 16 rows' pairs side by side, as both
+    instructions read them. As bf16: rounded (to nearest, ties to even, as formats.bf16
+    rounds), or one of x's three exact parts (part 0, 1, 2: _part_bits). Padding rows are
+    0. A buffer this thread reuses: valid until its next call."""
     n_x, n_in = rows.shape
     pairs = _reused("pairs", (n_in // 2, -(-n_x // _X_ALIGN) * _X_ALIGN), np.uint32)
-    _pack_pairs(np.ascontiguousarray(rows, dtype=np.float32).view(np.uint32), pairs)
+    _pack_pairs(np.ascontiguousarray(rows, dtype=np.float32).view(np.uint32), pairs, part)
     return pairs
 
 
-def matmul(rows: np.ndarray, bits: np.ndarray) -> np.ndarray:
-    """rows (M, K) float32 @ bf16 matrix bits (N, K).T, rows rounded to bf16: (M, N)."""
+def matmul(rows: np.ndarray, bits: np.ndarray, part: int = ROUNDED_X) -> np.ndarray:
+    """rows (M, K) float32 @ bf16 matrix bits (N, K).T, rows rounded to bf16 (or their
+    part `part`, as pack_activations): (M, N)."""
     if not supports(bits):  # the micro-kernels read rows at the row stride, unchecked
         raise ValueError(f"the {_routes.current} route cannot multiply by bf16 bits {bits.shape} "
                          f"(contiguous: {bits.flags.c_contiguous})")
-    x_pairs = pack_activations(rows)
+    x_pairs = pack_activations(rows, part)
     out = np.empty((len(rows), len(bits)), dtype=np.float32)
     if _routes.current == "amx":
         _matmul_amx(x_pairs, bits, out)
     else:
         _matmul_vdp(x_pairs, bits, out)
     return out
+
+
+def matmul_exact(rows: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """rows (M, K) float32 @ bf16 matrix bits (N, K).T with rows as they are: x is the sum
+    of three bf16 parts (_part_bits), matmul multiplies each and the products are added.
+    A bf16 times a bf16 is exact in float32, and both instructions sum the products in
+    float32 as sgemm's FMAs do: float32 arithmetic, bounded as sgemm's in
+    tests/test_kernels_bf16.py. Three AMX passes take less than decoding tiles for sgemm
+    (128 rows, 2 threads: 2048x2048 4.8 against 6.5 ms, 8192x2048 18.8 against 26,
+    2048x8192 20.8 against 30); vdpbf16ps, no faster than float32 FMAs on a Xeon, is not
+    used so."""
+    out = matmul(rows, bits, part=0)
+    for part in (1, 2):
+        out += matmul(rows, bits, part=part)
+    return out
+
+
+class Multiply(NamedTuple):
+    """A bf16 GEMM as kernels.linear hands it to formats.BF16.bf16_matmul."""
+    supports: Callable
+    matmul: Callable
+    warmup: Callable
+
+
+ROUNDED = Multiply(supports, matmul, warmup)  # x rounded to bf16 (set_bf16_activations)
+EXACT = Multiply(supports, matmul_exact, warmup)  # x as it is
 
 
 # --- LLVM IR ---------------------------------------------------------------------------
@@ -320,8 +359,34 @@ def _bf16_bits(u):
     return (u + 0x7FFF + ((u >> 16) & 1)) >> 16
 
 
+@njit(**_SERIAL)
+def _part_bits(u, part):
+    """The bf16 bits of part `part` of the float32 whose bits are u: x = hi + mid + lo
+    exactly, hi being x cut to its top 16 bits (8 significant bits), mid what is left
+    (exact in float32) cut likewise, lo the rest: at most 8 significant bits, a bf16 as it
+    is. Cut, not rounded, so nothing overflows; NaN and inf go whole into hi. The bf16
+    instructions take subnormal values as 0, so parts below 2^-126 (of an x below about
+    2^-110) are lost."""
+    if u & 0x7F800000 == 0x7F800000:  # inf or NaN
+        return np.uint32(_bf16_bits(u) if part == 0 else 0)
+    hi = np.uint32(u & 0xFFFF0000)
+    if part == 0:
+        return np.uint32(hi >> 16)
+    rest = float32_bits(bits_to_float32(u) - bits_to_float32(hi))
+    mid = np.uint32(rest & 0xFFFF0000)
+    if part == 1:
+        return np.uint32(mid >> 16)
+    return np.uint32(float32_bits(bits_to_float32(rest) - bits_to_float32(mid)) >> 16)
+
+
+@njit(**_SERIAL)
+def _x_bits(u, part):
+    """float32 bits -> bf16 bits as pack_activations asks: rounded, or an exact part."""
+    return np.uint32(_bf16_bits(u)) if part == ROUNDED_X else _part_bits(u, part)
+
+
 @njit(**_PARALLEL)
-def _pack_pairs(x_bits, pairs):
+def _pack_pairs(x_bits, pairs, part):
     """pack_activations' loop: x_bits (M, K) uint32 (float32 bits) -> pairs. By blocks of
     16 rows of x: each pair row p gets a 64-byte run, read from 16 sequential streams."""
     n_x = x_bits.shape[0]
@@ -332,7 +397,7 @@ def _pack_pairs(x_bits, pairs):
         for p in range(n_pairs):
             for m in range(m0, m1):
                 low, high = x_bits[m, 2 * p], x_bits[m, 2 * p + 1]
-                pairs[p, m] = _bf16_bits(low) | (_bf16_bits(high) << 16)
+                pairs[p, m] = _x_bits(low, part) | (_x_bits(high, part) << 16)
             for m in range(m1, m0 + _LANES):
                 pairs[p, m] = 0
 

@@ -377,11 +377,21 @@ def _magnitude_bits(typingctx, value):
 
 
 @intrinsic
-def _bits_to_float32(typingctx, bits):
+def bits_to_float32(typingctx, bits):
+    """uint32 -> the float32 with these bits."""
     def codegen(context, builder, sig, args):
         return builder.bitcast(args[0], context.get_value_type(types.float32))
 
     return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def float32_bits(typingctx, value):
+    """float32 -> its bits as uint32."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], context.get_value_type(types.uint32))
+
+    return types.uint32(types.float32), codegen
 
 
 @njit(**_SERIAL)
@@ -395,7 +405,7 @@ def quantize_block(block, q):
     if largest_bits >= np.uint32(0x7F800000):  # inf's bits, or a NaN's
         q[:] = 0
         return np.float32(np.nan), 0
-    largest = _bits_to_float32(largest_bits)
+    largest = bits_to_float32(largest_bits)
     inverse = np.float32(127) / largest if largest > 0 else np.float32(0)
     q_total = 0
     for k in range(32):

@@ -1,5 +1,6 @@
-"""kernels_bf16: GEMMs by bf16 weights with x rounded to bf16 (AMX or AVX512-BF16), and
-kernels.linear's choice of them; the float32 path where the CPU (or a setting) says no.
+"""kernels_bf16: GEMMs by bf16 weights with x rounded to bf16 (AMX or AVX512-BF16) or
+split exactly into three bf16 parts (float32 x, on AMX), and kernels.linear's choice of
+them; the float32 path where the CPU (or a setting) says no.
 
 The arithmetic: x is rounded to bf16 (to nearest, ties to even), every product of two
 bf16 values is exact in float32, and the sums are float32. So against float64 math on
@@ -151,6 +152,66 @@ def test_linear_keeps_x_float32_when_asked_or_when_the_cpu_cannot(kernels_bf16):
     kernels_bf16.set_route(next(iter(kernels_bf16.available_routes()), None))
     kernels.set_backend("numpy")  # NumPy alone never rounds x, whatever the route
     assert_float32_path(kernels.linear(x, w), x, w)
+
+
+def packed_values(kernels_bf16, x, part):
+    """x as pack_activations lays out its part `part` (ROUNDED_X: rounded), back in x's
+    shape as float64."""
+    pairs = kernels_bf16.pack_activations(x, part)[:, :len(x)]  # (K / 2, M)
+    bits = np.empty(x.shape, dtype=np.uint16)
+    bits[:, 0::2], bits[:, 1::2] = (pairs & 0xFFFF).T, (pairs >> 16).T
+    return bf16_bits_to_float32(bits).astype(np.float64)
+
+
+def test_x_packs_as_three_bf16_parts_that_add_up_to_it_exactly(kernels_bf16):
+    """hi + mid + lo == x, across float32's range (its largest value too: hi is x cut,
+    not rounded, so nothing overflows); NaN and inf go whole into hi."""
+    rng = np.random.default_rng(10)
+    x = (random_matrix((4, 256), seed=10) * 10.0 ** rng.uniform(-30, 30, (4, 256))
+         ).astype(np.float32)
+    x[0, :6] = [0.0, -0.0, np.finfo(np.float32).max, -np.finfo(np.float32).max,
+                1 + 2.0 ** -23, -(2.0 ** -100) * (1 + 2.0 ** -23)]
+    hi, mid, lo = (packed_values(kernels_bf16, x, part) for part in range(3))
+    np.testing.assert_array_equal(hi + mid + lo, x.astype(np.float64))
+    np.testing.assert_array_equal(hi, (x.view(np.uint32) & 0xFFFF0000).view(np.float32))
+    special = np.array([[np.nan, np.inf, -np.inf, 1.5]], dtype=np.float32)
+    hi, mid, lo = (packed_values(kernels_bf16, special, part) for part in range(3))
+    np.testing.assert_array_equal(hi, special)
+    assert not mid.any() and not lo.any()
+
+
+@ROUTES
+@pytest.mark.parametrize("n_x, n_out, n_in", [(1, 1, 32), (70, 67, 544), (37, 100, 96)])
+def test_matmul_exact_is_float32_arithmetic(kernels_bf16, route, n_x, n_out, n_in):
+    """x unrounded: the float32 bound against float64 math on x itself; a NaN and an inf
+    in x make their rows NaN or inf, as in float32, and leave the others finite."""
+    kernels_bf16.set_route(route)
+    w = BF16(float32_to_bf16_bits(random_matrix((n_out, n_in)) / np.float32(np.sqrt(n_in))))
+    x = random_matrix((n_x, n_in), seed=11) * np.float32(1e3)
+    assert_float32_path(kernels_bf16.matmul_exact(x, w.bits), x, w)
+    if n_x > 2:
+        x[1, 3], x[2, 5] = np.nan, np.inf
+        y = kernels_bf16.matmul_exact(x, w.bits)
+        assert np.isnan(y[1]).all() and not np.isfinite(y[2]).any()
+        assert np.isfinite(np.delete(y, [1, 2], axis=0)).all()
+
+
+@ROUTES
+def test_linear_multiplies_float32_x_in_bf16_parts_on_amx_only(kernels_bf16, route,
+                                                                monkeypatch):
+    """x float32 (the default): on AMX, three bf16 passes, not tiles for BLAS; on
+    vdpbf16ps (no faster than float32 FMAs on a Xeon), tiles."""
+    tiles = []
+    tiled_matmul = kernels._tiled_matmul
+    monkeypatch.setattr(kernels, "_tiled_matmul", lambda *args: tiles.append(1) or
+                        tiled_matmul(*args))
+    kernels_bf16.set_route(route)
+    kernels.set_backend("numba")
+    kernels.set_bf16_activations(False)
+    w = to_dtype(random_matrix((67, 544)), "bf16")
+    x = random_matrix((40, 544), seed=12)
+    assert_float32_path(kernels.linear(x, w), x, w)
+    assert bool(tiles) == (route != "amx")
 
 
 @ROUTES

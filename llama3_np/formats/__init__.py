@@ -86,9 +86,9 @@ def fused_matmul(w, kernels, n_rows: int) -> Optional[FusedMatmul]:
 
 
 def bf16_matmul(w, bf16_kernels) -> Optional[Callable[[np.ndarray], np.ndarray]]:
-    """fn(rows) -> rows @ w.T with rows rounded to bf16, by the CPU's bf16 dot product
-    (bf16_kernels: kernels_bf16, or None), for bf16 weights where the CPU has one; else
-    None."""
+    """fn(rows) -> rows @ w.T by the CPU's bf16 dot product (bf16_kernels: a
+    kernels_bf16.Multiply, with x rounded to bf16 or in exact parts; or None), for bf16
+    weights where it multiplies them; else None."""
     method = getattr(w, "bf16_matmul", None)
     return None if method is None else method(bf16_kernels)
 
