@@ -46,8 +46,9 @@ DECODE_SHAPES = {"wq": (2048, 2048), "wk": (512, 2048), "w1": (8192, 2048),
 def decode_forms(rng, n_out, n_in):
     """(label, weight, int8 activations or None) for each form, made straight from random
     bytes (quantising a 1 GB float32 output matrix would take longer than timing it).
-    The 4-bit form as GGUF's Q4_0 becomes it (float16 scales, no mins: 0.5625 bytes a
-    weight) and as Q4_K does (float32 scales and mins: 0.75)."""
+    q8 with float32 scales (--dtype q8) and with float16 ones (GGUF's Q8_0, kept: 1.0625
+    bytes a weight); the 4-bit form as GGUF's Q4_0 becomes it (float16 scales, no mins:
+    0.5625) and as Q4_K does (float32 scales and mins: 0.75)."""
     import numpy as np
 
     from llama3_np.formats.bf16 import BF16, float32_to_bf16_bits
@@ -61,11 +62,13 @@ def decode_forms(rng, n_out, n_in):
     blocks = (n_out, n_in // 32)
     q8 = Q8(rng.integers(-127, 128, (n_out, n_in), dtype=np.int8),
             rng.uniform(0, 1e-3, blocks).astype(np.float32))
+    q8_0 = Q8(q8.values, q8.scales.astype(np.float16))  # as GGUF's Q8_0
     nibbles = rng.integers(0, 256, (n_out, n_in // 2), dtype=np.uint8)
     q4_0 = Q4(nibbles, rng.uniform(0, 1e-3, blocks).astype(np.float16))  # as GGUF's Q4_0
     q4_k = Q4(nibbles, rng.uniform(0, 1e-3, blocks).astype(np.float32),  # Q4_K's products
               rng.uniform(-8e-3, 0, blocks).astype(np.float32))
     return [("bf16", BF16(bits), None), ("q8 float x", q8, False), ("q8 int8 x", q8, True),
+            ("Q8_0 float x", q8_0, False), ("Q8_0 int8 x", q8_0, True),
             ("Q4_0 float x", q4_0, False), ("Q4_0 int8 x", q4_0, True),
             ("Q4_K float x", q4_k, False), ("Q4_K int8 x", q4_k, True)]
 
@@ -75,13 +78,14 @@ def decode_main(args):
     bytes, interleaved (A, B, A, B ...), best of args.rounds rounds of repeats."""
     import numpy as np
 
-    from llama3_np import kernels
+    from llama3_np import kernels, kernels_simd
     from machine import best_seconds
 
     kernels.set_backend("numba")
     kernels.warmup()
-    form = kernels._numba_kernels().int8_activations()
-    print(f"threads {args.threads or 'all'}; int8 dot product: {form or 'none (float loops)'}")
+    forms = kernels_simd.available()  # what the "int8 x" rows multiply with
+    print(f"threads {args.threads or 'all'}; int8 dot product: "
+          f"{forms[0] if forms else 'none (int8 x rows run the float loops)'}")
     print(f"{'matrix':8s} {'form':12s} {'GB/s':>6s} {'f32 GB/s':>8s} {'ratio':>6s}")
     rng = np.random.default_rng(0)
     for name, (n_out, n_in) in DECODE_SHAPES.items():

@@ -8,7 +8,10 @@ shared machine cost less):
 
 - "x rounded": kernels_bf16.matmul, x rounded to bf16 and multiplied by the bf16 bits on
   the CPU's best route (AMX or AVX512-BF16; each route this CPU has is listed);
-- "x float32": kernels.linear's float32 path, weight tiles decoded for OpenBLAS sgemm;
+- "x float32, exact parts": kernels_bf16.matmul_exact, x as the sum of three bf16 parts,
+  each multiplied on AMX (kernels.linear's float32 path there);
+- "x float32, tiles + sgemm": weight tiles decoded for OpenBLAS sgemm (kernels.linear's
+  float32 path elsewhere);
 - "f32 sgemm": NumPy's BLAS on a float32 copy of the weights (no decoding at all);
 - "torch bf16": PyTorch's x @ w.T in bf16 (oneDNN), x already bf16, when installed;
 - the same weights quantised to q8: "q8, x int8, amx" / "vnni" (kernels_int8's routes
@@ -46,6 +49,7 @@ def main():
     import numpy as np
 
     from llama3_np import kernels, kernels_bf16, kernels_int8
+    from llama3_np.formats import tile_decoder
     from llama3_np.formats.bf16 import BF16, bf16_bits_to_float32, float32_to_bf16_bits
     from llama3_np.formats.convert import to_dtype
 
@@ -77,13 +81,15 @@ def main():
                 kernels_bf16.matmul(x, bits)
             return run
 
-        def float_path():
-            kernels.set_bf16_activations(False)
-            kernels.linear(x, weight)
-            kernels.set_bf16_activations(True)
+        def exact_parts():
+            kernels_bf16.set_route("amx")
+            kernels_bf16.matmul_exact(x, bits)
 
         cases = {f"x rounded, {route}": rounded(route) for route in routes}
-        cases["x float32, tiles + sgemm"] = float_path
+        if "amx" in routes:
+            cases["x float32, exact parts, amx"] = exact_parts
+        decode = tile_decoder(weight, kernels._numba_kernels())
+        cases["x float32, tiles + sgemm"] = lambda: kernels._tiled_matmul(x, bits.shape, decode)
         cases["f32 sgemm"] = lambda: x @ w_float32.T
         if torch is not None:
             x_bf16 = torch.from_numpy(x).bfloat16()

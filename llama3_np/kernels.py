@@ -24,10 +24,10 @@ How, fastest first:
 - more rows, bf16 weights, numba backend, set_bf16_activations(True), a CPU with AMX or
   AVX512-BF16: x rounded to bf16 and multiplied by the stored bf16 with the CPU's bf16
   dot product (kernels_bf16.py), as PyTorch's bf16 model does: ~2.9x the route below on
-  an AMX Xeon, at a measured error. Off by default, for the same reason, and so that the
-  numbers do not depend on which CPU computed them. Off, on AMX: x as it is, in three
-  bf16 parts that add up to it exactly, each multiplied so (float32 arithmetic, 1.4x
-  the route below).
+  an AMX Xeon, at a measured error. Off by default, for the same reason.
+- the same rows with float32 x (the default), on AMX: x as it is, in three bf16 parts
+  that add up to it exactly, each multiplied by the bf16 GEMM and the products added:
+  float32 arithmetic (kernels_bf16.matmul_exact), 1.3-1.4x the route below.
 - otherwise (prefill, or the numpy backend): decode a tile of weight rows to
   float32 in a reused buffer (a few MB, cache-sized) and let BLAS multiply every
   row of x by it. Prefill is compute bound, and BLAS sgemm beats any loop here;
@@ -219,7 +219,7 @@ def _tiled_matmul(rows: np.ndarray, shape: tuple, decode) -> np.ndarray:
 
 
 def _bf16_kernels(kernels):
-    """How many rows of x are multiplied by bf16 weights in the CPU's bf16 dot products
+    """How rows of x are multiplied by bf16 weights in the CPU's bf16 dot products
     (a kernels_bf16.Multiply) when `kernels` (the numba backend) is in use: x rounded to
     bf16 where set_bf16_activations asks for it; else x as it is, in three bf16 parts, on
     the AMX route, where that beats decoding tiles for sgemm. None: tiles."""

@@ -173,7 +173,8 @@ def matmul_exact(rows: np.ndarray, bits: np.ndarray) -> np.ndarray:
     of three bf16 parts (_part_bits), matmul multiplies each and the products are added.
     A bf16 times a bf16 is exact in float32, and both instructions sum the products in
     float32 as sgemm's FMAs do: float32 arithmetic, bounded as sgemm's in
-    tests/test_kernels_bf16.py. Three AMX passes take less than decoding tiles for sgemm
+    tests/test_kernels_bf16.py. (An inf weight gives NaN, not inf, where a part of x is 0:
+    a model's weights are finite.) Three AMX passes take less than decoding tiles for sgemm
     (128 rows, 2 threads: 2048x2048 4.8 against 6.5 ms, 8192x2048 18.8 against 26,
     2048x8192 20.8 against 30); vdpbf16ps, no faster than float32 FMAs on a Xeon, is not
     used so."""
@@ -362,11 +363,12 @@ def _bf16_bits(u):
 @njit(**_SERIAL)
 def _part_bits(u, part):
     """The bf16 bits of part `part` of the float32 whose bits are u: x = hi + mid + lo
-    exactly, hi being x cut to its top 16 bits (8 significant bits), mid what is left
-    (exact in float32) cut likewise, lo the rest: at most 8 significant bits, a bf16 as it
-    is. Cut, not rounded, so nothing overflows; NaN and inf go whole into hi. The bf16
-    instructions take subnormal values as 0, so parts below 2^-126 (of an x below about
-    2^-110) are lost."""
+    exactly for |x| >= 2^-103, hi being x cut to its top 16 bits (8 significant bits),
+    mid what is left (exact in float32) cut likewise, lo the rest: at most 8 significant
+    bits, a bf16 as it is. Cut, not rounded, so nothing overflows; NaN and inf go whole
+    into hi. Below 2^-103 a part can be subnormal, and cutting it loses bits; the bf16
+    instructions take subnormal values as 0 anyway (as they flush subnormal products and
+    sums, which sgemm keeps)."""
     if u & 0x7F800000 == 0x7F800000:  # inf or NaN
         return np.uint32(_bf16_bits(u) if part == 0 else 0)
     hi = np.uint32(u & 0xFFFF0000)

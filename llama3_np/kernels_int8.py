@@ -496,8 +496,8 @@ def supports(*weight_arrays) -> bool:
 
 def matmul_q8(x, values, scales, out):
     """out = x (M, K) @ Q8 matrix (values (N, K) int8, scales (N, K/32) float32 or float16
-    bits (uint16)).T, x
-    quantised to int8 per block (as kernels_numba.matmul_q8 with int8 activations)."""
+    bits (uint16)).T, x quantised to int8 per block (as kernels_numba.matmul_q8 with int8
+    activations)."""
     _matmul(x, values, scales, None, out)
 
 

@@ -558,8 +558,8 @@ def _fused_kernels(bf16, q8_float, q8_int, q4_float, q4_int) -> SimpleNamespace:
     """The fused matmuls the weight formats call (matmul_bf16 / _q8 / _q4), the q8 and Q4
     ones taking float32 or int8 activations as set_int8_activations says."""
     def matmul_q8(x, values, scales, out):
-        """out = x (M, K) @ Q8 matrix (values (N, K) int8, scales (N, K/32) float32 or float16
-    bits (uint16)).T."""
+        """out = x (M, K) @ Q8 matrix (values (N, K) int8, scales (N, K/32) float32 or
+        float16 bits (uint16)).T."""
         form = int8_activations()
         if form is None:
             q8_float(x, values, scales, out)
