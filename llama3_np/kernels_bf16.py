@@ -59,11 +59,10 @@ three times over, so on that route float32 x keeps the tiles.
 
 Rounding x to bf16 is a new arithmetic path, asked for with kernels.set_bf16_activations
 (--bf16-activations), as PyTorch's bf16 models round x; off by default, so that results
-keep the float32 arithmetic and do not depend on which CPU computed them. Its error is
-measured and bounded in tests/test_kernels_bf16.py: on the Llama 3.2 1B shape (random
-weights, 128 tokens) the logits move by at most 0.031 of their standard deviation
-(median 0.0039), where PyTorch's bf16 model moves them 0.086 (median 0.010) from its
-float32 run on the same weights.
+keep the float32 arithmetic. Its error is measured and bounded in tests/test_kernels_bf16.py:
+on the Llama 3.2 1B shape (random weights, 128 tokens) the logits move by at most 0.031
+of their standard deviation (median 0.0039), where PyTorch's bf16 model moves them 0.086
+(median 0.010) from its float32 run on the same weights.
 """
 
 import threading
