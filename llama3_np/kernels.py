@@ -167,7 +167,7 @@ def linear(x: np.ndarray, w) -> np.ndarray:
         if bf16_gemm is not None:
             out = bf16_gemm(np.ascontiguousarray(rows))
     if out is None:
-        out = _tiled_matmul(rows, w.shape, tile_decoder(w, _in_parallel(kernels)))
+        out = _tiled_matmul(rows, w.shape, tile_decoder(w, kernels))  # decoders run serially
     return out.reshape(x.shape[:-1] + (n_out,))
 
 

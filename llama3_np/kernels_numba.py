@@ -365,18 +365,6 @@ def _q4_order(j, n_cols):
 
 
 @intrinsic
-def _magnitude_bits(typingctx, value):
-    """float32 -> |value|'s bits as uint32. Their integer order is the float order of the
-    magnitudes, inf above every finite one and NaN above inf: an integer max over them
-    vectorises (a float max with NaN does not) and keeps a NaN."""
-    def codegen(context, builder, sig, args):
-        bits = builder.bitcast(args[0], context.get_value_type(types.uint32))
-        return builder.and_(bits, context.get_constant(types.uint32, 0x7FFFFFFF))
-
-    return types.uint32(types.float32), codegen
-
-
-@intrinsic
 def bits_to_float32(typingctx, bits):
     """uint32 -> the float32 with these bits."""
     def codegen(context, builder, sig, args):
@@ -392,6 +380,14 @@ def float32_bits(typingctx, value):
         return builder.bitcast(args[0], context.get_value_type(types.uint32))
 
     return types.uint32(types.float32), codegen
+
+
+@njit(**_SERIAL)
+def _magnitude_bits(value):
+    """float32 -> |value|'s bits as uint32. Their integer order is the float order of the
+    magnitudes, inf above every finite one and NaN above inf: an integer max over them
+    vectorises (a float max with NaN does not) and keeps a NaN."""
+    return float32_bits(value) & np.uint32(0x7FFFFFFF)
 
 
 @njit(**_SERIAL)
@@ -649,10 +645,10 @@ def set_threads(n) -> int:
 def _forget_kernels_built_from_older_sources() -> None:
     """numba re-uses a module's cached kernels until that module's file changes, but the
     IR of kernels_simd.py is compiled into this module's, kernels_int8's and
-    kernels_bf16's, and this module's quantize_block into kernels_int8's: when one of the
-    two files changed (an update, an edit), drop the three modules' cached kernels so they
-    are built again. Where the cache folder is read-only, numba does not cache at all, so
-    there is nothing to drop."""
+    kernels_bf16's, this module's quantize_block into kernels_int8's and its float32 bit
+    casts into kernels_bf16's: when one of the two files changed (an update, an edit),
+    drop the three modules' cached kernels so they are built again. Where the cache
+    folder is read-only, numba does not cache at all, so there is nothing to drop."""
     cache = Path(matmul_bf16._cache._cache_path)
     stamp = cache / "kernel_sources.sha256"
     digest = hashlib.sha256(Path(kernels_simd.__file__).read_bytes()
