@@ -1,12 +1,23 @@
 """x86 integer dot products for kernels_numba.py, written as LLVM vector IR; needs numba.
 
-The row dot products here multiply one Q8 or Q4 weight row by an activation row that was
-quantised to int8 per 32-value block (kernels_numba.quantize_rows), as llama.cpp does
-for its Q8_0 / Q4_0 dot products: one block's 32 products are summed in int32 by one
-or two instructions, converted to float32 once, and scaled once per block
-(weight scale x activation scale) into a vector of eight float32 partial sums that is
-reduced once per row. LLVM does not find this shape in a scalar numba loop (it keeps
-converting every weight to float32), so the loop is written out here.
+The row dot products here multiply Q8 or Q4 weight rows (one, or four at once) by an
+activation row that was quantised to int8 per 32-value block
+(kernels_numba.quantize_rows), as llama.cpp does for its Q8_0 / Q4_0 dot products: one
+block's 32 products are summed in int32 by one or two instructions, converted to float32
+once, and scaled once per block (weight scale x activation scale) into a vector of eight
+float32 partial sums that is reduced once per row. LLVM does not find this shape in a
+scalar numba loop (it keeps converting every weight to float32), so the loop is written
+out here.
+
+Four rows at once, far apart in memory, are four streams for the hardware prefetcher,
+and it keeps more bytes in flight for four than for one (kernels_numba._int8_rows):
+Q8, 8192 x 2048 matrices cycled from DRAM, against a BLAS float32 GEMV on as many bytes
+in the same run: one row at a time 16-18 GB/s, four rows 16 apart 20-24, BLAS 21-25 (2
+threads); one thread 9-11, 14, 14-17. Computing less per byte did not help: without
+the scales' arithmetic one row ran as fast, and on a 16-row interleaved copy of the
+weights (llama.cpp's AMX layout: every step 16 rows' bytes in one 512-byte run) one row
+group at a time ran no faster either; four groups at once ran as four rows do here. AMX
+tile loads of 16 stored rows ran slower still (12 GB/s).
 
 Two instruction sets, chosen at run time by `available()`:
 
@@ -369,118 +380,160 @@ def _reduce(builder, vector):
     return total
 
 
-def _chained(builder, n_steps, add_step):
-    """add_step(step, acc) -> acc for step = 0 .. n_steps - 1, in _CHAINS accumulators:
-    with one, each step's multiply-add waits for the last one's (4 cycles), and that,
-    not memory, was the limit (Q8: 22.8 GB/s on one core, 28 with four). Their sum."""
+def _chained(builder, n_steps, add_step, n_rows=1):
+    """add_step(step, accs) -> accs (a vector per weight row) for step = 0 .. n_steps - 1,
+    in _CHAINS accumulators per row: with one, each step's multiply-add waits for the last
+    one's (4 cycles), and that, not memory, was the limit (Q8: 22.8 GB/s on one core, 28
+    with four). Their sums, one per row."""
     zero = ir.Constant(n_steps.type, 0)
-    accs = [cgutils.alloca_once_value(builder, ir.Constant(_F32x8, None)) for _ in range(_CHAINS)]
+    accs = [[cgutils.alloca_once_value(builder, ir.Constant(_F32x8, None))
+             for _ in range(_CHAINS)] for _ in range(n_rows)]
+
+    def step_into(step, chain):
+        updated = add_step(step, [builder.load(row[chain]) for row in accs])
+        for row, value in zip(accs, updated):
+            builder.store(value, row[chain])
+
     chains = ir.Constant(n_steps.type, _CHAINS)
     n_grouped = builder.mul(builder.udiv(n_steps, chains), chains)
     with cgutils.for_range_slice(builder, zero, n_grouped, chains) as (group, _):
-        for k, acc in enumerate(accs):
-            step = builder.add(group, ir.Constant(group.type, k))
-            builder.store(add_step(step, builder.load(acc)), acc)
+        for k in range(_CHAINS):
+            step_into(builder.add(group, ir.Constant(group.type, k)), k)
     with cgutils.for_range_slice(builder, n_grouped, n_steps,
                                  ir.Constant(n_steps.type, 1)) as (step, _):
-        builder.store(add_step(step, builder.load(accs[0])), accs[0])
-    total = builder.load(accs[0])
-    for acc in accs[1:]:
-        total = builder.fadd(total, builder.load(acc))
-    return total
+        step_into(step, 0)
+    totals = []
+    for row in accs:
+        total = builder.load(row[0])
+        for acc in row[1:]:
+            total = builder.fadd(total, builder.load(acc))
+        totals.append(total)
+    return totals
 
 
-def _row_dot(context, builder, sig, args, isa):
-    """sum over blocks b of w_scales[b] * x_scales[b] * (w_b . xq_b) for one weight row
-    (plus w_mins[b] * x_sums[b] for Q4 with mins).
+def _row_pointer(context, builder, array_type, value, row):
+    """The first element of matrix row `row` (its rows contiguous, at the matrix's row
+    stride)."""
+    array = context.make_array(array_type)(context, builder, value)
+    stride = cgutils.unpack_tuple(builder, array.strides, 2)[0]
+    start = builder.gep(builder.bitcast(array.data, BYTE_POINTER), [builder.mul(row, stride)])
+    return builder.bitcast(start, array.data.type)
+
+
+def _rows_dot(context, builder, sig, args, isa):
+    """sum over blocks b of w_scales[r, b] * x_scales[b] * (w_rb . xq_b) for each weight
+    row r in `rows` (plus w_mins[r, b] * x_sums[b] for Q4 with mins): every step loads x's
+    part once for all the rows.
 
     Q8: one block (32 bytes) a step. Q4: two blocks a step, 32 bytes of nibbles whose
     low halves multiply one 32-byte run of xq and high halves the next (quantize_rows
     lays xq out so for Q4): no shuffle, and one conversion and multiply-add per two
     blocks (and one more for the mins); an odd last block goes alone (its xq in plain
-    order)."""
+    order). Each row's sums are those of the row alone: its own accumulators, the same
+    operations in the same order."""
     parts = dict(zip(_ROW_DOT_ARGUMENTS[len(sig.args)], zip(sig.args, args)))
+    rows = cgutils.unpack_tuple(builder, parts.pop("rows")[1])
     q4 = "w_mins" in parts
-    pointer = {name: _data(context, builder, *typed) for name, typed in parts.items()
+    present = {name: typed for name, typed in parts.items()
                if not isinstance(typed[0], types.NoneType)}
-    w, w_scales, xq, x_scales, x_start = (pointer[name] for name in (
-        "weights", "w_scales", "xq", "x_scales", "x_start"))
-    n_blocks = _length(context, builder, *parts["w_scales"])
+    matrices = {name: [_row_pointer(context, builder, *present[name], r) for r in rows]
+                for name in ("weights", "w_scales", "w_mins") if name in present}
+    w, w_scales = matrices["weights"], matrices["w_scales"]
+    xq, x_scales, x_start = (_data(context, builder, *parts[name])
+                             for name in ("xq", "x_scales", "x_start"))
+    n_blocks = _length(context, builder, *parts["x_scales"])
     w_scales_type, x_scales_type = parts["w_scales"][0], parts["x_scales"][0]
     fma = declare(builder, "llvm.fma.v8f32", _F32x8, _F32x8, _F32x8, _F32x8)
 
-    def block_scale(b):
-        return splat(builder, builder.fmul(load_scale(builder, w_scales_type, w_scales, b),
-                                           load_scale(builder, x_scales_type, x_scales, b)), 8)
+    def block_scale(row, b, x_scale):
+        return splat(builder, builder.fmul(load_scale(builder, w_scales_type, w_scales[row], b),
+                                           x_scale), 8)
 
-    def fetch_ahead(step):  # a step reads 32 weight bytes
+    def fetch_ahead(row, step):  # a step reads 32 weight bytes
         offset = builder.add(builder.mul(step, ir.Constant(step.type, 32)),
                              ir.Constant(step.type, PREFETCH_DISTANCE))
-        prefetch(builder, builder.gep(builder.bitcast(w, BYTE_POINTER), [offset]))
+        prefetch(builder, builder.gep(builder.bitcast(w[row], BYTE_POINTER), [offset]))
 
-    def add_q8_block(b, acc):
-        fetch_ahead(b)
+    def add_q8_block(b, accs):
         start = load_vector(builder, x_start, b, _I32x8, 4) if isa == "vnni" else None
-        sums = _q8_block(builder, isa, load_vector(builder, w, b, I8X32, 1),
-                         load_vector(builder, xq, b, I8X32, 1), start)
-        return builder.call(fma, [builder.sitofp(sums, _F32x8), block_scale(b), acc])
+        x_block = load_vector(builder, xq, b, I8X32, 1)
+        x_scale = load_scale(builder, x_scales_type, x_scales, b)
+        updated = []
+        for row, acc in enumerate(accs):
+            fetch_ahead(row, b)
+            sums = _q8_block(builder, isa, load_vector(builder, w[row], b, I8X32, 1), x_block,
+                             start)
+            updated.append(builder.call(fma, [builder.sitofp(sums, _F32x8),
+                                              block_scale(row, b, x_scale), acc]))
+        return updated
 
     if not q4:
-        return _reduce(builder, _chained(builder, n_blocks, add_q8_block))
+        return [_reduce(builder, total)
+                for total in _chained(builder, n_blocks, add_q8_block, len(rows))]
 
     # Q4_0 (no mins): -8 * sum(xq) of each block starts its sums (x_start); else they
     # start at 0 and the mins times x's block sums (in lanes 0 and 4 of x_sums) are added.
-    has_mins = "w_mins" in pointer
+    has_mins = "w_mins" in present
+    x_sums = _data(context, builder, *parts["x_sums"]) if has_mins else None
 
     def q4_start(step):
         if has_mins:
             return ir.Constant(_I32x8, None)
         return load_vector(builder, x_start, step, _I32x8, 4)
 
-    def add_mins(step, mins, acc):
-        x_sums = load_vector(builder, pointer["x_sums"], step, _F32x8, 4)
-        return builder.call(fma, [mins, x_sums, acc])
-
-    def add_q4_pair(pair, acc):
-        fetch_ahead(pair)
-        low, high = nibbles(builder, load_vector(builder, w, pair, I8X32, 1))
+    def add_q4_pair(pair, accs):
         first = builder.mul(pair, ir.Constant(pair.type, 2))
-        sums = _dot_u8_s8(builder, isa, low, load_vector(builder, xq, first, I8X32, 1),
-                          q4_start(pair))
-        sums = _dot_u8_s8(builder, isa, high, load_vector(builder, xq, builder.add(
-            first, ir.Constant(first.type, 1)), I8X32, 1), sums)
-        scale = builder.fmul(_load_pair(builder, w_scales_type, w_scales, pair),
-                             _load_pair(builder, x_scales_type, x_scales, pair))
-        acc = builder.call(fma, [builder.sitofp(sums, _F32x8), scale, acc])
-        if has_mins:
-            acc = add_mins(pair, _load_pair(builder, parts["w_mins"][0], pointer["w_mins"],
-                                            pair), acc)
-        return acc
+        x_low = load_vector(builder, xq, first, I8X32, 1)
+        x_high = load_vector(builder, xq, builder.add(first, ir.Constant(first.type, 1)),
+                             I8X32, 1)
+        start = q4_start(pair)
+        x_scale = _load_pair(builder, x_scales_type, x_scales, pair)
+        pair_sums = load_vector(builder, x_sums, pair, _F32x8, 4) if has_mins else None
+        updated = []
+        for row, acc in enumerate(accs):
+            fetch_ahead(row, pair)
+            low, high = nibbles(builder, load_vector(builder, w[row], pair, I8X32, 1))
+            sums = _dot_u8_s8(builder, isa, low, x_low, start)
+            sums = _dot_u8_s8(builder, isa, high, x_high, sums)
+            scale = builder.fmul(_load_pair(builder, w_scales_type, w_scales[row], pair),
+                                 x_scale)
+            acc = builder.call(fma, [builder.sitofp(sums, _F32x8), scale, acc])
+            if has_mins:
+                mins = _load_pair(builder, parts["w_mins"][0], matrices["w_mins"][row], pair)
+                acc = builder.call(fma, [mins, pair_sums, acc])
+            updated.append(acc)
+        return updated
 
     two = ir.Constant(n_blocks.type, 2)
     n_pairs = builder.udiv(n_blocks, two)
-    total = cgutils.alloca_once_value(builder, _chained(builder, n_pairs, add_q4_pair))
+    totals = [cgutils.alloca_once_value(builder, total)
+              for total in _chained(builder, n_pairs, add_q4_pair, len(rows))]
     with builder.if_then(builder.icmp_unsigned("!=", builder.urem(n_blocks, two),
                                                ir.Constant(n_blocks.type, 0))):
         last = builder.sub(n_blocks, ir.Constant(n_blocks.type, 1))
-        low, high = nibbles(builder, load_vector(builder, w, last, I8X16, 1))
-        q = builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(ir.IntType(32), 32),
-                                                          list(range(32))))
-        sums = _dot_u8_s8(builder, isa, q, load_vector(builder, xq, last, I8X32, 1),
-                          q4_start(n_pairs))
-        acc = builder.call(fma, [builder.sitofp(sums, _F32x8), block_scale(last),
-                                 builder.load(total)])
-        if has_mins:
-            acc = add_mins(n_pairs, splat(builder, load_scale(builder, parts["w_mins"][0],
-                                                          pointer["w_mins"], last), 8), acc)
-        builder.store(acc, total)
-    return _reduce(builder, builder.load(total))
+        x_last = load_vector(builder, xq, last, I8X32, 1)
+        x_scale = load_scale(builder, x_scales_type, x_scales, last)
+        for row, total in enumerate(totals):
+            low, high = nibbles(builder, load_vector(builder, w[row], last, I8X16, 1))
+            q = builder.shuffle_vector(low, high, ir.Constant(
+                ir.VectorType(ir.IntType(32), 32), list(range(32))))
+            sums = _dot_u8_s8(builder, isa, q, x_last, q4_start(n_pairs))
+            acc = builder.call(fma, [builder.sitofp(sums, _F32x8),
+                                     block_scale(row, last, x_scale), builder.load(total)])
+            if has_mins:
+                row_min = load_scale(builder, parts["w_mins"][0], matrices["w_mins"][row],
+                                     last)
+                acc = builder.call(fma, [splat(builder, row_min, 8),
+                                         load_vector(builder, x_sums, n_pairs, _F32x8, 4),
+                                         acc])
+            builder.store(acc, total)
+    return [_reduce(builder, builder.load(total)) for total in totals]
 
 
-# The arrays each row dot product takes, by their count (Q8: 5, Q4: 7).
-_ROW_DOT_ARGUMENTS = {5: ("weights", "w_scales", "xq", "x_scales", "x_start"),
-                      7: ("weights", "w_scales", "w_mins", "xq", "x_scales", "x_start",
-                          "x_sums")}
+# The arguments of the row dot products after use_vnni, by their count (Q8: 6, Q4: 8).
+_ROW_DOT_ARGUMENTS = {6: ("weights", "w_scales", "xq", "x_scales", "x_start", "rows"),
+                      8: ("weights", "w_scales", "w_mins", "xq", "x_scales", "x_start",
+                          "x_sums", "rows")}
 
 
 def _row_dot_codegen(context, builder, sig, args):
@@ -488,31 +541,40 @@ def _row_dot_codegen(context, builder, sig, args):
     CPU without VNNI both are the "avx2" form (an unavailable instruction cannot even
     be compiled)."""
     isa = "vnni" if "vnni" in available() else "avx2"
-    result = cgutils.alloca_once(builder, ir.FloatType())
-    inner_sig = types.float32(*sig.args[1:])
+    result = cgutils.alloca_once(builder, context.get_value_type(sig.return_type))
+    inner_sig = sig.return_type(*sig.args[1:])
     with builder.if_else(args[0]) as (vnni, avx2):
         for block, form in ((vnni, isa), (avx2, "avx2")):
             with block:
-                builder.store(_row_dot(context, builder, inner_sig, args[1:], form), result)
+                dots = _rows_dot(context, builder, inner_sig, args[1:], form)
+                builder.store(context.make_tuple(builder, sig.return_type, dots), result)
     return builder.load(result)
 
 
+def _dots_type(rows):
+    """One float32 a weight row: rows is a tuple of row indices."""
+    if not isinstance(rows, types.UniTuple) or not isinstance(rows.dtype, types.Integer):
+        raise TypeError(f"row dot products: rows must be a tuple of row indices, got {rows}")
+    return types.UniTuple(types.float32, rows.count)
+
+
 @intrinsic
-def q8_dot(typingctx, use_vnni, values, scales, xq, x_scales, x_start):
-    """float32: one Q8 weight row (int8 values, float32 scales or float16 bits in uint16;
-    contiguous) dotted with one activation row quantised by kernels_numba.quantize_rows
-    (xq, x_scales; x_start: (blocks, 8) int32, the sums' starting values, read by the
-    "vnni" form)."""
-    return (types.float32(use_vnni, values, scales, xq, x_scales, x_start),
+def q8_dot(typingctx, use_vnni, values, scales, xq, x_scales, x_start, rows):
+    """float32s: the Q8 weight rows `rows` (values int8, scales float32 or float16 bits
+    in uint16; (N, K) and (N, K/32), each row contiguous) each dotted with one activation
+    row quantised by kernels_numba.quantize_rows (xq, x_scales; x_start: (blocks, 8)
+    int32, the sums' starting values, read by the "vnni" form)."""
+    return (_dots_type(rows)(use_vnni, values, scales, xq, x_scales, x_start, rows),
             _row_dot_codegen)
 
 
 @intrinsic
-def q4_dot(typingctx, use_vnni, packed, scales, mins, xq, x_scales, x_start, x_sums):
-    """float32: one Q4 weight row (packed bytes; scales and mins float32 or float16 bits
-    in uint16; mins None: Q4_0, whose offset of 8 x_start carries) dotted with one
-    activation row quantised by kernels_numba.quantize_rows for Q4."""
-    return (types.float32(use_vnni, packed, scales, mins, xq, x_scales, x_start, x_sums),
+def q4_dot(typingctx, use_vnni, packed, scales, mins, xq, x_scales, x_start, x_sums, rows):
+    """float32s: the Q4 weight rows `rows` (packed bytes; scales and mins float32 or
+    float16 bits in uint16; mins None: Q4_0, whose offset of 8 x_start carries) each
+    dotted with one activation row quantised by kernels_numba.quantize_rows for Q4."""
+    return (_dots_type(rows)(use_vnni, packed, scales, mins, xq, x_scales, x_start, x_sums,
+                             rows),
             _row_dot_codegen)
 
 
@@ -526,7 +588,7 @@ def _q8_float_row_dot(context, builder, sig, args):
     fma = declare(builder, "llvm.fma.v8f32", _F32x8, _F32x8, _F32x8, _F32x8)
     x_block_type = ir.VectorType(ir.FloatType(), 32)
 
-    def add_block(b, acc):
+    def add_block(b, accs):
         weights = builder.sitofp(load_vector(builder, w, b, I8X32, 1), x_block_type)
         values = load_vector(builder, x, b, x_block_type, 4)
         quarters = [[builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
@@ -537,9 +599,9 @@ def _q8_float_row_dot(context, builder, sig, args):
         even = builder.call(fma, [w2, x2, builder.fmul(w0, x0)])
         odd = builder.call(fma, [w3, x3, builder.fmul(w1, x1)])
         scale = splat(builder, load_scale(builder, sig.args[1], scales, b), 8)
-        return builder.call(fma, [builder.fadd(even, odd), scale, acc])
+        return [builder.call(fma, [builder.fadd(even, odd), scale, accs[0]])]
 
-    return _reduce(builder, _chained(builder, n_blocks, add_block))
+    return _reduce(builder, _chained(builder, n_blocks, add_block)[0])
 
 
 @intrinsic

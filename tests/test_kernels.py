@@ -494,6 +494,28 @@ def test_int8_activations_read_only_weights_extreme_values_and_nan(form, n_rows)
     assert np.isnan(y[1]).all() and np.isfinite(y[others]).all()
 
 
+@NEEDS_NUMBA
+@pytest.mark.skipif(not INT8_FORMS, reason="no integer dot product on this CPU")
+@pytest.mark.parametrize("form", INT8_FORMS)
+@pytest.mark.parametrize("dtype", INT8_KINDS)
+def test_int8_row_loops_give_each_weight_row_its_own_bits(form, dtype):
+    """The row loops multiply four weight rows at once (kernels_numba._int8_rows), each
+    in accumulators of its own: every row's result has the bits it gets alone, as a
+    one-row matrix. 67 rows: a 64-row task in fours 16 rows apart, then 3 alone; on the
+    calling thread and on all threads."""
+    kernels_numba = kernels._numba_kernels()
+    kernels.set_backend("numba")
+    kernels_numba.set_int8_activations(True, form)
+    n_in = 2 * N_IN_K if dtype == "gguf_q4_k" else N_IN
+    w, _ = weight_in(dtype, random_matrix((N_OUT, n_in)))
+    x = random_matrix((2, n_in), seed=3)
+    alone = np.concatenate([kernels.linear(x, w.take([r])) for r in range(N_OUT)], axis=1)
+    for module in (kernels_numba.SERIAL, kernels_numba):
+        together = np.empty_like(alone)
+        fused_matmul(w, module, len(x))(x, together)
+        np.testing.assert_array_equal(together, alone)
+
+
 @NEEDS_INT8_GEMM
 @pytest.mark.parametrize("dtype", INT8_KINDS)
 def test_int8_gemm_agrees_with_the_row_loops_of_decoding(dtype):
