@@ -10,14 +10,15 @@ scalar numba loop (it keeps converting every weight to float32), so the loop is 
 out here.
 
 Four rows at once, far apart in memory, are four streams for the hardware prefetcher,
-and it keeps more bytes in flight for four than for one (kernels_numba._int8_rows):
-Q8, 8192 x 2048 matrices cycled from DRAM, against a BLAS float32 GEMV on as many bytes
-in the same run: one row at a time 16-18 GB/s, four rows 16 apart 20-24, BLAS 21-25 (2
-threads); one thread 9-11, 14, 14-17. Computing less per byte did not help: without
-the scales' arithmetic one row ran as fast, and on a 16-row interleaved copy of the
-weights (llama.cpp's AMX layout: every step 16 rows' bytes in one 512-byte run) one row
-group at a time ran no faster either; four groups at once ran as four rows do here. AMX
-tile loads of 16 stored rows ran slower still (12 GB/s).
+and it keeps more bytes in flight for four than for one (kernels_numba._int8_rows;
+benchmarks/gemv_streams.py, 8192 x 2048 matrices from DRAM, interleaved): Q8_0 one row
+at a time 21-24 GB/s, four rows 25-29, BLAS's float32 GEMV 29 (2 threads); one thread
+12-13, 14-15, 16. Q4_0 reads as fast either way (22-25, one thread 12): its nibbles
+cost twice the work per byte. Computing less per byte did not help Q8 one row at a
+time: without the scales' arithmetic it ran as fast, and so did a 16-row interleaved
+copy of the weights (llama.cpp's AMX layout, 512 bytes of 16 rows a step) one row group
+at a time; four groups at once ran as four rows do here. AMX tile loads of 16 stored
+rows ran slower (12 GB/s).
 
 Two instruction sets, chosen at run time by `available()`:
 
