@@ -32,36 +32,31 @@ def parse_args():
     return parser.parse_args()
 
 
-def one_row_loops() -> dict:
-    """The row loops with every weight row on its own (kernels_simd's dot products of a
-    one-row tuple), in the same 16-row tasks: the baseline, by kind."""
+def one_row_loop():
+    """The row loops with every weight row on its own (the integer dot products of a
+    one-row tuple), in the same 16-row tasks: the baseline. q4: x laid out for Q4."""
     from numba import njit, prange
 
-    from llama3_np import kernels_numba, kernels_simd
+    from llama3_np import kernels_numba
 
     @njit(parallel=True)
-    def q8(x, values, scales, out):
-        xq, x_scales, x_start, _ = kernels_numba.quantize_rows(x, False)
-        for task in prange(values.shape[0] // 16):
+    def multiply(x, weights, scales, out, q4):
+        xq, x_scales, x_start, x_sums = kernels_numba.quantize_rows(x, q4)
+        for task in prange(weights.shape[0] // 16):
             for r in range(16 * task, 16 * task + 16):
-                out[0, r] = kernels_simd.q8_dot(True, values, scales, xq[0], x_scales[0],
-                                                x_start[0], (r,))[0]
-
-    @njit(parallel=True)
-    def q4_0(x, packed, scales, out):
-        xq, x_scales, x_start, x_sums = kernels_numba.quantize_rows(x, True)
-        for task in prange(packed.shape[0] // 16):
-            for r in range(16 * task, 16 * task + 16):
-                out[0, r] = kernels_simd.q4_dot(True, packed, scales, None, xq[0], x_scales[0],
-                                                x_start[0], x_sums[0], (r,))[0]
-    return {"Q8_0": q8, "Q4_0": q4_0}
+                out[0, r] = kernels_numba._int8_dots(True, weights, scales, None, xq[0],
+                                                     x_scales[0], x_start[0], x_sums[0],
+                                                     (r,))[0]
+    return multiply
 
 
-def gbps(multiply, matrices, x, out) -> float:
+def gbps(call, operands) -> float:
+    """call(*arrays) for each tuple of arrays in operands: GB of them read a second."""
     start = time.perf_counter()
-    for weights, scales in matrices:
-        multiply(x, weights, scales, out)
-    return sum(w.nbytes + s.nbytes for w, s in matrices) / (time.perf_counter() - start) / 1e9
+    for arrays in operands:
+        call(*arrays)
+    seconds = time.perf_counter() - start
+    return sum(a.nbytes for arrays in operands for a in arrays) / seconds / 1e9
 
 
 def main():
@@ -81,7 +76,7 @@ def main():
     scales = rng.uniform(0.001, 0.05, (n_out, n_in // 32)).astype(np.float16).view(np.uint16)
     kinds = {"Q8_0": lambda: rng.integers(-127, 128, (n_out, n_in), dtype=np.int8),
              "Q4_0": lambda: rng.integers(0, 256, (n_out, n_in // 2), dtype=np.uint8)}
-    one_row = one_row_loops()
+    one_row = one_row_loop()
     four_rows = {"Q8_0": kernels_numba.matmul_q8,
                  "Q4_0": lambda x, packed, s, out: kernels_numba.matmul_q4(x, packed, s, None, out)}
     out, check = (np.empty((1, n_out), dtype=np.float32) for _ in range(2))
@@ -89,24 +84,21 @@ def main():
     for kind, make in kinds.items():
         copies = max(2, WEIGHT_BYTES // make().nbytes)
         matrices[kind] = [(make(), scales.copy()) for _ in range(copies)]
-        one_row[kind](x, *matrices[kind][0], check)
+        one_row(x, *matrices[kind][0], check, kind == "Q4_0")
         four_rows[kind](x, *matrices[kind][0], out)
         if not np.array_equal(out, check):
             sys.exit(f"gemv_streams.py: {kind}: four rows at once changed the results")
-    floats = [rng.standard_normal((n_out // 4, n_in), dtype=np.float32)
+    floats = [(rng.standard_normal((n_out // 4, n_in), dtype=np.float32),)
               for _ in range(WEIGHT_BYTES // (n_out * n_in))]
     print(f"{n_out}x{n_in}, {args.threads} thread(s); GB/s of weights read from memory")
     for _ in range(args.rounds):
         line = []
         for kind in kinds:
-            line.append(f"{kind}: one row {gbps(one_row[kind], matrices[kind], x, check):5.1f}, "
-                        f"four rows {gbps(four_rows[kind], matrices[kind], x, out):5.1f}")
-        start = time.perf_counter()
-        for f in floats:
-            f @ x[0]
-        blas = sum(f.nbytes for f in floats) / (time.perf_counter() - start) / 1e9
+            one = gbps(lambda w, s: one_row(x, w, s, check, kind == "Q4_0"), matrices[kind])
+            four = gbps(lambda w, s: four_rows[kind](x, w, s, out), matrices[kind])
+            line.append(f"{kind}: one row {one:5.1f}, four rows {four:5.1f}")
+        blas = gbps(lambda f: f @ x[0], floats)
         print(" | ".join(line) + f" | BLAS f32 GEMV {blas:5.1f}")
-
 
 if __name__ == "__main__":
     main()

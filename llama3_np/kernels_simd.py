@@ -514,19 +514,19 @@ def _rows_dot(context, builder, sig, args, isa):
         last = builder.sub(n_blocks, ir.Constant(n_blocks.type, 1))
         x_last = load_vector(builder, xq, last, I8X32, 1)
         x_scale = load_scale(builder, x_scales_type, x_scales, last)
+        start = q4_start(n_pairs)
+        last_sums = load_vector(builder, x_sums, n_pairs, _F32x8, 4) if has_mins else None
         for row, total in enumerate(totals):
             low, high = nibbles(builder, load_vector(builder, w[row], last, I8X16, 1))
             q = builder.shuffle_vector(low, high, ir.Constant(
                 ir.VectorType(ir.IntType(32), 32), list(range(32))))
-            sums = _dot_u8_s8(builder, isa, q, x_last, q4_start(n_pairs))
+            sums = _dot_u8_s8(builder, isa, q, x_last, start)
             acc = builder.call(fma, [builder.sitofp(sums, _F32x8),
                                      block_scale(row, last, x_scale), builder.load(total)])
             if has_mins:
                 row_min = load_scale(builder, parts["w_mins"][0], matrices["w_mins"][row],
                                      last)
-                acc = builder.call(fma, [splat(builder, row_min, 8),
-                                         load_vector(builder, x_sums, n_pairs, _F32x8, 4),
-                                         acc])
+                acc = builder.call(fma, [splat(builder, row_min, 8), last_sums, acc])
             builder.store(acc, total)
     return [_reduce(builder, builder.load(total)) for total in totals]
 
