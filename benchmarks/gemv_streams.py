@@ -41,11 +41,10 @@ def one_row_loop():
 
     @njit(parallel=True)
     def multiply(x, weights, scales, out, q4):
-        xq, x_scales, x_start, x_sums = kernels_numba.quantize_rows(x, q4)
+        quantized = kernels_numba.quantize_rows(x, q4)
         for task in prange(weights.shape[0] // 16):
             for r in range(16 * task, 16 * task + 16):
-                out[0, r] = kernels_numba._int8_dots(True, weights, scales, None, xq[0],
-                                                     x_scales[0], x_start[0], x_sums[0],
+                out[0, r] = kernels_numba._int8_dots(True, weights, scales, None, quantized, 0,
                                                      (r,))[0]
     return multiply
 

@@ -251,9 +251,9 @@ def _data(context, builder, array_type, value):
     return context.make_array(array_type)(context, builder, value).data
 
 
-def _length(context, builder, array_type, value):
+def _shape(context, builder, array_type, value):
     array = context.make_array(array_type)(context, builder, value)
-    return cgutils.unpack_tuple(builder, array.shape, 1)[0]
+    return cgutils.unpack_tuple(builder, array.shape, array_type.ndim)
 
 
 def load_vector(builder, pointer, index, vector_type, element_bytes):
@@ -413,10 +413,10 @@ def _chained(builder, n_steps, add_step, n_rows=1):
 
 
 def _row_pointer(context, builder, array_type, value, row):
-    """The first element of matrix row `row` (its rows contiguous, at the matrix's row
-    stride)."""
+    """The first element of row `row` of an array (each row contiguous, at the array's
+    first stride)."""
     array = context.make_array(array_type)(context, builder, value)
-    stride = cgutils.unpack_tuple(builder, array.strides, 2)[0]
+    stride = cgutils.unpack_tuple(builder, array.strides, array_type.ndim)[0]
     start = builder.gep(builder.bitcast(array.data, BYTE_POINTER), [builder.mul(row, stride)])
     return builder.bitcast(start, array.data.type)
 
@@ -434,15 +434,16 @@ def _rows_dot(context, builder, sig, args, isa):
     operations in the same order."""
     parts = dict(zip(_ROW_DOT_ARGUMENTS[len(sig.args)], zip(sig.args, args)))
     rows = cgutils.unpack_tuple(builder, parts.pop("rows")[1])
+    x_row = parts.pop("x_row")[1]
     q4 = "w_mins" in parts
     present = {name: typed for name, typed in parts.items()
                if not isinstance(typed[0], types.NoneType)}
     matrices = {name: [_row_pointer(context, builder, *present[name], r) for r in rows]
                 for name in ("weights", "w_scales", "w_mins") if name in present}
     w, w_scales = matrices["weights"], matrices["w_scales"]
-    xq, x_scales, x_start = (_data(context, builder, *parts[name])
+    xq, x_scales, x_start = (_row_pointer(context, builder, *parts[name], x_row)
                              for name in ("xq", "x_scales", "x_start"))
-    n_blocks = _length(context, builder, *parts["x_scales"])
+    n_blocks = _shape(context, builder, *parts["x_scales"])[1]
     w_scales_type, x_scales_type = parts["w_scales"][0], parts["x_scales"][0]
     fma = declare(builder, "llvm.fma.v8f32", _F32x8, _F32x8, _F32x8, _F32x8)
 
@@ -475,7 +476,7 @@ def _rows_dot(context, builder, sig, args, isa):
     # Q4_0 (no mins): -8 * sum(xq) of each block starts its sums (x_start); else they
     # start at 0 and the mins times x's block sums (in lanes 0 and 4 of x_sums) are added.
     has_mins = "w_mins" in present
-    x_sums = _data(context, builder, *parts["x_sums"]) if has_mins else None
+    x_sums = _row_pointer(context, builder, *parts["x_sums"], x_row) if has_mins else None
 
     def q4_start(step):
         if has_mins:
@@ -532,9 +533,10 @@ def _rows_dot(context, builder, sig, args, isa):
 
 
 # The arguments of the row dot products after use_vnni, by their count (Q8: 6, Q4: 8).
-_ROW_DOT_ARGUMENTS = {6: ("weights", "w_scales", "xq", "x_scales", "x_start", "rows"),
-                      8: ("weights", "w_scales", "w_mins", "xq", "x_scales", "x_start",
-                          "x_sums", "rows")}
+_ROW_DOT_ARGUMENTS = {7: ("weights", "w_scales", "xq", "x_scales", "x_start", "x_row",
+                          "rows"),
+                      9: ("weights", "w_scales", "w_mins", "xq", "x_scales", "x_start",
+                          "x_sums", "x_row", "rows")}
 
 
 def _row_dot_codegen(context, builder, sig, args):
@@ -560,22 +562,26 @@ def _dots_type(rows):
 
 
 @intrinsic
-def q8_dot(typingctx, use_vnni, values, scales, xq, x_scales, x_start, rows):
+def q8_dot(typingctx, use_vnni, values, scales, xq, x_scales, x_start, x_row, rows):
     """float32s: the Q8 weight rows `rows` (values int8, scales float32 or float16 bits
-    in uint16; (N, K) and (N, K/32), each row contiguous) each dotted with one activation
-    row quantised by kernels_numba.quantize_rows (xq, x_scales; x_start: (blocks, 8)
-    int32, the sums' starting values, read by the "vnni" form)."""
-    return (_dots_type(rows)(use_vnni, values, scales, xq, x_scales, x_start, rows),
+    in uint16; (N, K) and (N, K/32), each row contiguous) each dotted with row x_row of
+    the activations quantised by kernels_numba.quantize_rows (xq, x_scales; x_start:
+    (M, blocks, 8) int32, the sums' starting values, read by the "vnni" form). Whole
+    arrays and a row index, not views of a row: a view in compiled code costs atomic
+    reference counts (kernels_numba._int8_dots)."""
+    return (_dots_type(rows)(use_vnni, values, scales, xq, x_scales, x_start, x_row, rows),
             _row_dot_codegen)
 
 
 @intrinsic
-def q4_dot(typingctx, use_vnni, packed, scales, mins, xq, x_scales, x_start, x_sums, rows):
+def q4_dot(typingctx, use_vnni, packed, scales, mins, xq, x_scales, x_start, x_sums, x_row,
+           rows):
     """float32s: the Q4 weight rows `rows` (packed bytes; scales and mins float32 or
     float16 bits in uint16; mins None: Q4_0, whose offset of 8 x_start carries) each
-    dotted with one activation row quantised by kernels_numba.quantize_rows for Q4."""
+    dotted with row x_row of the activations quantised by kernels_numba.quantize_rows
+    for Q4 (as q8_dot's)."""
     return (_dots_type(rows)(use_vnni, packed, scales, mins, xq, x_scales, x_start, x_sums,
-                             rows),
+                             x_row, rows),
             _row_dot_codegen)
 
 
@@ -585,7 +591,7 @@ def _q8_float_row_dot(context, builder, sig, args):
     multiply-add by the block's scale, instead of a multiply by the scale per value:
     a third fewer arithmetic instructions (the scalar loop's limit, with the conversions)."""
     w, scales, x = (_data(context, builder, t, a) for t, a in zip(sig.args, args))
-    n_blocks = _length(context, builder, sig.args[1], args[1])
+    n_blocks = _shape(context, builder, sig.args[1], args[1])[0]
     fma = declare(builder, "llvm.fma.v8f32", _F32x8, _F32x8, _F32x8, _F32x8)
     x_block_type = ir.VectorType(ir.FloatType(), 32)
 
