@@ -128,22 +128,13 @@ def _as_float32_overload(value):
     return lambda value: np.float32(value)
 
 
-def _scales_as_float32(scales, buffer):
-    """A row of scales as float32: itself, or float16 bits widened into buffer.
-    Compiled code only."""
-    raise NotImplementedError("_scales_as_float32 runs inside numba-compiled code only")
-
-
-@overload(_scales_as_float32)
-def _scales_as_float32_overload(scales, buffer):
-    if scales.dtype != types.uint16:
-        return lambda scales, buffer: scales
-
-    def widen(scales, buffer):
-        for b in range(scales.shape[0]):
-            buffer[b] = kernels_simd.half_to_float32(scales[b])
-        return buffer
-    return widen
+@njit(**_SERIAL)
+def _widen_row(scales, r, buffer):
+    """buffer[:] = row r of a matrix of scales (or mins) as float32: float16 bits (uint16)
+    widened, float32 copied. Row by index, not a view of the row: a view costs atomic
+    reference counts, which two threads then pass back and forth."""
+    for b in range(buffer.shape[0]):
+        buffer[b] = _as_float32(scales[r, b])
 
 
 @njit(**_SERIAL)
@@ -193,12 +184,10 @@ def _gemv_bf16_rows(x, bits, out, start, stop):
 @njit(**_SERIAL)
 def _gemv_q8_rows(x, values, scales, out, start, stop):
     """out[r] = sum_j x[j] * values[r, j] * scales[r, j // 32] for r in start..stop, each
-    block's products summed before its scale multiplies them (kernels_simd.q8_dot_float).
-    float16 scales are widened a row at a time first (converted per block in the loop:
-    1B Q8_0 decode 25% slower)."""
-    widened = np.empty(scales.shape[1], dtype=np.float32)
+    block's products summed before its scale multiplies them (kernels_simd.q8_dot_float,
+    which widens float16 scales itself, one instruction a block)."""
     for r in range(start, stop):
-        out[r] = kernels_simd.q8_dot_float(values[r], _scales_as_float32(scales[r], widened), x)
+        out[r] = kernels_simd.q8_dot_float(values, scales, r, x)
 
 
 @njit(**_SERIAL)
@@ -208,21 +197,21 @@ def _gemv_q4_rows(x_low, x_high, x_block_sums, packed, scales, mins, out, start,
     and x_high[j]; the mins (_block_min) multiply each block's sum of x. The nibbles are
     cut as uint8 (as wider integers the loop ran 35% slower). float16 scales are widened
     a row at a time first (converted per value in the loop: 15% slower)."""
-    widened = np.empty((2, scales.shape[1]), dtype=np.float32)
+    row_scales = np.empty(scales.shape[1], dtype=np.float32)
+    row_mins = np.empty(scales.shape[1], dtype=np.float32)
     for r in range(start, stop):
-        row = packed[r]
-        row_scales = _scales_as_float32(scales[r], widened[0])
+        _widen_row(scales, r, row_scales)
         acc = np.float32(0)
         for j in range(packed.shape[1]):
-            low = np.uint8(row[j] & np.uint8(15))
-            high = np.uint8(row[j] >> np.uint8(4))
+            low = np.uint8(packed[r, j] & np.uint8(15))
+            high = np.uint8(packed[r, j] >> np.uint8(4))
             acc += (x_low[j] * np.float32(low) + x_high[j] * np.float32(high)) * \
                 row_scales[j >> _Q4_SHIFT]
         if mins is None:  # Q4_0 (_block_min)
             for b in range(row_scales.shape[0]):
                 acc += np.float32(-8) * row_scales[b] * x_block_sums[b]
         else:
-            row_mins = _scales_as_float32(mins[r], widened[1])
+            _widen_row(mins, r, row_mins)
             for b in range(row_scales.shape[0]):
                 acc += row_mins[b] * x_block_sums[b]
         out[r] = acc
@@ -276,14 +265,14 @@ def _matmul_q8_rows(x, values, scales, out, start, stop):
     """As _matmul_bf16_rows, for Q8 weights (one weight row per pass; float16 scales
     widened a row at a time)."""
     n_x, n_cols = x.shape
-    widened = np.empty(scales.shape[1], dtype=np.float32)
+    row_scales = np.empty(scales.shape[1], dtype=np.float32)
     for i in range(0, n_x - 1, 2):
         x0, x1 = x[i], x[i + 1]
         for r in range(start, stop):
-            row, row_scales = values[r], _scales_as_float32(scales[r], widened)
+            _widen_row(scales, r, row_scales)
             a = b = np.float32(0)
             for j in range(n_cols):
-                w = np.float32(row[j]) * row_scales[j >> _Q8_SHIFT]
+                w = np.float32(values[r, j]) * row_scales[j >> _Q8_SHIFT]
                 a += x0[j] * w
                 b += x1[j] * w
             out[i, r], out[i + 1, r] = a, b
@@ -545,10 +534,10 @@ def decode_bf16(bits, start, out):
 def decode_q8(values, scales, start, out):
     """out[i] = rows start + i of a Q8 matrix as float32."""
     n_cols = values.shape[1]
-    widened = np.empty(scales.shape[1], dtype=np.float32)
+    row_scales = np.empty(scales.shape[1], dtype=np.float32)
     for i in range(out.shape[0]):
         row, dst = values[start + i], out[i]
-        row_scales = _scales_as_float32(scales[start + i], widened)
+        _widen_row(scales, start + i, row_scales)
         for j in range(n_cols):
             dst[j] = np.float32(row[j]) * row_scales[j >> _Q8_SHIFT]
 

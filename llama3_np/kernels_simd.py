@@ -590,8 +590,11 @@ def _q8_float_row_dot(context, builder, sig, args):
     per block, products summed by multiply-adds in two vectors (two chains), then one
     multiply-add by the block's scale, instead of a multiply by the scale per value:
     a third fewer arithmetic instructions (the scalar loop's limit, with the conversions)."""
-    w, scales, x = (_data(context, builder, t, a) for t, a in zip(sig.args, args))
-    n_blocks = _shape(context, builder, sig.args[1], args[1])[0]
+    (w_type, scales_type, _, x_type), (weights, scales, row, x) = sig.args, args
+    w, scales = (_row_pointer(context, builder, t, a, row)
+                 for t, a in ((w_type, weights), (scales_type, scales)))
+    x = _data(context, builder, x_type, x)
+    n_blocks = _shape(context, builder, scales_type, args[1])[1]
     fma = declare(builder, "llvm.fma.v8f32", _F32x8, _F32x8, _F32x8, _F32x8)
     x_block_type = ir.VectorType(ir.FloatType(), 32)
 
@@ -605,17 +608,18 @@ def _q8_float_row_dot(context, builder, sig, args):
         (w0, w1, w2, w3), (x0, x1, x2, x3) = quarters
         even = builder.call(fma, [w2, x2, builder.fmul(w0, x0)])
         odd = builder.call(fma, [w3, x3, builder.fmul(w1, x1)])
-        scale = splat(builder, load_scale(builder, sig.args[1], scales, b), 8)
+        scale = splat(builder, load_scale(builder, scales_type, scales, b), 8)
         return [builder.call(fma, [builder.fadd(even, odd), scale, accs[0]])]
 
     return _reduce(builder, _chained(builder, n_blocks, add_block)[0])
 
 
 @intrinsic
-def q8_dot_float(typingctx, weights, scales, x):
-    """float32: one Q8 row (int8 values, scales per 32 as q8_dot's) dotted with float32 x,
-    all in float32 (no integer instructions: any CPU)."""
+def q8_dot_float(typingctx, weights, scales, row, x):
+    """float32: row `row` of a Q8 matrix (int8 values, scales per 32 as q8_dot's) dotted
+    with float32 x, all in float32 (no integer instructions: any CPU). The matrices and a
+    row index, not views of the row, as q8_dot."""
     def codegen(context, builder, sig, args):
         return _q8_float_row_dot(context, builder, sig, args)
 
-    return types.float32(weights, scales, x), codegen
+    return types.float32(weights, scales, row, x), codegen
