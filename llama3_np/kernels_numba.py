@@ -333,14 +333,14 @@ def _matmul_q4_float(x, packed, scales, mins, out):
 
 
 @njit(**_SERIAL)
-def _q4_order(j, n_cols):
-    """Where value j of a row goes in xq laid out for Q4 (kernels_simd._row_dot): per pair
-    of blocks, the first halves of both blocks (the low nibbles' x), then the second
-    halves; an odd last block in plain order."""
-    block, k = j >> _Q8_SHIFT, j & 31
-    if block % 2 == 0 and block + 1 == n_cols >> _Q8_SHIFT:  # an odd last block
-        return j
-    return 64 * (block >> 1) + 32 * (k >> 4) + 16 * (block & 1) + (k & 15)
+def _q4_halves(b, n_blocks):
+    """Where the first and the second 16 values of block b go in xq laid out for Q4
+    (kernels_simd._rows_dot): per pair of blocks, the first halves of both blocks (the
+    low nibbles' x), then the second halves; an odd last block in plain order."""
+    if b % 2 == 0 and b + 1 == n_blocks:  # an odd last block
+        return 32 * b, 32 * b + 16
+    first = 64 * (b >> 1) + 16 * (b & 1)
+    return first, first + 32
 
 
 @intrinsic
@@ -394,7 +394,7 @@ def quantize_block(block, q):
 def quantize_rows(x, q4_order):
     """x (M, K) float32 as the integer kernels read it, per 32-value block b of each row
     (quantize_block): xq (M, K) int8 = round(x / d) with d = max|x_b| / 127 (x_scales
-    (M, K/32)), laid out for Q4 (_q4_order) or in plain order (Q8); then two (M, K/32, 8)
+    (M, K/32)), laid out for Q4 (_q4_halves) or in plain order (Q8); then two (M, K/32, 8)
     arrays of per-block values in the lanes kernels_simd's sums have (Q8: lane 0 of row
     b; Q4: lane 0 or 4 of row b // 2, block b's place in its pair, or lane 0 for an odd
     last block): x_start, int32, the sums' starting values (Q8: -128 * sum(xq_b); Q4: -8 *
@@ -411,8 +411,9 @@ def quantize_rows(x, q4_order):
     for i in range(n_x):
         for b in range(n_blocks):
             x_scales[i, b], q_total = quantize_block(x[i, 32 * b:32 * b + 32], q)
-            for j in range(32 * b, 32 * b + 32):
-                xq[i, _q4_order(j, n_cols) if q4_order else j] = q[j - 32 * b]
+            first, second = _q4_halves(b, n_blocks) if q4_order else (32 * b, 32 * b + 16)
+            for k in range(16):
+                xq[i, first + k], xq[i, second + k] = q[k], q[16 + k]
             if not q4_order:
                 row, lane = b, 0
             elif b % 2 == 0 and b + 1 == n_blocks:  # Q4's odd last block, after the pairs
