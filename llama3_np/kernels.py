@@ -161,7 +161,7 @@ def linear(x: np.ndarray, w) -> np.ndarray:
             out = np.empty((len(rows), n_out), dtype=np.float32)
             gemm(np.ascontiguousarray(rows), out)
     if out is None and kernels is not None and len(rows) <= _FUSED_MAX_ROWS:
-        out = _fused(w, kernels, np.ascontiguousarray(rows))
+        out = _fused(w, (n_out, n_in), kernels, np.ascontiguousarray(rows))
     if out is None:
         bf16_gemm = bf16_matmul(w, _bf16_kernels(_in_parallel(kernels)))
         if bf16_gemm is not None:
@@ -171,14 +171,14 @@ def linear(x: np.ndarray, w) -> np.ndarray:
     return out.reshape(x.shape[:-1] + (n_out,))
 
 
-def _fused(w, kernels, rows: np.ndarray):
+def _fused(w, shape: tuple, kernels, rows: np.ndarray):
     """rows @ w.T by w's fused kernel (None when w has none): on the calling thread
     alone (the serial twins, kernels_numba.SERIAL) when one thread is allowed or w is
     small, else on the threads _parallel_choice finds faster for w's shape, timed for it."""
     serial = fused_matmul(w, kernels.SERIAL, len(rows))
     if serial is None:
         return None
-    n_out, n_in = w.shape
+    n_out, n_in = shape
     out = np.empty((len(rows), n_out), dtype=np.float32)
     if _numba_state["threads"] == 1 or n_out * n_in < _PARALLEL_MIN_WEIGHTS:
         serial(rows, out)

@@ -25,10 +25,10 @@ class Q4:
             raise TypeError(f"Q4 wants float16 or float32 scales and mins of the same type, "
                             f"got {scales.dtype} and {None if mins is None else mins.dtype}")
         self.packed, self.scales, self.mins = packed, scales, mins
-
-    @property
-    def shape(self) -> tuple:
-        return self.packed.shape[:-1] + (2 * self.packed.shape[-1],)
+        self.shape = packed.shape[:-1] + (2 * packed.shape[-1],)  # the logical shape
+        # (scales, mins) as the compiled kernels read them (formats.kernel_view), made
+        # once: a decode step multiplies by each matrix, and each view costs a microsecond.
+        self._kernel_parts = (kernel_view(scales), kernel_view(mins))
 
     @property
     def nbytes(self) -> int:
@@ -43,10 +43,6 @@ class Q4:
         return Q4(self.packed[rows], self.scales[rows],
                   None if self.mins is None else self.mins[rows])
 
-    def _kernel_parts(self) -> tuple:
-        """(scales, mins) as the compiled kernels read them (formats.kernel_view)."""
-        return kernel_view(self.scales), kernel_view(self.mins)
-
     def fused(self, kernels, n_rows: int):
         # With float32 x, the Q4 loop does all its work again for each row of x: from 6 or
         # so rows on, decoding tiles for BLAS is faster (demo model's w1, 1536 x 576, one
@@ -55,18 +51,18 @@ class Q4:
         if kernels is None or (n_rows > Q4_FLOAT_FUSED_MAX_ROWS
                                and kernels.int8_activations() is None):
             return None
-        parts = self._kernel_parts()
+        parts = self._kernel_parts
         return lambda rows, out: kernels.matmul_q4(rows, self.packed, *parts, out)
 
     def int8_matmul(self, int8_kernels):
-        parts = self._kernel_parts()
+        parts = self._kernel_parts
         if not int8_kernels.supports(self.packed, *parts):
             return None
         return lambda rows, out: int8_kernels.matmul_q4(rows, self.packed, *parts, out)
 
     def tile_decoder(self, kernels):
         if kernels is not None:
-            parts = self._kernel_parts()
+            parts = self._kernel_parts
             return lambda start, tile: kernels.decode_q4(self.packed, *parts, start, tile)
         return lambda start, tile: self.take(slice(start, start + len(tile))).to_float32(tile)
 

@@ -28,6 +28,7 @@ class Q8:
                              f"for blocks of {Q8_BLOCK}")
         self.values = values
         self.scales = scales
+        self._kernel_scales = kernel_view(scales)  # made once, as Q4's kernel parts
 
     @property
     def shape(self) -> tuple:
@@ -46,18 +47,18 @@ class Q8:
     def fused(self, kernels, n_rows: int):
         if kernels is None:
             return None
-        scales = kernel_view(self.scales)
+        scales = self._kernel_scales
         return lambda rows, out: kernels.matmul_q8(rows, self.values, scales, out)
 
     def int8_matmul(self, int8_kernels):
         if not int8_kernels.supports(self.values, self.scales):
             return None
-        scales = kernel_view(self.scales)
+        scales = self._kernel_scales
         return lambda rows, out: int8_kernels.matmul_q8(rows, self.values, scales, out)
 
     def tile_decoder(self, kernels):
         if kernels is not None:
-            scales = kernel_view(self.scales)
+            scales = self._kernel_scales
             return lambda start, tile: kernels.decode_q8(self.values, scales, start, tile)
         return lambda start, tile: dequantize_q8(self.values[start:start + len(tile)],
                                                  self.scales[start:start + len(tile)], out=tile)
