@@ -532,7 +532,7 @@ def _rows_dot(context, builder, sig, args, isa):
     return [_reduce(builder, builder.load(total)) for total in totals]
 
 
-# The arguments of the row dot products after use_vnni, by their count (Q8: 6, Q4: 8).
+# The arguments of the row dot products after use_vnni, by their count (Q8: 7, Q4: 9).
 _ROW_DOT_ARGUMENTS = {7: ("weights", "w_scales", "xq", "x_scales", "x_start", "x_row",
                           "rows"),
                       9: ("weights", "w_scales", "w_mins", "xq", "x_scales", "x_start",
