@@ -2,6 +2,7 @@
 per-call choice of one thread or all. Takes about half a minute.
 
     python benchmarks/decode_overhead.py [--threads 2] [--model weights/SmolLM2-...gguf]
+        [--int8-activations]
 
 Prints, per token (median of interleaved rounds, so that neighbours coming and going
 hit every variant alike):
@@ -36,6 +37,8 @@ def parse_args():
     parser.add_argument("--model", type=Path, default=DEMO_MODEL)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--tokens", type=int, default=12, help="decode steps per round")
+    parser.add_argument("--int8-activations", action="store_true",
+                        help="q8 / Q4 kernels take x quantised to int8 per block")
     return parser.parse_args()
 
 
@@ -91,9 +94,11 @@ def main():
 
     llm = llama3_np.load(args.model)
     kernels.set_threads(args.threads)
+    kernels.set_int8_activations(args.int8_activations)
     kernels.warmup()
     decoder = Decoder(llm)
-    print(f"{args.model.name}, {args.threads} thread(s), backend {kernels.active_backend()}")
+    print(f"{args.model.name}, {args.threads} thread(s), backend {kernels.active_backend()}"
+          + (", int8 activations" if args.int8_activations else ""))
 
     policies = thread_policies(kernels)
     compared = policies if args.threads > 1 and kernels.active_backend() == "numba" else \
