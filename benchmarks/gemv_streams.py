@@ -99,5 +99,6 @@ def main():
         blas = gbps(lambda f: f @ x[0], floats)
         print(" | ".join(line) + f" | BLAS f32 GEMV {blas:5.1f}")
 
+
 if __name__ == "__main__":
     main()
