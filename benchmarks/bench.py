@@ -21,6 +21,8 @@ rows come from `llama-bench -p PROMPT -n DECODE -r 3` (its own warm-up, then thr
 prefill the best run, decode the median; its decode starts from an empty context and its
 KV cache is f16, which at ~150 positions changes a 1B step by well under 1%). A decode
 step reads every weight once, so it cannot beat bandwidth / bytes per token: the bound.
+Our rows also time their decode steps outside the matmuls (bench_case.py), and a decode
+target that misses says what the matmuls would need to meet it.
 
 This is a benchmark, not a test: it asserts nothing, it reports PASS / MISS.
 """
@@ -255,13 +257,16 @@ class Row:
     peak_rss: int
     load_seconds: float
     threads_in_use: dict
+    outside_seconds: float = None  # a decode step's time outside the matmuls (llama3_np)
 
     @classmethod
     def from_measurement(cls, case: Case, m: dict) -> "Row":
+        outside = m.get("outside_matmuls_seconds")
         return cls(case, prefill_tps=m["prompt_tokens"] / min(m["prefill_seconds"]),
                    decode_tps=1 / statistics.median(m["decode_seconds"]),
                    weight_bytes=m["weight_bytes_per_token"], peak_rss=m["peak_rss"],
-                   load_seconds=m["load_seconds"], threads_in_use=m["threads_in_use"])
+                   load_seconds=m["load_seconds"], threads_in_use=m["threads_in_use"],
+                   outside_seconds=statistics.median(outside) if outside else None)
 
     @property
     def read_gbps(self) -> float:
@@ -323,19 +328,39 @@ def against_llama_cpp(rows: list, reference_only: bool = False) -> list:
     return pairs
 
 
+def what_decode_needs(ours: list, required_tps: float) -> str:
+    """What our rows (one case, timed outside the matmuls too) would need to decode at
+    required_tps: the Python and NumPy between the matmuls run on the one calling thread
+    and overlap nothing, so the matmuls get what is left of the token's time; "" without
+    that timing."""
+    if any(r.outside_seconds is None for r in ours):
+        return ""
+    outside = statistics.fmean(r.outside_seconds for r in ours)
+    allowed, weights = 1 / required_tps, ours[0].weight_bytes
+    if outside >= allowed:
+        return (f"out of reach of this design: a token spends {1e3 * outside:.2f} ms outside "
+                f"the matmuls, more than llama.cpp's whole token ({1e3 * allowed:.2f} ms)")
+    matmuls_now = statistics.fmean(1 / r.decode_tps - r.outside_seconds for r in ours)
+    return (f"a token spends {1e3 * outside:.2f} ms outside the matmuls, so they would have "
+            f"to read its {weights / 1e6:.0f} MB of weights in {1e3 * (allowed - outside):.2f} "
+            f"ms ({weights / (allowed - outside) / 1e9:.1f} GB/s; now "
+            f"{1e3 * matmuls_now:.2f} ms, {weights / matmuls_now / 1e9:.1f} GB/s)")
+
+
 def targets(rows: list, bandwidth: float, prompt_tokens: int) -> list:
     """(target, measured, result, evidence) for each target whose rows were measured.
 
     A MISS that the memory bandwidth forces (the bound is below what is required)
-    says so, with the numbers, as its evidence."""
+    says so, with the numbers, as its evidence; a decode MISS against llama.cpp says what
+    the matmuls would need (what_decode_needs)."""
     from machine import l3_cache_bytes
 
     out = []
 
     def check(name: str, measured: float, required: float, bound_tps: float = None,
               unit: str = "tok/s", why_bound: str = "impossible here",
-              fits_in_cache: bool = False):
-        evidence = ""
+              fits_in_cache: bool = False, why_missed: str = ""):
+        evidence = why_missed if measured < required else ""
         if measured < required and bound_tps is not None and bound_tps < required \
                 and not fits_in_cache:
             evidence = (f"{why_bound}: the bandwidth bound is {bound_tps:.2f} tok/s "
@@ -360,7 +385,8 @@ def targets(rows: list, bandwidth: float, prompt_tokens: int) -> list:
               fits_in_cache=ours[0].weight_bytes < l3_cache_bytes(),
               why_bound=f"impossible in our {case.weights} form, which reads "
                         f"{ours[0].weight_bytes / 1e9:.2f} GB a token against llama.cpp's "
-                        f"{theirs[0].weight_bytes / 1e9:.2f}")
+                        f"{theirs[0].weight_bytes / 1e9:.2f}",
+              why_missed=what_decode_needs(ours, required))
         if case.model == "1b":
             share = LLAMA_CPP_TARGET["prefill"]
             check(f"prefill {prompt_tokens} {where} >= {share:g}x llama.cpp",
@@ -425,10 +451,12 @@ def results_markdown(args, tokens, machine_description, loads, bandwidths, bandw
 
     table = markdown_table(
         ["engine, weights (backend)", f"prefill {tokens['prompt']} tok/s", "decode tok/s",
-         "decode ms/token", "weights read GB/s", "% of bandwidth", "bound tok/s",
-         "peak RSS GB", "load s", "threads seen"],
+         "decode ms/token", "of which outside matmuls", "weights read GB/s",
+         "% of bandwidth", "bound tok/s", "peak RSS GB", "load s", "threads seen"],
         [[r.case.label, f"{r.prefill_tps:.1f}", f"{r.decode_tps:.2f}",
-          f"{1e3 / r.decode_tps:.0f}", f"{r.read_gbps:.1f}",
+          f"{1e3 / r.decode_tps:.1f}",
+          "-" if r.outside_seconds is None else f"{1e3 * r.outside_seconds:.1f}",
+          f"{r.read_gbps:.1f}",
           f"{100 * r.read_gbps / bandwidth:.0f}%", f"{r.bound_tps(bandwidth):.2f}",
           f"{r.peak_rss / 1e9:.1f}", "-" if r.load_seconds != r.load_seconds
           else f"{r.load_seconds:.0f}",
@@ -458,7 +486,10 @@ def results_markdown(args, tokens, machine_description, loads, bandwidths, bandw
         bandwidth_table,
         f"Bound used below: {bandwidth:.1f} GB/s, the best read rate above. Bound tok/s = "
         "that / bytes of weights one decode step reads." + bandwidth_drift_note(bandwidths),
-        "### Throughput (in run order)", table]
+        "### Throughput (in run order)", table,
+        "Outside matmuls: the same decode steps (llama3_np) with every matmul's product "
+        "looked up instead of computed (bench_case.replayed_matmuls): norms, RoPE, "
+        "attention, SwiGLU, the KV cache and the Python between them."]
     if against_llama_cpp(rows):
         parts += ["### llama3_np / llama.cpp on the same file", comparison_table(
             rows, tokens["prompt"])]

@@ -88,3 +88,60 @@ def test_targets_compare_with_the_reference_build_only():
     results = {name: result for name, _, result, _ in bench.targets(rows, 30.0, 128)}
     assert set(results.values()) == {"MISS"}
     assert "build-noamx" in bench.comparison_table(rows, 128)
+
+
+def demo_rows(outside_ms: float) -> list:
+    """Our demo model rows on one thread (100 MB of weights a token, 50 tok/s: 20 ms)
+    around llama.cpp's (100 tok/s: 10 ms a token)."""
+    def row(engine, decode, outside=None):
+        return bench.Row(bench.Case(engine, "Q4_1", "numba-int8" if outside else "",
+                                    model="demo", threads=1),
+                         prefill_tps=1.0, decode_tps=decode, weight_bytes=10**8, peak_rss=0,
+                         load_seconds=0.0, threads_in_use={}, outside_seconds=outside)
+
+    return [row("llama3_np", 50.0, outside_ms / 1e3), row("llama.cpp", 100.0),
+            row("llama3_np", 50.0, outside_ms / 1e3)]
+
+
+def test_a_decode_miss_says_what_the_matmuls_would_need():
+    (name, _, result, evidence), = bench.targets(demo_rows(outside_ms=6.0), 30.0, 128)
+    assert (name, result) == ("decode Q4_1 demo model, 1 thread (numba-int8) >= 1x llama.cpp",
+                              "MISS")
+    # 10 ms a token less 6 outside the matmuls leaves them 4 ms for 100 MB: 25 GB/s; now
+    # they take 20 - 6 = 14 ms.
+    assert evidence == ("a token spends 6.00 ms outside the matmuls, so they would have to "
+                        "read its 100 MB of weights in 4.00 ms (25.0 GB/s; now 14.00 ms, "
+                        "7.1 GB/s)")
+    (_, _, _, evidence), = bench.targets(demo_rows(outside_ms=12.0), 30.0, 128)
+    assert evidence == ("out of reach of this design: a token spends 12.00 ms outside the "
+                        "matmuls, more than llama.cpp's whole token (10.00 ms)")
+
+
+def test_replayed_matmuls_compute_each_product_once():
+    import numpy as np
+
+    from bench_case import replayed_matmuls
+    from llama3_np import model
+    from llama3_np.model import Transformer
+    from tests.tiny import random_weights, tiny_config
+
+    config = tiny_config()
+    llm = Transformer(config, random_weights(config))
+    real_linear, computed = model.linear, []
+
+    def counted(x, w):
+        computed.append(w)
+        return real_linear(x, w)
+
+    expected = llm.forward([7], 0, last_only=True, cache=llm.new_cache())
+    model.linear = counted
+    try:
+        with replayed_matmuls():
+            cache = llm.new_cache()
+            first = llm.forward([7], 0, last_only=True, cache=cache)
+            llm.forward([7], 1, last_only=True, cache=cache)  # every product looked up
+        assert model.linear is counted  # put back
+    finally:
+        model.linear = real_linear
+    np.testing.assert_array_equal(first, expected)
+    assert len(computed) == 7 * config.n_layers + 1  # q, k, v, o, w1, w3, w2; the logits
