@@ -107,13 +107,14 @@ class Llama3NpRunner:
                                               cache=self.cache)[-1])
 
     def steps_outside_matmuls(self, token: int, position: int, n_steps: int) -> list:
-        """Seconds of n_steps decode steps from `position` on whose matmuls are looked up
-        (replayed_matmuls), after one real step that computes the products."""
+        """Seconds of n_steps decode steps from `position` on (rewinding the cache there)
+        whose matmuls are looked up (replayed_matmuls), after one real step at the same
+        position that computes the products."""
         seconds = []
         with replayed_matmuls():
-            for step in range(n_steps + 1):
+            for step in range(-1, n_steps):
                 start = time.perf_counter()
-                self.decode(token, position + step)
+                self.decode(token, position + max(step, 0))
                 seconds.append(time.perf_counter() - start)
         return seconds[1:]
 
@@ -239,7 +240,7 @@ def measure(runner, prompt: list, n_decode: int, prefill_repeats: int = 2) -> di
     timings = {"prefill_seconds": prefill_seconds, "decode_seconds": decode_seconds}
     if hasattr(runner, "steps_outside_matmuls"):
         timings["outside_matmuls_seconds"] = runner.steps_outside_matmuls(
-            token, len(prompt) + n_decode, n_decode)
+            token, len(prompt), n_decode)  # the timed steps' positions again
     return timings
 
 

@@ -9,9 +9,9 @@ hit every variant alike):
 - decode with every fused matmul on one thread ("serial"), on all threads
   ("parallel"), and as kernels.linear chooses per matrix shape ("chosen"), with the
   choice it settled on for each shape;
-- the same step with kernels.linear replaced by a lookup of precomputed products:
-  what everything but the matmuls costs (norms, RoPE, attention, SwiGLU, the cache,
-  Python);
+- the same step with model.py's linear replaced by a lookup of each product, computed
+  the first time (bench_case.replayed_matmuls; the median leaves that step out): what
+  everything but the matmuls costs (norms, RoPE, attention, SwiGLU, the cache, Python);
 - each weight shape's kernel alone against kernels.linear on it: the per-call cost of
   the seam.
 Run it with a busy core (`python -c 'while True: pass' &`) to see the choice follow.
