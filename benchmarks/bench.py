@@ -390,7 +390,7 @@ def targets(rows: list, bandwidth: float, prompt_tokens: int) -> list:
               why_bound=f"impossible in our {case.weights} form, which reads "
                         f"{ours[0].weight_bytes / 1e9:.2f} GB a token against llama.cpp's "
                         f"{theirs[0].weight_bytes / 1e9:.2f}",
-              why_missed=what_decode_needs(ours, required) if decode < required else "")
+              why_missed=what_decode_needs(ours, required))
         if case.model == "1b":
             share = LLAMA_CPP_TARGET["prefill"]
             check(f"prefill {prompt_tokens} {where} >= {share:g}x llama.cpp",
