@@ -85,7 +85,7 @@ _LANES = 16  # float32 lanes of a zmm register, rows and columns of an AMX tile
 _X_ALIGN = 32  # rows of x are padded to a multiple of this (2 tiles / 2 zmm)
 _VDP_X_VECTORS = 4  # vdpbf16ps micro-kernel: 4 zmm of x rows (64 rows) ...
 _VDP_W_ROWS = 6  # ... by 6 weight rows: 24 accumulators of the 32 zmm registers
-_VDP_ROWS_PER_TASK = 48  # weight rows handed to a thread (a multiple of _VDP_W_ROWS)
+_VDP_ROWS_PER_TASK = 48  # weight rows a thread claims at once (a multiple of _VDP_W_ROWS)
 _AMX_K_STEP = 32  # bf16 values of K one tile holds
 _AMX_BLOCK = 2 * _LANES  # weight rows, and rows of x, of one AMX micro-kernel
 _X_CHUNK_BYTES = 1 << 19  # x_pairs a pass over the weights reads: half the 2 MB L2 cache
@@ -423,11 +423,13 @@ def _vdp_rows(x_pairs, bits, out, acc, start, stop):
 
 @njit(**_PARALLEL)
 def _matmul_vdp(x_pairs, bits, out):
-    n_rows = bits.shape[0]
-    for task in prange((n_rows + _VDP_ROWS_PER_TASK - 1) // _VDP_ROWS_PER_TASK):
+    claimed = kernels_numba.no_claims()
+    for _ in prange(kernels_numba.thread_count()):  # blocks of rows claimed in turn
         acc = np.empty(_VDP_W_ROWS * _LANES * _VDP_X_VECTORS, dtype=np.float32)
-        start = task * _VDP_ROWS_PER_TASK
-        _vdp_rows(x_pairs, bits, out, acc, start, min(n_rows, start + _VDP_ROWS_PER_TASK))
+        start, stop = kernels_numba.claim_rows(claimed, bits.shape[0], _VDP_ROWS_PER_TASK)
+        while start < stop:
+            _vdp_rows(x_pairs, bits, out, acc, start, stop)
+            start, stop = kernels_numba.claim_rows(claimed, bits.shape[0], _VDP_ROWS_PER_TASK)
 
 
 @njit(**_PARALLEL)

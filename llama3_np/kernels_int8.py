@@ -64,7 +64,7 @@ from .kernels_simd import (F32X16, I8X16, I8X32, I32, I32X16, I64, Routes, amx_c
 _LANES = 16  # int32 / float32 lanes of a zmm register: rows of x
 _X_VECTORS = 2  # the micro-kernel: 2 zmm of rows of x (32 rows) ...
 _W_ROWS = 6  # ... by 6 weight rows: 12 float32 accumulators and 12 int32 sums
-_ROWS_PER_TASK = 48  # weight rows handed to a thread (a multiple of _W_ROWS)
+_ROWS_PER_TASK = 48  # weight rows a thread claims at once (a multiple of _W_ROWS)
 _QUADS = 8  # quads of a 32-value block
 
 
@@ -412,12 +412,14 @@ def _gemm_rows(x_quads, x_scales, x_sums, weights, w_scales, w_mins, out, acc, s
 
 @njit(cache=True, nogil=True, parallel=True)
 def _gemm(x_quads, x_scales, x_sums, weights, w_scales, w_mins, out):
-    n_rows = weights.shape[0]
-    for task in prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
+    claimed = kernels_numba.no_claims()
+    for _ in prange(kernels_numba.thread_count()):  # blocks of rows claimed in turn
         acc = np.empty(_W_ROWS * _LANES * _X_VECTORS, dtype=np.float32)
-        start = task * _ROWS_PER_TASK
-        _gemm_rows(x_quads, x_scales, x_sums, weights, w_scales, w_mins, out, acc, start,
-                   min(n_rows, start + _ROWS_PER_TASK))
+        start, stop = kernels_numba.claim_rows(claimed, weights.shape[0], _ROWS_PER_TASK)
+        while start < stop:
+            _gemm_rows(x_quads, x_scales, x_sums, weights, w_scales, w_mins, out, acc, start,
+                       stop)
+            start, stop = kernels_numba.claim_rows(claimed, weights.shape[0], _ROWS_PER_TASK)
 
 
 @njit(cache=True, nogil=True)

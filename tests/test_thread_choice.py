@@ -8,7 +8,9 @@ import pytest
 
 from llama3_np import kernels
 from llama3_np.thread_choice import FIRST_TRIAL_INTERVAL, MAX_TRIAL_INTERVAL, ParallelChoice
-from tests.test_kernels import NEEDS_NUMBA, assert_matches_float64, random_matrix, weight_in
+from llama3_np.formats import fused_matmul
+from tests.test_kernels import (INT8_FORMS, NEEDS_NUMBA, assert_matches_float64, random_matrix,
+                                weight_in)
 
 KEY = (1536, 576, 1)
 
@@ -115,6 +117,29 @@ def test_one_thread_and_all_give_the_same_bits(dtype, n_rows, shape, forced):
     serial = kernels.linear(x, w)
     np.testing.assert_array_equal(parallel, serial)
     assert_matches_float64(serial, x, w_float32)
+
+
+@NEEDS_NUMBA
+@pytest.mark.parametrize("dtype, int8_form", [
+    *[(dtype, None) for dtype in ("bf16", "q8", "gguf_q4_0", "gguf_q4_1")],
+    *[(dtype, form) for dtype in ("q8", "gguf_q4_0", "gguf_q4_1") for form in INT8_FORMS]])
+@pytest.mark.parametrize("n_out", [1000, 5])
+def test_the_threads_claim_every_block_of_rows_once(dtype, int8_form, n_out, numba_backend):
+    """A parallel kernel's threads claim blocks of weight rows in turn: every row of out is
+    written (it starts as NaN), by the same loop as on one thread, whether the threads
+    share 63 blocks or one (and the other claims none)."""
+    w, _ = weight_in(dtype, random_matrix((n_out, 96)))
+    x = random_matrix((3, 96), seed=13)
+    kernels.set_threads(2)
+    numba_backend.set_int8_activations(int8_form is not None, int8_form)
+    try:
+        outs = [np.full((3, n_out), np.nan, dtype=np.float32) for _ in range(2)]
+        for kernel_set, out in zip((numba_backend, numba_backend.SERIAL), outs):
+            fused_matmul(w, kernel_set, len(x))(x, out)
+    finally:
+        numba_backend.set_int8_activations(False)
+    assert not np.isnan(outs[0]).any()
+    np.testing.assert_array_equal(*outs)
 
 
 @NEEDS_NUMBA
