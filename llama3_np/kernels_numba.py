@@ -161,7 +161,7 @@ def thread_count(typingctx):
 def no_claims():
     """A count of the blocks of rows handed out (none yet), for claim_rows. Made here:
     numba turns np.zeros in a parallel kernel into a parallel loop of its own, and in
-    _matmul_q4_int numba 0.68 gave that loop -1 iterations, leaving the count unset."""
+    _matmul_int8 numba 0.68 gave that loop -1 iterations, leaving the count unset."""
     return np.zeros(1, dtype=np.int64)
 
 
@@ -426,32 +426,21 @@ def float32_bits(typingctx, value):
 
 
 @njit(**_SERIAL)
-def _magnitude_bits(value):
-    """float32 -> |value|'s bits as uint32. Their integer order is the float order of the
-    magnitudes, inf above every finite one and NaN above inf: an integer max over them
-    vectorises (a float max with NaN does not) and keeps a NaN."""
-    return float32_bits(value) & np.uint32(0x7FFFFFFF)
-
-
-@njit(**_SERIAL)
-def quantize_block(block, q):
-    """One 32-value block of x -> q (32 int8) = round(block / d), d = max|block| / 127;
-    returns (d, sum of q). A block holding NaN or inf gets d = NaN and q = 0: its
-    products are NaN, as in float32."""
-    largest_bits = np.uint32(0)
-    for k in range(32):
-        largest_bits = max(largest_bits, _magnitude_bits(block[k]))
+def quantize_block(x, row, start, q):
+    """One 32-value block of x, x[row, start:start + 32] -> q (32 int8) = round(block / d),
+    d = max|block| / 127; returns (d, sum of q). A block holding NaN or inf gets d = NaN
+    and q = 0: its products are NaN, as in float32; a block below 127 / float32's largest
+    (~4e-37, where 1 / d overflows) gets q = 0. (The block's max and rounding are one
+    vector each: kernels_simd.block_magnitude_bits and round_block.)"""
+    largest_bits = kernels_simd.block_magnitude_bits(x, row, start)
     if largest_bits >= np.uint32(0x7F800000):  # inf's bits, or a NaN's
         q[:] = 0
-        return np.float32(np.nan), 0
+        return np.float32(np.nan), np.int32(0)
     largest = bits_to_float32(largest_bits)
     inverse = np.float32(127) / largest if largest > 0 else np.float32(0)
-    q_total = 0
-    for k in range(32):
-        value = np.int8(np.rint(block[k] * inverse))
-        q[k] = value
-        q_total += value
-    return largest / np.float32(127), q_total
+    if inverse == np.float32(np.inf):
+        inverse = np.float32(0)
+    return largest / np.float32(127), kernels_simd.round_block(x, row, start, inverse, q)
 
 
 @njit(**_SERIAL)
@@ -474,7 +463,7 @@ def quantize_rows(x, q4_order):
     q = np.empty(32, dtype=np.int8)
     for i in range(n_x):
         for b in range(n_blocks):
-            x_scales[i, b], q_total = quantize_block(x[i, 32 * b:32 * b + 32], q)
+            x_scales[i, b], q_total = quantize_block(x, i, 32 * b, q)
             first, second = _q4_halves(b, n_blocks) if q4_order else (32 * b, 32 * b + 16)
             for k in range(16):
                 xq[i, first + k], xq[i, second + k] = q[k], q[16 + k]
@@ -516,6 +505,19 @@ def _int8_dots_overload(use_vnni, weights, scales, mins, quantized, x_row, rows)
     return q4
 
 
+def _reads_x_in_q4_order(weights):
+    """Whether the row dot products of these weights read x laid out for Q4 (uint8
+    nibbles: quantize_rows' q4_order) rather than in plain order (Q8's int8 values), as
+    a compile-time constant. Compiled code only."""
+    raise NotImplementedError("_reads_x_in_q4_order runs inside numba-compiled code only")
+
+
+@overload(_reads_x_in_q4_order, inline="always")
+def _reads_x_in_q4_order_overload(weights):
+    q4 = weights.dtype == types.uint8
+    return lambda weights: q4
+
+
 @njit(**_SERIAL)
 def _int8_rows(use_vnni, weights, scales, mins, quantized, out, start, stop):
     """out[:, start:stop] by the integer row dot products, x quantised by quantize_rows.
@@ -536,30 +538,19 @@ def _int8_rows(use_vnni, weights, scales, mins, quantized, out, start, stop):
 
 
 @njit(**_PARALLEL)
-def _matmul_q8_int(use_vnni, x, values, scales, out):
-    """out = x @ Q8 matrix.T with x quantised by quantize_rows (here: one call from
-    Python fewer, which shows on small matrices); integer block sums (kernels_simd.q8_dot)."""
-    quantized = quantize_rows(x, False)
+def _matmul_int8(use_vnni, x, weights, scales, mins, out):
+    """out = x @ matrix.T for a Q8 matrix (int8 values, mins None) or a Q4 one (packed
+    nibbles), x quantised by quantize_rows in the order the matrix's row dot products
+    read it (here: one call from Python fewer, which shows on small matrices). Integer
+    block sums (kernels_simd.q8_dot / q4_dot); Q4's mins times the block sums of x, or
+    for Q4_0 (mins None) its -8 * scale * sum(x) inside the integer sums, exactly."""
+    quantized = quantize_rows(x, _reads_x_in_q4_order(weights))
     claimed = no_claims()
     for _ in prange(thread_count()):  # as matmul_bf16's
-        start, stop = claim_rows(claimed, values.shape[0], _INT8_ROWS_PER_TASK)
+        start, stop = claim_rows(claimed, weights.shape[0], _INT8_ROWS_PER_TASK)
         while start < stop:
-            _int8_rows(use_vnni, values, scales, None, quantized, out, start, stop)
-            start, stop = claim_rows(claimed, values.shape[0], _INT8_ROWS_PER_TASK)
-
-
-@njit(**_PARALLEL)
-def _matmul_q4_int(use_vnni, x, packed, scales, mins, out):
-    """out = x @ Q4 matrix.T, x quantised by quantize_rows: the scaled nibbles in integer
-    block sums and the mins times the block sums of x (kernels_simd.q4_dot); Q4_0 (mins
-    None) takes its -8 * scale * sum(x) inside the integer sums (x_start), exactly."""
-    quantized = quantize_rows(x, True)
-    claimed = no_claims()
-    for _ in prange(thread_count()):  # as matmul_bf16's
-        start, stop = claim_rows(claimed, packed.shape[0], _INT8_ROWS_PER_TASK)
-        while start < stop:
-            _int8_rows(use_vnni, packed, scales, mins, quantized, out, start, stop)
-            start, stop = claim_rows(claimed, packed.shape[0], _INT8_ROWS_PER_TASK)
+            _int8_rows(use_vnni, weights, scales, mins, quantized, out, start, stop)
+            start, stop = claim_rows(claimed, weights.shape[0], _INT8_ROWS_PER_TASK)
 
 
 # The integer dot products this CPU has (kernels_simd.available) and whether they are
@@ -638,7 +629,7 @@ def _serial_twin(kernel):
     return njit(**_SERIAL)(twin)
 
 
-def _fused_kernels(bf16, q8_float, q8_int, q4_float, q4_int) -> SimpleNamespace:
+def _fused_kernels(bf16, q8_float, q4_float, int8) -> SimpleNamespace:
     """The fused matmuls the weight formats call (matmul_bf16 / _q8 / _q4), the q8 and Q4
     ones taking float32 or int8 activations as set_int8_activations says."""
     def matmul_q8(x, values, scales, out):
@@ -648,7 +639,7 @@ def _fused_kernels(bf16, q8_float, q8_int, q4_float, q4_int) -> SimpleNamespace:
         if form is None:
             q8_float(x, values, scales, out)
         else:
-            q8_int(form == "vnni", x, values, scales, out)
+            int8(form == "vnni", x, values, scales, None, out)
 
     def matmul_q4(x, packed, scales, mins, out):
         """out = x (M, K) @ Q4 matrix.T: packed (N, K/2) uint8, scales and mins (N, K/32)
@@ -657,14 +648,13 @@ def _fused_kernels(bf16, q8_float, q8_int, q4_float, q4_int) -> SimpleNamespace:
         if form is None:
             q4_float(x, packed, scales, mins, out)
         else:
-            q4_int(form == "vnni", x, packed, scales, mins, out)
+            int8(form == "vnni", x, packed, scales, mins, out)
 
     return SimpleNamespace(matmul_bf16=bf16, matmul_q8=matmul_q8, matmul_q4=matmul_q4,
                            int8_activations=int8_activations)
 
 
-_PARALLEL_KERNELS = (matmul_bf16, _matmul_q8_float, _matmul_q8_int, _matmul_q4_float,
-                     _matmul_q4_int)
+_PARALLEL_KERNELS = (matmul_bf16, _matmul_q8_float, _matmul_q4_float, _matmul_int8)
 _kernels = _fused_kernels(*_PARALLEL_KERNELS)
 matmul_q8, matmul_q4 = _kernels.matmul_q8, _kernels.matmul_q4
 # The same on the calling thread alone (kernels.linear hands this to a weight's fused
@@ -708,7 +698,7 @@ def warmup() -> None:
             decode_q8(values, q8_scales, 0, tile)
         for q4_scales, q4_mins in q4_forms:  # Q4_K, Q4_1, Q4_0
             decode_q4(packed, q4_scales, q4_mins, 0, tile)
-        for bf16, q8_float, q8_int, q4_float, q4_int in (_PARALLEL_KERNELS, _SERIAL_KERNELS):
+        for bf16, q8_float, q4_float, int8 in (_PARALLEL_KERNELS, _SERIAL_KERNELS):
             bf16(x, bits, out)
             for q8_scales in q8_forms:
                 q8_float(x, values, q8_scales, out)
@@ -716,9 +706,9 @@ def warmup() -> None:
                 q4_float(x, packed, q4_scales, q4_mins, out)
             if _INT8_FORMS:
                 for q8_scales in q8_forms:
-                    q8_int(vnni, x, values, q8_scales, out)
+                    int8(vnni, x, values, q8_scales, None, out)
                 for q4_scales, q4_mins in q4_forms:
-                    q4_int(vnni, x, packed, q4_scales, q4_mins, out)
+                    int8(vnni, x, packed, q4_scales, q4_mins, out)
 
 
 def set_threads(n) -> int:

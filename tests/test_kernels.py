@@ -433,6 +433,47 @@ def quantised_activations(x):
 
 
 @NEEDS_NUMBA
+@pytest.mark.parametrize("q4_order", [False, True])
+def test_activations_are_quantised_as_numpy_rounds_them(q4_order):
+    """quantize_rows' int8 values and scales, bit for bit, against the same rounding in
+    NumPy: blocks of every magnitude, halves (ties go to even), a zero block, blocks with
+    inf or NaN (d NaN, q 0), a block too small for 1 / d (q 0); an odd last block."""
+    from llama3_np import kernels_numba
+
+    rng = np.random.default_rng(7)
+    n_x, n_blocks = 6, 19
+    blocks = rng.standard_normal((n_x, n_blocks, 32)) * 10.0 ** rng.uniform(
+        -30, 30, (n_x, n_blocks, 1))
+    blocks[0, :4] = rng.integers(-254, 255, (4, 32)) / 2  # 127 / largest = 1: .5s are ties
+    blocks[0, :4, 0] = 127
+    blocks[1, 0], blocks[1, 1, 5], blocks[1, 2, 9], blocks[1, 3] = 0, np.inf, np.nan, 1e-38
+    blocks = blocks.astype(np.float32)
+
+    xq, x_scales, x_start, _ = kernels_numba.quantize_rows(blocks.reshape(n_x, -1), q4_order)
+
+    largest = np.abs(blocks).max(axis=-1)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        inverse = np.float32(127) / largest
+        inverse[~np.isfinite(inverse)] = 0
+        q = np.rint(blocks * inverse[..., None])
+        q[~np.isfinite(largest)] = 0
+        scales = np.where(np.isfinite(largest), largest / np.float32(127), np.float32(np.nan))
+    q = q.astype(np.int8)
+    np.testing.assert_array_equal(x_scales.view(np.uint32), scales.view(np.uint32))
+    if q4_order:  # each block's halves where _q4_halves put them, its sum in its lane
+        places = [kernels_numba._q4_halves(b, n_blocks) for b in range(n_blocks)]
+        xq = np.stack([np.concatenate([xq[:, first:first + 16], xq[:, second:second + 16]],
+                                      axis=1) for first, second in places], axis=1)
+        lanes = [(b >> 1, 4 * (b & 1) if b + 1 < n_blocks else 0) for b in range(n_blocks)]
+        q_sums = np.stack([x_start[:, row, lane] for row, lane in lanes], axis=1) // -8
+    else:
+        xq, q_sums = xq.reshape(n_x, n_blocks, 32), x_start[:, :, 0] // -128
+    np.testing.assert_array_equal(xq, q)
+    np.testing.assert_array_equal(q_sums, q.sum(axis=-1, dtype=np.int32))
+    assert np.abs(q[0, :4]).max() == 127 and not q[1, :4].any()
+
+
+@NEEDS_NUMBA
 @pytest.mark.skipif(not INT8_FORMS, reason="no integer dot product on this CPU")
 @pytest.mark.parametrize("form", INT8_FORMS)
 @pytest.mark.parametrize("dtype", INT8_KINDS)
