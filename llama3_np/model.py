@@ -67,8 +67,7 @@ class NoTrace:
         pass
 
     def many(self, prefix: str, **tensors) -> None:
-        for name, tensor in tensors.items():
-            self(f"{prefix}.{name}", tensor)
+        pass
 
     def wants(self, *names: str) -> bool:
         return False
