@@ -31,10 +31,10 @@ more). From DRAM (the 128256 x 2048 output matrix, two threads, a busy machine):
 loops then wait on memory between rows, and asking for the bytes 2 KB ahead of the row
 they multiply took them to q8 0.82-0.86, Q4_0 0.71-0.79, Q4_K 0.87-0.99 (the same for
 bf16's long rows: 0.88 -> 0.70, so it has none); asking from each step of the row's
-loop, 4 KB ahead, is faster again (kernels_simd.PREFETCH_DISTANCE), and four rows at
-once, 16 rows apart, faster again (_int8_rows; the numbers in kernels_simd.py). Q4 steps of
-four blocks in 512-bit vectors (AVX512-VNNI) measured no faster than these 256-bit
-ones, one thread or two, from DRAM or the L2 cache: the per-row costs dominate.
+loop, 4 KB ahead, is faster again (kernels_simd.PREFETCH_DISTANCE), and long rows read
+in up to four streams at once faster again (_int8_rows; the numbers in kernels_simd.py).
+Q4 steps of four blocks in 512-bit vectors (AVX512-VNNI) measured no faster than these
+256-bit ones, one thread or two, from DRAM or the L2 cache: the per-row costs dominate.
 The scalar Q8 loop already gets one scale broadcast per 32 values (no gather), as the
 assembly shows; its cost is converting each int8 to float32.
 
@@ -111,7 +111,7 @@ _PARALLEL = dict(_SERIAL, parallel=True)
 _Q8_SHIFT = 5  # j >> 5 is the index of j's 32-value Q8 block
 _Q4_SHIFT = 4  # byte j >> 4 is the index of its 32-value Q4 block (16 bytes a block)
 _ROWS_PER_TASK = 16  # the unit of rows a thread claims
-_INT8_ROWS_PER_TASK = 64  # the integer row loops': four streams 16 rows apart (_int8_rows)
+_INT8_ROWS_PER_TASK = 64  # the integer row loops' (_int8_rows: up to four streams)
 
 
 @intrinsic
@@ -518,23 +518,43 @@ def _reads_x_in_q4_order_overload(weights):
     return lambda weights: q4
 
 
+# A stream through memory reads fastest when it is at least this long: a block of rows
+# is read as min(4, its bytes // this) streams side by side (_int8_rows).
+_STREAM_BYTES = 1 << 15
+
+
 @njit(**_SERIAL)
 def _int8_rows(use_vnni, weights, scales, mins, quantized, out, start, stop):
     """out[:, start:stop] by the integer row dot products, x quantised by quantize_rows.
-    The rows go four at a time, a quarter of the range apart (the last stop - start mod 4
-    alone): four streams from memory, which a core reads faster than one, and each block
-    of x loaded once for the four. Each weight row serves every row of x while in the L1
-    cache."""
-    apart = (stop - start) // 4
+    The rows go in up to four streams side by side, each a run of the range (the last
+    (stop - start) mod streams rows alone): more bytes in flight, and each block of x
+    loaded once for all, but a stream shorter than _STREAM_BYTES is slower than fewer
+    longer ones. One thread, the matrices of a token in model order: 1B Q8_0 102 ms
+    with four streams of 32 KB against 110 with two; 1B Q4_0 / Q4_1 61 / 72 with two
+    of 32 KB against 66 / 83 with four of 16; demo Q4_1 10.0 with one of 18 KB against
+    12.1 with two, 13.4-14.9 with four; demo Q8_0 output 2.9 one (37 KB) against 3.5.
+    Each weight row serves every row of x while in the L1 cache."""
+    streams = min(4, max(1, (stop - start) * weights.shape[1] // _STREAM_BYTES))
+    apart = (stop - start) // streams
     for r in range(start, start + apart):
-        rows = (r, r + apart, r + 2 * apart, r + 3 * apart)
-        for i in range(out.shape[0]):
-            dots = _int8_dots(use_vnni, weights, scales, mins, quantized, i, rows)
-            for k in range(4):
-                out[i, rows[k]] = dots[k]
-    for r in range(start + 4 * apart, stop):
-        for i in range(out.shape[0]):
-            out[i, r] = _int8_dots(use_vnni, weights, scales, mins, quantized, i, (r,))[0]
+        if streams == 4:
+            _int8_store(use_vnni, weights, scales, mins, quantized, out,
+                        (r, r + apart, r + 2 * apart, r + 3 * apart))
+        elif streams >= 2:
+            _int8_store(use_vnni, weights, scales, mins, quantized, out, (r, r + apart))
+        else:
+            _int8_store(use_vnni, weights, scales, mins, quantized, out, (r,))
+    for r in range(start + streams * apart, stop):
+        _int8_store(use_vnni, weights, scales, mins, quantized, out, (r,))
+
+
+@njit(inline="always", **_SERIAL)
+def _int8_store(use_vnni, weights, scales, mins, quantized, out, rows):
+    """out[:, rows] = each row of x dotted with the weight rows `rows` (a tuple)."""
+    for i in range(out.shape[0]):
+        dots = _int8_dots(use_vnni, weights, scales, mins, quantized, i, rows)
+        for k in range(len(rows)):
+            out[i, rows[k]] = dots[k]
 
 
 @njit(**_PARALLEL)
