@@ -535,7 +535,8 @@ def _int8_rows(use_vnni, weights, scales, mins, quantized, out, start, stop):
     longer ones. One thread, the matrices of a token in model order: 1B Q8_0 102 ms
     with four streams of 32 KB against 110 with two; 1B Q4_0 / Q4_1 61 / 72 with two
     of 32 KB against 66 / 83 with four of 16; demo Q4_1 10.0 with one of 18 KB against
-    12.1 with two, 13.4-14.9 with four; demo Q8_0 output 2.9 one (37 KB) against 3.5.
+    12.1 with two, 13.4-14.9 with four; the demo's Q8_0 output matrix 2.9 with one of
+    37 KB against 3.5 with four (blocks of 64 rows then).
     Each weight row serves every row of x while in the L1 cache."""
     streams = min(4, max(1, (stop - start) * weights.shape[1] // _STREAM_BYTES))
     apart = (stop - start) // streams
