@@ -522,7 +522,8 @@ def _reads_x_in_q4_order_overload(weights):
 
 
 # A stream through memory reads fastest when it is at least this long: a block of rows
-# is read as min(4, its bytes // this) streams side by side (_int8_rows).
+# is read in four, two or one streams side by side, the most that are this long
+# (_int8_rows).
 _STREAM_BYTES = 1 << 15
 
 
@@ -538,7 +539,9 @@ def _int8_rows(use_vnni, weights, scales, mins, quantized, out, start, stop):
     12.1 with two, 13.4-14.9 with four; the demo's Q8_0 output matrix 2.9 with one of
     37 KB against 3.5 with four (blocks of 64 rows then).
     Each weight row serves every row of x while in the L1 cache."""
-    streams = min(4, max(1, (stop - start) * weights.shape[1] // _STREAM_BYTES))
+    block_bytes = (stop - start) * weights.shape[1]
+    streams = 4 if block_bytes >= 4 * _STREAM_BYTES else 2 if block_bytes >= 2 * _STREAM_BYTES \
+        else 1
     apart = (stop - start) // streams
     for r in range(start, start + apart):
         if streams == 4:

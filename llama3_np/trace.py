@@ -61,11 +61,6 @@ class Trace(NoTrace):
         if self._wants(name):
             self.steps[-1][name] = np.array(tensor, copy=True)
 
-    def many(self, prefix: str, **tensors) -> None:
-        """Each of `tensors` as if passed alone, named prefix.name."""
-        for name, tensor in tensors.items():
-            self(f"{prefix}.{name}", tensor)
-
     def check_room(self, config: ModelConfig, seq: int, total: int) -> None:
         """Refuse a forward call whose recorded tensors would not fit in memory, before
         it starts, naming the filters that record less."""
