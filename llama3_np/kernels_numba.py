@@ -111,9 +111,8 @@ _PARALLEL = dict(_SERIAL, parallel=True)
 _Q8_SHIFT = 5  # j >> 5 is the index of j's 32-value Q8 block
 _Q4_SHIFT = 4  # byte j >> 4 is the index of its 32-value Q4 block (16 bytes a block)
 _ROWS_PER_TASK = 16  # the unit of rows a thread claims
-# The integer row loops' unit (_int8_rows: up to four streams in it). 2 threads, a token's
-# matrices in model order: demo model 6.7-9.5 ms against 8.6-11.5 with 64 rows, 1B the
-# same within the noise.
+# The integer row loops' unit (_int8_rows: up to four streams in it). 128 and 64 rows ran
+# alike within the noise (2 threads, a token's matrices in model order, 1B and demo).
 _INT8_ROWS_PER_TASK = 128
 
 
