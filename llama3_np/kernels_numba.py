@@ -529,9 +529,9 @@ _STREAM_BYTES = 1 << 15
 @njit(**_SERIAL)
 def _int8_rows(use_vnni, weights, scales, mins, quantized, out, start, stop):
     """out[:, start:stop] by the integer row dot products, x quantised by quantize_rows.
-    The rows go in up to four streams side by side, each a run of the range (the last
-    (stop - start) mod streams rows alone): more bytes in flight, and each block of x
-    loaded once for all, but a stream shorter than _STREAM_BYTES is slower than fewer
+    The rows go in four, two or one streams side by side, each a run of the range (the
+    last (stop - start) mod streams rows alone): more bytes in flight, and each block of
+    x loaded once for all, but a stream shorter than _STREAM_BYTES is slower than fewer
     longer ones. One thread, the matrices of a token in model order: 1B Q8_0 102 ms
     with four streams of 32 KB against 110 with two; 1B Q4_0 / Q4_1 61 / 72 with two
     of 32 KB against 66 / 83 with four of 16; demo Q4_1 10.0 with one of 18 KB against
@@ -546,7 +546,7 @@ def _int8_rows(use_vnni, weights, scales, mins, quantized, out, start, stop):
         if streams == 4:
             _int8_store(use_vnni, weights, scales, mins, quantized, out,
                         (r, r + apart, r + 2 * apart, r + 3 * apart))
-        elif streams >= 2:
+        elif streams == 2:
             _int8_store(use_vnni, weights, scales, mins, quantized, out, (r, r + apart))
         else:
             _int8_store(use_vnni, weights, scales, mins, quantized, out, (r,))
