@@ -13,14 +13,15 @@ Four rows at once, far apart in memory, are four streams for the hardware prefet
 and it keeps more bytes in flight for four than for one (kernels_numba._int8_rows;
 benchmarks/gemv_streams.py, 8192 x 2048 matrices from DRAM, interleaved): Q8_0 one row
 at a time 21-24 GB/s, four rows 25-29, BLAS's float32 GEMV 29 (2 threads); one thread
-12-13, 14-15, 16. Q4_0 reads as fast either way (22-25, one thread 12): its nibbles
-cost twice the work per byte. A stream must be long, though: _int8_rows reads a block
-of rows in as many streams (up to four) as have 32 KB each (Q4 with 2048 values a row:
-two; the demo model's 576-value rows: one, 20-30% faster than four). Computing less per
-byte did not help Q8 one row at a time: without the scales' arithmetic it ran as fast,
-and so did a 16-row interleaved copy of the weights (llama.cpp's AMX layout, 512 bytes
-of 16 rows a step) one row group at a time; four groups at once ran as four rows do
-here. AMX tile loads of 16 stored rows ran slower (12 GB/s).
+12-13, 14-15, 16. Q4_0 reads as fast either way (22-25, one thread 12): its nibbles cost
+twice the work per byte. A stream must be long, though: _int8_rows reads a block of rows
+in four, two or one streams, the most that are 32 KB long (Q4 with 2048 values a row:
+two of 64-row blocks; the demo model's 576-value rows: one, 20-30% faster than four).
+Computing less per byte did not help Q8 one row at a time: without the scales'
+arithmetic it ran as fast, and so did a 16-row interleaved copy of the weights
+(llama.cpp's AMX layout, 512 bytes of 16 rows a step) one row group at a time; four
+groups at once ran as four rows do here. AMX tile loads of 16 stored rows ran slower (12
+GB/s).
 
 Two instruction sets, chosen at run time by `available()`:
 
