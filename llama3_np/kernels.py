@@ -38,8 +38,9 @@ when it imports. The backend picks the loops on each call, never a weight's form
 loaded model's weights stay in the form load() made them (its dtype and keep_quantized),
 whichever backend multiplies them later. Thread counts: threads.configure_threads
 (before NumPy is imported) sets BLAS's; set_threads changes numba's at run time. A
-fused call runs on all of numba's threads or on the calling thread alone, whichever
-thread_choice.py measures faster for the matrix's shape (one thread for small ones).
+fused call or a GEMM of numba's runs on all of numba's threads or on the calling thread
+alone, whichever thread_choice.py measures faster for the matrix's shape and the rows of
+x (fused calls: one thread for small matrices).
 Thread-safe: each thread decodes tiles into a buffer of its own.
 """
 
@@ -84,7 +85,7 @@ _int8_wish = None  # set_int8_activations' wish, applied when numba loads
 _numba_state = {}  # "module": kernels_numba, or None when numba is unavailable
 _bf16_state = {"enabled": False}  # set_bf16_activations; "module": kernels_bf16 once loaded
 _scratch = threading.local()  # .tile: this thread's tile buffer; .threads: numba's count here
-_parallel_choice = ParallelChoice()  # per shape: fused kernels on all threads, or on one
+_parallel_choice = ParallelChoice()  # per shape: numba's kernels on all threads, or on one
 
 
 def set_backend(name: str) -> None:
@@ -159,13 +160,15 @@ def linear(x: np.ndarray, w) -> np.ndarray:
         gemm = int8_matmul(w, _int8_kernels(_in_parallel(kernels)))
         if gemm is not None:
             out = np.empty((len(rows), n_out), dtype=np.float32)
-            gemm(np.ascontiguousarray(rows), out)
+            _on_faster_threads(("int8", n_out, n_in, len(rows)), gemm,
+                               np.ascontiguousarray(rows), out)
     if out is None and kernels is not None and len(rows) <= _FUSED_MAX_ROWS:
         out = _fused(w, (n_out, n_in), kernels, np.ascontiguousarray(rows))
     if out is None:
         bf16_gemm = bf16_matmul(w, _bf16_kernels(_in_parallel(kernels)))
         if bf16_gemm is not None:
-            out = bf16_gemm(np.ascontiguousarray(rows))
+            out = _on_faster_threads(("bf16", n_out, n_in, len(rows)), bf16_gemm,
+                                     np.ascontiguousarray(rows))
     if out is None:
         out = _tiled_matmul(rows, w.shape, tile_decoder(w, kernels))  # decoders run serially
     return out.reshape(x.shape[:-1] + (n_out,))
@@ -190,6 +193,27 @@ def _fused(w, shape: tuple, kernels, rows: np.ndarray):
     fused(rows, out)
     _parallel_choice.record(key, parallel, time.perf_counter() - start)
     return out
+
+
+def _on_faster_threads(key, gemm, *args):
+    """gemm(*args), a GEMM of numba's parallel kernels, on all of numba's threads or on
+    the calling thread alone, whichever _parallel_choice finds faster for `key` (a busy
+    core holds up every parallel call: thread_choice.py). One thread is numba's count set
+    to 1 for the call (~2 us each way, nothing next to a GEMM; the fused calls, shorter,
+    have serial twins instead): the same loops, so the same bits."""
+    if _numba_state["threads"] == 1:
+        return gemm(*args)
+    parallel = _parallel_choice.pick(key)
+    if not parallel:
+        _numba_kernels().set_threads(1)
+    start = time.perf_counter()
+    try:
+        result = gemm(*args)
+    finally:
+        if not parallel:
+            _numba_kernels().set_threads(_numba_threads)
+    _parallel_choice.record(key, parallel, time.perf_counter() - start)
+    return result
 
 
 def _in_parallel(kernels):

@@ -1,5 +1,6 @@
-"""The per-call choice of one thread or all for a fused matmul: thread_choice.ParallelChoice
-on made-up timings, and kernels.linear giving the same bits whichever it takes."""
+"""The per-call choice of one thread or all for a fused matmul or a GEMM:
+thread_choice.ParallelChoice on made-up timings, and kernels.linear giving the same bits
+whichever it takes."""
 
 import threading
 
@@ -9,8 +10,8 @@ import pytest
 from llama3_np import kernels
 from llama3_np.thread_choice import FIRST_TRIAL_INTERVAL, MAX_TRIAL_INTERVAL, ParallelChoice
 from llama3_np.formats import fused_matmul
-from tests.test_kernels import (INT8_FORMS, NEEDS_NUMBA, assert_matches_float64, random_matrix,
-                                weight_in)
+from tests.test_kernels import (HAVE_NUMBA, INT8_FORMS, INT8_GEMM_ROUTES, NEEDS_NUMBA,
+                                assert_matches_float64, random_matrix, weight_in)
 
 KEY = (1536, 576, 1)
 
@@ -140,6 +141,65 @@ def test_the_threads_claim_every_block_of_rows_once(dtype, int8_form, n_out, num
         numba_backend.set_int8_activations(False)
     assert not np.isnan(outs[0]).any()
     np.testing.assert_array_equal(*outs)
+
+
+def gemm_routes():
+    """(weights, x's form) for each GEMM route this CPU has: int8 x by Q8 / Q4 weights
+    (AVX512-VNNI), bf16 x by bf16 weights (AMX or AVX512-BF16), float32 x in exact bf16
+    parts by bf16 weights (AMX)."""
+    if not HAVE_NUMBA:
+        return []
+    from llama3_np import kernels_bf16
+    bf16_routes = kernels_bf16.available_routes()
+    return [*[(dtype, "int8") for dtype in ("q8", "gguf_q4_0", "gguf_q4_1")
+              if INT8_GEMM_ROUTES],
+            *[("bf16", "bf16") for _ in bf16_routes[:1]],
+            *[("bf16", "exact") for route in bf16_routes[:1] if route == "amx"]]
+
+
+@NEEDS_NUMBA
+@pytest.mark.parametrize("dtype, x_form", gemm_routes() or [pytest.param(
+    None, None, marks=pytest.mark.skip(reason="this CPU has no int8 or bf16 GEMM route"))])
+def test_a_prompts_gemms_run_on_the_threads_the_choice_picks(dtype, x_form, forced,
+                                                             monkeypatch, numba_backend):
+    """More rows than the fused kernels take (a prompt) go to a GEMM, and its threads are
+    chosen per shape as decoding's are (a busy core slows every parallel call): on one
+    thread, numba's count is 1 during the call and back to 2 after it; the bits are the
+    same either way."""
+    import numba
+
+    w, w_float32 = weight_in(dtype, random_matrix((67, 544)))
+    x = random_matrix((kernels._FUSED_MAX_ROWS + 8, 544), seed=14)
+    counts = []
+
+    def counting(find_gemm):
+        def find(w, gemm_kernels):
+            gemm = find_gemm(w, gemm_kernels)
+            assert gemm is not None, "the GEMM route was not taken"
+
+            def gemm_counted(*args):
+                counts.append(numba.get_num_threads())
+                return gemm(*args)
+            return gemm_counted
+        return find
+
+    target = "int8_matmul" if x_form == "int8" else "bf16_matmul"
+    monkeypatch.setattr(kernels, target, counting(getattr(kernels, target)))
+    numba_backend.set_int8_activations(x_form == "int8")
+    kernels.set_bf16_activations(x_form == "bf16")
+    try:
+        kernels.set_threads(2)
+        forced(True)
+        parallel = kernels.linear(x, w)
+        forced(False)
+        serial = kernels.linear(x, w)
+        after = numba.get_num_threads()
+    finally:
+        numba_backend.set_int8_activations(False)
+        kernels.set_bf16_activations(False)
+    expected = min(2, numba.config.NUMBA_NUM_THREADS)
+    assert counts == [expected, 1] and after == expected
+    np.testing.assert_array_equal(parallel, serial)
 
 
 @NEEDS_NUMBA
