@@ -578,7 +578,13 @@ def main():
                                 rows, failures, targets(rows, bandwidth, tokens["prompt"]),
                                 sampling_costs(), llama_cpp_build)
     print(markdown)
-    write_section("bench.py", markdown)
+    write_section(section_name(args), markdown)
+
+
+def section_name(args) -> str:
+    """RESULTS.md's section for this run: a partial or quick run gets its own, so that it
+    never replaces the full table (a later run of the same selection replaces it)."""
+    return "bench.py" + " --quick" * args.quick + (f" --only {args.only}" if args.only else "")
 
 
 if __name__ == "__main__":

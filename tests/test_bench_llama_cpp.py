@@ -1,9 +1,11 @@
 """bench.py's llama.cpp rows: llama-bench's JSON read into the same measurement as our
-rows, and the interleaved run order (the benchmark itself is never run by the tests)."""
+rows, and the interleaved run order; and which RESULTS.md section a run writes (the
+benchmark itself is never run by the tests)."""
 
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from tests.conftest import REPO
 
@@ -88,3 +90,14 @@ def test_targets_compare_with_the_reference_build_only():
     results = {name: result for name, _, result, _ in bench.targets(rows, 30.0, 128)}
     assert set(results.values()) == {"MISS"}
     assert "build-noamx" in bench.comparison_table(rows, 128)
+
+
+def test_partial_runs_keep_their_own_results_section():
+    """A --quick or --only run must not replace the full table in RESULTS.md."""
+    def section(quick: bool, only: str) -> str:
+        return bench.section_name(SimpleNamespace(quick=quick, only=only))
+
+    assert section(False, "") == "bench.py"
+    assert section(False, "q8_0,demo") == "bench.py --only q8_0,demo"
+    assert section(True, "") == "bench.py --quick"
+    assert section(True, "demo") == "bench.py --quick --only demo"
