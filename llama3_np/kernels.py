@@ -160,14 +160,13 @@ def linear(x: np.ndarray, w) -> np.ndarray:
         gemm = int8_matmul(w, _int8_kernels(_in_parallel(kernels)))
         if gemm is not None:
             out = np.empty((len(rows), n_out), dtype=np.float32)
-            _on_faster_threads(("int8", n_out, n_in, len(rows)), gemm,
-                               np.ascontiguousarray(rows), out)
+            _on_faster_threads(("int8", n_out, n_in), gemm, np.ascontiguousarray(rows), out)
     if out is None and kernels is not None and len(rows) <= _FUSED_MAX_ROWS:
         out = _fused(w, (n_out, n_in), kernels, np.ascontiguousarray(rows))
     if out is None:
         bf16_gemm = bf16_matmul(w, _bf16_kernels(_in_parallel(kernels)))
         if bf16_gemm is not None:
-            out = _on_faster_threads(("bf16", n_out, n_in, len(rows)), bf16_gemm,
+            out = _on_faster_threads(("bf16", n_out, n_in), bf16_gemm,
                                      np.ascontiguousarray(rows))
     if out is None:
         out = _tiled_matmul(rows, w.shape, tile_decoder(w, kernels))  # decoders run serially
@@ -195,24 +194,28 @@ def _fused(w, shape: tuple, kernels, rows: np.ndarray):
     return out
 
 
-def _on_faster_threads(key, gemm, *args):
-    """gemm(*args), a GEMM of numba's parallel kernels, on all of numba's threads or on
-    the calling thread alone, whichever _parallel_choice finds faster for `key` (a busy
-    core holds up every parallel call: thread_choice.py). One thread is numba's count set
-    to 1 for the call (~2 us each way, nothing next to a GEMM; the fused calls, shorter,
-    have serial twins instead): the same loops, so the same bits."""
+def _on_faster_threads(matrix: tuple, gemm, rows: np.ndarray, *args):
+    """gemm(rows, *args), a GEMM of numba's parallel kernels, on all of numba's threads or
+    on the calling thread alone, whichever _parallel_choice finds faster for this matrix
+    (route, shape) and about as many rows (a busy core holds up every parallel call:
+    thread_choice.py). Timed per row, so that prompts of every length up to twice another
+    share what is known (a chat's turns differ in length, and each way must be timed once
+    before the choice is made). One thread is numba's count set to 1 for the call (~2 us
+    each way, nothing next to a GEMM; the fused calls, shorter, have serial twins
+    instead): the same loops, so the same bits."""
     if _numba_state["threads"] == 1:
-        return gemm(*args)
+        return gemm(rows, *args)
+    key = matrix + (len(rows).bit_length(),)
     parallel = _parallel_choice.pick(key)
     if not parallel:
         _numba_kernels().set_threads(1)
     start = time.perf_counter()
     try:
-        result = gemm(*args)
+        result = gemm(rows, *args)
     finally:
         if not parallel:
             _numba_kernels().set_threads(_numba_threads)
-    _parallel_choice.record(key, parallel, time.perf_counter() - start)
+    _parallel_choice.record(key, parallel, (time.perf_counter() - start) / len(rows))
     return result
 
 

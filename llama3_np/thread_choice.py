@@ -1,6 +1,6 @@
 """Whether a fused matmul or a GEMM (kernels.linear) runs on every allowed thread or on
-the calling thread alone, decided per matrix shape and number of rows of x by timing both
-ways while the model runs.
+the calling thread alone, decided per matrix shape and rows of x by timing both ways while
+the model runs.
 
 Splitting a decode GEMV over the threads pays only when the halved loop saves more than
 starting the thread team and waiting at its closing barrier for the slowest member. On

@@ -203,6 +203,31 @@ def test_a_prompts_gemms_run_on_the_threads_the_choice_picks(dtype, x_form, forc
 
 
 @NEEDS_NUMBA
+@pytest.mark.skipif(not gemm_routes(), reason="this CPU has no int8 or bf16 GEMM route")
+def test_prompts_of_about_the_same_length_share_the_gemm_choice(monkeypatch, numba_backend):
+    """Each way is timed once before the choice is made: a chat whose turns differ in
+    length must not time one thread again for every new length (times go per row)."""
+    dtype, x_form = gemm_routes()[0]
+    w, _ = weight_in(dtype, random_matrix((67, 544)))
+    monkeypatch.setattr(kernels, "_parallel_choice", ParallelChoice())
+    picks = []
+    real_pick = kernels._parallel_choice.pick
+    monkeypatch.setattr(kernels._parallel_choice, "pick",
+                        lambda key: picks.append(real_pick(key)) or picks[-1])
+    numba_backend.set_int8_activations(x_form == "int8")
+    kernels.set_bf16_activations(x_form == "bf16")
+    try:
+        kernels.set_threads(2)
+        for n_rows in (40, 50, 63, 70):
+            kernels.linear(random_matrix((n_rows, 544), seed=n_rows), w)
+    finally:
+        numba_backend.set_int8_activations(False)
+        kernels.set_bf16_activations(False)
+    assert picks[:2] == [False, True]  # 40 and 50 rows: one thread, then all
+    assert len(picks) == 4 and picks[3] is False  # 70 rows: a new range, timed again
+
+
+@NEEDS_NUMBA
 def test_small_matrices_and_one_thread_never_start_a_thread_team(monkeypatch, numba_backend):
     def no_team(*args):
         raise AssertionError("started the parallel kernel")
