@@ -85,7 +85,11 @@ _int8_wish = None  # set_int8_activations' wish, applied when numba loads
 _numba_state = {}  # "module": kernels_numba, or None when numba is unavailable
 _bf16_state = {"enabled": False}  # set_bf16_activations; "module": kernels_bf16 once loaded
 _scratch = threading.local()  # .tile: this thread's tile buffer; .threads: numba's count here
-_parallel_choice = ParallelChoice()  # per shape: numba's kernels on all threads, or on one
+_parallel_choice = ParallelChoice()  # per shape: fused kernels on all threads, or on one
+# The same for GEMMs (prompts), whose trials of the slower way cost ms each: the first
+# comes after 64 calls (on Llama 3.2 1B, the fifth prompt), not 16 (the second). A shape
+# still leaves a way that has become slower as soon as its running mean says so.
+_gemm_choice = ParallelChoice(first_trial_interval=64)
 
 
 def set_backend(name: str) -> None:
@@ -196,7 +200,7 @@ def _fused(w, shape: tuple, kernels, rows: np.ndarray):
 
 def _on_faster_threads(matrix: tuple, gemm, rows: np.ndarray, *args):
     """gemm(rows, *args), a GEMM of numba's parallel kernels, on all of numba's threads or
-    on the calling thread alone, whichever _parallel_choice finds faster for this matrix
+    on the calling thread alone, whichever _gemm_choice finds faster for this matrix
     (route, shape) and about as many rows (a busy core holds up every parallel call:
     thread_choice.py). Timed per row, so that prompts of every length up to twice another
     share what is known (a chat's turns differ in length, and each way must be timed once
@@ -206,7 +210,7 @@ def _on_faster_threads(matrix: tuple, gemm, rows: np.ndarray, *args):
     if _numba_state["threads"] == 1:
         return gemm(rows, *args)
     key = matrix + (len(rows).bit_length(),)
-    parallel = _parallel_choice.pick(key)
+    parallel = _gemm_choice.pick(key)
     if not parallel:
         _numba_kernels().set_threads(1)
     start = time.perf_counter()
@@ -215,7 +219,7 @@ def _on_faster_threads(matrix: tuple, gemm, rows: np.ndarray, *args):
     finally:
         if not parallel:
             _numba_kernels().set_threads(_numba_threads)
-    _parallel_choice.record(key, parallel, (time.perf_counter() - start) / len(rows))
+    _gemm_choice.record(key, parallel, (time.perf_counter() - start) / len(rows))
     return result
 
 

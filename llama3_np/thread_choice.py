@@ -42,9 +42,9 @@ class _Shape:
 
     __slots__ = ("means", "countdown", "interval", "trial")
 
-    def __init__(self):
+    def __init__(self, first_interval: int):
         self.means = [None, None]
-        self.countdown = self.interval = FIRST_TRIAL_INTERVAL
+        self.countdown = self.interval = first_interval
         self.trial = False
 
     def favours_parallel(self) -> bool:
@@ -56,17 +56,19 @@ class ParallelChoice:
     """pick(key) -> run this call in parallel?; record(key, parallel, seconds) after it.
 
     Thread-safe enough: calls from several threads at once may lose an update to a
-    mean or a countdown, never fail."""
+    mean or a countdown, never fail. first_trial_interval: calls between the first
+    trials (a trial of a long call costs more)."""
 
-    def __init__(self):
+    def __init__(self, first_trial_interval: int = FIRST_TRIAL_INTERVAL):
         self._shapes = {}
         self._lock = threading.Lock()  # only to add a shape
+        self._first_interval = first_trial_interval
 
     def pick(self, key) -> bool:
         shape = self._shapes.get(key)
         if shape is None:
             with self._lock:
-                shape = self._shapes.setdefault(key, _Shape())
+                shape = self._shapes.setdefault(key, _Shape(self._first_interval))
         if shape.means[0] is None:  # time each way once, serial first
             return False
         if shape.means[1] is None:
@@ -89,7 +91,7 @@ class ParallelChoice:
         if shape.trial:
             shape.trial = False
             won = shape.favours_parallel() == parallel
-            shape.interval = FIRST_TRIAL_INTERVAL if won else \
+            shape.interval = self._first_interval if won else \
                 min(2 * shape.interval, MAX_TRIAL_INTERVAL)
             shape.countdown = shape.interval
 

@@ -35,14 +35,14 @@ def test_times_each_way_once_then_takes_the_faster():
     assert picks == [True] * (FIRST_TRIAL_INTERVAL - 1)
 
 
-def test_tries_the_slower_way_again_less_often_while_it_loses():
-    choice = ParallelChoice()
+@pytest.mark.parametrize("first", [FIRST_TRIAL_INTERVAL, 64])
+def test_tries_the_slower_way_again_less_often_while_it_loses(first):
+    choice = ParallelChoice() if first == FIRST_TRIAL_INTERVAL else ParallelChoice(first)
     run(choice, 2, serial=1.0, parallel=5.0)
-    picks = run(choice, 16 * FIRST_TRIAL_INTERVAL, serial=1.0, parallel=5.0)
+    picks = run(choice, 16 * first, serial=1.0, parallel=5.0)
     trials = [i for i, parallel in enumerate(picks) if parallel]
-    assert trials[0] == FIRST_TRIAL_INTERVAL - 1
-    assert list(np.diff(trials)) == [2 * FIRST_TRIAL_INTERVAL, 4 * FIRST_TRIAL_INTERVAL,
-                                     8 * FIRST_TRIAL_INTERVAL]
+    assert trials[0] == first - 1
+    assert list(np.diff(trials)) == [2 * first, 4 * first, 8 * first]
     picks = run(choice, 20 * MAX_TRIAL_INTERVAL, serial=1.0, parallel=5.0)
     assert 0 < sum(picks) <= 20 + 1  # at most one trial per MAX_TRIAL_INTERVAL calls
     assert choice.favoured(KEY) is False
@@ -97,8 +97,9 @@ def forced(monkeypatch, numba_backend):
     monkeypatch.setattr(kernels, "_PARALLEL_MIN_WEIGHTS", 0)
 
     def force(parallel: bool):
-        monkeypatch.setattr(kernels._parallel_choice, "pick", lambda key: parallel)
-        monkeypatch.setattr(kernels._parallel_choice, "record", lambda *args: None)
+        for choice in (kernels._parallel_choice, kernels._gemm_choice):
+            monkeypatch.setattr(choice, "pick", lambda key: parallel)
+            monkeypatch.setattr(choice, "record", lambda *args: None)
     return force
 
 
@@ -209,10 +210,10 @@ def test_prompts_of_about_the_same_length_share_the_gemm_choice(monkeypatch, num
     length must not time one thread again for every new length (times go per row)."""
     dtype, x_form = gemm_routes()[0]
     w, _ = weight_in(dtype, random_matrix((67, 544)))
-    monkeypatch.setattr(kernels, "_parallel_choice", ParallelChoice())
+    monkeypatch.setattr(kernels, "_gemm_choice", ParallelChoice())
     picks = []
-    real_pick = kernels._parallel_choice.pick
-    monkeypatch.setattr(kernels._parallel_choice, "pick",
+    real_pick = kernels._gemm_choice.pick
+    monkeypatch.setattr(kernels._gemm_choice, "pick",
                         lambda key: picks.append(real_pick(key)) or picks[-1])
     numba_backend.set_int8_activations(x_form == "int8")
     kernels.set_bf16_activations(x_form == "bf16")
