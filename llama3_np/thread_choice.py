@@ -10,7 +10,7 @@ it: on a shared 2-core Xeon (Q4 weights, numba on OpenMP, the other core busy wi
 another process), 1536x576 took 75 us on one thread and 100 us on two (medians, the
 worst of 600 calls 1.2 ms); 576x576 28 against 54 us. A prompt's GEMMs wait so too:
 Llama 3.2 1B Q4_0, 128 tokens, int8 activations, a core busy: 1.8-2.0 s on one thread,
-2.5-3.1 s on two always, 1.85-2.3 s on two with this choice. So no fixed rule is right
+2.2-3.1 s on two always, 1.5-2.3 s on two with this choice. So no fixed rule is right
 everywhere: each shape keeps a running mean of its time each way and takes the faster,
 now and then timing the other way again (that one time replaces its old mean: the
 machine may have changed since; if it wins, the running mean takes over from there).
@@ -24,7 +24,8 @@ wait often); in other rounds under that load it lost (92 against 88 ms). The per
 rule is kept: it is right in the case it is for, one core kept busy by another process.
 
 The choice never changes a result: each weight row is summed by the same loop, on
-whichever thread, over the same row blocks (kernels_numba.py).
+whichever thread, over the same row blocks (kernels_numba.py, kernels_int8.py,
+kernels_bf16.py; tests/test_thread_choice.py checks the bits).
 """
 
 import threading
