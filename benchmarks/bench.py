@@ -100,10 +100,7 @@ def parse_args():
     parser.add_argument("--checkpoint", type=Path,
                         help="reuse the checkpoint (and its GGUF files) in DIR, or write them "
                              "there and keep them")
-    parser.add_argument("--llama-bench", type=Path, default=default_llama_bench(),
-                        help="llama.cpp's llama-bench binary (default: $LLAMA_BENCH, or "
-                             "llama-bench on the PATH); without it the llama.cpp rows are "
-                             "skipped")
+    add_llama_bench_option(parser)
     parser.add_argument("--llama-bench-also", type=Path, action="append", default=[],
                         metavar="PATH", help="another llama.cpp build's llama-bench, run "
                         "beside the first for reference (e.g. one built without AMX); "
@@ -119,6 +116,13 @@ def parse_args():
     if args.llama_bench_also and args.llama_bench is None:
         parser.error("--llama-bench-also needs --llama-bench (the build the targets use)")
     return args
+
+
+def add_llama_bench_option(parser) -> None:
+    """--llama-bench PATH (the scripts that run llama.cpp beside llama3_np share it)."""
+    parser.add_argument("--llama-bench", type=Path, default=default_llama_bench(),
+                        help="llama.cpp's llama-bench binary (default: $LLAMA_BENCH, or "
+                             "llama-bench on the PATH); without it llama.cpp is skipped")
 
 
 def llama_cpp_builds(args) -> dict:

@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench import DEMO_MODEL, Case, default_llama_bench, run_case, run_llama_bench
+from bench import DEMO_MODEL, Case, add_llama_bench_option, run_case, run_llama_bench
 from machine import describe_machine, load_average
 from results import machine_markdown, markdown_table, write_section
 
@@ -38,9 +38,7 @@ def parse_args():
     parser.add_argument("--model", type=Path, default=DEMO_MODEL, help="a GGUF file")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--llama-bench", type=Path, default=default_llama_bench(),
-                        help="llama.cpp's llama-bench binary (default: $LLAMA_BENCH, or "
-                             "llama-bench on the PATH); without it llama.cpp is skipped")
+    add_llama_bench_option(parser)
     parser.add_argument("--float-activations", action="store_true",
                         help="llama3_np multiplies by float32 x (default: int8 x)")
     args = parser.parse_args()
