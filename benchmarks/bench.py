@@ -529,6 +529,12 @@ def weights_file(case: Case, checkpoint: Path, quantizer, log):
     return gguf_file(checkpoint, checkpoint / "gguf", case.weights, quantizer)
 
 
+def section_name(args) -> str:
+    """RESULTS.md's section for this run: a partial or quick run gets its own, so that it
+    never replaces the full table (a later run of the same selection replaces it)."""
+    return "bench.py" + " --quick" * args.quick + (f" --only {args.only}" if args.only else "")
+
+
 def main():
     args = parse_args()
     configure_threads(args.threads)
@@ -583,12 +589,6 @@ def main():
                                 sampling_costs(), llama_cpp_build)
     print(markdown)
     write_section(section_name(args), markdown)
-
-
-def section_name(args) -> str:
-    """RESULTS.md's section for this run: a partial or quick run gets its own, so that it
-    never replaces the full table (a later run of the same selection replaces it)."""
-    return "bench.py" + " --quick" * args.quick + (f" --only {args.only}" if args.only else "")
 
 
 if __name__ == "__main__":

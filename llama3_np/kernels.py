@@ -202,11 +202,12 @@ def _on_faster_threads(matrix: tuple, gemm, rows: np.ndarray, *args):
     """gemm(rows, *args), a GEMM of numba's parallel kernels, on all of numba's threads or
     on the calling thread alone, whichever _gemm_choice finds faster for this matrix
     (route, shape) and about as many rows (a busy core holds up every parallel call:
-    thread_choice.py). Timed per row, so that prompts of every length up to twice another
-    share what is known (a chat's turns differ in length, and each way must be timed once
-    before the choice is made). One thread is numba's count set to 1 for the call (~2 us
-    each way, nothing next to a GEMM; the fused calls, shorter, have serial twins
-    instead): the same loops, so the same bits."""
+    thread_choice.py). Timed per row, so that prompts whose lengths lie in the same
+    power-of-two range (33-63 rows, 64-127, ...) share what is known (a chat's turns
+    differ in length, and each way must be timed once before the choice is made). One
+    thread is numba's count set to 1 for the call (~2 us each way, nothing next to a GEMM;
+    the fused calls, shorter, have serial twins instead): the same loops, so the same
+    bits."""
     if _numba_state["threads"] == 1:
         return gemm(rows, *args)
     key = matrix + (len(rows).bit_length(),)
