@@ -12,6 +12,12 @@ hit every variant alike):
 - the same step with model.py's linear replaced by a lookup of each product, computed
   the first time (bench_case.replayed_matmuls; the median leaves that step out): what
   everything but the matmuls costs (norms, RoPE, attention, SwiGLU, the cache, Python);
+  then again with each lookup reading as many bytes as its weights hold, from a 256 MB
+  buffer (bench_case.StreamedReads; the reading's time left out): the same work with the
+  caches as a real step leaves them. A product's weights stream through the 2 MB L2
+  cache and evict what the rest of the step uses next, Python's own data included: on
+  the Xeon of benchmarks/RESULTS.md the rest then costs 1.6x (the demo model, 3.4 ->
+  5.6 ms) to 2.3x (Llama 3.2 1B Q4_0, 3.9 -> 9.1 ms) what it costs with warm caches;
 - each weight shape's kernel alone against kernels.linear on it: the per-call cost of
   the seam.
 Run it with a busy core (`python -c 'while True: pass' &`) to see the choice follow.
@@ -26,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from llama3_np.threads import configure_threads  # noqa: E402  (before NumPy loads BLAS)
-from bench_case import replayed_matmuls  # noqa: E402
+from bench_case import StreamedReads, replayed_matmuls  # noqa: E402
 
 DEMO_MODEL = ROOT / "weights" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = list(range(1, 33))
@@ -123,7 +129,16 @@ def main():
 
     with replayed_matmuls():
         rest = [decoder.step() for _ in range(args.rounds * args.tokens)]
-    print(f"everything but the matmuls     {statistics.median(rest) * 1e3:7.2f} ms/token")
+    print(f"everything but the matmuls     {statistics.median(rest) * 1e3:7.2f} ms/token "
+          "(caches warm)")
+    reads = StreamedReads()
+    with replayed_matmuls(reads):
+        cold = []
+        for _ in range(args.rounds * args.tokens):
+            reading = reads.seconds
+            cold.append(decoder.step() - (reads.seconds - reading))
+    print(f"  the same, weights' bytes read {statistics.median(cold) * 1e3:7.2f} ms/token "
+          "(caches as a real step leaves them)")
 
     numba_kernels = kernels._numba_kernels() if kernels.active_backend() == "numba" else None
     seen = set()

@@ -10,7 +10,7 @@ from tests.tiny import random_weights, tiny_config
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import bench  # noqa: E402
-from bench_case import replayed_matmuls  # noqa: E402
+from bench_case import StreamedReads, replayed_matmuls  # noqa: E402
 
 
 def rows_around_llama_cpp(outside_ms: float, model: str = "demo") -> list:
@@ -81,3 +81,30 @@ def test_replayed_matmuls_compute_each_product_once():
         model.linear = real_linear
     np.testing.assert_array_equal(first, expected)
     assert len(computed) == 2 * (7 * config.n_layers + 1)
+
+
+def test_streamed_reads_go_on_around_the_buffer():
+    reads = StreamedReads(megabytes=1)  # 2^18 float32
+    reads.read(3 << 18)  # three quarters of it
+    assert reads.position == 3 << 16 and reads.seconds > 0
+    reads.read(2 << 18)  # on past its end
+    assert reads.position == 1 << 16
+
+
+def test_replayed_matmuls_read_each_weights_bytes_when_asked():
+    from llama3_np.model import Transformer
+
+    class Counted(StreamedReads):
+        def read(self, n_bytes):
+            asked.append(n_bytes)
+
+    config = tiny_config()
+    llm = Transformer(config, random_weights(config))
+    asked = []
+    with replayed_matmuls(Counted(megabytes=1)):
+        llm.forward([7], 0, last_only=True, cache=llm.new_cache())
+    names = [f"layers.{i}.{m}.weight" for i in range(config.n_layers)
+             for m in ("attention.wq", "attention.wk", "attention.wv", "attention.wo",
+                       "feed_forward.w1", "feed_forward.w3", "feed_forward.w2")]
+    output = llm.weights.get("output.weight", llm.weights["tok_embeddings.weight"])
+    assert asked == [llm.weights[n].nbytes for n in names] + [output.nbytes]
