@@ -93,11 +93,12 @@ def pack_activations(x, align):
     x_scales = np.zeros((n_cols // 32, n_padded), dtype=np.float32)
     x_sums = np.zeros((n_cols // 32, n_padded), dtype=np.int32)
     for group in prange(n_padded // _LANES):
-        q = np.empty(32, dtype=np.int8)
-        quads = q.view(np.int32)
+        q = np.empty((1, 32), dtype=np.int8)
+        quads = q[0].view(np.int32)
         for m in range(group * _LANES, min(n_x, (group + 1) * _LANES)):
             for b in range(n_cols // 32):
-                x_scales[b, m], x_sums[b, m] = kernels_numba.quantize_block(x, m, 32 * b, q)
+                x_scales[b, m], x_sums[b, m] = kernels_numba.quantize_block(x, m, 32 * b, q, 0,
+                                                                            0, 16)
                 x_quads[group, _QUADS * b:_QUADS * (b + 1), m % _LANES] = quads
     return x_quads, x_scales, x_sums
 

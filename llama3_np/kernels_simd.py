@@ -664,19 +664,28 @@ def block_magnitude_bits(typingctx, x, row, start):
 
 
 @intrinsic
-def round_block(typingctx, x, row, start, inverse, q):
-    """int32: the sum of q[k] = int8(rint(x[row, start + k] * inverse)), k < 32, which it
-    stores (q: 32 int8). Each product is one IEEE float32 multiply and rint rounds half
-    to even, as np.rint; inverse must keep every product within int8."""
+def round_block(typingctx, x, row, start, inverse, q, q_row, first, second):
+    """int32: the sum of q_k = int8(rint(x[row, start + k] * inverse)), k < 32, which it
+    stores in row q_row of q (2-D int8): q_0 .. q_15 from column `first` on, q_16 .. q_31
+    from `second` on. Each product is one IEEE float32 multiply and rint rounds half to
+    even, as np.rint; inverse must keep every product within int8."""
     def codegen(context, builder, sig, args):
         block = _block_at(context, builder, sig.args[0], *args[:3])
         scaled = builder.fmul(block, splat(builder, args[3], 32))
         rint = declare(builder, "llvm.rint.v32f32", _F32x32, _F32x32)
         values = builder.fptosi(builder.call(rint, [scaled]), _I32x32)
-        out = builder.bitcast(_data(context, builder, sig.args[4], args[4]), I8X32.as_pointer())
-        builder.store(builder.trunc(values, I8X32), out, align=1)
+        q_values = builder.trunc(values, I8X32)
+        q_start = _row_pointer(context, builder, sig.args[4], args[4], args[5])
+        for half, column in enumerate(args[6:8]):
+            part = builder.shuffle_vector(q_values, q_values, ir.Constant(
+                ir.VectorType(I32, 16), list(range(16 * half, 16 * half + 16))))
+            builder.store(part, builder.bitcast(builder.gep(q_start, [column]),
+                                                I8X16.as_pointer()), align=1)
         total = declare(builder, "llvm.vector.reduce.add.v32i32", I32, _I32x32)
         return builder.call(total, [values])
 
     _check_rows(x)
-    return types.int32(x, row, start, types.float32, q), codegen
+    if not (isinstance(q, types.Array) and q.ndim == 2 and q.dtype == types.int8
+            and q.layout == "C"):
+        raise TypeError(f"round_block: q must be a C-contiguous 2-D int8 array, got {q}")
+    return types.int32(x, row, start, types.float32, q, q_row, first, second), codegen
