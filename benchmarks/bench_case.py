@@ -178,12 +178,16 @@ class TorchRunner:
 
 class StreamedReads:
     """Reads as many bytes as it is asked for from a buffer larger than the last-level
-    cache, on from where the last read stopped, as a product streams its weights through
-    the caches; `seconds` adds up the time spent reading, to be left out of a step's."""
+    cache (256 MB, or twice the L3 cache if that is more), on from where the last read
+    stopped, as a product streams its weights through the caches; `seconds` adds up the
+    time spent reading, to be left out of a step's."""
 
-    def __init__(self, megabytes: int = 256):
+    def __init__(self, megabytes: int = None):
         import numpy as np
 
+        from machine import l3_cache_bytes
+
+        megabytes = megabytes or max(256, 2 * l3_cache_bytes() >> 20)
         self.buffer = np.ones(megabytes << 18, dtype=np.float32)  # pages touched now
         self.position, self.seconds = 0, 0.0
 
