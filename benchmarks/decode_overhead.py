@@ -13,11 +13,11 @@ hit every variant alike):
   the first time (bench_case.replayed_matmuls; the median leaves that step out): what
   everything but the matmuls costs (norms, RoPE, attention, SwiGLU, the cache, Python);
   then again with each lookup reading as many bytes as its weights hold, from a buffer
-  no cache holds (bench_case.StreamedReads; the reading's time left out): the same work with the
-  caches as a real step leaves them. A product's weights stream through the 2 MB L2
-  cache and evict what the rest of the step uses next, Python's own data included: on
-  the Xeon of benchmarks/RESULTS.md the rest then costs 1.6x (the demo model) to
-  2.3-2.4x (Llama 3.2 1B Q4_0) what it costs with warm caches;
+  no cache holds (bench_case.StreamedReads; the reading's time left out): the same work
+  with the caches as a real step leaves them. A product's weights stream through the
+  2 MB L2 cache and evict what the rest of the step uses next, Python's own data
+  included: on the Xeon of benchmarks/RESULTS.md the rest then costs 1.6x (the demo
+  model) to 2.3-2.4x (Llama 3.2 1B Q4_0) what it costs with warm caches;
 - each weight shape's kernel alone against kernels.linear on it: the per-call cost of
   the seam.
 Run it with a busy core (`python -c 'while True: pass' &`) to see the choice follow.

@@ -97,8 +97,8 @@ def pack_activations(x, align):
         quads = q[0].view(np.int32)
         for m in range(group * _LANES, min(n_x, (group + 1) * _LANES)):
             for b in range(n_cols // 32):
-                x_scales[b, m], x_sums[b, m] = kernels_numba.quantize_block(x, m, 32 * b, q, 0,
-                                                                            0, 16)
+                x_scales[b, m], x_sums[b, m] = kernels_numba.quantize_block(
+                    x, m, 32 * b, q, 0, 0, 16)  # into q's row, in plain order
                 x_quads[group, _QUADS * b:_QUADS * (b + 1), m % _LANES] = quads
     return x_quads, x_scales, x_sums
 
