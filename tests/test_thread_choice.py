@@ -162,7 +162,8 @@ def gemm_routes():
 @pytest.mark.parametrize("dtype, x_form", gemm_routes() or [pytest.param(
     None, None, marks=pytest.mark.skip(reason="this CPU has no int8 or bf16 GEMM route"))])
 def test_a_prompts_gemms_run_on_the_threads_the_choice_picks(dtype, x_form, forced,
-                                                             monkeypatch, numba_backend):
+                                                             monkeypatch, numba_backend,
+                                                             float_activations):
     """More rows than the fused kernels take (a prompt) go to a GEMM, and its threads are
     chosen per shape as decoding's are (a busy core slows every parallel call): on one
     thread, numba's count is 1 during the call and back to 2 after it; the bits are the
@@ -186,18 +187,14 @@ def test_a_prompts_gemms_run_on_the_threads_the_choice_picks(dtype, x_form, forc
 
     target = "int8_matmul" if x_form == "int8" else "bf16_matmul"
     monkeypatch.setattr(kernels, target, counting(getattr(kernels, target)))
-    numba_backend.set_int8_activations(x_form == "int8")
+    numba_backend.set_int8_activations(x_form == "int8")  # float_activations resets both
     kernels.set_bf16_activations(x_form == "bf16")
-    try:
-        kernels.set_threads(2)
-        forced(True)
-        parallel = kernels.linear(x, w)
-        forced(False)
-        serial = kernels.linear(x, w)
-        after = numba.get_num_threads()
-    finally:
-        numba_backend.set_int8_activations(False)
-        kernels.set_bf16_activations(False)
+    kernels.set_threads(2)
+    forced(True)
+    parallel = kernels.linear(x, w)
+    forced(False)
+    serial = kernels.linear(x, w)
+    after = numba.get_num_threads()
     expected = min(2, numba.config.NUMBA_NUM_THREADS)
     assert counts == [expected, 1] and after == expected
     np.testing.assert_array_equal(parallel, serial)
@@ -205,7 +202,8 @@ def test_a_prompts_gemms_run_on_the_threads_the_choice_picks(dtype, x_form, forc
 
 @NEEDS_NUMBA
 @pytest.mark.skipif(not gemm_routes(), reason="this CPU has no int8 or bf16 GEMM route")
-def test_prompts_of_about_the_same_length_share_the_gemm_choice(monkeypatch, numba_backend):
+def test_prompts_of_about_the_same_length_share_the_gemm_choice(monkeypatch, numba_backend,
+                                                                float_activations):
     """Each way is timed once before the choice is made: a chat whose turns differ in
     length must not time one thread again for every new length (times go per row)."""
     import numba
@@ -219,15 +217,11 @@ def test_prompts_of_about_the_same_length_share_the_gemm_choice(monkeypatch, num
     real_pick = kernels._gemm_choice.pick
     monkeypatch.setattr(kernels._gemm_choice, "pick",
                         lambda key: picks.append(real_pick(key)) or picks[-1])
-    numba_backend.set_int8_activations(x_form == "int8")
+    numba_backend.set_int8_activations(x_form == "int8")  # float_activations resets both
     kernels.set_bf16_activations(x_form == "bf16")
-    try:
-        kernels.set_threads(2)
-        for n_rows in (40, 50, 63, 70):
-            kernels.linear(random_matrix((n_rows, 544), seed=n_rows), w)
-    finally:
-        numba_backend.set_int8_activations(False)
-        kernels.set_bf16_activations(False)
+    kernels.set_threads(2)
+    for n_rows in (40, 50, 63, 70):
+        kernels.linear(random_matrix((n_rows, 544), seed=n_rows), w)
     assert picks[:2] == [False, True]  # 40 and 50 rows: one thread, then all
     assert len(picks) == 4 and picks[3] is False  # 70 rows: a new range, timed again
 
