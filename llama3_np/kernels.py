@@ -16,11 +16,11 @@ How, fastest first:
   as llama.cpp does: 1.6-2.9x the float32 loops' speed, at a measured error
   (kernels_numba.py). Off by default: all math stays float32, as the weights are stored.
 - from 9 rows of x on (small matrices: from 33), q8 / Q4 weights, int8 activations on,
-  a CPU with AVX512-VNNI: the same int8 arithmetic in GEMM micro-kernels
-  (kernels_int8.py; on AMX beyond 16 rows): a prompt gets the same quantised x as
-  decoding, 1.5-2x faster than the row loops at 16 rows, 2-3.5x at 128, and 2.5-4x
-  faster than float32 tiles for BLAS. (Without AVX512-VNNI, more than 32 rows decode
-  float32 tiles below, with float32 x.)
+  a CPU with AVX2 or better: the same int8 arithmetic in GEMM micro-kernels
+  (kernels_int8.py: AVX512-VNNI, AVX2; on AMX beyond 16 rows): a prompt gets the same
+  quantised x as decoding, 1.5-2x faster than the row loops at 16 rows, 2-3.5x at 128,
+  and 2.5-4x faster than float32 tiles for BLAS (AVX2: 1.8-2.4x the row loops at 16
+  rows). (Without AVX2, more than 32 rows decode float32 tiles below, with float32 x.)
 - more rows, bf16 weights, numba backend, set_bf16_activations(True), a CPU with AMX or
   AVX512-BF16: x rounded to bf16 and multiplied by the stored bf16 with the CPU's bf16
   dot product (kernels_bf16.py), as PyTorch's bf16 model does: ~2.9x the route below on
@@ -64,10 +64,12 @@ _TILE_VALUES = 1 << 20
 # 10.0, 64 rows 18 against 16; q8 crosses over at about 32 rows too.
 _FUSED_MAX_ROWS = 32
 
-# With int8 activations and AVX512-VNNI, from this many rows of x on the GEMM of
-# kernels_int8 beats the row loops (2 threads, q8 / Q4_0; 8192 x 2048: 8 rows 1.9 against
-# 2.0 ms, 16 rows 2.1 against 4.1; 2048 x 2048: 0.6 both at 8 rows, 0.65 against 1.1 at
-# 16; 1536 x 576: 0.13 both at 8, 0.17 against 0.26 at 16). Matrices smaller than
+# With int8 activations, from this many rows of x on the GEMM of kernels_int8 beats the
+# row loops (2 threads, q8 / Q4_0; AVX512-VNNI, 8192 x 2048: 8 rows 1.9 against 2.0 ms,
+# 16 rows 2.1 against 4.1; 2048 x 2048: 0.6 both at 8 rows, 0.65 against 1.1 at 16; 1536
+# x 576: 0.13 both at 8, 0.17 against 0.26 at 16. AVX2 (Zen 3), Q8 / Q4_0 8192 x 2048:
+# 8 rows 3.1 against 2.9 / 1.9 against 2.4 ms, 12 rows 3.1 against 4.3 / 2.0 against
+# 3.6; 1536 x 576 at 12 rows: 0.20 against 0.22 / 0.14 against 0.25). Matrices smaller than
 # _PARALLEL_MIN_WEIGHTS keep the row loops, on one thread, up to _FUSED_MAX_ROWS rows.
 _INT8_GEMM_MIN_ROWS = 9
 
@@ -122,8 +124,8 @@ def set_threads(n: int) -> None:
 
 def set_int8_activations(on: bool) -> None:
     """Multiply q8 / Q4 weights (numba backend) by x quantised to int8 per 32-value block,
-    in integer dot products where the CPU has them (on: up to _FUSED_MAX_ROWS rows of x,
-    and any number where it has AVX512-VNNI), or by float32 x, exactly as the weights are
+    in integer dot products where the CPU has them (VNNI or AVX2: any number of rows of
+    x), or by float32 x, exactly as the weights are
     stored (off: the default). See kernels_numba.py for the speed and the error of each."""
     global _int8_wish
     _int8_wish = bool(on)
@@ -267,10 +269,10 @@ def _bf16_kernels(kernels):
 
 
 def _int8_kernels(kernels):
-    """The kernels_int8 module when x is quantised to int8 in the "vnni" form
-    (set_int8_activations), the numba backend is in use and the module has a route (the
-    CPU has AVX512-VNNI), else None."""
-    if kernels is None or kernels.int8_activations() != "vnni":
+    """The kernels_int8 module when x is quantised to int8 (set_int8_activations), the
+    numba backend is in use and the module has a route (the CPU has AVX2 or better),
+    else None."""
+    if kernels is None or kernels.int8_activations() is None:
         return None
     if "int8" not in _numba_state:
         from . import kernels_int8

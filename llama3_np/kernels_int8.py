@@ -1,11 +1,12 @@
-"""Prefill GEMMs by Q8 / Q4 weights with int8 activations (AMX, AVX512-VNNI); needs numba.
+"""Prefill GEMMs by Q8 / Q4 weights with int8 activations (AMX, AVX512-VNNI, AVX2); needs
+numba.
 
 With kernels.set_int8_activations(True), kernels_numba multiplies each weight row by
 each row of x quantised to int8 (kernels_simd's row dot products): right for the few
 rows of a decode step, but for a prompt every row of x is read again for each weight
 row, and each row pays for its own reduction. Here micro-kernels multiply blocks of
 weight rows by blocks of rows of x, as the bf16 GEMMs of kernels_bf16.py do, on one of
-two routes:
+three routes:
 
 - "vnni": 6 weight rows by 32 rows of x (16 for the last rows of x). The 16 lanes of a
   zmm register are 16 rows of x, each lane holding four consecutive int8 values of its
@@ -19,19 +20,26 @@ two routes:
   in four 16 x 16 int32 tiles a block (_amx_block). Q8's rows are tiles as stored; Q4's
   are unpacked to int8 once per 32 rows (Q4_0's as q - 8). Up to 16 rows of x go to
   "vnni" (_matmul).
+- "avx2": "vnni"'s blocks in ymm registers of 8 lanes (8 rows of x, from the same
+  layout), with AVX2's byte products (kernels_simd.dot_u8_s8): `vpmaddubsw` (unsigned
+  x signed bytes, adjacent pairs summed in int16), then `vpmaddwd` by ones into int32.
+  Q4's nibbles are small enough to sum a whole block's pairs in int16 first (8 x 2 x
+  15 x 127 = 30480), one vpmaddwd a block; a Q8 weight goes as |w| against xq with w's
+  sign, one vpmaddwd a quad (2 x 128 x 127 = 32512 is all int16 holds).
 
-On both, after each 32-value block the int32 sums are converted to float32 once and
+On all three, after each 32-value block the int32 sums are converted to float32 once and
 scaled by weight scale x activation scale into float32 accumulators (plus min x the
 block's sum of x, for Q4 with mins): per block the same float32 operations as the row
-dot products, added up in another order; the two routes' results are the same bits. The
+dot products, added up in another order; the routes' results are the same bits. The
 activations are quantised by kernels_numba.quantize_block, as the row dot products
 quantise them: a token's numbers do not depend on the prompt's length.
 
 "vnni" needs AVX512-VNNI (Cascade Lake and later Xeons, Zen 4 and 5), "amx" AMX-INT8
-too (Sapphire Rapids and later Xeons) and Linux's permission for the tile state;
-LLAMA3_NP_INT8_GEMM=off, vnni or amx overrides the choice. Without a route kernels.py
-keeps the row loops up to 32 rows of x and decodes float32 tiles for BLAS (float32 x)
-beyond.
+too (Sapphire Rapids and later Xeons) and Linux's permission for the tile state, "avx2"
+AVX2 (every x86-64 CPU since Haswell and Zen 1); LLAMA3_NP_INT8_GEMM=off, amx, vnni or
+avx2 overrides the choice (a route's name: it or a route after it). Without a route
+kernels.py keeps the row loops up to 32 rows of x and decodes float32 tiles for BLAS
+(float32 x) beyond.
 
 Measured on an Intel Xeon with AMX (2 cores, shared; 128 rows of x, best of 5-12):
 - an 8192 x 2048 matrix, Q8 / Q4_0 / Q4_K: "vnni" 8.3-8.9 / 8.8-9.2 / 10.4-11.3 ms (~220 G
@@ -57,9 +65,9 @@ from numba.extending import intrinsic, overload
 
 from . import kernels_numba
 from .kernels_simd import (F32X16, I8X16, I8X32, I32, I32X16, I64, Routes, amx_config,
-                           amx_configure, amx_release, array_parts, clamped_rows, counted_loop,
-                           declare, load_scale, load_vector, nibbles, splat, store_vectors,
-                           tile_op)
+                           amx_configure, amx_release, array_parts, both_forms, clamped_rows,
+                           counted_loop, cpu_features, declare, dot_u8_s8, load_scale,
+                           load_vector, nibbles, q8_block, splat, store_vectors, tile_op)
 
 _LANES = 16  # int32 / float32 lanes of a zmm register: rows of x
 _X_VECTORS = 2  # the micro-kernel: 2 zmm of rows of x (32 rows) ...
@@ -71,7 +79,7 @@ _QUADS = 8  # quads of a 32-value block
 # LLAMA3_NP_INT8_GEMM=off (or a route's name) overrides what the CPU offers.
 _VNNI = {"avx512vnni", "avx512bw"}  # the zmm vpdpbusd (every AMX-INT8 CPU has it)
 _routes = Routes("int8 GEMM", "LLAMA3_NP_INT8_GEMM",
-                 {"amx": _VNNI | {"amx-int8", "amx-tile"}, "vnni": _VNNI})
+                 {"amx": _VNNI | {"amx-int8", "amx-tile"}, "vnni": _VNNI, "avx2": {"avx2"}})
 route, available_routes, set_route = (_routes.route, _routes.available_routes,
                                       _routes.set_route)
 
@@ -105,43 +113,71 @@ def pack_activations(x, align):
 
 # --- the micro-kernel ------------------------------------------------------------------
 
-def _vector_at(builder, pointer, index):
-    """The 16 lanes of int32 / float32 at pointer + index (elements), unaligned."""
-    vector_type = F32X16 if pointer.type.pointee == ir.FloatType() else I32X16
+def _vector_at(builder, pointer, index, lanes=_LANES):
+    """`lanes` int32 / float32 at pointer + index (elements), unaligned."""
+    element = ir.FloatType() if pointer.type.pointee == ir.FloatType() else I32
     return builder.load(builder.bitcast(builder.gep(pointer, [index]),
-                                        vector_type.as_pointer()), align=4)
+                                        ir.VectorType(element, lanes).as_pointer()), align=4)
 
 
-def _weight_quads(builder, q4, row, block):
-    """The 8 quads of a row's block, each broadcast to every lane as unsigned bytes."""
+def _weight_quads(builder, q4, row, block, form):
+    """The 8 quads of a row's block, each broadcast to every lane: Q4's nibbles, and for
+    "vnni" Q8's values made unsigned (top bits flipped), for "avx2" as stored."""
+    lanes = _lanes(form)
     row32 = builder.bitcast(row, I32.as_pointer())
     if not q4:  # 32 int8 values: 8 dwords, top bits flipped before the broadcast (the
         # flip of the broadcast vector sent LLVM 22's code generator into an endless loop)
-        flip = ir.Constant(I32, -0x7F7F7F80)  # 0x80808080
+        flip = ir.Constant(I32, -0x7F7F7F80 if form == "vnni" else 0)  # 0x80808080
         first = builder.mul(block, ir.Constant(I64, _QUADS))
         return [splat(builder, builder.xor(builder.load(builder.gep(
-            row32, [builder.add(first, ir.Constant(I64, q))]), align=1), flip), _LANES)
+            row32, [builder.add(first, ir.Constant(I64, q))]), align=1), flip), lanes)
             for q in range(_QUADS)]
     # 16 bytes of nibbles: value i low in byte i, value 16 + i high in byte i (formats.q4)
     first = builder.mul(block, ir.Constant(I64, _QUADS // 2))
-    low_nibbles = ir.Constant(I32X16, [0x0F0F0F0F] * _LANES)
+    low_nibbles = splat(builder, ir.Constant(I32, 0x0F0F0F0F), lanes)
     dwords = [splat(builder, builder.load(builder.gep(row32, [builder.add(
-        first, ir.Constant(I64, q))]), align=1), _LANES) for q in range(_QUADS // 2)]
+        first, ir.Constant(I64, q))]), align=1), lanes) for q in range(_QUADS // 2)]
     lows = [builder.and_(d, low_nibbles) for d in dwords]
-    highs = [builder.and_(builder.lshr(d, ir.Constant(I32X16, [4] * _LANES)), low_nibbles)
-             for d in dwords]
+    highs = [builder.and_(builder.lshr(d, splat(builder, ir.Constant(I32, 4), lanes)),
+                          low_nibbles) for d in dwords]
     return lows + highs
 
 
-def _make_block(x_vectors: int):
-    """An intrinsic block(x_quads, x_scales, x_sums, weights, w_scales, w_mins, acc, m0,
-    n0): acc[16 (i * x_vectors + v) + l] = row m0 + 16 v + l of x . weight row
-    min(n0 + i, N - 1), i < 6, v < x_vectors, over all of K. weights: Q8 values (N, K)
-    int8, or Q4 nibbles (N, K/2) uint8; w_scales / w_mins (N, K/32) float32 or float16
-    bits (uint16); w_mins None: Q8 when weights are int8, else Q4_0."""
+def _lanes(form):
+    """Rows of x in one vector: a zmm register's 16 int32 lanes, or a ymm register's 8."""
+    return _LANES if form == "vnni" else _LANES // 2
+
+
+def _block_dot(builder, form, q4, start, operands):
+    """start + the products of one 32-value block: operands are its 8 (weight quad, x
+    quads) pairs, each lane's four products summed. "vnni" by vpdpbusd (weights
+    unsigned); "avx2" by kernels_simd.dot_u8_s8 (Q4's nibbles unsigned, over the whole
+    block in int16; Q8's signed weights one quad at a time, through their magnitude)."""
+    if form == "vnni":
+        dpbusd = declare(builder, "llvm.x86.avx512.vpdpbusd.512", I32X16, I32X16, I32X16,
+                         I32X16)
+        for weight_quad, x_quad in operands:
+            start = builder.call(dpbusd, [start, weight_quad, x_quad])
+        return start
+    as_bytes = [tuple(builder.bitcast(v, I8X32) for v in pair) for pair in operands]
+    if q4:
+        return dot_u8_s8(builder, form, as_bytes, start)
+    for weights, xq in as_bytes:
+        start = q8_block(builder, form, weights, xq, start)
+    return start
+
+
+def _make_block(x_rows: int):
+    """An intrinsic block(use_vnni, x_quads, x_scales, x_sums, weights, w_scales, w_mins,
+    acc, m0, n0): acc[x_rows * i + m] = row m0 + m of x . weight row min(n0 + i, N - 1),
+    i < 6, m < x_rows, over all of K. weights: Q8 values (N, K) int8, or Q4 nibbles (N,
+    K/2) uint8; w_scales / w_mins (N, K/32) float32 or float16 bits (uint16); w_mins
+    None: Q8 when weights are int8, else Q4_0. use_vnni: by zmm vpdpbusd, else by AVX2
+    (kernels_simd.both_forms); the same int32 sums either way."""
 
     @intrinsic
-    def block(typingctx, x_quads, x_scales, x_sums, weights, w_scales, w_mins, acc, m0, n0):
+    def block(typingctx, use_vnni, x_quads, x_scales, x_sums, weights, w_scales, w_mins, acc,
+              m0, n0):
         q4 = weights.dtype == types.uint8
         has_mins = not isinstance(w_mins, types.NoneType)
         if weights.dtype not in (types.int8, types.uint8) or (has_mins and not q4):
@@ -149,71 +185,79 @@ def _make_block(x_vectors: int):
                               f"{weights.dtype} with mins {w_mins}")
 
         def codegen(context, builder, sig, args):
-            parts = array_parts(context, builder, sig, args)
-            (xq_data, (_, n_quads, _)), (xs_data, (_, stride)), (xsum_data, _) = parts[:3]
-            (w_data, (n_rows, row_bytes)), (ws_data, (_, n_blocks)) = parts[3:5]
-            mins_data = parts[5][0] if has_mins else None
-            acc_data = parts[-1][0]
-            m0, n0 = args[7], args[8]
-            dpbusd = declare(builder, "llvm.x86.avx512.vpdpbusd.512", I32X16,
-                             I32X16, I32X16, I32X16)
-            fma = declare(builder, "llvm.fma.v16f32", F32X16, F32X16, F32X16, F32X16)
-            x_quads_at = builder.gep(xq_data, [builder.mul(m0, n_quads)])  # x_quads[m0 / 16]
-            rows = clamped_rows(builder, n0, _W_ROWS, n_rows)
-            w_rows = [builder.gep(w_data, [builder.mul(r, row_bytes)]) for r in rows]
-            scale_rows = [builder.mul(r, n_blocks) for r in rows]
-            start_factor = None if has_mins else -8 if q4 else -128
-
-            def one_block(b, accs):
-                x_at = [builder.add(builder.mul(b, stride), ir.Constant(I64, _LANES * v))
-                        for v in range(x_vectors)]
-                x_scale = [_vector_at(builder, builder.gep(xs_data, [m0]), at) for at in x_at]
-                x_sum = [_vector_at(builder, builder.gep(xsum_data, [m0]), at) for at in x_at]
-                if start_factor is None:  # Q4 with mins: the sums start at 0
-                    starts = [ir.Constant(I32X16, None)] * x_vectors
-                    x_sum_scaled = [builder.fmul(builder.sitofp(s, F32X16), d)
-                                    for s, d in zip(x_sum, x_scale)]
-                else:
-                    factor = ir.Constant(I32X16, [start_factor] * _LANES)
-                    starts = [builder.mul(s, factor) for s in x_sum]
-                quad_rows = [builder.mul(builder.add(builder.mul(b, ir.Constant(I64, _QUADS)),
-                                                     ir.Constant(I64, q)), ir.Constant(I64, _LANES))
-                             for q in range(_QUADS)]  # x_quads[., 8 b + q] (16 int32 each)
-                updated = []
-                for i in range(_W_ROWS):
-                    sums = list(starts)
-                    for q, w in enumerate(_weight_quads(builder, q4, w_rows[i], b)):
-                        for v in range(x_vectors):
-                            xq = _vector_at(builder, x_quads_at, builder.add(
-                                quad_rows[q], builder.mul(n_quads, ir.Constant(I64, _LANES * v))))
-                            sums[v] = builder.call(dpbusd, [sums[v], w, xq])
-                    scale_at = builder.add(scale_rows[i], b)
-                    w_scale = splat(builder, load_scale(builder, sig.args[4], ws_data,
-                                                        scale_at), _LANES)
-                    if has_mins:
-                        w_min = splat(builder, load_scale(builder, sig.args[5], mins_data,
-                                                          scale_at), _LANES)
-                    for v in range(x_vectors):
-                        acc = builder.call(fma, [builder.sitofp(sums[v], F32X16),
-                                                 builder.fmul(w_scale, x_scale[v]),
-                                                 accs[i * x_vectors + v]])
-                        if has_mins:
-                            acc = builder.call(fma, [w_min, x_sum_scaled[v], acc])
-                        updated.append(acc)
-                return updated
-
-            store_vectors(builder, acc_data, counted_loop(
-                builder, n_blocks, 1, [F32X16] * (_W_ROWS * x_vectors), one_block))
+            inner = sig.return_type(*sig.args[1:])
+            both_forms(builder, args[0], _VNNI <= cpu_features(), lambda form: _block_sums(
+                context, builder, inner, args[1:], form, x_rows))
             return context.get_dummy_value()
 
-        return types.void(x_quads, x_scales, x_sums, weights, w_scales, w_mins, acc,
+        return types.void(use_vnni, x_quads, x_scales, x_sums, weights, w_scales, w_mins, acc,
                           types.intp, types.intp), codegen
 
     return block
 
 
-_block_32 = _make_block(_X_VECTORS)
-_block_16 = _make_block(1)  # the last 16 rows of x, when that is all that is left
+def _block_sums(context, builder, sig, args, form, x_rows):
+    """_make_block's code in one instruction form."""
+    lanes = _lanes(form)
+    f32s = ir.VectorType(ir.FloatType(), lanes)
+    q4 = sig.args[3].dtype == types.uint8
+    has_mins = not isinstance(sig.args[5], types.NoneType)
+    parts = array_parts(context, builder, sig, args)
+    (xq_data, (_, n_quads, _)), (xs_data, (_, stride)), (xsum_data, _) = parts[:3]
+    (w_data, (n_rows, row_bytes)), (ws_data, (_, n_blocks)) = parts[3:5]
+    mins_data = parts[5][0] if has_mins else None
+    acc_data = parts[-1][0]
+    m0, n0 = args[7], args[8]
+    fma = declare(builder, f"llvm.fma.v{lanes}f32", f32s, f32s, f32s, f32s)
+    x_quads_at = builder.gep(xq_data, [builder.mul(m0, n_quads)])  # x_quads[m0 / 16]
+    rows = clamped_rows(builder, n0, _W_ROWS, n_rows)
+    w_rows = [builder.gep(w_data, [builder.mul(r, row_bytes)]) for r in rows]
+    scale_rows = [builder.mul(r, n_blocks) for r in rows]
+    # The sums' start: Q4_0's offset (w = d (q - 8)), and "vnni"'s flip of Q8's top bits
+    start_factor = -8 if q4 and not has_mins else -128 if not q4 and form == "vnni" else 0
+    # Each vector's rows of x (m0 + first ..) at lane first % 16 of group first // 16
+    x_offsets = [builder.add(builder.mul(n_quads, ir.Constant(I64, first // _LANES * _LANES)),
+                             ir.Constant(I64, first % _LANES))
+                 for first in range(0, x_rows, lanes)]
+
+    def one_block(b, accs):
+        x_at = [builder.add(builder.mul(b, stride), ir.Constant(I64, lanes * v))
+                for v in range(len(x_offsets))]
+        x_scale = [_vector_at(builder, builder.gep(xs_data, [m0]), at, lanes) for at in x_at]
+        x_sum = [_vector_at(builder, builder.gep(xsum_data, [m0]), at, lanes) for at in x_at]
+        x_sum_scaled = [builder.fmul(builder.sitofp(s, f32s), d)
+                        for s, d in zip(x_sum, x_scale)] if has_mins else None
+        starts = [builder.mul(s, splat(builder, ir.Constant(I32, start_factor), lanes))
+                  for s in x_sum]
+        quad_rows = [builder.mul(builder.add(builder.mul(b, ir.Constant(I64, _QUADS)),
+                                             ir.Constant(I64, q)), ir.Constant(I64, _LANES))
+                     for q in range(_QUADS)]  # x_quads[., 8 b + q] (16 int32 each)
+        updated = []
+        for i in range(_W_ROWS):
+            quads = _weight_quads(builder, q4, w_rows[i], b, form)
+            sums = [_block_dot(builder, form, q4, start, [
+                (w, _vector_at(builder, x_quads_at, builder.add(at, offset), lanes))
+                for w, at in zip(quads, quad_rows)]) for start, offset in zip(starts, x_offsets)]
+            scale_at = builder.add(scale_rows[i], b)
+            w_scale = splat(builder, load_scale(builder, sig.args[4], ws_data, scale_at), lanes)
+            if has_mins:
+                w_min = splat(builder, load_scale(builder, sig.args[5], mins_data, scale_at),
+                              lanes)
+            for v in range(len(x_offsets)):
+                acc = builder.call(fma, [builder.sitofp(sums[v], f32s),
+                                         builder.fmul(w_scale, x_scale[v]),
+                                         accs[i * len(x_offsets) + v]])
+                if has_mins:
+                    acc = builder.call(fma, [w_min, x_sum_scaled[v], acc])
+                updated.append(acc)
+        return updated
+
+    store_vectors(builder, acc_data, counted_loop(
+        builder, n_blocks, 1, [f32s] * (_W_ROWS * len(x_offsets)), one_block))
+
+
+_block_32 = _make_block(_LANES * _X_VECTORS)
+_block_16 = _make_block(_LANES)  # the last 16 rows of x, when that is all that is left
 
 
 # --- AMX: the same sums, block by block, in tiles ----------------------------------------
@@ -393,7 +437,8 @@ def _stage_row(typingctx, row, staged, i, nibble_offset):
 # --- the loops around them -------------------------------------------------------------
 
 @njit(cache=True, nogil=True)
-def _gemm_rows(x_quads, x_scales, x_sums, weights, w_scales, w_mins, out, acc, start, stop):
+def _gemm_rows(use_vnni, x_quads, x_scales, x_sums, weights, w_scales, w_mins, out, acc, start,
+               stop):
     """out[:, start:stop] by micro-kernel blocks; acc: scratch of 6 x 32 float32."""
     n_x, n_padded = out.shape[0], x_scales.shape[1]
     for n0 in range(start, stop, _W_ROWS):
@@ -401,24 +446,26 @@ def _gemm_rows(x_quads, x_scales, x_sums, weights, w_scales, w_mins, out, acc, s
         m0 = 0
         while m0 < n_x:
             if m0 + _LANES * _X_VECTORS <= n_padded:
-                _block_32(x_quads, x_scales, x_sums, weights, w_scales, w_mins, acc, m0, n0)
+                _block_32(use_vnni, x_quads, x_scales, x_sums, weights, w_scales, w_mins, acc,
+                          m0, n0)
                 width = _LANES * _X_VECTORS
             else:
-                _block_16(x_quads, x_scales, x_sums, weights, w_scales, w_mins, acc, m0, n0)
+                _block_16(use_vnni, x_quads, x_scales, x_sums, weights, w_scales, w_mins, acc,
+                          m0, n0)
                 width = _LANES
             kernels_numba.store_block(acc, out, m0, n0, n_valid, width)
             m0 += width
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _gemm(x_quads, x_scales, x_sums, weights, w_scales, w_mins, out):
+def _gemm(use_vnni, x_quads, x_scales, x_sums, weights, w_scales, w_mins, out):
     claimed = kernels_numba.no_claims()
     for _ in prange(kernels_numba.thread_count()):  # blocks of rows claimed in turn
         acc = np.empty(_W_ROWS * _LANES * _X_VECTORS, dtype=np.float32)
         start, stop = kernels_numba.claim_rows(claimed, weights.shape[0], _ROWS_PER_TASK)
         while start < stop:
-            _gemm_rows(x_quads, x_scales, x_sums, weights, w_scales, w_mins, out, acc, start,
-                       stop)
+            _gemm_rows(use_vnni, x_quads, x_scales, x_sums, weights, w_scales, w_mins, out, acc,
+                       start, stop)
             start, stop = kernels_numba.claim_rows(claimed, weights.shape[0], _ROWS_PER_TASK)
 
 
@@ -531,4 +578,5 @@ def _matmul(x, weights, scales, mins, out):
         nibble_offset = 8 if weights.dtype == np.uint8 and mins is None else 0  # Q4_0: q - 8
         _gemm_amx(*pack_activations(x, _AMX_BLOCK), weights, scales, mins, out, nibble_offset)
     else:
-        _gemm(*pack_activations(x, _LANES), weights, scales, mins, out)
+        _gemm(_routes.current != "avx2", *pack_activations(x, _LANES), weights, scales, mins,
+              out)

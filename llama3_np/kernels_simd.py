@@ -64,8 +64,8 @@ from numba.extending import intrinsic
 I8X32 = ir.VectorType(ir.IntType(8), 32)
 I8X16 = ir.VectorType(ir.IntType(8), 16)
 _I16x16 = ir.VectorType(ir.IntType(16), 16)
-_I32x8 = ir.VectorType(ir.IntType(32), 8)
-_F32x8 = ir.VectorType(ir.FloatType(), 8)
+I32X8 = ir.VectorType(ir.IntType(32), 8)
+F32X8 = ir.VectorType(ir.FloatType(), 8)
 _CHAINS = 4  # independent accumulators (blocks in flight) per row
 # Each step of a row dot product asks for the weight bytes this far ahead (prefetch), on
 # through the next rows: the hardware prefetcher starts each 4 KB page's stream late and
@@ -233,8 +233,9 @@ def clamped_rows(builder, first, count, n_rows):
 
 
 def store_vectors(builder, data, vectors):
-    """vectors (F32X16 each) stored one after another at data (a float32 array's data)."""
-    base = builder.bitcast(data, F32X16.as_pointer())
+    """vectors (of one float32 vector type) stored one after another at data (a float32
+    array's data)."""
+    base = builder.bitcast(data, vectors[0].type.as_pointer())
     for index, value in enumerate(vectors):
         builder.store(value, builder.gep(base, [ir.Constant(I64, index)]), align=4)
 
@@ -351,29 +352,37 @@ def _load_pair(builder, array_type, pointer, pair):
                                   ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 4 + [1] * 4))
 
 
-def _dot_u8_s8(builder, isa, unsigned, signed, start):
-    """start + the sums of four adjacent unsigned x signed byte products (<8 x i32>).
-    "avx2": `unsigned` must keep each pair's sum within int16 (see the docstring)."""
+def dot_u8_s8(builder, isa, operands, start):
+    """start + the sums of four adjacent unsigned x signed byte products (<8 x i32>) of
+    each (unsigned, signed) pair of <32 x i8> in operands. "avx2" adds the products of
+    adjacent bytes in int16 over all the operands before widening them (one vpmaddwd
+    instead of one an operand): their unsigned bytes must keep those sums within int16
+    (see the docstring: Q4's nibbles, up to 8 operands; Q8's magnitudes, one)."""
     if isa == "vnni":
-        dpbusd = declare(builder, "llvm.x86.avx512.vpdpbusd.256", _I32x8, _I32x8, _I32x8, _I32x8)
-        return builder.call(dpbusd, [start, builder.bitcast(unsigned, _I32x8),
-                                     builder.bitcast(signed, _I32x8)])
+        dpbusd = declare(builder, "llvm.x86.avx512.vpdpbusd.256", I32X8, I32X8, I32X8, I32X8)
+        for unsigned, signed in operands:
+            start = builder.call(dpbusd, [start, builder.bitcast(unsigned, I32X8),
+                                          builder.bitcast(signed, I32X8)])
+        return start
     maddubs = declare(builder, "llvm.x86.avx2.pmadd.ub.sw", _I16x16, I8X32, I8X32)
-    madd = declare(builder, "llvm.x86.avx2.pmadd.wd", _I32x8, _I16x16, _I16x16)
-    pairs = builder.call(maddubs, [unsigned, signed])
-    return builder.add(start, builder.call(madd, [pairs, ir.Constant(_I16x16, [1] * 16)]))
+    madd = declare(builder, "llvm.x86.avx2.pmadd.wd", I32X8, _I16x16, _I16x16)
+    pairs = [builder.call(maddubs, [unsigned, signed]) for unsigned, signed in operands]
+    total = pairs[0]
+    for more in pairs[1:]:
+        total = builder.add(total, more)
+    return builder.add(start, builder.call(madd, [total, ir.Constant(_I16x16, [1] * 16)]))
 
 
-def _q8_block(builder, isa, weights, xq, x_start):
-    """A Q8 block's int32 partial sums of weights * xq (see the module docstring)."""
+def q8_block(builder, isa, weights, xq, start):
+    """start + a Q8 block's int32 partial sums of weights * xq (see the module
+    docstring); for "vnni", start must hold -128 * sum(xq) besides."""
     if isa == "vnni":  # (w + 128) . xq, started at -128 * sum(xq)
         flipped = builder.xor(weights, ir.Constant(I8X32, [-128] * 32))
-        return _dot_u8_s8(builder, isa, flipped, xq, x_start)
+        return dot_u8_s8(builder, isa, [(flipped, xq)], start)
     absolute = declare(builder, "llvm.abs.v32i8", I8X32, I8X32, ir.IntType(1))
     sign = declare(builder, "llvm.x86.avx2.psign.b", I8X32, I8X32, I8X32)
     magnitude = builder.call(absolute, [weights, ir.Constant(ir.IntType(1), 0)])
-    return _dot_u8_s8(builder, isa, magnitude, builder.call(sign, [xq, weights]),
-                      ir.Constant(_I32x8, None))
+    return dot_u8_s8(builder, isa, [(magnitude, builder.call(sign, [xq, weights]))], start)
 
 
 def _reduce(builder, vector):
@@ -390,7 +399,7 @@ def _chained(builder, n_steps, add_step, n_rows=1):
     one's (4 cycles), and that, not memory, was the limit (Q8: 22.8 GB/s on one core, 28
     with four). Their sums, one per row."""
     zero = ir.Constant(n_steps.type, 0)
-    accs = [[cgutils.alloca_once_value(builder, ir.Constant(_F32x8, None))
+    accs = [[cgutils.alloca_once_value(builder, ir.Constant(F32X8, None))
              for _ in range(_CHAINS)] for _ in range(n_rows)]
 
     def step_into(step, chain):
@@ -448,7 +457,7 @@ def _rows_dot(context, builder, sig, args, isa):
                              for name in ("xq", "x_scales", "x_start"))
     n_blocks = _shape(context, builder, *parts["x_scales"])[1]
     w_scales_type, x_scales_type = parts["w_scales"][0], parts["x_scales"][0]
-    fma = declare(builder, "llvm.fma.v8f32", _F32x8, _F32x8, _F32x8, _F32x8)
+    fma = declare(builder, "llvm.fma.v8f32", F32X8, F32X8, F32X8, F32X8)
 
     def block_scale(row, b, x_scale):
         return splat(builder, builder.fmul(load_scale(builder, w_scales_type, w_scales[row], b),
@@ -460,15 +469,16 @@ def _rows_dot(context, builder, sig, args, isa):
         prefetch(builder, builder.gep(builder.bitcast(w[row], BYTE_POINTER), [offset]))
 
     def add_q8_block(b, accs):
-        start = load_vector(builder, x_start, b, _I32x8, 4) if isa == "vnni" else None
+        start = load_vector(builder, x_start, b, I32X8, 4) if isa == "vnni" else \
+            ir.Constant(I32X8, None)
         x_block = load_vector(builder, xq, b, I8X32, 1)
         x_scale = load_scale(builder, x_scales_type, x_scales, b)
         updated = []
         for row, acc in enumerate(accs):
             fetch_ahead(row, b)
-            sums = _q8_block(builder, isa, load_vector(builder, w[row], b, I8X32, 1), x_block,
-                             start)
-            updated.append(builder.call(fma, [builder.sitofp(sums, _F32x8),
+            sums = q8_block(builder, isa, load_vector(builder, w[row], b, I8X32, 1), x_block,
+                            start)
+            updated.append(builder.call(fma, [builder.sitofp(sums, F32X8),
                                               block_scale(row, b, x_scale), acc]))
         return updated
 
@@ -483,8 +493,8 @@ def _rows_dot(context, builder, sig, args, isa):
 
     def q4_start(step):
         if has_mins:
-            return ir.Constant(_I32x8, None)
-        return load_vector(builder, x_start, step, _I32x8, 4)
+            return ir.Constant(I32X8, None)
+        return load_vector(builder, x_start, step, I32X8, 4)
 
     def add_q4_pair(pair, accs):
         first = builder.mul(pair, ir.Constant(pair.type, 2))
@@ -493,16 +503,15 @@ def _rows_dot(context, builder, sig, args, isa):
                              I8X32, 1)
         start = q4_start(pair)
         x_scale = _load_pair(builder, x_scales_type, x_scales, pair)
-        pair_sums = load_vector(builder, x_sums, pair, _F32x8, 4) if has_mins else None
+        pair_sums = load_vector(builder, x_sums, pair, F32X8, 4) if has_mins else None
         updated = []
         for row, acc in enumerate(accs):
             fetch_ahead(row, pair)
             low, high = nibbles(builder, load_vector(builder, w[row], pair, I8X32, 1))
-            sums = _dot_u8_s8(builder, isa, low, x_low, start)
-            sums = _dot_u8_s8(builder, isa, high, x_high, sums)
+            sums = dot_u8_s8(builder, isa, [(low, x_low), (high, x_high)], start)
             scale = builder.fmul(_load_pair(builder, w_scales_type, w_scales[row], pair),
                                  x_scale)
-            acc = builder.call(fma, [builder.sitofp(sums, _F32x8), scale, acc])
+            acc = builder.call(fma, [builder.sitofp(sums, F32X8), scale, acc])
             if has_mins:
                 mins = _load_pair(builder, parts["w_mins"][0], matrices["w_mins"][row], pair)
                 acc = builder.call(fma, [mins, pair_sums, acc])
@@ -519,13 +528,13 @@ def _rows_dot(context, builder, sig, args, isa):
         x_last = load_vector(builder, xq, last, I8X32, 1)
         x_scale = load_scale(builder, x_scales_type, x_scales, last)
         start = q4_start(n_pairs)
-        last_sums = load_vector(builder, x_sums, n_pairs, _F32x8, 4) if has_mins else None
+        last_sums = load_vector(builder, x_sums, n_pairs, F32X8, 4) if has_mins else None
         for row, total in enumerate(totals):
             low, high = nibbles(builder, load_vector(builder, w[row], last, I8X16, 1))
             q = builder.shuffle_vector(low, high, ir.Constant(
                 ir.VectorType(ir.IntType(32), 32), list(range(32))))
-            sums = _dot_u8_s8(builder, isa, q, x_last, start)
-            acc = builder.call(fma, [builder.sitofp(sums, _F32x8),
+            sums = dot_u8_s8(builder, isa, [(q, x_last)], start)
+            acc = builder.call(fma, [builder.sitofp(sums, F32X8),
                                      block_scale(row, last, x_scale), builder.load(total)])
             if has_mins:
                 row_min = load_scale(builder, parts["w_mins"][0], matrices["w_mins"][row],
@@ -546,15 +555,24 @@ def _row_dot_codegen(context, builder, sig, args):
     """Both instruction forms, the first argument (use_vnni) choosing at run time; on a
     CPU without VNNI both are the "avx2" form (an unavailable instruction cannot even
     be compiled)."""
-    isa = "vnni" if "vnni" in available() else "avx2"
     result = cgutils.alloca_once(builder, context.get_value_type(sig.return_type))
     inner_sig = sig.return_type(*sig.args[1:])
-    with builder.if_else(args[0]) as (vnni, avx2):
-        for block, form in ((vnni, isa), (avx2, "avx2")):
-            with block:
-                dots = _rows_dot(context, builder, inner_sig, args[1:], form)
-                builder.store(context.make_tuple(builder, sig.return_type, dots), result)
+
+    def emit(form):
+        dots = _rows_dot(context, builder, inner_sig, args[1:], form)
+        builder.store(context.make_tuple(builder, sig.return_type, dots), result)
+
+    both_forms(builder, args[0], "vnni" in available(), emit)
     return builder.load(result)
+
+
+def both_forms(builder, use_vnni, has_vnni: bool, emit):
+    """emit(form) twice, `use_vnni` choosing between them at run time: "vnni" (as "avx2"
+    on a CPU without it: an unavailable instruction cannot even be compiled) and "avx2"."""
+    with builder.if_else(use_vnni) as (vnni, avx2):
+        for block, form in ((vnni, "vnni" if has_vnni else "avx2"), (avx2, "avx2")):
+            with block:
+                emit(form)
 
 
 def _dots_type(rows):
@@ -598,7 +616,7 @@ def _q8_float_row_dot(context, builder, sig, args):
                  for t, a in ((w_type, weights), (scales_type, scales)))
     x = _data(context, builder, x_type, x)
     n_blocks = _shape(context, builder, scales_type, args[1])[1]
-    fma = declare(builder, "llvm.fma.v8f32", _F32x8, _F32x8, _F32x8, _F32x8)
+    fma = declare(builder, "llvm.fma.v8f32", F32X8, F32X8, F32X8, F32X8)
     x_block_type = ir.VectorType(ir.FloatType(), 32)
 
     def add_block(b, accs):

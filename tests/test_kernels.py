@@ -419,7 +419,7 @@ INT8_FORMS = list(importlib.import_module("llama3_np.kernels_simd").available())
     if HAVE_NUMBA else []
 INT8_GEMM_ROUTES = list(importlib.import_module("llama3_np.kernels_int8").available_routes()) \
     if HAVE_NUMBA else []
-NEEDS_INT8_GEMM = pytest.mark.skipif(not INT8_GEMM_ROUTES, reason="no AVX512-VNNI on this CPU")
+NEEDS_INT8_GEMM = pytest.mark.skipif(not INT8_GEMM_ROUTES, reason="no AVX2 on this CPU")
 
 
 def quantised_activations(x):
@@ -485,12 +485,9 @@ def test_int8_activations_are_the_quantised_x_times_the_weight(form, dtype, n_ro
     """The integer block sums are exact and Q4's mins multiply the same quantised x, so
     the result is the float64 product of the quantised x and the decoded weight, within
     float32 roundoff (the bound of the float path). Against x itself the error is at most
-    half a step per value: sum over blocks of max|x_b| / 254 * sum |w_b|. The "vnni"
-    form's GEMM (kernels_int8) multiplies from 9 rows on (rows of x in groups of 32,
-    weight rows in 6s: 75 rows and 67 weight rows end both ragged); the "avx2" form's
-    row loops up to 32 rows."""
-    if n_rows > kernels._FUSED_MAX_ROWS and form != "vnni":
-        pytest.skip("the avx2 form multiplies a prompt by float32 tiles")
+    half a step per value: sum over blocks of max|x_b| / 254 * sum |w_b|. Beyond 32
+    rows the GEMM (kernels_int8) multiplies (rows of x in groups of 32, weight rows in
+    6s: 75 rows and 67 weight rows end both ragged)."""
     kernels.set_backend("numba")
     kernels._numba_kernels().set_int8_activations(True, form)
     n_in = 2 * N_IN_K if dtype == "gguf_q4_k" else N_IN
@@ -541,8 +538,6 @@ def test_int8_activations_read_only_weights_extreme_values_and_nan(form, n_rows)
     """Memory-mapped (read-only) weights; Q8 values of -128 and 127 (a GGUF file may hold
     -128: the "avx2" form's |w| must not wrap, nor the flipped w + 128 of the "vnni" form
     and the GEMM); a NaN in x makes its row NaN, as float32. 40 rows: the GEMM."""
-    if n_rows > kernels._FUSED_MAX_ROWS and form != "vnni":
-        pytest.skip("the avx2 form multiplies a prompt by float32 tiles")
     kernels.set_backend("numba")
     kernels._numba_kernels().set_int8_activations(True, form)
     q8 = to_dtype(random_matrix((9, 96)), "q8")
@@ -614,13 +609,13 @@ def int8_gemm():
     kernels_int8.set_route(best)
 
 
-@NEEDS_INT8_GEMM
-@pytest.mark.skipif("amx" not in INT8_GEMM_ROUTES, reason="no AMX-INT8 on this CPU")
+@pytest.mark.skipif(len(INT8_GEMM_ROUTES) < 2, reason="one int8 GEMM route on this CPU")
 @pytest.mark.parametrize("dtype", INT8_KINDS)
 @pytest.mark.parametrize("n_out", [N_OUT, 300])
 def test_int8_gemm_routes_give_the_same_bits(int8_gemm, dtype, n_out):
-    """AMX sums each block in integers as vpdpbusd does and scales the sums in the same
-    float32 operations, in the same order: the same bits, for ragged blocks of rows (67
+    """AMX and AVX2 sum each block in integers as vpdpbusd does and scale the sums in the
+    same float32 operations, in the same order: every route this CPU offers gives the
+    same bits, for ragged blocks of rows (67
     weight rows; 300: several tasks, on both threads; 17 rows of x, the fewest AMX takes,
     40 and 75), read-only weights, blocks of very different magnitude, and a NaN and an
     inf in x (their rows NaN, as in float32; the others finite)."""
@@ -636,12 +631,13 @@ def test_int8_gemm_routes_give_the_same_bits(int8_gemm, dtype, n_out):
              ).astype(np.float32)
         x[3, 5], x[n_rows - 1, 40] = np.nan, np.inf
         results = []
-        for route in ("vnni", "amx"):
+        for route in INT8_GEMM_ROUTES:
             int8_gemm.set_route(route)
             out = np.empty((n_rows, n_out), dtype=np.float32)
             multiply(x, out)
             results.append(out)
-        np.testing.assert_array_equal(results[0].view(np.uint32), results[1].view(np.uint32))
+        for other in results[1:]:
+            np.testing.assert_array_equal(other.view(np.uint32), results[0].view(np.uint32))
         special = np.isin(np.arange(n_rows), [3, n_rows - 1])
         assert np.isnan(results[1][special]).all() and np.isfinite(results[1][~special]).all()
 
@@ -705,8 +701,8 @@ def test_int8_gemm_refuses_shapes_it_would_read_past():
 
 
 @NEEDS_NUMBA
-def test_int8_prefill_without_avx512_vnni_decodes_float32_tiles(int8_gemm):
-    """Where the CPU lacks AVX512-VNNI (no route: forced here), more than 32 rows of x
+def test_int8_prefill_without_an_int8_gemm_route_decodes_float32_tiles(int8_gemm):
+    """Where the CPU lacks AVX2 (no route: forced here), more than 32 rows of x
     go on to float32 tiles for BLAS (float32 x) even with int8 activations on."""
     kernels.set_backend("numba")
     kernels._numba_kernels().set_int8_activations(True)
@@ -717,8 +713,9 @@ def test_int8_prefill_without_avx512_vnni_decodes_float32_tiles(int8_gemm):
 
 
 def test_int8_gemm_route_follows_the_environment():
-    """LLAMA3_NP_INT8_GEMM=off, or vnni (AMX not used even where the CPU has it); a
-    route the CPU lacks is refused. A fresh process: the route is chosen on import."""
+    """LLAMA3_NP_INT8_GEMM=off, vnni (AMX not used even where the CPU has it) or avx2
+    (the portable route, also where the CPU has better); a route the CPU lacks is
+    refused. A fresh process: the route is chosen on import."""
     if not HAVE_NUMBA:
         pytest.skip("numba is not installed")
     code = ("from llama3_np import kernels_int8\n"
@@ -727,19 +724,22 @@ def test_int8_gemm_route_follows_the_environment():
             "    kernels_int8.set_route('tpu')\n"
             "except ValueError:\n"
             "    print('refused')\n")
-    has_vnni = {"avx512vnni", "avx512bw"} <= kernels._numba_kernels().kernels_simd.cpu_features()
+    features = kernels._numba_kernels().kernels_simd.cpu_features()
+    portable = ["avx2"] if "avx2" in features else []
+    from_vnni = (["vnni"] if {"avx512vnni", "avx512bw"} <= features else []) + portable
     for wish, expected in [("off", ["None", "refused"]),
-                           ("vnni", ["vnni", "vnni", "refused"] if has_vnni
-                            else ["None", "refused"])]:
+                           ("vnni", (from_vnni or ["None"])[:1] + from_vnni + ["refused"]),
+                           ("avx2", (portable or ["None"]) + portable + ["refused"])]:
         env = dict(os.environ, LLAMA3_NP_INT8_GEMM=wish)
         result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                                 text=True, cwd=Path(__file__).resolve().parents[1])
         assert result.returncode == 0, result.stderr
         assert result.stdout.split() == expected
-    env = dict(os.environ, LLAMA3_NP_INT8_GEMM="avx2")  # a typo is said, not ignored
+    env = dict(os.environ, LLAMA3_NP_INT8_GEMM="avx3")  # a typo is said, not ignored
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                             text=True, cwd=Path(__file__).resolve().parents[1])
-    assert "LLAMA3_NP_INT8_GEMM='avx2' is not one of amx, vnni, off, auto" in result.stderr
+    assert "LLAMA3_NP_INT8_GEMM='avx3' is not one of amx, vnni, avx2, off, auto" in \
+        result.stderr
 
 
 @NEEDS_NUMBA

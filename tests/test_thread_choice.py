@@ -146,7 +146,7 @@ def test_the_threads_claim_every_block_of_rows_once(dtype, int8_form, n_out, num
 
 def gemm_routes():
     """(weights, x's form) for each GEMM route this CPU has: int8 x by Q8 / Q4 weights
-    (AVX512-VNNI), bf16 x by bf16 weights (AMX or AVX512-BF16), float32 x in exact bf16
+    (AVX2 or better), bf16 x by bf16 weights (AMX or AVX512-BF16), float32 x in exact bf16
     parts by bf16 weights (AMX)."""
     if not HAVE_NUMBA:
         return []
