@@ -55,6 +55,14 @@ Measured on an Intel Xeon with AMX (2 cores, shared; 128 rows of x, best of 5-12
   (bench.py, benchmarks/RESULTS.md): float32 tiles for BLAS 60-80 tok/s; "vnni" Q8_0
   147-166, Q4_0 150-168, Q4_K 146-148; "amx" Q8_0 208-218, Q4_0 208-250, Q4_K 188-195
   (llama.cpp on AMX: 190-217).
+
+Measured on an AMD EPYC with AVX2 only (Zen 3, 2 cores; 128 rows of x, best of 5):
+- the 8192 x 2048 matrix, Q8 / Q4_0: "avx2" 28-35 / 16-24 ms (60-130 G int8
+  multiply-adds a second; Q4_0 101 G before its pairs were summed a block at a time in
+  int16, 122-134 after), against 27-40 ms for OpenBLAS sgemm on the same shape already
+  decoded to float32.
+- the whole 1B prefill with int8 activations: float32 tiles for BLAS Q8_0 43-44 tok/s,
+  Q4_0 37-39, Q4_K 51-53; "avx2" 68-77, 76-90, 83-94 (llama.cpp: 70, 66, 53).
 """
 
 import numpy as np
@@ -69,8 +77,8 @@ from .kernels_simd import (F32X16, I8X16, I8X32, I32, I32X16, I64, Routes, amx_c
                            counted_loop, cpu_features, declare, dot_u8_s8, load_scale,
                            load_vector, nibbles, q8_block, splat, store_vectors, tile_op)
 
-_LANES = 16  # int32 / float32 lanes of a zmm register: rows of x
-_X_VECTORS = 2  # the micro-kernel: 2 zmm of rows of x (32 rows) ...
+_LANES = 16  # int32 / float32 lanes of a zmm register: rows of x (a ymm register: 8)
+_X_VECTORS = 2  # the micro-kernel: 2 zmm of rows of x (32 rows; "avx2": 4 ymm) ...
 _W_ROWS = 6  # ... by 6 weight rows: 12 float32 accumulators and 12 int32 sums
 _ROWS_PER_TASK = 48  # weight rows a thread claims at once (a multiple of _W_ROWS)
 _QUADS = 8  # quads of a 32-value block

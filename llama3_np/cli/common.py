@@ -35,8 +35,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
                        help="CPU threads for the matmuls (default: all cores)")
     group.add_argument("--int8-activations", action="store_true",
                        help="numba: multiply q8 / 4-bit weights by activations rounded to "
-                            "int8 per 32 values, as llama.cpp does (faster decoding; logits "
-                            "move by a few percent)")
+                            "int8 per 32 values, as llama.cpp does (faster decoding and "
+                            "prefill; logits move by a few percent)")
     group.add_argument("--bf16-activations", action="store_true",
                        help="numba, a CPU with AMX or AVX512-BF16: prompts multiply bf16 "
                             "weights by activations rounded to bf16, as PyTorch's bf16 "
