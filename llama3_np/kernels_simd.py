@@ -66,7 +66,12 @@ I8X16 = ir.VectorType(ir.IntType(8), 16)
 _I16x16 = ir.VectorType(ir.IntType(16), 16)
 I32X8 = ir.VectorType(ir.IntType(32), 8)
 F32X8 = ir.VectorType(ir.FloatType(), 8)
-_CHAINS = 4  # independent accumulators (blocks in flight) per row
+# Independent accumulators (blocks in flight) per weight row, by instruction form: four
+# rows of four fill all 16 ymm registers of an AVX2 CPU (AVX-512 has 32), and LLVM spilled
+# them to the stack in every step; with two, the int8 GEMV on one Zen 3 core (1B's wq /
+# w1, from the L3 cache, interleaved) read Q8_0 at 23-24 GB/s against 17.5-18, Q4_K 17-18
+# against 16-17.5, Q4_0 15-16 against 15 (the float32 loop of one row keeps four).
+_CHAINS = {"vnni": 4, "avx2": 2, "float": 4}
 # Each step of a row dot product asks for the weight bytes this far ahead (prefetch), on
 # through the next rows: the hardware prefetcher starts each 4 KB page's stream late and
 # stops at its end. Q8 int8 GEMV, 2 threads, matrices cycled from DRAM, GB/s for wq /
@@ -393,24 +398,25 @@ def _reduce(builder, vector):
     return total
 
 
-def _chained(builder, n_steps, add_step, n_rows=1):
+def _chained(builder, n_steps, add_step, form, n_rows=1):
     """add_step(step, accs) -> accs (a vector per weight row) for step = 0 .. n_steps - 1,
-    in _CHAINS accumulators per row: with one, each step's multiply-add waits for the last
-    one's (4 cycles), and that, not memory, was the limit (Q8: 22.8 GB/s on one core, 28
-    with four). Their sums, one per row."""
+    in _CHAINS[form] accumulators per row: with one, each step's multiply-add waits for
+    the last one's (4 cycles), and that, not memory, was the limit (Q8, one row at a time:
+    22.8 GB/s on one core, 28 with four). Their sums, one per row."""
+    n_chains = _CHAINS[form]
     zero = ir.Constant(n_steps.type, 0)
     accs = [[cgutils.alloca_once_value(builder, ir.Constant(F32X8, None))
-             for _ in range(_CHAINS)] for _ in range(n_rows)]
+             for _ in range(n_chains)] for _ in range(n_rows)]
 
     def step_into(step, chain):
         updated = add_step(step, [builder.load(row[chain]) for row in accs])
         for row, value in zip(accs, updated):
             builder.store(value, row[chain])
 
-    chains = ir.Constant(n_steps.type, _CHAINS)
+    chains = ir.Constant(n_steps.type, n_chains)
     n_grouped = builder.mul(builder.udiv(n_steps, chains), chains)
     with cgutils.for_range_slice(builder, zero, n_grouped, chains) as (group, _):
-        for k in range(_CHAINS):
+        for k in range(n_chains):
             step_into(builder.add(group, ir.Constant(group.type, k)), k)
     with cgutils.for_range_slice(builder, n_grouped, n_steps,
                                  ir.Constant(n_steps.type, 1)) as (step, _):
@@ -484,7 +490,7 @@ def _rows_dot(context, builder, sig, args, isa):
 
     if not q4:
         return [_reduce(builder, total)
-                for total in _chained(builder, n_blocks, add_q8_block, len(rows))]
+                for total in _chained(builder, n_blocks, add_q8_block, isa, len(rows))]
 
     # Q4_0 (no mins): -8 * sum(xq) of each block starts its sums (x_start); else they
     # start at 0 and the mins times x's block sums (in lanes 0 and 4 of x_sums) are added.
@@ -521,7 +527,7 @@ def _rows_dot(context, builder, sig, args, isa):
     two = ir.Constant(n_blocks.type, 2)
     n_pairs = builder.udiv(n_blocks, two)
     totals = [cgutils.alloca_once_value(builder, total)
-              for total in _chained(builder, n_pairs, add_q4_pair, len(rows))]
+              for total in _chained(builder, n_pairs, add_q4_pair, isa, len(rows))]
     with builder.if_then(builder.icmp_unsigned("!=", builder.urem(n_blocks, two),
                                                ir.Constant(n_blocks.type, 0))):
         last = builder.sub(n_blocks, ir.Constant(n_blocks.type, 1))
@@ -632,7 +638,7 @@ def _q8_float_row_dot(context, builder, sig, args):
         scale = splat(builder, load_scale(builder, scales_type, scales, b), 8)
         return [builder.call(fma, [builder.fadd(even, odd), scale, accs[0]])]
 
-    return _reduce(builder, _chained(builder, n_blocks, add_block)[0])
+    return _reduce(builder, _chained(builder, n_blocks, add_block, "float")[0])
 
 
 @intrinsic
