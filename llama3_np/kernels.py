@@ -125,8 +125,8 @@ def set_threads(n: int) -> None:
 def set_int8_activations(on: bool) -> None:
     """Multiply q8 / Q4 weights (numba backend) by x quantised to int8 per 32-value block,
     in integer dot products where the CPU has them (VNNI or AVX2: any number of rows of
-    x), or by float32 x, exactly as the weights are
-    stored (off: the default). See kernels_numba.py for the speed and the error of each."""
+    x), or by float32 x, exactly as the weights are stored (off: the default). See
+    kernels_numba.py for the speed and the error of each."""
     global _int8_wish
     _int8_wish = bool(on)
     if _numba_state.get("module") is not None:  # else applied when numba loads

@@ -360,9 +360,9 @@ def _load_pair(builder, array_type, pointer, pair):
 def dot_u8_s8(builder, isa, operands, start):
     """start + the sums of four adjacent unsigned x signed byte products (<8 x i32>) of
     each (unsigned, signed) pair of <32 x i8> in operands. "avx2" adds the products of
-    adjacent bytes in int16 over all the operands before widening them (one vpmaddwd
-    instead of one an operand): their unsigned bytes must keep those sums within int16
-    (see the docstring: Q4's nibbles, up to 8 operands; Q8's magnitudes, one)."""
+    adjacent bytes in int16 over all the operands before widening them (one vpmaddwd for
+    them all, not one each): their unsigned bytes must keep those sums within int16 (see
+    the docstring: Q4's nibbles, up to 8 operands; Q8's magnitudes, one)."""
     if isa == "vnni":
         dpbusd = declare(builder, "llvm.x86.avx512.vpdpbusd.256", I32X8, I32X8, I32X8, I32X8)
         for unsigned, signed in operands:

@@ -615,10 +615,10 @@ def int8_gemm():
 def test_int8_gemm_routes_give_the_same_bits(int8_gemm, dtype, n_out):
     """AMX and AVX2 sum each block in integers as vpdpbusd does and scale the sums in the
     same float32 operations, in the same order: every route this CPU offers gives the
-    same bits, for ragged blocks of rows (67
-    weight rows; 300: several tasks, on both threads; 17 rows of x, the fewest AMX takes,
-    40 and 75), read-only weights, blocks of very different magnitude, and a NaN and an
-    inf in x (their rows NaN, as in float32; the others finite)."""
+    same bits, for ragged blocks of rows (67 weight rows; 300: several tasks, on both
+    threads; 17 rows of x, the fewest AMX takes, 40 and 75), read-only weights, blocks of
+    very different magnitude, and a NaN and an inf in x (their rows NaN, as in float32;
+    the others finite)."""
     n_in = 2 * N_IN_K if dtype == "gguf_q4_k" else N_IN
     w, _ = weight_in(dtype, random_matrix((n_out, n_in)))
     for array in vars(w).values():
