@@ -60,9 +60,14 @@ def test_int8_activations_move_the_next_token_distribution_little(model):
     (kernels_numba.quantize_rows) before the Q4_1 / Q8_0 products. Measured on these
     prompts (all positions): KL(float32 || int8) of the next-token distribution 0.0016 to
     0.0062 nats on average, at most 0.023; the logits move by 2.3-5.4% of their largest
-    magnitude. Bounds: twice what was measured, and the top token kept at 80% of the
-    positions (measured: 86-100%); a wrong scale or block (a real fault) moves the KL
-    by nats, not hundredths."""
+    magnitude. Bounds: twice what was measured; the top token kept at 80% of the 33
+    positions (measured: 94-97%), and where it changes, the exact logits had the two
+    tokens within 3% of that magnitude of each other (measured: 0.1-1.5%): a near tie.
+    Which near ties flip is chaotic: a last-bit change anywhere (a kernel summing in
+    another order) moves some x across a rounding boundary of its int8 step, and after
+    30 layers the logits differ by up to ~1 (so the 7-token prompt kept 6 or 5 of its
+    top tokens). A wrong scale or block (a real fault) moves the KL by nats, not
+    hundredths, and flips tokens far from any tie."""
     if kernels.active_backend() != "numba" or not kernels._numba_kernels()._INT8_FORMS:
         pytest.skip("no integer dot product on this CPU (the float32 loops run)")
     try:
@@ -72,6 +77,7 @@ def test_int8_activations_move_the_next_token_distribution_little(model):
 
 
 def compare_int8_with_float_activations(model):
+    kept = []
     for prompt in PROMPTS:
         tokens = model.tokenizer.encode(prompt, bos=model.tokenizer.add_bos)
         kernels.set_int8_activations(False)
@@ -83,4 +89,9 @@ def compare_int8_with_float_activations(model):
         kl = (np.exp(log_p) * (log_p - log_q)).sum(-1)
         assert kl.mean() <= 0.013 and kl.max() <= 0.05, (prompt, kl)
         assert np.abs(quantised - exact).max() <= 0.11 * np.abs(exact).max()
-        assert (quantised.argmax(-1) == exact.argmax(-1)).mean() >= 0.8
+        top, chosen = exact.argmax(-1), quantised.argmax(-1)
+        positions = np.arange(len(tokens))
+        margins = exact[positions, top] - exact[positions, chosen]  # 0 where kept
+        assert margins.max() <= 0.03 * np.abs(exact).max(), (prompt, margins)
+        kept.extend(top == chosen)
+    assert np.mean(kept) >= 0.8
