@@ -62,7 +62,8 @@ def test_int8_activations_move_the_next_token_distribution_little(model):
     0.0062 nats on average, at most 0.023; the logits move by 2.3-5.4% of their largest
     magnitude. Bounds: twice what was measured; the top token kept at 80% of the 33
     positions (measured: 94-97%), and where it changes, the exact logits had the two
-    tokens within 3% of that magnitude of each other (measured: 0.1-1.5%): a near tie.
+    tokens within 5% of that magnitude of each other (measured on an AVX2 CPU: 0.1-1.5%;
+    5%, about the most a logit moved, as other CPUs' kernels flip other ties): a near tie.
     Which near ties flip is chaotic: a last-bit change anywhere (a kernel summing in
     another order) moves some x across a rounding boundary of its int8 step, and after
     30 layers the logits differ by up to ~1 (so the 7-token prompt kept 6 or 5 of its
@@ -92,6 +93,6 @@ def compare_int8_with_float_activations(model):
         top, chosen = exact.argmax(-1), quantised.argmax(-1)
         positions = np.arange(len(tokens))
         margins = exact[positions, top] - exact[positions, chosen]  # 0 where kept
-        assert margins.max() <= 0.03 * np.abs(exact).max(), (prompt, margins)
+        assert margins.max() <= 0.05 * np.abs(exact).max(), (prompt, margins)
         kept.extend(top == chosen)
     assert np.mean(kept) >= 0.8
