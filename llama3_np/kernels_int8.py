@@ -72,7 +72,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 
 from . import kernels_numba
-from .kernels_simd import (F32X16, I8X16, I8X32, I32, I32X16, I64, Routes, amx_config,
+from .kernels_simd import (F32X16, I8X16, I8X32, I32, I64, Routes, amx_config,
                            amx_configure, amx_release, array_parts, both_forms, clamped_rows,
                            counted_loop, cpu_features, declare, dot_u8_s8, load_scale,
                            load_vector, nibbles, q8_block, splat, store_vectors, tile_op)
@@ -158,20 +158,15 @@ def _lanes(form):
 
 def _block_dot(builder, form, q4, start, operands):
     """start + the products of one 32-value block: operands are its 8 (weight quad, x
-    quads) pairs, each lane's four products summed. "vnni" by vpdpbusd (weights
-    unsigned); "avx2" by kernels_simd.dot_u8_s8 (Q4's nibbles unsigned, over the whole
-    block in int16; Q8's signed weights one quad at a time, through their magnitude)."""
-    if form == "vnni":
-        dpbusd = declare(builder, "llvm.x86.avx512.vpdpbusd.512", I32X16, I32X16, I32X16,
-                         I32X16)
-        for weight_quad, x_quad in operands:
-            start = builder.call(dpbusd, [start, weight_quad, x_quad])
-        return start
-    as_bytes = [tuple(builder.bitcast(v, I8X32) for v in pair) for pair in operands]
-    if q4:
-        return dot_u8_s8(builder, form, as_bytes, start)
-    for weights, xq in as_bytes:
-        start = q8_block(builder, form, weights, xq, start)
+    quads) pairs, each lane's four products summed by kernels_simd.dot_u8_s8: "vnni"'s
+    weights are unsigned already (_weight_quads); "avx2" sums Q4's unsigned nibbles over
+    the whole block in int16, and Q8's signed weights one quad at a time, through their
+    magnitude (kernels_simd.q8_block)."""
+    if form == "vnni" or q4:
+        return dot_u8_s8(builder, form, operands, start)
+    for weights, xq in operands:
+        start = q8_block(builder, form, *(builder.bitcast(v, I8X32) for v in (weights, xq)),
+                         start)
     return start
 
 

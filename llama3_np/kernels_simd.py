@@ -358,20 +358,25 @@ def _load_pair(builder, array_type, pointer, pair):
 
 
 def dot_u8_s8(builder, isa, operands, start):
-    """start + the sums of four adjacent unsigned x signed byte products (<8 x i32>) of
-    each (unsigned, signed) pair of <32 x i8> in operands. "avx2" adds the products of
-    adjacent bytes in int16 over all the operands before widening them (one vpmaddwd for
-    them all, not one each): their unsigned bytes must keep those sums within int16 (see
-    the docstring: Q4's nibbles, up to 8 operands; Q8's magnitudes, one)."""
+    """start + the sums of four adjacent unsigned x signed byte products (int32 lanes, as
+    start) of each (unsigned, signed) pair of vectors in operands. "vnni": start 256 or
+    512 bits wide (vpdpbusd on ymm or zmm). "avx2": 256 bits, and the products of
+    adjacent bytes are added in int16 over all the operands before widening them (one
+    vpmaddwd for them all, not one each): their unsigned bytes must keep those sums
+    within int16 (see the docstring: Q4's nibbles, up to 8 operands; Q8's magnitudes,
+    one)."""
     if isa == "vnni":
-        dpbusd = declare(builder, "llvm.x86.avx512.vpdpbusd.256", I32X8, I32X8, I32X8, I32X8)
+        vector = start.type
+        dpbusd = declare(builder, f"llvm.x86.avx512.vpdpbusd.{32 * vector.count}", vector,
+                         vector, vector, vector)
         for unsigned, signed in operands:
-            start = builder.call(dpbusd, [start, builder.bitcast(unsigned, I32X8),
-                                          builder.bitcast(signed, I32X8)])
+            start = builder.call(dpbusd, [start, builder.bitcast(unsigned, vector),
+                                          builder.bitcast(signed, vector)])
         return start
     maddubs = declare(builder, "llvm.x86.avx2.pmadd.ub.sw", _I16x16, I8X32, I8X32)
     madd = declare(builder, "llvm.x86.avx2.pmadd.wd", I32X8, _I16x16, _I16x16)
-    pairs = [builder.call(maddubs, [unsigned, signed]) for unsigned, signed in operands]
+    pairs = [builder.call(maddubs, [builder.bitcast(v, I8X32) for v in pair])
+             for pair in operands]
     total = pairs[0]
     for more in pairs[1:]:
         total = builder.add(total, more)
