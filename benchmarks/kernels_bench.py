@@ -52,7 +52,7 @@ def decode_forms(rng, n_out, n_in):
     import numpy as np
 
     from llama3_np.formats.bf16 import BF16, float32_to_bf16_bits
-    from llama3_np.formats.q4 import Q4
+    from llama3_np.formats.q4 import Q4, SUPER_BLOCKS, SuperScales
     from llama3_np.formats.q8 import Q8
 
     bits = np.empty((n_out, n_in), np.uint16)
@@ -65,8 +65,10 @@ def decode_forms(rng, n_out, n_in):
     q8_0 = Q8(q8.values, q8.scales.astype(np.float16))  # as GGUF's Q8_0
     nibbles = rng.integers(0, 256, (n_out, n_in // 2), dtype=np.uint8)
     q4_0 = Q4(nibbles, rng.uniform(0, 1e-3, blocks).astype(np.float16))  # as GGUF's Q4_0
-    q4_k = Q4(nibbles, rng.uniform(0, 1e-3, blocks).astype(np.float32),  # Q4_K's products
-              rng.uniform(-8e-3, 0, blocks).astype(np.float32))
+    supers = (n_out, -(-n_in // (32 * SUPER_BLOCKS)))  # as GGUF's Q4_K: 6-bit codes
+    q4_k = Q4(nibbles, *(SuperScales(rng.integers(0, 64, blocks, dtype=np.uint8),
+                                     rng.uniform(0, 1e-4, supers).astype(np.float16) * sign)
+                         for sign in (1, -1)))
     return [("bf16", BF16(bits), None), ("q8 float x", q8, False), ("q8 int8 x", q8, True),
             ("Q8_0 float x", q8_0, False), ("Q8_0 int8 x", q8_0, True),
             ("Q4_0 float x", q4_0, False), ("Q4_0 int8 x", q4_0, True),

@@ -72,10 +72,10 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 
 from . import kernels_numba
-from .kernels_simd import (F32X16, I8X16, I8X32, I32, I64, Routes, amx_config,
+from .kernels_simd import (F32X16, I8X16, I8X32, I32, I64, Routes, WeightScales, amx_config,
                            amx_configure, amx_release, array_parts, both_forms, clamped_rows,
-                           counted_loop, cpu_features, declare, dot_u8_s8, load_scale,
-                           load_vector, nibbles, q8_block, splat, store_vectors, tile_op)
+                           counted_loop, cpu_features, declare, dot_u8_s8, load_vector,
+                           nibbles, q8_block, splat, store_vectors, tile_op)
 
 _LANES = 16  # int32 / float32 lanes of a zmm register: rows of x (a ymm register: 8)
 _X_VECTORS = 2  # the micro-kernel: 2 zmm of rows of x (32 rows; "avx2": 4 ymm) ...
@@ -174,8 +174,9 @@ def _make_block(x_rows: int):
     """An intrinsic block(use_vnni, x_quads, x_scales, x_sums, weights, w_scales, w_mins,
     acc, m0, n0): acc[x_rows * i + m] = row m0 + m of x . weight row min(n0 + i, N - 1),
     i < 6, m < x_rows, over all of K. weights: Q8 values (N, K) int8, or Q4 nibbles (N,
-    K/2) uint8; w_scales / w_mins (N, K/32) float32 or float16 bits (uint16); w_mins
-    None: Q8 when weights are int8, else Q4_0. use_vnni: by zmm vpdpbusd, else by AVX2
+    K/2) uint8; w_scales / w_mins (N, K/32) float32 or float16 bits (uint16), or Q4_K's
+    two levels (kernels_simd.WeightScales); w_mins None: Q8 when weights are int8, else
+    Q4_0. use_vnni: by zmm vpdpbusd, else by AVX2
     (kernels_simd.both_forms); the same int32 sums either way."""
 
     @intrinsic
@@ -207,15 +208,18 @@ def _block_sums(context, builder, sig, args, form, x_rows):
     has_mins = not isinstance(sig.args[5], types.NoneType)
     parts = array_parts(context, builder, sig, args)
     (xq_data, (_, n_quads, _)), (xs_data, (_, stride)), (xsum_data, _) = parts[:3]
-    (w_data, (n_rows, row_bytes)), (ws_data, (_, n_blocks)) = parts[3:5]
-    mins_data = parts[5][0] if has_mins else None
+    w_data, (n_rows, row_bytes) = parts[3]
     acc_data = parts[-1][0]
+    w_scales, w_mins = (WeightScales(context, builder, sig.args[k], args[k])
+                        if present else None for k, present in ((4, True), (5, has_mins)))
+    n_blocks = w_scales.n_blocks
     m0, n0 = args[7], args[8]
     fma = declare(builder, f"llvm.fma.v{lanes}f32", f32s, f32s, f32s, f32s)
     x_quads_at = builder.gep(xq_data, [builder.mul(m0, n_quads)])  # x_quads[m0 / 16]
     rows = clamped_rows(builder, n0, _W_ROWS, n_rows)
     w_rows = [builder.gep(w_data, [builder.mul(r, row_bytes)]) for r in rows]
-    scale_rows = [builder.mul(r, n_blocks) for r in rows]
+    scale_rows = [w_scales.row(r) for r in rows]
+    min_rows = [w_mins.row(r) for r in rows] if has_mins else None
     # The sums' start: Q4_0's offset (w = d (q - 8)), and "vnni"'s flip of Q8's top bits
     start_factor = -8 if q4 and not has_mins else -128 if not q4 and form == "vnni" else 0
     # Each vector's rows of x (m0 + first ..) at lane first % 16 of group first // 16
@@ -241,11 +245,9 @@ def _block_sums(context, builder, sig, args, form, x_rows):
             sums = [_block_dot(builder, form, q4, start, [
                 (w, _vector_at(builder, x_quads_at, builder.add(at, offset), lanes))
                 for w, at in zip(quads, quad_rows)]) for start, offset in zip(starts, x_offsets)]
-            scale_at = builder.add(scale_rows[i], b)
-            w_scale = splat(builder, load_scale(builder, sig.args[4], ws_data, scale_at), lanes)
+            w_scale = splat(builder, scale_rows[i].at(b), lanes)
             if has_mins:
-                w_min = splat(builder, load_scale(builder, sig.args[5], mins_data, scale_at),
-                              lanes)
+                w_min = splat(builder, min_rows[i].at(b), lanes)
             for v in range(len(x_offsets)):
                 acc = builder.call(fma, [builder.sitofp(sums[v], f32s),
                                          builder.fmul(w_scale, x_scale[v]),
@@ -295,9 +297,11 @@ def _amx_block(typingctx, x_quads, x_scales, x_sums, weights, w_scales, w_mins, 
     def codegen(context, builder, sig, args):
         parts = array_parts(context, builder, sig, args)
         (xq_data, (_, n_quads, _)), (xs_data, (_, stride)), (xsum_data, _) = parts[:3]
-        (w_data, w_shape), (ws_data, (n_rows, n_blocks)) = parts[3:5]
+        w_data, w_shape = parts[3]
         n_cols = w_shape[-1]
-        mins_data = parts[5][0] if has_mins else None
+        w_scales, w_mins = (WeightScales(context, builder, sig.args[k], args[k])
+                            if present else None for k, present in ((4, True), (5, has_mins)))
+        n_rows, n_blocks = w_scales.n_rows, w_scales.n_blocks
         (sums_data, _), (acc_data, _) = parts[-2:]
         m0, w_row, n0 = args[8:]
         fma = declare(builder, "llvm.fma.v16f32", F32X16, F32X16, F32X16, F32X16)
@@ -325,8 +329,9 @@ def _amx_block(typingctx, x_quads, x_scales, x_sums, weights, w_scales, w_mins, 
             w_tops = [address(w_data, builder.mul(add(w_row, const(_LANES * a)), n_cols))
                       for a in range(2)]
             w_step, w_stride = const(32), n_cols
-        scale_rows = [builder.mul(r, n_blocks)
-                      for r in clamped_rows(builder, n0, _AMX_BLOCK, n_rows)]
+        weight_rows = clamped_rows(builder, n0, _AMX_BLOCK, n_rows)
+        scale_rows = [w_scales.row(r) for r in weight_rows]
+        min_rows = [w_mins.row(r) for r in weight_rows] if has_mins else None
 
         def sums_at(slot, i, c):  # block slot's int32 sums of weight row i, rows 16 c.. of x
             tile, row = 2 * (i // _LANES) + c, i % _LANES
@@ -361,12 +366,9 @@ def _amx_block(typingctx, x_quads, x_scales, x_sums, weights, w_scales, w_mins, 
                     xsum_data, add(at, const(_LANES * c))), F32X16), d[c]) for c in range(2)]
                     for at, d in zip(x_at, x_scale)]
             for i in range(_AMX_BLOCK):
-                scale_at = [builder.add(scale_rows[i], b) for b in blocks]
-                w_scale = [splat(builder, load_scale(builder, sig.args[4], ws_data, at), _LANES)
-                           for at in scale_at]
+                w_scale = [splat(builder, scale_rows[i].at(b), _LANES) for b in blocks]
                 if has_mins:
-                    w_min = [splat(builder, load_scale(builder, sig.args[5], mins_data, at),
-                                   _LANES) for at in scale_at]
+                    w_min = [splat(builder, min_rows[i].at(b), _LANES) for b in blocks]
                 for c in range(2):
                     at = const(_AMX_BLOCK * i + _LANES * c)
                     total = vector(acc_data, at)
@@ -498,7 +500,7 @@ def _stored_rows_overload(weights, staged):
 def _gemm_amx(x_quads, x_scales, x_sums, weights, w_scales, w_mins, out, nibble_offset):
     """out = x @ W.T by _amx_block, a task being _AMX_GROUPS_PER_TASK blocks of 32
     weight rows; Q8's full blocks are read as stored, the rest staged (_stage_rows)."""
-    n_rows, n_cols = w_scales.shape[0], 32 * w_scales.shape[1]
+    n_rows, n_cols = weights.shape[0], 32 * x_scales.shape[0]
     n_groups = -(-n_rows // _AMX_BLOCK)
     for task in prange(-(-n_groups // _AMX_GROUPS_PER_TASK)):
         amx_configure(_AMX_CONFIG)
@@ -531,9 +533,9 @@ def warmup() -> None:
     if _routes.current is None:
         return
     for n_x in (2, _LANES + 1):
-        x = np.zeros((n_x, 64), dtype=np.float32)
+        x = np.zeros((n_x, kernels_numba.WARMUP_COLUMNS), dtype=np.float32)
         out = np.empty((n_x, 2), dtype=np.float32)
-        for w in kernels_numba.warmup_weights(2, 64):
+        for w in kernels_numba.warmup_weights(2, kernels_numba.WARMUP_COLUMNS):
             for q8_scales in w.q8_forms:
                 matmul_q8(x, w.values, q8_scales, out)
             for q4_scales, q4_mins in w.q4_forms:
@@ -541,9 +543,11 @@ def warmup() -> None:
 
 
 def supports(*weight_arrays) -> bool:
-    """Whether the micro-kernel reads these weight arrays (None: no array): it reads
-    their rows at the row length, so they must be contiguous."""
-    return all(a is None or a.flags.c_contiguous for a in weight_arrays)
+    """Whether the micro-kernel reads these weight arrays (None: no array; a tuple: Q4_K's
+    two levels of scales): it reads their rows at the row length, so they must be
+    contiguous."""
+    return all(supports(*a) if isinstance(a, tuple) else a is None or a.flags.c_contiguous
+               for a in weight_arrays)
 
 
 def matmul_q8(x, values, scales, out):
@@ -559,21 +563,28 @@ def matmul_q4(x, packed, scales, mins, out):
     _matmul(x, packed, scales, mins, out)
 
 
+def _shapes(scales) -> list:
+    """The shape of each array of a matrix's scales (one, or Q4_K's two levels)."""
+    return [a.shape for a in (scales if isinstance(scales, tuple) else (scales,))]
+
+
 def _matmul(x, weights, scales, mins, out):
     """By the route's micro-kernel, after checking the shapes it reads unchecked. AMX
     multiplies 32 rows of x at a time: up to 16 rows, vpdpbusd's 16-row kernel is as
     fast on Q8 and 1.3-1.5x faster on Q4 (which AMX must unpack first)."""
     n_x, n_in = x.shape
-    n_out, n_blocks = scales.shape
+    n_out, n_blocks = _shapes(scales)[0]
     row_bytes = n_in // 2 if weights.dtype == np.uint8 else n_in
+    two_levels = [(n_out, n_blocks), (n_out, n_blocks // 8)] if n_blocks % 8 == 0 else None
     if n_in != 32 * n_blocks or out.shape != (n_x, n_out) or \
             weights.shape != (n_out, row_bytes) or \
-            (mins is not None and mins.shape != scales.shape) or \
+            _shapes(scales) not in ([(n_out, n_blocks)], two_levels) or \
+            (mins is not None and _shapes(mins) != _shapes(scales)) or \
             not supports(weights, scales, mins):
         raise ValueError(f"int8 GEMM: x {x.shape}, out {out.shape} and contiguous weights of "
                          f"{n_out} rows of {32 * n_blocks} values expected (got "
-                         f"{weights.shape}, scales {scales.shape}, mins "
-                         f"{None if mins is None else mins.shape})")
+                         f"{weights.shape}, scales {_shapes(scales)}, mins "
+                         f"{None if mins is None else _shapes(mins)})")
     if _routes.current is None:
         raise ValueError("int8 GEMM: this CPU has no route for it (see route())")
     x = np.ascontiguousarray(x, dtype=np.float32)

@@ -110,6 +110,7 @@ _SERIAL = dict(fastmath=_FAST, cache=True, nogil=True)
 _PARALLEL = dict(_SERIAL, parallel=True)
 _Q8_SHIFT = 5  # j >> 5 is the index of j's 32-value Q8 block
 _Q4_SHIFT = 4  # byte j >> 4 is the index of its 32-value Q4 block (16 bytes a block)
+_SUPER_SHIFT = kernels_simd.SUPER_SHIFT  # block b >> 3 is the index of its Q4_K super-block
 _ROWS_PER_TASK = 16  # the unit of rows a thread claims
 # The integer row loops' unit (_int8_rows: up to four streams in it). 128 and 64 rows ran
 # alike within the noise (2 threads, a token's matrices in model order, 1B and demo).
@@ -188,13 +189,28 @@ def _as_float32_overload(value):
     return lambda value: np.float32(value)
 
 
+def _scale(scales, r, b):
+    """Block b's scale (or min) in row r as float32, from a matrix of them (float32, or
+    float16 bits) or from Q4_K's two levels (codes, supers): codes[r, b] times supers[r,
+    b // 8], exact (formats.q4.SuperScales). Compiled code only."""
+    raise NotImplementedError("_scale runs inside numba-compiled code only")
+
+
+@overload(_scale, inline="always")
+def _scale_overload(scales, r, b):
+    if isinstance(scales, types.BaseTuple):
+        return lambda scales, r, b: \
+            _as_float32(scales[1][r, b >> _SUPER_SHIFT]) * np.float32(scales[0][r, b])
+    return lambda scales, r, b: _as_float32(scales[r, b])
+
+
 @njit(**_SERIAL)
 def _widen_row(scales, r, buffer):
-    """buffer[:] = row r of a matrix of scales (or mins) as float32: float16 bits (uint16)
-    widened, float32 copied. Row by index, not a view of the row: a view costs atomic
-    reference counts, which two threads then pass back and forth."""
+    """buffer[:] = row r of a matrix of scales (or mins) as float32 (_scale). Row by
+    index, not a view of the row: a view costs atomic reference counts, which two
+    threads then pass back and forth."""
     for b in range(buffer.shape[0]):
-        buffer[b] = _as_float32(scales[r, b])
+        buffer[b] = _scale(scales, r, b)
 
 
 @njit(**_SERIAL)
@@ -202,8 +218,8 @@ def _block_min(mins, scales, r, b):
     """Block b's min in row r of a Q4 matrix: mins[r, b], or -8 * scale when mins is None
     (Q4_0: d * (q - 8); exact, 8 being a power of two). numba compiles each case alone."""
     if mins is None:
-        return np.float32(-8) * _as_float32(scales[r, b])
-    return _as_float32(mins[r, b])
+        return np.float32(-8) * _scale(scales, r, b)
+    return _scale(mins, r, b)
 
 
 @njit(**_SERIAL)
@@ -257,8 +273,8 @@ def _gemv_q4_rows(x_low, x_high, x_block_sums, packed, scales, mins, out, start,
     and x_high[j]; the mins (_block_min) multiply each block's sum of x. The nibbles are
     cut as uint8 (as wider integers the loop ran 35% slower). float16 scales are widened
     a row at a time first (converted per value in the loop: 15% slower)."""
-    row_scales = np.empty(scales.shape[1], dtype=np.float32)
-    row_mins = np.empty(scales.shape[1], dtype=np.float32)
+    row_scales = np.empty(packed.shape[1] >> _Q4_SHIFT, dtype=np.float32)
+    row_mins = np.empty_like(row_scales)
     for r in range(start, stop):
         _widen_row(scales, r, row_scales)
         acc = np.float32(0)
@@ -632,11 +648,11 @@ def decode_q8(values, scales, start, out):
 @njit(**_SERIAL)
 def decode_q4(packed, scales, mins, start, out):
     """out[i] = rows start + i of a Q4 matrix as float32 (arguments as matmul_q4's)."""
-    n_blocks = scales.shape[1]
+    n_blocks = packed.shape[1] >> _Q4_SHIFT
     for i in range(out.shape[0]):
         row, dst = packed[start + i], out[i]
         for b in range(n_blocks):
-            scale = _as_float32(scales[start + i, b])
+            scale = _scale(scales, start + i, b)
             minimum = _block_min(mins, scales, start + i, b)
             for k in range(16):
                 byte = row[16 * b + k]
@@ -672,7 +688,8 @@ def _fused_kernels(bf16, q8_float, q4_float, int8) -> SimpleNamespace:
 
     def matmul_q4(x, packed, scales, mins, out):
         """out = x (M, K) @ Q4 matrix.T: packed (N, K/2) uint8, scales and mins (N, K/32)
-        float32 or float16 bits (uint16); mins None: -8 * scale (Q4_0)."""
+        float32 or float16 bits (uint16), or Q4_K's two levels (_scale); mins None: -8 *
+        scale (Q4_0)."""
         form = int8_activations()
         if form is None:
             q4_float(x, packed, scales, mins, out)
@@ -692,29 +709,37 @@ _SERIAL_KERNELS = tuple(map(_serial_twin, _PARALLEL_KERNELS))
 SERIAL = _fused_kernels(*_SERIAL_KERNELS)
 
 
+WARMUP_COLUMNS = 256  # weight columns to compile the kernels with: one Q4_K super-block
+
+
 def warmup_weights(n_rows: int, n_cols: int):
     """Zero weights of every array kind the loader produces, to compile kernels for
     (warmup): writable, then read-only (memory-mapped files); bf16 bits, Q8 values, Q4
     nibbles; q8_forms the scales of Q8 (float32) and of GGUF's Q8_0 (float16, as uint16
-    bits); q4_forms the (scales, mins) of Q4_K (float32), Q4_1 and Q4_0 (float16; Q4_0
-    without mins)."""
+    bits); q4_forms the (scales, mins) of Q4_K (SuperScales as the kernels read them:
+    uint8 codes, float16 bits per 8 blocks), Q4_1 and Q4_0 (float16; Q4_0 without mins)."""
     for writable in (True, False):
         w = SimpleNamespace(bits=np.zeros((n_rows, n_cols), dtype=np.uint16),
                             values=np.zeros((n_rows, n_cols), dtype=np.int8),
                             packed=np.zeros((n_rows, n_cols // 2), dtype=np.uint8),
                             scales=np.zeros((n_rows, n_cols >> _Q8_SHIFT), dtype=np.float32),
-                            half_scales=np.zeros((n_rows, n_cols >> _Q8_SHIFT), dtype=np.uint16))
+                            half_scales=np.zeros((n_rows, n_cols >> _Q8_SHIFT), dtype=np.uint16),
+                            codes=np.zeros((n_rows, n_cols >> _Q8_SHIFT), dtype=np.uint8),
+                            supers=np.zeros((n_rows, n_cols >> (_Q8_SHIFT + _SUPER_SHIFT)),
+                                            dtype=np.uint16))
         for array in vars(w).values():
             array.flags.writeable = writable
         w.q8_forms = (w.scales, w.half_scales)
-        w.q4_forms = ((w.scales, w.scales), (w.half_scales, w.half_scales), (w.half_scales, None))
+        two_level = (w.codes, w.supers)
+        w.q4_forms = ((two_level, two_level), (w.half_scales, w.half_scales),
+                      (w.half_scales, None))
         yield w
 
 
 def warmup() -> None:
     """Compile (or load from numba's on-disk cache) every kernel for the array kinds
     the loader produces (warmup_weights)."""
-    n_rows, n_cols = 2, 64
+    n_rows, n_cols = 2, WARMUP_COLUMNS
     x = np.zeros((n_rows, n_cols), dtype=np.float32)
     out = np.empty((n_rows, n_rows), dtype=np.float32)
     tile = np.empty((n_rows, n_cols), dtype=np.float32)

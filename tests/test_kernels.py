@@ -18,7 +18,7 @@ from llama3_np.formats import convert, fused_matmul, int8_matmul
 from llama3_np.formats.bf16 import BF16, bf16_bits_to_float32, float32_to_bf16_bits
 from llama3_np.formats.convert import new_bytes, to_dtype
 from llama3_np.formats.gguf_blocks import QuantizedTensor
-from llama3_np.formats.q4 import Q4
+from llama3_np.formats.q4 import Q4, SuperScales
 from llama3_np.formats.q8 import Q8, dequantize_q8, quantize_q8
 from llama3_np.threads import configure_threads
 from tests.checkpoints.gguf import (byte_level_model_config, byte_level_tokenizer_metadata,
@@ -344,6 +344,28 @@ def test_gguf_4_bit_formats_become_q4_exactly_by_default(kind, monkeypatch):
     np.testing.assert_array_equal(kept.to_float32(), tensor.to_float32())
     np.testing.assert_array_equal(kept.take(slice(2, 4)).to_float32(),
                                   tensor.to_float32()[2:4])
+
+
+def test_gguf_q4_k_keeps_its_two_levels_of_scales_in_under_0_58_bytes_a_weight():
+    """Q4_K's 6-bit scale and min codes stay a byte each per 32 values, under the file's
+    float16 d and -dmin per 256 (SuperScales): 0.578 bytes a weight, where float32
+    products per block took 0.75; the values stay exactly the decoder's."""
+    tensor = QuantizedTensor(random_blocks("Q4_K", 4, 512, np.random.default_rng(8)), "Q4_K")
+    kept = to_dtype(tensor, None)
+    assert isinstance(kept.scales, SuperScales) and isinstance(kept.mins, SuperScales)
+    assert kept.scales.codes.dtype == np.uint8 and kept.scales.codes.max() < 64
+    assert kept.nbytes / (4 * 512) == 0.5 + 2 * (1 / 32 + 2 / 256) == 0.578125
+    assert new_bytes(tensor, None) == kept.nbytes
+    np.testing.assert_array_equal(kept.to_float32(), tensor.to_float32())
+
+
+def test_q4_refuses_scales_of_different_kinds_and_misshapen_super_blocks():
+    packed = np.zeros((2, 256), np.uint8)
+    codes, supers = np.zeros((2, 16), np.uint8), np.ones((2, 2), np.float16)
+    with pytest.raises(TypeError, match="same kind"):
+        Q4(packed, SuperScales(codes, supers), np.ones((2, 16), np.float16))
+    with pytest.raises(ValueError, match="one super per 8 codes"):
+        Q4(packed, SuperScales(codes, supers[:, :1]), SuperScales(codes, supers[:, :1]))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -698,6 +720,12 @@ def test_int8_gemm_refuses_shapes_it_would_read_past():
             (x, np.empty((40, 6), dtype=np.float32), q8.values[::2], q8.scales[::2])]:
         with pytest.raises(ValueError, match="int8 GEMM"):
             kernels_int8.matmul_q8(bad_x, values, scales, bad_out)
+    q4_k = to_dtype(gguf_blocks("Q4_K", 12, 256), None)  # two levels: supers per 8 blocks
+    parts = [(q4_k.scales.codes, q4_k.scales.supers.view(np.uint16))] * 2
+    kernels_int8.matmul_q4(x[:, :64].repeat(4, axis=1), q4_k.packed, *parts, out)
+    short = [(codes, supers[:, :0]) for codes, supers in parts]
+    with pytest.raises(ValueError, match="int8 GEMM"):
+        kernels_int8.matmul_q4(x[:, :64].repeat(4, axis=1), q4_k.packed, *short, out)
 
 
 @NEEDS_NUMBA

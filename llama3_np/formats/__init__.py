@@ -68,9 +68,12 @@ def take_rows(tensor, rows) -> np.ndarray:
     return tensor.take(rows).to_float32()
 
 
-def kernel_view(scales: Optional[np.ndarray]) -> Optional[np.ndarray]:
+def kernel_view(scales):
     """Quantisation scales (or mins) as the compiled kernels read them: float16 as its
-    bits (uint16: numba has no float16), float32 as it is."""
+    bits (uint16: numba has no float16), float32 as it is; q4.SuperScales as a plain
+    tuple of its two arrays, each so."""
+    if isinstance(scales, tuple):
+        return tuple(kernel_view(part) for part in scales)
     return scales.view(np.uint16) if scales is not None and scales.dtype == np.float16 \
         else scales
 

@@ -17,8 +17,8 @@ import numpy as np
 from ..errors import InputError
 from . import as_float32, take_rows
 from .bf16 import BF16, float32_to_bf16_bits
-from .gguf_blocks import Q4_KINDS, Q4_SCALE_BYTES, Q4_SCALE_DTYPE, q4_parts, q8_0_parts
-from .q4 import Q4, Q4_BLOCK
+from .gguf_blocks import Q4_KINDS, Q4_SCALE_BYTES, q4_parts, q8_0_parts
+from .q4 import Q4, Q4_BLOCK, SuperScales
 from .q8 import Q8, Q8_0_BYTES_PER_WEIGHT, Q8_BLOCK, Q8_BYTES_PER_WEIGHT, quantize_q8
 
 DTYPES = ("f32", "bf16", "q8")
@@ -126,13 +126,27 @@ def _q8_from_gguf_q8_0(tensor) -> Q8:
 def _q4_from_gguf(tensor) -> Q4:
     """A GGUF Q4_0 / Q4_1 / Q4_K matrix as Q4, a few MB of rows at a time."""
     n_rows, n_cols = tensor.shape
-    dtype = Q4_SCALE_DTYPE[tensor.ggml_type]
-    blocks = (n_rows, n_cols // Q4_BLOCK)
-    q4 = Q4(np.empty((n_rows, n_cols // 2), np.uint8), np.empty(blocks, dtype),
-            None if tensor.ggml_type == "Q4_0" else np.empty(blocks, dtype))
+    q4 = None
     for rows in _row_slices(n_rows, n_cols):
-        packed, scales, mins = q4_parts(tensor.raw[rows], tensor.ggml_type)
-        q4.packed[rows], q4.scales[rows] = packed, scales
-        if mins is not None:
-            q4.mins[rows] = mins
+        piece = q4_parts(tensor.raw[rows], tensor.ggml_type)
+        if q4 is None:
+            q4 = Q4(*(_empty_rows(part, n_rows) for part in piece))
+        for whole, part in zip((q4.packed, q4.scales, q4.mins), piece):
+            _fill_rows(whole, rows, part)
     return q4
+
+
+def _empty_rows(part, n_rows: int):
+    """An array like `part` (or a SuperScales of them; or None) but of n_rows rows."""
+    if isinstance(part, SuperScales):
+        return SuperScales(*(_empty_rows(array, n_rows) for array in part))
+    return None if part is None else np.empty((n_rows,) + part.shape[1:], part.dtype)
+
+
+def _fill_rows(whole, rows, part) -> None:
+    """whole[rows] = part, for arrays, SuperScales of them, or None."""
+    if isinstance(part, SuperScales):
+        for whole_array, array in zip(whole, part):
+            whole_array[rows] = array
+    elif part is not None:
+        whole[rows] = part

@@ -15,6 +15,8 @@ from typing import Callable
 
 import numpy as np
 
+from .q4 import SUPER_BLOCKS, SuperScales
+
 QK_K = 256  # values per "K-quant" super-block
 
 
@@ -48,7 +50,7 @@ def _k_scales(packed: np.ndarray) -> tuple:
     a, b, c = packed[:, 0:4], packed[:, 4:8], packed[:, 8:12]
     scales = np.concatenate([a & 63, (c & 0x0F) | ((a >> 6) << 4)], axis=1)
     mins = np.concatenate([b & 63, (c >> 4) | ((b >> 6) << 4)], axis=1)
-    return scales.astype(np.float32), mins.astype(np.float32)
+    return scales, mins  # uint8
 
 
 # Each decoder: (n_blocks, bytes_per_block) uint8 -> (n_blocks, values_per_block) float32.
@@ -85,7 +87,7 @@ def _q5_1(blocks):
 
 def _k_quant(d, dmin, scales, q):
     """Q4_K / Q5_K: eight sub-blocks of 32, each value (d * scale) * q - dmin * min."""
-    sc, mn = _k_scales(scales)
+    sc, mn = (codes.astype(np.float32) for codes in _k_scales(scales))
     q = q.reshape(len(q), 8, 32).astype(np.float32)
     out = (_f16(d) * sc)[:, :, None] * q - (_f16(dmin) * mn)[:, :, None]
     return out.reshape(len(q), QK_K)
@@ -127,39 +129,41 @@ def q8_0_parts(raw: np.ndarray) -> tuple:
 # min = -dmin * m of its sub-block). q4_parts rewrites them in one layout, Q4_0's:
 # per 32 values 16 bytes, byte i holding value i in its low nibble and value 16 + i in
 # its high one. scale * q + min then gives the decoders' values exactly (Q4_0 aside
-# from the sign of a zero: ggml's d * (q - 8) can be -0). Q4_0 and Q4_1 keep the
-# file's float16 d (and m): bytes a decode step reads; Q4_K's d * sc needs up to 17
-# significant bits, more than float16's 11, so its scales and mins are float32.
+# from the sign of a zero: ggml's d * (q - 8) can be -0). The scales stay as the file
+# has them, bytes a decode step reads: Q4_0's and Q4_1's float16 d (and m); Q4_K's 6-bit
+# sc and m a byte each, with d and -dmin per 256 values (q4.SuperScales; d * sc needs up
+# to 17 significant bits, more than float16's 11).
 
 Q4_KINDS = ("Q4_0", "Q4_1", "Q4_K")
-# What each kind's scales (and mins) become in q4_parts, and their bytes per 32 values.
-Q4_SCALE_DTYPE = {"Q4_0": np.float16, "Q4_1": np.float16, "Q4_K": np.float32}
-Q4_SCALE_BYTES = {"Q4_0": 2, "Q4_1": 4, "Q4_K": 8}  # Q4_0 has no mins
+# Bytes of each kind's scales (and mins) in q4_parts per 32 values.
+Q4_SCALE_BYTES = {"Q4_0": 2, "Q4_1": 4, "Q4_K": 2 * (1 + 2 / SUPER_BLOCKS)}  # Q4_0: no mins
 
 
 def q4_parts(raw: np.ndarray, ggml_type: str) -> tuple:
     """(n_rows, bytes_per_row) uint8 of a Q4_KINDS type -> (packed (n_rows, K/2) uint8,
-    scales, mins (n_rows, K/32)): float16 as the file has them for Q4_0 (mins None: -8 *
-    scale) and Q4_1, float32 for Q4_K."""
+    scales, mins): (n_rows, K/32) float16 as the file has them for Q4_0 (mins None: -8 *
+    scale) and Q4_1; SuperScales for Q4_K."""
     fmt = BLOCK_FORMATS[ggml_type]
     n_rows = raw.shape[0]
     blocks = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1, fmt.bytes_per_block)
-    if ggml_type == "Q4_0":
-        d, packed = _split(blocks, 2, 16)
-        scales, mins = d.view("<f2"), None  # d * (q - 8) = d * q - 8 * d, exactly
-    elif ggml_type == "Q4_1":
-        d, m, packed = _split(blocks, 2, 2, 16)
-        scales, mins = d.view("<f2"), m.view("<f2")
-    else:
+    if ggml_type == "Q4_K":
         d, dmin, k_scales, qs = _split(blocks, 2, 2, 12, QK_K // 2)
-        sc, mn = _k_scales(k_scales)
-        scales, mins = _f16(d) * sc, -(_f16(dmin) * mn)  # (n_blocks, 8 sub-blocks)
         q = _unpack(qs, 4, 32).reshape(-1, 2, 16)  # (32-value sub-blocks, halves, 16)
         packed = q[:, 0] | (q[:, 1] << 4)
-    dtype = Q4_SCALE_DTYPE[ggml_type]
+        sc, mn = (codes.reshape(n_rows, -1) for codes in _k_scales(k_scales))
+        d, minus_dmin = (np.ascontiguousarray(f, dtype=np.float16).reshape(n_rows, -1)
+                         for f in (d.view("<f2"), -dmin.view("<f2")))  # negated exactly
+        return (np.ascontiguousarray(packed).reshape(n_rows, -1),
+                SuperScales(sc, d), SuperScales(mn, minus_dmin))
+    if ggml_type == "Q4_0":
+        d, packed = _split(blocks, 2, 16)
+        scales, mins = d, None  # d * (q - 8) = d * q - 8 * d, exactly
+    else:
+        d, m, packed = _split(blocks, 2, 2, 16)
+        scales, mins = d, m
     return (np.ascontiguousarray(packed).reshape(n_rows, -1),
             *(None if part is None else
-              np.ascontiguousarray(part, dtype=dtype).reshape(n_rows, -1)
+              np.ascontiguousarray(part.view("<f2"), dtype=np.float16).reshape(n_rows, -1)
               for part in (scales, mins)))
 
 
