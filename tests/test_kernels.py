@@ -721,11 +721,13 @@ def test_int8_gemm_refuses_shapes_it_would_read_past():
         with pytest.raises(ValueError, match="int8 GEMM"):
             kernels_int8.matmul_q8(bad_x, values, scales, bad_out)
     q4_k = to_dtype(gguf_blocks("Q4_K", 12, 256), None)  # two levels: supers per 8 blocks
-    parts = [(q4_k.scales.codes, q4_k.scales.supers.view(np.uint16))] * 2
-    kernels_int8.matmul_q4(x[:, :64].repeat(4, axis=1), q4_k.packed, *parts, out)
+    parts = [(p.codes, p.supers.view(np.uint16)) for p in (q4_k.scales, q4_k.mins)]
+    x_256 = random_matrix((40, 256), seed=5)
+    kernels_int8.matmul_q4(x_256, q4_k.packed, *parts, out)
+    assert_matches_float64(out, quantised_activations(x_256), q4_k.to_float32())
     short = [(codes, supers[:, :0]) for codes, supers in parts]
     with pytest.raises(ValueError, match="int8 GEMM"):
-        kernels_int8.matmul_q4(x[:, :64].repeat(4, axis=1), q4_k.packed, *short, out)
+        kernels_int8.matmul_q4(x_256, q4_k.packed, *short, out)
 
 
 @NEEDS_NUMBA
