@@ -72,6 +72,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 
 from . import kernels_numba
+from .formats.q4 import SUPER_BLOCKS
 from .kernels_simd import (F32X16, I8X16, I8X32, I32, I64, Routes, WeightScales, amx_config,
                            amx_configure, amx_release, array_parts, both_forms, clamped_rows,
                            counted_loop, cpu_features, declare, dot_u8_s8, load_vector,
@@ -573,17 +574,19 @@ def _matmul(x, weights, scales, mins, out):
     multiplies 32 rows of x at a time: up to 16 rows, vpdpbusd's 16-row kernel is as
     fast on Q8 and 1.3-1.5x faster on Q4 (which AMX must unpack first)."""
     n_x, n_in = x.shape
-    n_out, n_blocks = _shapes(scales)[0]
+    scale_shapes = _shapes(scales)
+    n_out, n_blocks = scale_shapes[0]
     row_bytes = n_in // 2 if weights.dtype == np.uint8 else n_in
-    two_levels = [(n_out, n_blocks), (n_out, n_blocks // 8)] if n_blocks % 8 == 0 else None
+    two_levels = [(n_out, n_blocks), (n_out, n_blocks // SUPER_BLOCKS)] \
+        if n_blocks % SUPER_BLOCKS == 0 else None
     if n_in != 32 * n_blocks or out.shape != (n_x, n_out) or \
             weights.shape != (n_out, row_bytes) or \
-            _shapes(scales) not in ([(n_out, n_blocks)], two_levels) or \
-            (mins is not None and _shapes(mins) != _shapes(scales)) or \
+            scale_shapes not in ([(n_out, n_blocks)], two_levels) or \
+            (mins is not None and _shapes(mins) != scale_shapes) or \
             not supports(weights, scales, mins):
         raise ValueError(f"int8 GEMM: x {x.shape}, out {out.shape} and contiguous weights of "
                          f"{n_out} rows of {32 * n_blocks} values expected (got "
-                         f"{weights.shape}, scales {_shapes(scales)}, mins "
+                         f"{weights.shape}, scales {scale_shapes}, mins "
                          f"{None if mins is None else _shapes(mins)})")
     if _routes.current is None:
         raise ValueError("int8 GEMM: this CPU has no route for it (see route())")

@@ -84,6 +84,7 @@ _CHAINS = {"vnni": 4, "avx2": 2, "float": 4}
 # -> 60-61 ms a token, Q4_0 40 -> 34-39.
 PREFETCH_DISTANCE = 4096
 SUPER_SHIFT = SUPER_BLOCKS.bit_length() - 1  # Q4_K: block b's super-block is b >> 3
+_SUPER_BYTES = 16 * SUPER_BLOCKS  # Q4 nibbles of a super-block
 # Types of the GEMM micro-kernels' IR (kernels_bf16.py, kernels_int8.py): zmm registers.
 I32, I64 = ir.IntType(32), ir.IntType(64)
 F32X16 = ir.VectorType(ir.FloatType(), 16)
@@ -349,8 +350,7 @@ class WeightScales:
 
     def __init__(self, context, builder, scales_type, value):
         self._context, self._builder = context, builder
-        self.two_level = isinstance(scales_type, types.BaseTuple)
-        if self.two_level:
+        if isinstance(scales_type, types.BaseTuple):
             self._arrays = list(zip(scales_type.types, cgutils.unpack_tuple(builder, value)))
         else:
             self._arrays = [(scales_type, value)]
@@ -395,8 +395,8 @@ class _ScaleRow:
         37-47 with the codes prefetched (7 runs), 45-58 without (4; interleaved); the
         supers' prefetch on top measured within the noise."""
         builder = self._builder
-        for (_, pointer), bytes_per_super in zip(self._pointers, (8, 2)):
-            ahead = builder.add(s, ir.Constant(s.type, PREFETCH_DISTANCE // 128))
+        for (_, pointer), bytes_per_super in zip(self._pointers, (SUPER_BLOCKS, 2)):
+            ahead = builder.add(s, ir.Constant(s.type, PREFETCH_DISTANCE // _SUPER_BYTES))
             start = builder.gep(builder.bitcast(pointer, BYTE_POINTER),
                                 [builder.mul(ahead, ir.Constant(s.type, bytes_per_super))])
             prefetch(builder, start)
@@ -531,8 +531,10 @@ def _rows_dot(context, builder, sig, args, isa):
     present = {name: typed for name, typed in parts.items()
                if not isinstance(typed[0], types.NoneType)}
     w = [_row_pointer(context, builder, *present["weights"], r) for r in rows]
-    w_scales, w_mins = ([WeightScales(context, builder, *present[name]).row(r) for r in rows]
-                        if name in present else None for name in ("w_scales", "w_mins"))
+    matrices = {name: WeightScales(context, builder, *present[name])
+                for name in ("w_scales", "w_mins") if name in present}
+    w_scales = [matrices["w_scales"].row(r) for r in rows]
+    w_mins = [matrices["w_mins"].row(r) for r in rows] if "w_mins" in matrices else None
     xq, x_scales, x_start = (_row_pointer(context, builder, *parts[name], x_row)
                              for name in ("xq", "x_scales", "x_start"))
     n_blocks = _shape(context, builder, *parts["x_scales"])[1]

@@ -364,6 +364,8 @@ def test_q4_refuses_scales_of_different_kinds_and_misshapen_super_blocks():
     codes, supers = np.zeros((2, 16), np.uint8), np.ones((2, 2), np.float16)
     with pytest.raises(TypeError, match="same kind"):
         Q4(packed, SuperScales(codes, supers), np.ones((2, 16), np.float16))
+    with pytest.raises(TypeError, match="come with SuperScales mins"):
+        Q4(packed, SuperScales(codes, supers))  # the row dots need Q4_K's mins
     with pytest.raises(ValueError, match="one super per 8 codes"):
         Q4(packed, SuperScales(codes, supers[:, :1]), SuperScales(codes, supers[:, :1]))
 

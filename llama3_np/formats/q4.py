@@ -50,6 +50,9 @@ class Q4:
             raise TypeError(f"Q4 wants float16, float32 or SuperScales scales and mins of "
                             f"the same kind, got {_scale_kind(scales)} and "
                             f"{None if mins is None else _scale_kind(mins)}")
+        if isinstance(scales, SuperScales) and mins is None:
+            raise TypeError("Q4: SuperScales scales come with SuperScales mins (Q4_K's); "
+                            "mins None means -8 * scale, Q4_0's offset")
         for part in (scales, mins):
             if isinstance(part, SuperScales) and \
                     part.supers.shape[-1] * SUPER_BLOCKS != part.codes.shape[-1]:
