@@ -9,9 +9,14 @@ the loop is written. What vectorises (measured on AVX2):
   float32 scalar with reassociation allowed (so LLVM may keep 8-wide partial sums);
 - a Q8 scale looked up as scales[j >> 5] inside that flat loop (LLVM turns it into one
   broadcast per 32 values, no gather: checked in the AVX-512 assembly too);
-- bf16: four rows per pass sharing each load of x (6-10% faster than one row on a
-  layer's matrices read from DRAM). The same for Q8 ran 10-30% slower, so Q8 keeps
-  one row per pass.
+- bf16 with several rows of x (_matmul_bf16_rows): four weight rows per pass sharing
+  each load of x (6-10% faster than one row on a layer's matrices read from DRAM). The
+  same for Q8 ran 10-30% slower, so Q8 keeps one row per pass.
+
+One row of x by bf16 weights (decoding a token) takes kernels_simd.bf16_dot_float, in
+streams as the int8 rows below (_streamed_rows), instead: on a Zen 5 EPYC (AVX-512),
+1B's layers' matrices in model order from DRAM, 2 threads, interleaved with the loop
+above: 43-45 GB/s against 35-38; one thread 33 against 24; as fast without its prefetch.
 
 On AVX-512 CPUs LLVM still uses 256-bit vectors (ymm): it is tuned to prefer them on
 Intel's server parts. Measured with benchmarks/kernels_bench.py --decode (one core of a
@@ -27,12 +32,12 @@ else AVX2 vpmaddubsw; llama.cpp's arithmetic for its Q8_0 / Q4_0 dot products): 
 0.89-0.97, Q4_K 0.92-0.94, Q4_0 0.73-0.79 (40 G weights/s a core against Q4_K's 37: its
 bytes are fewer, not its work; per-row costs, the reduction and loop set-up, weigh
 more). From DRAM (the 128256 x 2048 output matrix, two threads, a busy machine): bf16
-0.89, q8 0.66 / 0.73 (float / int8 x), Q4_0 0.14 / 0.63, Q4_K 0.23 / 0.72; the int8
-loops then wait on memory between rows, and asking for the bytes 2 KB ahead of the row
-they multiply took them to q8 0.82-0.86, Q4_0 0.71-0.79, Q4_K 0.87-0.99 (the same for
-bf16's long rows: 0.88 -> 0.70, so it has none); asking from each step of the row's
+0.89 (the loop above), q8 0.66 / 0.73 (float / int8 x), Q4_0 0.14 / 0.63, Q4_K 0.23 /
+0.72; the int8 loops then wait on memory between rows, and asking for the bytes 2 KB
+ahead of the row they multiply took them to q8 0.82-0.86, Q4_0 0.71-0.79, Q4_K
+0.87-0.99 (bf16's loop: 0.88 -> 0.70); asking from each step of the row's
 loop, 4 KB ahead, is faster again (kernels_simd.PREFETCH_DISTANCE), and long rows read
-in up to four streams at once faster again (_int8_rows; the numbers in kernels_simd.py).
+in up to four streams at once faster again (_streamed_rows; the numbers in kernels_simd.py).
 Q4 steps of four blocks in 512-bit vectors (AVX512-VNNI) measured no faster than these
 256-bit ones, one thread or two, from DRAM or the L2 cache: the per-row costs dominate.
 The scalar Q8 loop already gets one scale broadcast per 32 values (no gather), as the
@@ -112,9 +117,9 @@ _Q8_SHIFT = 5  # j >> 5 is the index of j's 32-value Q8 block
 _Q4_SHIFT = 4  # byte j >> 4 is the index of its 32-value Q4 block (16 bytes a block)
 _SUPER_SHIFT = kernels_simd.SUPER_SHIFT  # block b >> 3 is the index of its Q4_K super-block
 _ROWS_PER_TASK = 16  # the unit of rows a thread claims
-# The integer row loops' unit (_int8_rows: up to four streams in it). 128 and 64 rows ran
+# The integer row loops' unit (_streamed_rows: up to four streams in it). 128 and 64 rows ran
 # alike within the noise (2 threads, a token's matrices in model order, 1B and demo).
-_INT8_ROWS_PER_TASK = 128
+_STREAMED_ROWS_PER_TASK = 128
 
 
 @intrinsic
@@ -234,30 +239,6 @@ def store_block(acc, out, m0, n0, n_valid, width):
 
 
 @njit(**_SERIAL)
-def _gemv_bf16_rows(x, bits, out, start, stop):
-    """out[r] = sum_j x[j] * bf16(bits[r, j]) for r in start..stop.
-    x (K,) float32, bits (N, K) uint16. Four rows per pass share each load of x."""
-    r = start
-    while r + 4 <= stop:
-        row0, row1, row2, row3 = bits[r], bits[r + 1], bits[r + 2], bits[r + 3]
-        acc0 = acc1 = acc2 = acc3 = np.float32(0)
-        for j in range(bits.shape[1]):
-            xj = x[j]
-            acc0 += xj * _bf16_to_float32(np.uint32(row0[j]))
-            acc1 += xj * _bf16_to_float32(np.uint32(row1[j]))
-            acc2 += xj * _bf16_to_float32(np.uint32(row2[j]))
-            acc3 += xj * _bf16_to_float32(np.uint32(row3[j]))
-        out[r], out[r + 1], out[r + 2], out[r + 3] = acc0, acc1, acc2, acc3
-        r += 4
-    for r in range(r, stop):  # the last stop - start mod 4 rows
-        row = bits[r]
-        acc = np.float32(0)
-        for j in range(bits.shape[1]):
-            acc += x[j] * _bf16_to_float32(np.uint32(row[j]))
-        out[r] = acc
-
-
-@njit(**_SERIAL)
 def _gemv_q8_rows(x, values, scales, out, start, stop):
     """out[r] = sum_j x[j] * values[r, j] * scales[r, j // 32] for r in start..stop, each
     block's products summed before its scale multiplies them (kernels_simd.q8_dot_float,
@@ -298,8 +279,9 @@ def _matmul_bf16_rows(x, bits, out, start, stop):
     """out[i, r] = x[i] . bf16(bits[r]) for every row i of x (M, K), r in start..stop.
 
     Rows of x go two at a time, so each decoded weight serves two products (four weight
-    rows per pass: eight sums); an odd last row of x takes the GEMV. Between pairs the
-    task's weight rows stay in the L2 cache: memory delivers them once."""
+    rows per pass: eight sums); an odd last row of x takes the row dot products
+    (_streamed_rows). Between pairs the task's weight rows stay in the L2 cache: memory
+    delivers them once."""
     n_x, n_cols = x.shape
     for i in range(0, n_x - 1, 2):
         x0, x1 = x[i], x[i + 1]
@@ -333,7 +315,7 @@ def _matmul_bf16_rows(x, bits, out, start, stop):
                 b += x1[j] * w
             out[i, r], out[i + 1, r] = a, b
     if n_x % 2:
-        _gemv_bf16_rows(x[n_x - 1], bits, out[n_x - 1], start, stop)
+        _streamed_rows(False, bits, None, None, x[n_x - 1:], out[n_x - 1:], start, stop)
 
 
 @njit(**_SERIAL)
@@ -358,13 +340,17 @@ def _matmul_q8_rows(x, values, scales, out, start, stop):
 
 @njit(**_PARALLEL)
 def matmul_bf16(x, bits, out):
-    """out = x (M, K) @ bf16 matrix `bits` (N, K).T, decoding in registers: (M, N)."""
+    """out = x (M, K) @ bf16 matrix `bits` (N, K).T, decoding in registers: (M, N).
+    One row of x (decoding a token): the row dot products, in streams (bound by memory);
+    more: _matmul_bf16_rows' pairs, which widen each weight once for two rows of x (the
+    row dot products widen it again for every row: 1.5x slower at 16 and 32 rows)."""
+    task = _STREAMED_ROWS_PER_TASK if x.shape[0] == 1 else _ROWS_PER_TASK
     claimed = no_claims()
     for _ in prange(thread_count()):  # each thread claims blocks of rows in turn
-        start, stop = claim_rows(claimed, bits.shape[0], _ROWS_PER_TASK)
+        start, stop = claim_rows(claimed, bits.shape[0], task)
         while start < stop:
             _matmul_bf16_rows(x, bits, out, start, stop)
-            start, stop = claim_rows(claimed, bits.shape[0], _ROWS_PER_TASK)
+            start, stop = claim_rows(claimed, bits.shape[0], task)
 
 
 @njit(**_PARALLEL)
@@ -499,28 +485,34 @@ def quantize_rows(x, q4_order):
     return xq, x_scales, x_start, x_sums
 
 
-def _int8_dots(use_vnni, weights, scales, mins, quantized, x_row, rows):
-    """The integer row dot products of Q8 (int8 weights) or Q4 (uint8 nibbles) rows with
-    row x_row of the activations quantised by quantize_rows (kernels_simd.q8_dot /
-    q4_dot). Compiled code only."""
-    raise NotImplementedError("_int8_dots runs inside numba-compiled code only")
+def _row_dots(use_vnni, weights, scales, mins, x_form, x_row, rows):
+    """The dot products of the weight rows `rows` (a tuple) with row x_row of x, in the
+    form the weights' dots read x: bf16 bits (uint16) with x as it is, float32
+    (kernels_simd.bf16_dot_float); Q8 (int8) or Q4 (uint8 nibbles) in integers with x
+    quantised by quantize_rows (kernels_simd.q8_dot / q4_dot). Compiled code only."""
+    raise NotImplementedError("_row_dots runs inside numba-compiled code only")
 
 
 # Inlined into the row loops: a call passes every array's fields on the stack, ~50 words
 # a call. With that call and a view of x's row per call (two atomic reference counts
 # each), a 576-wide row cost ~70 ns, half of it overhead (576 x 576 Q4_0 from the L2
 # cache, one thread: 41 us a product, 27 us without either).
-@overload(_int8_dots, inline="always")
-def _int8_dots_overload(use_vnni, weights, scales, mins, quantized, x_row, rows):
+@overload(_row_dots, inline="always")
+def _row_dots_overload(use_vnni, weights, scales, mins, x_form, x_row, rows):
+    if weights.dtype == types.uint16:
+        def bf16(use_vnni, weights, scales, mins, x_form, x_row, rows):
+            return kernels_simd.bf16_dot_float(weights, x_form, x_row, rows)
+        return bf16
+
     if weights.dtype == types.int8:
-        def q8(use_vnni, weights, scales, mins, quantized, x_row, rows):
-            xq, x_scales, x_start, _ = quantized
+        def q8(use_vnni, weights, scales, mins, x_form, x_row, rows):
+            xq, x_scales, x_start, _ = x_form
             return kernels_simd.q8_dot(use_vnni, weights, scales, xq, x_scales, x_start, x_row,
                                        rows)
         return q8
 
-    def q4(use_vnni, weights, scales, mins, quantized, x_row, rows):
-        xq, x_scales, x_start, x_sums = quantized
+    def q4(use_vnni, weights, scales, mins, x_form, x_row, rows):
+        xq, x_scales, x_start, x_sums = x_form
         return kernels_simd.q4_dot(use_vnni, weights, scales, mins, xq, x_scales, x_start,
                                    x_sums, x_row, rows)
     return q4
@@ -541,43 +533,43 @@ def _reads_x_in_q4_order_overload(weights):
 
 # A stream through memory reads fastest when it is at least this long: a block of rows
 # is read in four, two or one streams side by side, the most that are this long
-# (_int8_rows).
+# (_streamed_rows).
 _STREAM_BYTES = 1 << 15
 
 
 @njit(**_SERIAL)
-def _int8_rows(use_vnni, weights, scales, mins, quantized, out, start, stop):
-    """out[:, start:stop] by the integer row dot products, x quantised by quantize_rows.
-    The rows go in four, two or one streams side by side, each a run of the range (the
-    last (stop - start) mod streams rows alone): more bytes in flight, and each block of
-    x loaded once for all, but a stream shorter than _STREAM_BYTES is slower than fewer
-    longer ones. One thread, the matrices of a token in model order: 1B Q8_0 102 ms
+def _streamed_rows(use_vnni, weights, scales, mins, x_form, out, start, stop):
+    """out[:, start:stop] by the row dot products (_row_dots; x_form: x in the form they
+    read, for all rows of out). The rows go in four, two or one streams side by side,
+    each a run of the range (the last (stop - start) mod streams rows alone): more bytes
+    in flight, and each block of x loaded once for all, but a stream shorter than
+    _STREAM_BYTES is slower than fewer longer ones. One thread, the matrices of a token in model order: 1B Q8_0 102 ms
     with four streams of 32 KB against 110 with two; 1B Q4_0 / Q4_1 61 / 72 with two
     of 32 KB against 66 / 83 with four of 16; demo Q4_1 10.0 with one of 18 KB against
     12.1 with two, 13.4-14.9 with four; the demo's Q8_0 output matrix 2.9 with one of
     37 KB against 3.5 with four (blocks of 64 rows then).
     Each weight row serves every row of x while in the L1 cache."""
-    block_bytes = (stop - start) * weights.shape[1]
+    block_bytes = (stop - start) * weights.shape[1] * weights.itemsize
     streams = 4 if block_bytes >= 4 * _STREAM_BYTES else 2 if block_bytes >= 2 * _STREAM_BYTES \
         else 1
     apart = (stop - start) // streams
     for r in range(start, start + apart):
         if streams == 4:
-            _int8_store(use_vnni, weights, scales, mins, quantized, out,
+            _store_dots(use_vnni, weights, scales, mins, x_form, out,
                         (r, r + apart, r + 2 * apart, r + 3 * apart))
         elif streams == 2:
-            _int8_store(use_vnni, weights, scales, mins, quantized, out, (r, r + apart))
+            _store_dots(use_vnni, weights, scales, mins, x_form, out, (r, r + apart))
         else:
-            _int8_store(use_vnni, weights, scales, mins, quantized, out, (r,))
+            _store_dots(use_vnni, weights, scales, mins, x_form, out, (r,))
     for r in range(start + streams * apart, stop):
-        _int8_store(use_vnni, weights, scales, mins, quantized, out, (r,))
+        _store_dots(use_vnni, weights, scales, mins, x_form, out, (r,))
 
 
 @njit(inline="always", **_SERIAL)
-def _int8_store(use_vnni, weights, scales, mins, quantized, out, rows):
+def _store_dots(use_vnni, weights, scales, mins, x_form, out, rows):
     """out[:, rows] = each row of x dotted with the weight rows `rows` (a tuple)."""
     for i in range(out.shape[0]):
-        dots = _int8_dots(use_vnni, weights, scales, mins, quantized, i, rows)
+        dots = _row_dots(use_vnni, weights, scales, mins, x_form, i, rows)
         for k in range(len(rows)):
             out[i, rows[k]] = dots[k]
 
@@ -592,10 +584,10 @@ def _matmul_int8(use_vnni, x, weights, scales, mins, out):
     quantized = quantize_rows(x, _reads_x_in_q4_order(weights))
     claimed = no_claims()
     for _ in prange(thread_count()):  # as matmul_bf16's
-        start, stop = claim_rows(claimed, weights.shape[0], _INT8_ROWS_PER_TASK)
+        start, stop = claim_rows(claimed, weights.shape[0], _STREAMED_ROWS_PER_TASK)
         while start < stop:
-            _int8_rows(use_vnni, weights, scales, mins, quantized, out, start, stop)
-            start, stop = claim_rows(claimed, weights.shape[0], _INT8_ROWS_PER_TASK)
+            _streamed_rows(use_vnni, weights, scales, mins, quantized, out, start, stop)
+            start, stop = claim_rows(claimed, weights.shape[0], _STREAMED_ROWS_PER_TASK)
 
 
 # The integer dot products this CPU has (kernels_simd.available) and whether they are

@@ -1,4 +1,5 @@
-"""x86 integer dot products for kernels_numba.py, written as LLVM vector IR; needs numba.
+"""x86 row dot products for kernels_numba.py, written as LLVM vector IR; needs numba.
+Most are integer ones; bf16_dot_float multiplies bf16 rows by float32 x (below).
 
 The row dot products here multiply Q8 or Q4 weight rows (one, or four at once) by an
 activation row that was quantised to int8 per 32-value block
@@ -10,11 +11,11 @@ scalar numba loop (it keeps converting every weight to float32), so the loop is 
 out here.
 
 Four rows at once, far apart in memory, are four streams for the hardware prefetcher,
-and it keeps more bytes in flight for four than for one (kernels_numba._int8_rows;
+and it keeps more bytes in flight for four than for one (kernels_numba._streamed_rows;
 benchmarks/gemv_streams.py, 8192 x 2048 matrices from DRAM, interleaved): Q8_0 one row
 at a time 21-24 GB/s, four rows 25-29, BLAS's float32 GEMV 29 (2 threads); one thread
 12-13, 14-15, 16. Q4_0 reads as fast either way (22-25, one thread 12): its nibbles cost
-twice the work per byte. A stream must be long, though: _int8_rows reads a block of rows
+twice the work per byte. A stream must be long, though: _streamed_rows reads a block of rows
 in four, two or one streams, the most that are 32 KB long (Q4 with 2048 values a row:
 two of 64-row blocks; the demo model's 576-value rows: one, 20-30% faster than four).
 Computing less per byte did not help Q8 one row at a time: without the scales'
@@ -66,14 +67,17 @@ from .formats.q4 import SUPER_BLOCKS
 I8X32 = ir.VectorType(ir.IntType(8), 32)
 I8X16 = ir.VectorType(ir.IntType(8), 16)
 _I16x16 = ir.VectorType(ir.IntType(16), 16)
+_I16x32 = ir.VectorType(ir.IntType(16), 32)
 I32X8 = ir.VectorType(ir.IntType(32), 8)
 F32X8 = ir.VectorType(ir.FloatType(), 8)
+_F32x32 = ir.VectorType(ir.FloatType(), 32)  # a 32-value block of x
+_I32x32 = ir.VectorType(ir.IntType(32), 32)
 # Independent accumulators (blocks in flight) per weight row, by instruction form: four
 # rows of four fill all 16 ymm registers of an AVX2 CPU (AVX-512 has 32), and LLVM spilled
 # them to the stack in every step; with two, the int8 GEMV on one Zen 3 core (1B's wq /
 # w1, from the L3 cache, interleaved) read Q8_0 at 23-24 GB/s against 17.5-18, Q4_K 17-18
 # against 16-17.5, Q4_0 15-16 against 15 (the float32 loop of one row keeps four).
-_CHAINS = {"vnni": 4, "avx2": 2, "float": 4}
+_CHAINS = {"vnni": 4, "avx2": 2, "float": 4, "bf16": 2}
 # Each step of a row dot product asks for the weight bytes this far ahead (prefetch), on
 # through the next rows: the hardware prefetcher starts each 4 KB page's stream late and
 # stops at its end. Q8 int8 GEMV, 2 threads, matrices cycled from DRAM, GB/s for wq /
@@ -735,7 +739,7 @@ def q8_dot(typingctx, use_vnni, values, scales, xq, x_scales, x_start, x_row, ro
     the activations quantised by kernels_numba.quantize_rows (xq, x_scales; x_start:
     (M, blocks, 8) int32, the sums' starting values, read by the "vnni" form). Whole
     arrays and a row index, not views of a row: a view in compiled code costs atomic
-    reference counts (kernels_numba._int8_dots)."""
+    reference counts (kernels_numba._row_dots)."""
     return (_dots_type(rows)(use_vnni, values, scales, xq, x_scales, x_start, x_row, rows),
             _row_dot_codegen)
 
@@ -792,12 +796,71 @@ def q8_dot_float(typingctx, weights, scales, row, x):
     return types.float32(weights, scales, row, x), codegen
 
 
+def _bf16_rows_dot(context, builder, sig, args):
+    """x[x_row] . bf16(bits[r]) in float32 for each weight row r in `rows`: 32 values (a
+    64-byte cache line of each row) a step, widened to float32 in registers (shifted up
+    16 bits) and multiply-added into vectors of eight partial sums, two chains a row; the
+    K mod 32 values left, one at a time. Each step asks for its rows' bytes
+    PREFETCH_DISTANCE ahead, as the int8 row dots do. The same operations in the same
+    order on every CPU (no reassociation left to LLVM)."""
+    (bits_type, x_type, _, _), (bits, x, x_row, rows) = sig.args, args
+    rows = cgutils.unpack_tuple(builder, rows)
+    w = [_row_pointer(context, builder, bits_type, bits, r) for r in rows]
+    x = _row_pointer(context, builder, x_type, x, x_row)
+    n_in = _shape(context, builder, bits_type, bits)[1]
+    n_steps = builder.udiv(n_in, ir.Constant(n_in.type, 32))
+    fma = declare(builder, "llvm.fmuladd.v8f32", F32X8, F32X8, F32X8, F32X8)
+
+    def quarters(vector):
+        return [builder.shuffle_vector(vector, ir.Constant(vector.type, ir.Undefined),
+                                       ir.Constant(ir.VectorType(I32, 8),
+                                                   list(range(8 * k, 8 * k + 8))))
+                for k in range(4)]
+
+    def add_step(step, accs):
+        xs = quarters(load_vector(builder, x, step, _F32x32, 4))
+        updated = []
+        for row, acc in zip(w, accs):
+            offset = builder.add(builder.mul(step, ir.Constant(step.type, 64)),
+                                 ir.Constant(step.type, PREFETCH_DISTANCE))
+            prefetch(builder, builder.gep(builder.bitcast(row, BYTE_POINTER), [offset]))
+            wide = builder.zext(load_vector(builder, row, step, _I16x32, 2), _I32x32)
+            values = builder.bitcast(builder.shl(wide, _like(wide, 16)), _F32x32)
+            for w_quarter, x_quarter in zip(quarters(values), xs):
+                acc = builder.call(fma, [w_quarter, x_quarter, acc])
+            updated.append(acc)
+        return updated
+
+    totals = [_reduce(builder, total) for total in _chained(builder, n_steps, add_step, "bf16",
+                                                            len(w))]
+    slots = [cgutils.alloca_once_value(builder, total) for total in totals]
+    start = builder.mul(n_steps, ir.Constant(n_in.type, 32))
+    with cgutils.for_range_slice(builder, start, n_in, ir.Constant(n_in.type, 1)) as (j, _):
+        x_j = builder.load(builder.gep(x, [j]))
+        for row, slot in zip(w, slots):
+            bits_j = builder.zext(builder.load(builder.gep(row, [j])), I32)
+            value = builder.bitcast(builder.shl(bits_j, ir.Constant(I32, 16)), ir.FloatType())
+            builder.store(builder.fadd(builder.load(slot), builder.fmul(x_j, value)), slot)
+    return [builder.load(slot) for slot in slots]
+
+
+@intrinsic
+def bf16_dot_float(typingctx, bits, x, x_row, rows):
+    """float32s: the bf16 weight rows `rows` (bits: (N, K) uint16, each row contiguous)
+    each dotted with the float32 row x_row of x (M, K), in float32: fused multiply-adds
+    where the CPU has them (every AVX2 CPU), else a multiply and an add. Whole arrays
+    and indices, as q8_dot."""
+    def codegen(context, builder, sig, args):
+        return context.make_tuple(builder, sig.return_type,
+                                  _bf16_rows_dot(context, builder, sig, args))
+
+    return _dots_type(rows)(bits, x, x_row, rows), codegen
+
+
 # --- quantising x (kernels_numba.quantize_block) ---------------------------------------
 # A 32-value block in one vector each way. Written as a scalar numba loop (np.rint, an
 # int8 cast, an integer sum) it stayed scalar: ~100 ns a block against ~15 here, and
 # 1B Q4_0 int8 prefill of 128 tokens took 10-15% longer (2 threads, interleaved).
-_F32x32 = ir.VectorType(ir.FloatType(), 32)
-_I32x32 = ir.VectorType(I32, 32)
 
 
 def _block_at(context, builder, array_type, array, row, start):

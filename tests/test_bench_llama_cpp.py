@@ -101,3 +101,27 @@ def test_partial_runs_keep_their_own_results_section():
     assert section(False, "q8_0,demo") == "bench.py --only q8_0,demo"
     assert section(True, "") == "bench.py --quick"
     assert section(True, "demo") == "bench.py --quick --only demo"
+
+
+def test_an_engine_faster_than_the_bandwidth_probes_raises_the_bound(monkeypatch):
+    """When an engine read its weights from memory faster than the probes measured, the
+    bound is that engine's rate: a target it beat must not be called impossible. Weights
+    that fit in the L3 cache say nothing about memory."""
+    import machine
+
+    monkeypatch.setattr(machine, "l3_cache_bytes", lambda: 32 << 20)
+
+    def row(engine, decode, weight_bytes):
+        return bench.Row(bench.Case(engine, "F32"), prefill_tps=1.0, decode_tps=decode,
+                         weight_bytes=weight_bytes, peak_rss=0, load_seconds=0.0,
+                         threads_in_use={})
+
+    rows = [row("llama3_np", 10.0, 4 * 10**9), row("llama.cpp", 12.0, 4 * 10**9),
+            row("llama3_np", 400.0, 10**7)]  # 4 GB/s, but from the cache
+    assert bench.bound_gbps(42.0, rows) == 48.0  # llama.cpp: 12 tok/s x 4 GB
+    assert bench.bound_gbps(50.0, rows) == 50.0
+    assert "llama.cpp F32 read its weights" in bench.bound_source(
+        [{"sum": 20.0, "gemv": 42.0, "copy": 40.0}], rows, 48.0)
+    [(_, _, result, evidence)] = [t for t in bench.targets(rows[:2], 48.0, 128)
+                                  if t[0].startswith("decode F32 >= 0.95x")]
+    assert result == "MISS" and "impossible" not in evidence  # 10 < 0.95 x 12, bound 12

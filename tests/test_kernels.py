@@ -534,15 +534,15 @@ def test_int8_activations_are_the_quantised_x_times_the_weight(form, dtype, n_ro
 @pytest.mark.skipif(not INT8_FORMS, reason="no integer dot product on this CPU")
 @pytest.mark.parametrize("dtype", ["gguf_q8_0", "gguf_q4_1"])
 def test_the_integer_rows_have_the_same_bits_in_any_number_of_streams(dtype):
-    """_int8_rows reads a block of long rows in two or four streams side by side, short
+    """_streamed_rows reads a block of long rows in two or four streams side by side, short
     ones in one: each row's sums stay its own, so every row of a matrix of 8 KB rows
     (a full block in four streams, then 13 rows, room for three: two streams and one
     row alone) has the bits it has alone."""
     from llama3_np import kernels_numba
 
     n_in = 8192 if dtype == "gguf_q8_0" else 16384  # 8 KB of weights a row
-    n_out = kernels_numba._INT8_ROWS_PER_TASK + 13
-    assert kernels_numba._INT8_ROWS_PER_TASK * 8192 // kernels_numba._STREAM_BYTES >= 4
+    n_out = kernels_numba._STREAMED_ROWS_PER_TASK + 13
+    assert kernels_numba._STREAMED_ROWS_PER_TASK * 8192 // kernels_numba._STREAM_BYTES >= 4
     assert 13 * 8192 // kernels_numba._STREAM_BYTES == 3
     kernels.set_backend("numba")
     kernels_numba.set_int8_activations(True)
@@ -552,6 +552,28 @@ def test_the_integer_rows_have_the_same_bits_in_any_number_of_streams(dtype):
     alone = np.concatenate([kernels.linear(x, w.take(slice(r, r + 1))) for r in range(n_out)],
                            axis=1)
     np.testing.assert_array_equal(whole.view(np.uint32), alone.view(np.uint32))
+
+
+@NEEDS_NUMBA
+def test_decoding_by_bf16_weights_gives_each_row_its_own_bits_in_any_number_of_streams():
+    """One row of x by bf16 weights takes the row dot products in streams (as the integer
+    rows above): rows of 8200 bytes, a full block in four streams, then 13 rows in two
+    and one alone; 4100 values a row, 128 vector steps and 4 values after them. Each
+    row's result has the bits it has alone and the float32 sum's accuracy, on the
+    calling thread and on all threads."""
+    from llama3_np import kernels_numba
+
+    n_out, n_in = kernels_numba._STREAMED_ROWS_PER_TASK + 13, 4100
+    assert 13 * 2 * n_in // kernels_numba._STREAM_BYTES == 3
+    kernels.set_backend("numba")
+    w, w_float32 = weight_in("bf16", random_matrix((n_out, n_in)))
+    x = random_matrix((1, n_in), seed=3)
+    alone = np.concatenate([kernels.linear(x, w.take([r])) for r in range(n_out)], axis=1)
+    assert_matches_float64(alone, x, w_float32)
+    for module in (kernels_numba.SERIAL, kernels_numba):
+        together = np.empty_like(alone)
+        fused_matmul(w, module, len(x))(x, together)
+        np.testing.assert_array_equal(together.view(np.uint32), alone.view(np.uint32))
 
 
 @NEEDS_NUMBA
@@ -583,7 +605,7 @@ def test_int8_activations_read_only_weights_extreme_values_and_nan(form, n_rows)
 @pytest.mark.parametrize("form", INT8_FORMS)
 @pytest.mark.parametrize("dtype", INT8_KINDS)
 def test_int8_row_loops_give_each_weight_row_its_own_bits(form, dtype):
-    """The row loops multiply four weight rows at once (kernels_numba._int8_rows), each
+    """The row loops multiply four weight rows at once (kernels_numba._streamed_rows), each
     in accumulators of its own: every row's result has the bits it gets alone, as a
     one-row matrix. 67 rows: a 64-row task in fours 16 rows apart, then 3 alone; on the
     calling thread and on all threads."""
