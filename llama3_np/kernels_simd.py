@@ -77,7 +77,12 @@ _I32x32 = ir.VectorType(ir.IntType(32), 32)
 # them to the stack in every step; with two, the int8 GEMV on one Zen 3 core (1B's wq /
 # w1, from the L3 cache, interleaved) read Q8_0 at 23-24 GB/s against 17.5-18, Q4_K 17-18
 # against 16-17.5, Q4_0 15-16 against 15 (the float32 loop of one row keeps four).
-_CHAINS = {"vnni": 4, "avx2": 2, "float": 4, "bf16": 2}
+# Q4_K's super-block step ("two-level") is long already (four rows of five multiply-adds
+# in a chain, 32 integer dot products): in more chains LLVM unrolls it into a body that
+# ran 1.7x slower (1B Q4_K's matrices in model order from DRAM, 2 threads, Zen 5,
+# interleaved: 17.7 against 30.3 ms with four; the AVX2 form built for Haswell there,
+# 20-22 against 22-24 ms with two).
+_CHAINS = {"vnni": 4, "avx2": 2, "float": 4, "bf16": 2, "two-level": 1}
 # Each step of a row dot product asks for the weight bytes this far ahead (prefetch), on
 # through the next rows: the hardware prefetcher starts each 4 KB page's stream late and
 # stops at its end. Q8 int8 GEMV, 2 threads, matrices cycled from DRAM, GB/s for wq /
@@ -603,7 +608,7 @@ def _rows_dot(context, builder, sig, args, isa):
 
     if w_scales[0].two_level:  # Q4_K
         return _two_level_rows_dot(builder, w, w_scales, w_mins, xq, x_scales_type, x_scales,
-                                   x_sums, n_blocks, fetch_ahead, isa)
+                                   x_sums, n_blocks, fetch_ahead)
 
     two = ir.Constant(n_blocks.type, 2)
     n_pairs = builder.udiv(n_blocks, two)
@@ -631,7 +636,7 @@ def _rows_dot(context, builder, sig, args, isa):
 
 
 def _two_level_rows_dot(builder, w, w_scales, w_mins, xq, x_scales_type, x_scales, x_sums,
-                        n_blocks, fetch_ahead, form):
+                        n_blocks, fetch_ahead):
     """_rows_dot for Q4 rows with two-level scales and mins (Q4_K: WeightScales), a
     super-block of 8 blocks (4 pairs) a step, in the spirit of llama.cpp's Q4_K dot
     product: each block's 6-bit scale code multiplies its int16 pair sums in the
@@ -691,7 +696,7 @@ def _two_level_rows_dot(builder, w, w_scales, w_mins, xq, x_scales_type, x_scale
 
     n_supers = builder.lshr(n_blocks, ir.Constant(n_blocks.type, SUPER_SHIFT))
     return [_reduce(builder, total)
-            for total in _chained(builder, n_supers, add_super, form, len(w))]
+            for total in _chained(builder, n_supers, add_super, "two-level", len(w))]
 
 
 # The arguments of the row dot products after use_vnni, by their count (Q8: 7, Q4: 9).
