@@ -45,7 +45,7 @@ def one_row_loop():
         for task in prange(weights.shape[0] // 16):
             for r in range(16 * task, 16 * task + 16):
                 out[0, r] = kernels_numba._row_dots(True, weights, scales, None, quantized, 0,
-                                                     (r,))[0]
+                                                    (r,))[0]
     return multiply
 
 
