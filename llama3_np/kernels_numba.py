@@ -543,11 +543,11 @@ def _streamed_rows(use_vnni, weights, scales, mins, x_form, out, start, stop):
     read, for all rows of out). The rows go in four, two or one streams side by side,
     each a run of the range (the last (stop - start) mod streams rows alone): more bytes
     in flight, and each block of x loaded once for all, but a stream shorter than
-    _STREAM_BYTES is slower than fewer longer ones. One thread, the matrices of a token in model order: 1B Q8_0 102 ms
-    with four streams of 32 KB against 110 with two; 1B Q4_0 / Q4_1 61 / 72 with two
-    of 32 KB against 66 / 83 with four of 16; demo Q4_1 10.0 with one of 18 KB against
-    12.1 with two, 13.4-14.9 with four; the demo's Q8_0 output matrix 2.9 with one of
-    37 KB against 3.5 with four (blocks of 64 rows then).
+    _STREAM_BYTES is slower than fewer longer ones. One thread, the matrices of a token
+    in model order: 1B Q8_0 102 ms with four streams of 32 KB against 110 with two; 1B
+    Q4_0 / Q4_1 61 / 72 with two of 32 KB against 66 / 83 with four of 16; demo Q4_1
+    10.0 with one of 18 KB against 12.1 with two, 13.4-14.9 with four; the demo's Q8_0
+    output matrix 2.9 with one of 37 KB against 3.5 with four (blocks of 64 rows then).
     Each weight row serves every row of x while in the L1 cache."""
     block_bytes = (stop - start) * weights.shape[1] * weights.itemsize
     streams = 4 if block_bytes >= 4 * _STREAM_BYTES else 2 if block_bytes >= 2 * _STREAM_BYTES \

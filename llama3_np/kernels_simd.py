@@ -76,7 +76,8 @@ _I32x32 = ir.VectorType(ir.IntType(32), 32)
 # rows of four fill all 16 ymm registers of an AVX2 CPU (AVX-512 has 32), and LLVM spilled
 # them to the stack in every step; with two, the int8 GEMV on one Zen 3 core (1B's wq /
 # w1, from the L3 cache, interleaved) read Q8_0 at 23-24 GB/s against 17.5-18, Q4_K 17-18
-# against 16-17.5, Q4_0 15-16 against 15 (the float32 loop of one row keeps four).
+# against 16-17.5, Q4_0 15-16 against 15 (the float32 loop of one row keeps four; the
+# bf16 one, four rows at once, two).
 # Q4_K's super-block step ("two-level") is long already (four rows of five multiply-adds
 # in a chain, 32 integer dot products): in more chains LLVM unrolls it into a body that
 # ran 1.7x slower (1B Q4_K's matrices in model order from DRAM, 2 threads, Zen 5,
