@@ -440,17 +440,6 @@ def comparison_table(rows: list, prompt_tokens: int) -> str:
          "GB read a token: ours / llama.cpp"], lines)
 
 
-def bound_source(bandwidths: list, rows: list, bandwidth: float) -> str:
-    """Where the bound's read rate came from, in words (bound_gbps)."""
-    from machine import best_read_gbps
-
-    if bandwidth <= best_read_gbps(bandwidths):
-        return "the best read rate above"
-    return (f"the rate at which {fastest_from_memory(rows).case.label} read its weights, "
-            "above every read rate measured above (which therefore underestimate this "
-            "machine's memory)")
-
-
 def bandwidth_drift_note(bandwidths: list) -> str:
     """A warning when the GEMV bandwidth before and after the rows differs by more than
     BANDWIDTH_DRIFT: on a shared host, neighbours take memory bandwidth without showing
@@ -463,28 +452,29 @@ def bandwidth_drift_note(bandwidths: list) -> str:
             "shared with other machines, so compare rows with care and re-run when it is quiet.")
 
 
-def fastest_from_memory(rows: list):
-    """The row that read its weights fastest in a decode step, of those whose weights are
-    too big for the L3 cache (read from memory), or None."""
+def decode_bound(probes_gbps: float, rows: list) -> tuple:
+    """(GB/s, where it comes from in words): the read rate the bounds come from. The
+    bandwidth probes' best, or the fastest decode of an engine whose weights are too big
+    for the L3 cache when it read faster than that (the probes then underestimate this
+    machine's memory, and a bound below what an engine did would call possible targets
+    impossible)."""
     from machine import l3_cache_bytes
 
     from_memory = [r for r in rows if r.weight_bytes >= l3_cache_bytes()]
-    return max(from_memory, key=lambda r: r.read_gbps, default=None)
+    fastest = max(from_memory, key=lambda r: r.read_gbps, default=None)
+    if fastest is None or fastest.read_gbps <= probes_gbps:
+        return probes_gbps, "the best read rate above"
+    return fastest.read_gbps, (f"the rate at which {fastest.case.label} read its weights, "
+                               "above every read rate measured above (which therefore "
+                               "underestimate this machine's memory)")
 
 
-def bound_gbps(probes_gbps: float, rows: list) -> float:
-    """The read rate the bounds come from: the bandwidth probes' best, or an engine's
-    decode when it read faster than that (the probes then underestimate this machine's
-    memory, and a bound below what an engine did would call possible targets impossible)."""
-    fastest = fastest_from_memory(rows)
-    return max(probes_gbps, fastest.read_gbps if fastest else 0.0)
-
-
-def results_markdown(args, tokens, machine_description, loads, bandwidths, bandwidth, rows,
+def results_markdown(args, tokens, machine_description, loads, bandwidths, bound, rows,
                      failures, target_rows, sampling, llama_cpp_build) -> str:
     from machine import BANDWIDTH_BUFFER_BYTES, QUIET_LOAD
     from results import machine_markdown, markdown_table
 
+    bandwidth, source = bound
     table = markdown_table(
         ["engine, weights (backend)", f"prefill {tokens['prompt']} tok/s", "decode tok/s",
          "decode ms/token", "outside matmuls ms", "weights read GB/s",
@@ -521,7 +511,7 @@ def results_markdown(args, tokens, machine_description, loads, bandwidths, bandw
            "too; re-run on a quiet machine." if loads[0] > QUIET_LOAD else "."),
         f"### Memory bandwidth ({BANDWIDTH_BUFFER_BYTES >> 20} MiB buffers)",
         bandwidth_table,
-        f"Bound used below: {bandwidth:.1f} GB/s, {bound_source(bandwidths, rows, bandwidth)}. "
+        f"Bound used below: {bandwidth:.1f} GB/s, {source}. "
         "Bound tok/s = that / bytes of weights one decode step reads."
         + bandwidth_drift_note(bandwidths),
         "### Throughput (in run order)", table,
@@ -612,9 +602,9 @@ def main():
             shutil.rmtree(checkpoint, ignore_errors=True)
     loads.append(load_average())
     bandwidths.append(memory_bandwidth())
-    bandwidth = bound_gbps(best_read_gbps(bandwidths), rows)
-    markdown = results_markdown(args, tokens, machine_description, loads, bandwidths, bandwidth,
-                                rows, failures, targets(rows, bandwidth, tokens["prompt"]),
+    bound = decode_bound(best_read_gbps(bandwidths), rows)
+    markdown = results_markdown(args, tokens, machine_description, loads, bandwidths, bound,
+                                rows, failures, targets(rows, bound[0], tokens["prompt"]),
                                 sampling_costs(), llama_cpp_build)
     print(markdown)
     write_section(section_name(args), markdown)

@@ -128,8 +128,7 @@ def _bf16_to_float32(typingctx, bits):
     signature = types.float32(types.uint32)
 
     def codegen(context, builder, sig, args):
-        shifted = builder.shl(args[0], context.get_constant(types.uint32, 16))
-        return builder.bitcast(shifted, context.get_value_type(types.float32))
+        return kernels_simd.bf16_bits_to_float(builder, args[0])
 
     return signature, codegen
 

@@ -302,6 +302,25 @@ def _like(value, number):
     return ir.Constant(value.type, number)
 
 
+def eight_lane_parts(builder, vector):
+    """A vector of 8k lanes as its k vectors of eight, in order."""
+    return [builder.shuffle_vector(vector, ir.Constant(vector.type, ir.Undefined),
+                                   ir.Constant(ir.VectorType(ir.IntType(32), 8),
+                                               list(range(8 * k, 8 * k + 8))))
+            for k in range(vector.type.count // 8)]
+
+
+def bf16_bits_to_float(builder, bits):
+    """bf16 bits in an integer (or <n x integer>) of 16 or 32 bits -> float (or <n x
+    float>): bfloat16 is the top half of a float32, so shift the bits up and reinterpret."""
+    is_vector = isinstance(bits.type, ir.VectorType)
+    wide = ir.VectorType(I32, bits.type.count) if is_vector else I32
+    if bits.type != wide:
+        bits = builder.zext(bits, wide)
+    floats = ir.VectorType(ir.FloatType(), bits.type.count) if is_vector else ir.FloatType()
+    return builder.bitcast(builder.shl(bits, _like(bits, 16)), floats)
+
+
 def half_bits_to_float(builder, bits):
     """i16 (or <n x i16>) float16 bits -> float (or <n x float>), exactly: F16C's
     vcvtph2ps where the CPU has it (LLVM's fpext; it quiets a signalling NaN), else
@@ -345,6 +364,14 @@ def prefetch(builder, address):
     that never faults, even past an array's end; read, keep in every cache level, data."""
     hint = declare(builder, "llvm.prefetch.p0i8", ir.VoidType(), BYTE_POINTER, I32, I32, I32)
     builder.call(hint, [address, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+
+
+def fetch_row_ahead(builder, row, step, step_bytes):
+    """Ask for the bytes PREFETCH_DISTANCE past where step `step` of a row dot product
+    starts reading `row` (step_bytes a step), on through the next rows."""
+    offset = builder.add(builder.mul(step, ir.Constant(step.type, step_bytes)),
+                         ir.Constant(step.type, PREFETCH_DISTANCE))
+    prefetch(builder, builder.gep(builder.bitcast(row, BYTE_POINTER), [offset]))
 
 
 def load_scale(builder, array_type, pointer, index):
@@ -555,9 +582,7 @@ def _rows_dot(context, builder, sig, args, isa):
         return splat(builder, builder.fmul(w_scales[row].at(b), x_scale), 8)
 
     def fetch_ahead(row, step):  # a step reads 32 weight bytes
-        offset = builder.add(builder.mul(step, ir.Constant(step.type, 32)),
-                             ir.Constant(step.type, PREFETCH_DISTANCE))
-        prefetch(builder, builder.gep(builder.bitcast(w[row], BYTE_POINTER), [offset]))
+        fetch_row_ahead(builder, w[row], step, 32)
 
     def add_q8_block(b, accs):
         start = load_vector(builder, x_start, b, I32X8, 4) if isa == "vnni" else \
@@ -778,11 +803,8 @@ def _q8_float_row_dot(context, builder, sig, args):
     def add_block(b, accs):
         weights = builder.sitofp(load_vector(builder, w, b, I8X32, 1), x_block_type)
         values = load_vector(builder, x, b, x_block_type, 4)
-        quarters = [[builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
-                                            ir.Constant(ir.VectorType(ir.IntType(32), 8),
-                                                        list(range(8 * k, 8 * k + 8))))
-                     for k in range(4)] for v in (weights, values)]
-        (w0, w1, w2, w3), (x0, x1, x2, x3) = quarters
+        (w0, w1, w2, w3), (x0, x1, x2, x3) = (eight_lane_parts(builder, v)
+                                              for v in (weights, values))
         even = builder.call(fma, [w2, x2, builder.fmul(w0, x0)])
         odd = builder.call(fma, [w3, x3, builder.fmul(w1, x1)])
         scale = splat(builder, load_scale(builder, scales_type, scales, b), 8)
@@ -817,23 +839,14 @@ def _bf16_rows_dot(context, builder, sig, args):
     n_steps = builder.udiv(n_in, ir.Constant(n_in.type, 32))
     fma = declare(builder, "llvm.fmuladd.v8f32", F32X8, F32X8, F32X8, F32X8)
 
-    def quarters(vector):
-        return [builder.shuffle_vector(vector, ir.Constant(vector.type, ir.Undefined),
-                                       ir.Constant(ir.VectorType(I32, 8),
-                                                   list(range(8 * k, 8 * k + 8))))
-                for k in range(4)]
-
     def add_step(step, accs):
-        xs = quarters(load_vector(builder, x, step, _F32x32, 4))
+        xs = eight_lane_parts(builder, load_vector(builder, x, step, _F32x32, 4))
         updated = []
         for row, acc in zip(w, accs):
-            offset = builder.add(builder.mul(step, ir.Constant(step.type, 64)),
-                                 ir.Constant(step.type, PREFETCH_DISTANCE))
-            prefetch(builder, builder.gep(builder.bitcast(row, BYTE_POINTER), [offset]))
-            wide = builder.zext(load_vector(builder, row, step, _I16x32, 2), _I32x32)
-            values = builder.bitcast(builder.shl(wide, _like(wide, 16)), _F32x32)
-            for w_quarter, x_quarter in zip(quarters(values), xs):
-                acc = builder.call(fma, [w_quarter, x_quarter, acc])
+            fetch_row_ahead(builder, row, step, 64)
+            values = bf16_bits_to_float(builder, load_vector(builder, row, step, _I16x32, 2))
+            for w_part, x_part in zip(eight_lane_parts(builder, values), xs):
+                acc = builder.call(fma, [w_part, x_part, acc])
             updated.append(acc)
         return updated
 
@@ -844,8 +857,7 @@ def _bf16_rows_dot(context, builder, sig, args):
     with cgutils.for_range_slice(builder, start, n_in, ir.Constant(n_in.type, 1)) as (j, _):
         x_j = builder.load(builder.gep(x, [j]))
         for row, slot in zip(w, slots):
-            bits_j = builder.zext(builder.load(builder.gep(row, [j])), I32)
-            value = builder.bitcast(builder.shl(bits_j, ir.Constant(I32, 16)), ir.FloatType())
+            value = bf16_bits_to_float(builder, builder.load(builder.gep(row, [j])))
             builder.store(builder.fadd(builder.load(slot), builder.fmul(x_j, value)), slot)
     return [builder.load(slot) for slot in slots]
 

@@ -118,10 +118,9 @@ def test_an_engine_faster_than_the_bandwidth_probes_raises_the_bound(monkeypatch
 
     rows = [row("llama3_np", 10.0, 4 * 10**9), row("llama.cpp", 12.0, 4 * 10**9),
             row("llama3_np", 400.0, 10**7)]  # 4 GB/s, but from the cache
-    assert bench.bound_gbps(42.0, rows) == 48.0  # llama.cpp: 12 tok/s x 4 GB
-    assert bench.bound_gbps(50.0, rows) == 50.0
-    assert "llama.cpp F32 read its weights" in bench.bound_source(
-        [{"sum": 20.0, "gemv": 42.0, "copy": 40.0}], rows, 48.0)
+    gbps, source = bench.decode_bound(42.0, rows)
+    assert gbps == 48.0 and "llama.cpp F32 read its weights" in source  # 12 tok/s x 4 GB
+    assert bench.decode_bound(50.0, rows) == (50.0, "the best read rate above")
     [(_, _, result, evidence)] = [t for t in bench.targets(rows[:2], 48.0, 128)
                                   if t[0].startswith("decode F32 >= 0.95x")]
     assert result == "MISS" and "impossible" not in evidence  # 10 < 0.95 x 12, bound 12
