@@ -116,9 +116,17 @@ def describe_machine() -> dict:
         "versions": ", ".join(f"{p} {_version(p)}" for p in
                               ("numpy", "numba", "torch", "transformers", "safetensors")),
         "BLAS": f"{blas_library()}; kernels chosen at run time: {blas_kernel()}"
-                + (f" (OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']})"
-                   if os.environ.get("OPENBLAS_CORETYPE") else ""),
+                + _openblas_settings(),
     }
+
+
+def _openblas_settings() -> str:
+    """The OpenBLAS variables set for this run, which override its own choices (some
+    environments set them for older OpenBLAS builds; they slow a current one)."""
+    settings = [f"{name}={os.environ[name]}" for name in ("OPENBLAS_CORETYPE",
+                                                         "OPENBLAS_L2_SIZE")
+                if os.environ.get(name)]
+    return f" ({', '.join(settings)})" if settings else " (no OPENBLAS_* overrides)"
 
 
 def best_seconds(fn, repeats: int) -> float:

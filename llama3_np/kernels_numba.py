@@ -14,7 +14,7 @@ the loop is written. What vectorises (measured on AVX2):
   same for Q8 ran 10-30% slower, so Q8 keeps one row per pass.
 
 One row of x by bf16 weights (decoding a token) takes kernels_simd.bf16_dot_float, in
-streams as the int8 rows below (_streamed_rows), instead: on a Zen 5 EPYC (AVX-512),
+the int8 rows' loops below (_streamed_rows), instead: on a Zen 5 EPYC (AVX-512),
 1B's layers' matrices in model order from DRAM, 2 threads, interleaved with the loop
 above: 43-45 GB/s against 35-38; one thread 33 against 24; as fast without its prefetch.
 
@@ -36,8 +36,8 @@ more). From DRAM (the 128256 x 2048 output matrix, two threads, a busy machine):
 0.72; the int8 loops then wait on memory between rows, and asking for the bytes 2 KB
 ahead of the row they multiply took them to q8 0.82-0.86, Q4_0 0.71-0.79, Q4_K
 0.87-0.99 (bf16's loop: 0.88 -> 0.70); asking from each step of the row's
-loop, 4 KB ahead, is faster again (kernels_simd.PREFETCH_DISTANCE), and long rows read
-in up to four streams at once faster again (_streamed_rows; the numbers in kernels_simd.py).
+loop, 4 KB ahead, is faster again (kernels_simd.PREFETCH_DISTANCE), and each thread's
+rows in few long runs faster again (streamed_task).
 Q4 steps of four blocks in 512-bit vectors (AVX512-VNNI) measured no faster than these
 256-bit ones, one thread or two, from DRAM or the L2 cache: the per-row costs dominate.
 The scalar Q8 loop already gets one scale broadcast per 32 values (no gather), as the
@@ -117,9 +117,9 @@ _Q8_SHIFT = 5  # j >> 5 is the index of j's 32-value Q8 block
 _Q4_SHIFT = 4  # byte j >> 4 is the index of its 32-value Q4 block (16 bytes a block)
 _SUPER_SHIFT = kernels_simd.SUPER_SHIFT  # block b >> 3 is the index of its Q4_K super-block
 _ROWS_PER_TASK = 16  # the unit of rows a thread claims
-# The integer row loops' unit (_streamed_rows: up to four streams in it). 128 and 64 rows ran
-# alike within the noise (2 threads, a token's matrices in model order, 1B and demo).
-_STREAMED_ROWS_PER_TASK = 128
+# The row dot products' loops (_streamed_rows) hand each thread this many blocks of a
+# matrix's rows, each one long stream (see streamed_task).
+_STREAMED_TASKS_PER_THREAD = 2
 
 
 @intrinsic
@@ -340,10 +340,10 @@ def _matmul_q8_rows(x, values, scales, out, start, stop):
 @njit(**_PARALLEL)
 def matmul_bf16(x, bits, out):
     """out = x (M, K) @ bf16 matrix `bits` (N, K).T, decoding in registers: (M, N).
-    One row of x (decoding a token): the row dot products, in streams (bound by memory);
+    One row of x (decoding a token): the row dot products, in long runs (bound by memory);
     more: _matmul_bf16_rows' pairs, which widen each weight once for two rows of x (the
     row dot products widen it again for every row: 1.5x slower at 16 and 32 rows)."""
-    task = _STREAMED_ROWS_PER_TASK if x.shape[0] == 1 else _ROWS_PER_TASK
+    task = streamed_task(bits.shape[0]) if x.shape[0] == 1 else _ROWS_PER_TASK
     claimed = no_claims()
     for _ in prange(thread_count()):  # each thread claims blocks of rows in turn
         start, stop = claim_rows(claimed, bits.shape[0], task)
@@ -530,37 +530,27 @@ def _reads_x_in_q4_order_overload(weights):
     return lambda weights: q4
 
 
-# A stream through memory reads fastest when it is at least this long: a block of rows
-# is read in four, two or one streams side by side, the most that are this long
-# (_streamed_rows).
-_STREAM_BYTES = 1 << 15
+@njit(**_SERIAL)
+def streamed_task(n_rows):
+    """Rows a thread claims at a time in the row dot products' loops: a matrix split into
+    _STREAMED_TASKS_PER_THREAD blocks a thread (at least _ROWS_PER_TASK rows), each read
+    as one stream (_streamed_rows), as llama.cpp splits its GEMV. Zen 5 EPYC, 2 threads,
+    1B's matrices in model order from DRAM, interleaved, GB/s: Q4_0 38.8-43.7 against
+    33.1-39.8 for blocks of 128 rows in four streams side by side (the split before),
+    34.7-42.4 for these blocks in four streams; Q8_0 34.3-35.5 against 29.8-31.4; Q4_K
+    37.3 against 31.6; bf16 40.8 against 37.9; one thread, Q4_0 27.9 against 23.2. The
+    demo model's small matrices ran alike. benchmarks/gemv_streams.py measures one
+    stream against four on any machine."""
+    parts = _STREAMED_TASKS_PER_THREAD * thread_count()
+    return max(_ROWS_PER_TASK, (n_rows + parts - 1) // parts)
 
 
 @njit(**_SERIAL)
 def _streamed_rows(use_vnni, weights, scales, mins, x_form, out, start, stop):
     """out[:, start:stop] by the row dot products (_row_dots; x_form: x in the form they
-    read, for all rows of out). The rows go in four, two or one streams side by side,
-    each a run of the range (the last (stop - start) mod streams rows alone): more bytes
-    in flight, and each block of x loaded once for all, but a stream shorter than
-    _STREAM_BYTES is slower than fewer longer ones. One thread, the matrices of a token
-    in model order: 1B Q8_0 102 ms with four streams of 32 KB against 110 with two; 1B
-    Q4_0 / Q4_1 61 / 72 with two of 32 KB against 66 / 83 with four of 16; demo Q4_1
-    10.0 with one of 18 KB against 12.1 with two, 13.4-14.9 with four; the demo's Q8_0
-    output matrix 2.9 with one of 37 KB against 3.5 with four (blocks of 64 rows then).
-    Each weight row serves every row of x while in the L1 cache."""
-    block_bytes = (stop - start) * weights.shape[1] * weights.itemsize
-    streams = 4 if block_bytes >= 4 * _STREAM_BYTES else 2 if block_bytes >= 2 * _STREAM_BYTES \
-        else 1
-    apart = (stop - start) // streams
-    for r in range(start, start + apart):
-        if streams == 4:
-            _store_dots(use_vnni, weights, scales, mins, x_form, out,
-                        (r, r + apart, r + 2 * apart, r + 3 * apart))
-        elif streams == 2:
-            _store_dots(use_vnni, weights, scales, mins, x_form, out, (r, r + apart))
-        else:
-            _store_dots(use_vnni, weights, scales, mins, x_form, out, (r,))
-    for r in range(start + streams * apart, stop):
+    read, for all rows of out), one weight row after another: one stream through memory,
+    each weight row serving every row of x while in the L1 cache."""
+    for r in range(start, stop):
         _store_dots(use_vnni, weights, scales, mins, x_form, out, (r,))
 
 
@@ -582,11 +572,12 @@ def _matmul_int8(use_vnni, x, weights, scales, mins, out):
     for Q4_0 (mins None) its -8 * scale * sum(x) inside the integer sums, exactly."""
     quantized = quantize_rows(x, _reads_x_in_q4_order(weights))
     claimed = no_claims()
+    task = streamed_task(weights.shape[0])
     for _ in prange(thread_count()):  # as matmul_bf16's
-        start, stop = claim_rows(claimed, weights.shape[0], _STREAMED_ROWS_PER_TASK)
+        start, stop = claim_rows(claimed, weights.shape[0], task)
         while start < stop:
             _streamed_rows(use_vnni, weights, scales, mins, quantized, out, start, stop)
-            start, stop = claim_rows(claimed, weights.shape[0], _STREAMED_ROWS_PER_TASK)
+            start, stop = claim_rows(claimed, weights.shape[0], task)
 
 
 # The integer dot products this CPU has (kernels_simd.available) and whether they are

@@ -10,14 +10,13 @@ float32 partial sums that is reduced once per row. LLVM does not find this shape
 scalar numba loop (it keeps converting every weight to float32), so the loop is written
 out here.
 
-Four rows at once, far apart in memory, are four streams for the hardware prefetcher,
-and it keeps more bytes in flight for four than for one (kernels_numba._streamed_rows;
-benchmarks/gemv_streams.py, 8192 x 2048 matrices from DRAM, interleaved): Q8_0 one row
-at a time 21-24 GB/s, four rows 25-29, BLAS's float32 GEMV 29 (2 threads); one thread
-12-13, 14-15, 16. Q4_0 reads as fast either way (22-25, one thread 12): its nibbles cost
-twice the work per byte. A stream must be long, though: _streamed_rows reads a block of rows
-in four, two or one streams, the most that are 32 KB long (Q4 with 2048 values a row:
-two of 64-row blocks; the demo model's 576-value rows: one, 20-30% faster than four).
+The row dot products take a tuple of weight rows and multiply them at once, each in
+accumulators of its own. Four rows far apart in memory are four streams for the hardware
+prefetcher, which on the first machines measured kept more bytes in flight than one
+did in 16-128-row tasks (8192 x 2048 matrices from DRAM: Q8_0 21-24 GB/s
+one row at a time, 25-29 four; one thread 12-13 and 14-15); on a Zen 5, with each
+thread's rows in two long runs, one stream read fastest (kernels_numba.streamed_task),
+and the loops now go one row at a time. benchmarks/gemv_streams.py measures both.
 Computing less per byte did not help Q8 one row at a time: without the scales'
 arithmetic it ran as fast, and so did a 16-row interleaved copy of the weights
 (llama.cpp's AMX layout, 512 bytes of 16 rows a step) one row group at a time; four

@@ -531,40 +531,51 @@ def test_int8_activations_are_the_quantised_x_times_the_weight(form, dtype, n_ro
 
 
 @NEEDS_NUMBA
-@pytest.mark.skipif(not INT8_FORMS, reason="no integer dot product on this CPU")
-@pytest.mark.parametrize("dtype", ["gguf_q8_0", "gguf_q4_1"])
-def test_the_integer_rows_have_the_same_bits_in_any_number_of_streams(dtype):
-    """_streamed_rows reads a block of long rows in two or four streams side by side, short
-    ones in one: each row's sums stay its own, so every row of a matrix of 8 KB rows
-    (a full block in four streams, then 13 rows, room for three: two streams and one
-    row alone) has the bits it has alone."""
+@pytest.mark.parametrize("n_rows", [1, 13, 77, 1000])
+@pytest.mark.parametrize("threads_", [1, 2, 3])
+def test_the_row_loops_split_every_matrix_into_a_few_long_runs_a_thread(n_rows, threads_):
+    """kernels_numba.streamed_task: blocks of at least 16 rows, two blocks a thread (as
+    few as that allows), covering every row."""
     from llama3_np import kernels_numba
 
-    n_in = 8192 if dtype == "gguf_q8_0" else 16384  # 8 KB of weights a row
-    n_out = kernels_numba._STREAMED_ROWS_PER_TASK + 13
-    assert kernels_numba._STREAMED_ROWS_PER_TASK * 8192 // kernels_numba._STREAM_BYTES >= 4
-    assert 13 * 8192 // kernels_numba._STREAM_BYTES == 3
+    threads_ = kernels_numba.set_threads(threads_)  # at most the cores numba has
+    task = kernels_numba.streamed_task(n_rows)
+    n_tasks = -(-n_rows // task)
+    assert task >= 16 and n_tasks <= 2 * threads_
+    assert n_tasks == 2 * threads_ or task == 16
+
+
+@NEEDS_NUMBA
+@pytest.mark.skipif(not INT8_FORMS, reason="no integer dot product on this CPU")
+@pytest.mark.parametrize("dtype", ["gguf_q8_0", "gguf_q4_1"])
+def test_the_integer_rows_have_the_same_bits_however_the_threads_split_them(dtype):
+    """Each thread reads its blocks of rows one row after another (_streamed_rows): every
+    row of a 77-row matrix (blocks of 20, 20, 20 and 17 rows on two threads) has the
+    bits it has alone, on the calling thread and on all threads."""
+    from llama3_np import kernels_numba
+
+    n_out, n_in = 77, 2048
     kernels.set_backend("numba")
     kernels_numba.set_int8_activations(True)
     w, _ = weight_in(dtype, random_matrix((n_out, n_in)))
     x = random_matrix((2, n_in), seed=3)
-    whole = kernels.linear(x, w)
     alone = np.concatenate([kernels.linear(x, w.take(slice(r, r + 1))) for r in range(n_out)],
                            axis=1)
-    np.testing.assert_array_equal(whole.view(np.uint32), alone.view(np.uint32))
+    for module in (kernels_numba.SERIAL, kernels_numba):
+        together = np.empty_like(alone)
+        fused_matmul(w, module, len(x))(x, together)
+        np.testing.assert_array_equal(together.view(np.uint32), alone.view(np.uint32))
 
 
 @NEEDS_NUMBA
-def test_decoding_by_bf16_weights_gives_each_row_its_own_bits_in_any_number_of_streams():
-    """One row of x by bf16 weights takes the row dot products in streams (as the integer
-    rows above): rows of 8200 bytes, a full block in four streams, then 13 rows in two
-    and one alone; 4100 values a row, 128 vector steps and 4 values after them. Each
-    row's result has the bits it has alone and the float32 sum's accuracy, on the
-    calling thread and on all threads."""
+def test_decoding_by_bf16_weights_gives_each_row_its_own_bits_however_the_threads_split_them():
+    """One row of x by bf16 weights takes the row dot products (as the integer rows
+    above): 4100 values a row, 128 vector steps and 4 values after them. Each row's
+    result has the bits it has alone and the float32 sum's accuracy, on the calling
+    thread and on all threads."""
     from llama3_np import kernels_numba
 
-    n_out, n_in = kernels_numba._STREAMED_ROWS_PER_TASK + 13, 4100
-    assert 13 * 2 * n_in // kernels_numba._STREAM_BYTES == 3
+    n_out, n_in = 77, 4100
     kernels.set_backend("numba")
     w, w_float32 = weight_in("bf16", random_matrix((n_out, n_in)))
     x = random_matrix((1, n_in), seed=3)
@@ -600,26 +611,53 @@ def test_int8_activations_read_only_weights_extreme_values_and_nan(form, n_rows)
     assert np.isnan(y[1]).all() and np.isfinite(y[others]).all()
 
 
+def four_rows_at_once():
+    """A compiled loop calling the row dot products with four weight rows at a time (as
+    benchmarks/gemv_streams.py does): out = x @ w.T, n_out a multiple of 4; x_form: x as
+    the dots read it (quantize_rows' for the integer forms, the float32 rows for bf16)."""
+    from numba import njit
+
+    from llama3_np import kernels_numba
+
+    @njit
+    def multiply(use_vnni, weights, scales, mins, x_form, out):
+        for r in range(0, weights.shape[0], 4):
+            for i in range(out.shape[0]):
+                dots = kernels_numba._row_dots(use_vnni, weights, scales, mins, x_form, i,
+                                               (r, r + 1, r + 2, r + 3))
+                for k in range(4):
+                    out[i, r + k] = dots[k]
+    return multiply
+
+
+def kernel_arrays(w) -> tuple:
+    """(weights, scales, mins) of a BF16, Q8 or Q4 as its fused kernels receive them."""
+    if isinstance(w, BF16):
+        return w.bits, None, None
+    if isinstance(w, Q8):
+        return w.values, w._kernel_scales, None
+    return (w.packed, *w._kernel_parts)
+
+
 @NEEDS_NUMBA
-@pytest.mark.skipif(not INT8_FORMS, reason="no integer dot product on this CPU")
-@pytest.mark.parametrize("form", INT8_FORMS)
-@pytest.mark.parametrize("dtype", INT8_KINDS)
-def test_int8_row_loops_give_each_weight_row_its_own_bits(form, dtype):
-    """The row loops multiply four weight rows at once (kernels_numba._streamed_rows), each
-    in accumulators of its own: every row's result has the bits it gets alone, as a
-    one-row matrix. 67 rows: a 64-row task in fours 16 rows apart, then 3 alone; on the
-    calling thread and on all threads."""
+@pytest.mark.parametrize("form, dtype", [(form, dtype) for form in INT8_FORMS
+                                          for dtype in INT8_KINDS] + [("float", "bf16")])
+def test_row_dot_products_give_each_of_several_weight_rows_its_own_bits(form, dtype):
+    """The row dot products multiply a tuple of weight rows at once, each in accumulators
+    of its own: four at a time, every row's result has the bits it gets alone (the
+    loops kernels.linear runs, one row after another). bf16 weights take float32 x."""
     kernels_numba = kernels._numba_kernels()
     kernels.set_backend("numba")
-    kernels_numba.set_int8_activations(True, form)
-    n_in = 2 * N_IN_K if dtype == "gguf_q4_k" else N_IN
-    w, _ = weight_in(dtype, random_matrix((N_OUT, n_in)))
-    x = random_matrix((2, n_in), seed=3)
-    alone = np.concatenate([kernels.linear(x, w.take([r])) for r in range(N_OUT)], axis=1)
-    for module in (kernels_numba.SERIAL, kernels_numba):
-        together = np.empty_like(alone)
-        fused_matmul(w, module, len(x))(x, together)
-        np.testing.assert_array_equal(together, alone)
+    if form != "float":
+        kernels_numba.set_int8_activations(True, form)
+    n_out, n_in = 68, (2 * N_IN_K if dtype == "gguf_q4_k" else N_IN)
+    w, _ = weight_in(dtype, random_matrix((n_out, n_in)))
+    x = random_matrix((2 if form != "float" else 1, n_in), seed=3)
+    alone = kernels.linear(x, w)
+    together = np.empty_like(alone)
+    x_form = x if form == "float" else kernels_numba.quantize_rows(x, isinstance(w, Q4))
+    four_rows_at_once()(form == "vnni", *kernel_arrays(w), x_form, together)
+    np.testing.assert_array_equal(together.view(np.uint32), alone.view(np.uint32))
 
 
 @NEEDS_INT8_GEMM
