@@ -486,8 +486,9 @@ def quantize_rows(x, q4_order):
 
 def _row_dots(use_vnni, weights, scales, mins, x_form, x_row, rows):
     """The dot products of the weight rows `rows` (a tuple) with row x_row of x, in the
-    form the weights' dots read x: bf16 bits (uint16) with x as it is, float32
-    (kernels_simd.bf16_dot_float); Q8 (int8) or Q4 (uint8 nibbles) in integers with x
+    form the weights' dots read x: bf16 bits (uint16) or float32 with x as it is, float32
+    (kernels_simd.bf16_dot_float / f32_dot_float); Q8 (int8) or Q4 (uint8 nibbles) in
+    integers with x
     quantised by quantize_rows (kernels_simd.q8_dot / q4_dot). Compiled code only."""
     raise NotImplementedError("_row_dots runs inside numba-compiled code only")
 
@@ -502,6 +503,11 @@ def _row_dots_overload(use_vnni, weights, scales, mins, x_form, x_row, rows):
         def bf16(use_vnni, weights, scales, mins, x_form, x_row, rows):
             return kernels_simd.bf16_dot_float(weights, x_form, x_row, rows)
         return bf16
+
+    if weights.dtype == types.float32:
+        def f32(use_vnni, weights, scales, mins, x_form, x_row, rows):
+            return kernels_simd.f32_dot_float(weights, x_form, x_row, rows)
+        return f32
 
     if weights.dtype == types.int8:
         def q8(use_vnni, weights, scales, mins, x_form, x_row, rows):
@@ -574,10 +580,30 @@ def _matmul_int8(use_vnni, x, weights, scales, mins, out):
     claimed = no_claims()
     task = streamed_task(weights.shape[0])
     for _ in prange(thread_count()):  # as matmul_bf16's
+        _claimed_runs(claimed, task, use_vnni, weights, scales, mins, quantized, out)
+
+
+@njit(**_PARALLEL)
+def gemv_f32(x, w, out):
+    """out = x (1, K) @ float32 matrix w (N, K).T by the row dot products
+    (kernels_simd.f32_dot_float) in long runs, as the int8 rows'. Zen 5, 2 threads, 1B's
+    matrices in model order from DRAM, interleaved: 59-62 GB/s against OpenBLAS sgemv's
+    46-57 (its SkylakeX kernels; Haswell's read 46 GB/s there); an earlier form, four
+    streams in 128-row blocks, read 29."""
+    claimed = no_claims()
+    task = streamed_task(w.shape[0])
+    for _ in prange(thread_count()):  # as matmul_bf16's
+        _claimed_runs(claimed, task, False, w, None, None, x, out)
+
+
+@njit(**_SERIAL)
+def _claimed_runs(claimed, task, use_vnni, weights, scales, mins, x_form, out):
+    """A thread's share of a row dot products' product: blocks of `task` rows claimed in
+    turn (claim_rows), each by _streamed_rows."""
+    start, stop = claim_rows(claimed, weights.shape[0], task)
+    while start < stop:
+        _streamed_rows(use_vnni, weights, scales, mins, x_form, out, start, stop)
         start, stop = claim_rows(claimed, weights.shape[0], task)
-        while start < stop:
-            _streamed_rows(use_vnni, weights, scales, mins, quantized, out, start, stop)
-            start, stop = claim_rows(claimed, weights.shape[0], task)
 
 
 # The integer dot products this CPU has (kernels_simd.available) and whether they are
@@ -656,9 +682,9 @@ def _serial_twin(kernel):
     return njit(**_SERIAL)(twin)
 
 
-def _fused_kernels(bf16, q8_float, q4_float, int8) -> SimpleNamespace:
-    """The fused matmuls the weight formats call (matmul_bf16 / _q8 / _q4), the q8 and Q4
-    ones taking float32 or int8 activations as set_int8_activations says."""
+def _fused_kernels(bf16, q8_float, q4_float, int8, f32) -> SimpleNamespace:
+    """The fused matmuls the weight formats call (matmul_bf16 / _q8 / _q4, gemv_f32), the
+    q8 and Q4 ones taking float32 or int8 activations as set_int8_activations says."""
     def matmul_q8(x, values, scales, out):
         """out = x (M, K) @ Q8 matrix (values (N, K) int8, scales (N, K/32) float32 or
         float16 bits (uint16)).T."""
@@ -679,10 +705,10 @@ def _fused_kernels(bf16, q8_float, q4_float, int8) -> SimpleNamespace:
             int8(form == "vnni", x, packed, scales, mins, out)
 
     return SimpleNamespace(matmul_bf16=bf16, matmul_q8=matmul_q8, matmul_q4=matmul_q4,
-                           int8_activations=int8_activations)
+                           gemv_f32=f32, int8_activations=int8_activations)
 
 
-_PARALLEL_KERNELS = (matmul_bf16, _matmul_q8_float, _matmul_q4_float, _matmul_int8)
+_PARALLEL_KERNELS = (matmul_bf16, _matmul_q8_float, _matmul_q4_float, _matmul_int8, gemv_f32)
 _kernels = _fused_kernels(*_PARALLEL_KERNELS)
 matmul_q8, matmul_q4 = _kernels.matmul_q8, _kernels.matmul_q4
 # The same on the calling thread alone (kernels.linear hands this to a weight's fused
@@ -696,12 +722,13 @@ WARMUP_COLUMNS = 256  # weight columns to compile the kernels with: one Q4_K sup
 
 def warmup_weights(n_rows: int, n_cols: int):
     """Zero weights of every array kind the loader produces, to compile kernels for
-    (warmup): writable, then read-only (memory-mapped files); bf16 bits, Q8 values, Q4
-    nibbles; q8_forms the scales of Q8 (float32) and of GGUF's Q8_0 (float16, as uint16
+    (warmup): writable, then read-only (memory-mapped files); bf16 bits, float32, Q8
+    values, Q4 nibbles; q8_forms the scales of Q8 (float32) and of GGUF's Q8_0 (float16, as uint16
     bits); q4_forms the (scales, mins) of Q4_K (SuperScales as the kernels read them:
     uint8 codes, float16 bits per 8 blocks), Q4_1 and Q4_0 (float16; Q4_0 without mins)."""
     for writable in (True, False):
         w = SimpleNamespace(bits=np.zeros((n_rows, n_cols), dtype=np.uint16),
+                            floats=np.zeros((n_rows, n_cols), dtype=np.float32),
                             values=np.zeros((n_rows, n_cols), dtype=np.int8),
                             packed=np.zeros((n_rows, n_cols // 2), dtype=np.uint8),
                             scales=np.zeros((n_rows, n_cols >> _Q8_SHIFT), dtype=np.float32),
@@ -734,8 +761,9 @@ def warmup() -> None:
             decode_q8(values, q8_scales, 0, tile)
         for q4_scales, q4_mins in q4_forms:  # Q4_K, Q4_1, Q4_0
             decode_q4(packed, q4_scales, q4_mins, 0, tile)
-        for bf16, q8_float, q4_float, int8 in (_PARALLEL_KERNELS, _SERIAL_KERNELS):
+        for bf16, q8_float, q4_float, int8, f32 in (_PARALLEL_KERNELS, _SERIAL_KERNELS):
             bf16(x, bits, out)
+            f32(x[:1], w.floats, out[:1])
             for q8_scales in q8_forms:
                 q8_float(x, values, q8_scales, out)
             for q4_scales, q4_mins in q4_forms:

@@ -823,42 +823,56 @@ def q8_dot_float(typingctx, weights, scales, row, x):
     return types.float32(weights, scales, row, x), codegen
 
 
-def _bf16_rows_dot(context, builder, sig, args):
-    """x[x_row] . bf16(bits[r]) in float32 for each weight row r in `rows`: 32 values (a
-    64-byte cache line of each row) a step, widened to float32 in registers (shifted up
-    16 bits) and multiply-added into vectors of eight partial sums, two chains a row; the
-    K mod 32 values left, one at a time. Each step asks for its rows' bytes
-    PREFETCH_DISTANCE ahead, as the int8 row dots do. The same operations in the same
-    order on every CPU (no reassociation left to LLVM)."""
-    (bits_type, x_type, _, _), (bits, x, x_row, rows) = sig.args, args
+def _float_rows_dot(context, builder, sig, args):
+    """x[x_row] . w[r] in float32 for each weight row r in `rows`, w bf16 bits (uint16)
+    or float32: 32 values (64 bytes of bf16, 128 of float32) a step, bf16 widened to
+    float32 in registers (shifted up 16 bits), multiply-added into vectors of eight
+    partial sums, two chains a row; the K mod 32 values left, one at a time. Each step
+    asks for its rows' bytes PREFETCH_DISTANCE ahead, as the int8 row dots do. The same
+    operations in the same order on every CPU (no reassociation left to LLVM)."""
+    (w_type, x_type, _, _), (w, x, x_row, rows) = sig.args, args
     rows = cgutils.unpack_tuple(builder, rows)
-    w = [_row_pointer(context, builder, bits_type, bits, r) for r in rows]
+    w_rows = [_row_pointer(context, builder, w_type, w, r) for r in rows]
     x = _row_pointer(context, builder, x_type, x, x_row)
-    n_in = _shape(context, builder, bits_type, bits)[1]
+    n_in = _shape(context, builder, w_type, w)[1]
     n_steps = builder.udiv(n_in, ir.Constant(n_in.type, 32))
     fma = declare(builder, "llvm.fmuladd.v8f32", F32X8, F32X8, F32X8, F32X8)
+    bf16 = w_type.dtype == types.uint16
+
+    def widened(value):
+        return bf16_bits_to_float(builder, value) if bf16 else value
 
     def add_step(step, accs):
         xs = eight_lane_parts(builder, load_vector(builder, x, step, _F32x32, 4))
         updated = []
-        for row, acc in zip(w, accs):
-            fetch_row_ahead(builder, row, step, 64)
-            values = bf16_bits_to_float(builder, load_vector(builder, row, step, _I16x32, 2))
+        for row, acc in zip(w_rows, accs):
+            step_bytes = 64 if bf16 else 128
+            for line in range(0, step_bytes, 64):
+                line_start = builder.gep(builder.bitcast(row, BYTE_POINTER),
+                                         [ir.Constant(step.type, line)])
+                fetch_row_ahead(builder, line_start, step, step_bytes)
+            values = widened(load_vector(builder, row, step, _I16x32 if bf16 else _F32x32,
+                                         2 if bf16 else 4))
             for w_part, x_part in zip(eight_lane_parts(builder, values), xs):
                 acc = builder.call(fma, [w_part, x_part, acc])
             updated.append(acc)
         return updated
 
     totals = [_reduce(builder, total) for total in _chained(builder, n_steps, add_step, "bf16",
-                                                            len(w))]
+                                                            len(w_rows))]
     slots = [cgutils.alloca_once_value(builder, total) for total in totals]
     start = builder.mul(n_steps, ir.Constant(n_in.type, 32))
     with cgutils.for_range_slice(builder, start, n_in, ir.Constant(n_in.type, 1)) as (j, _):
         x_j = builder.load(builder.gep(x, [j]))
-        for row, slot in zip(w, slots):
-            value = bf16_bits_to_float(builder, builder.load(builder.gep(row, [j])))
+        for row, slot in zip(w_rows, slots):
+            value = widened(builder.load(builder.gep(row, [j])))
             builder.store(builder.fadd(builder.load(slot), builder.fmul(x_j, value)), slot)
     return [builder.load(slot) for slot in slots]
+
+
+def _float_dot_codegen(context, builder, sig, args):
+    return context.make_tuple(builder, sig.return_type,
+                              _float_rows_dot(context, builder, sig, args))
 
 
 @intrinsic
@@ -867,11 +881,14 @@ def bf16_dot_float(typingctx, bits, x, x_row, rows):
     each dotted with the float32 row x_row of x (M, K), in float32: fused multiply-adds
     where the CPU has them (every AVX2 CPU), else a multiply and an add. Whole arrays
     and indices, as q8_dot."""
-    def codegen(context, builder, sig, args):
-        return context.make_tuple(builder, sig.return_type,
-                                  _bf16_rows_dot(context, builder, sig, args))
+    return _dots_type(rows)(bits, x, x_row, rows), _float_dot_codegen
 
-    return _dots_type(rows)(bits, x, x_row, rows), codegen
+
+@intrinsic
+def f32_dot_float(typingctx, w, x, x_row, rows):
+    """float32s: the float32 weight rows `rows` (w: (N, K), each row contiguous) each
+    dotted with the float32 row x_row of x (M, K), as bf16_dot_float."""
+    return _dots_type(rows)(w, x, x_row, rows), _float_dot_codegen
 
 
 # --- quantising x (kernels_numba.quantize_block) ---------------------------------------

@@ -568,23 +568,46 @@ def test_the_integer_rows_have_the_same_bits_however_the_threads_split_them(dtyp
 
 
 @NEEDS_NUMBA
-def test_decoding_by_bf16_weights_gives_each_row_its_own_bits_however_the_threads_split_them():
-    """One row of x by bf16 weights takes the row dot products (as the integer rows
-    above): 4100 values a row, 128 vector steps and 4 values after them. Each row's
+@pytest.mark.parametrize("dtype", ["bf16", "f32"])
+def test_decoding_by_float_weights_gives_each_row_its_own_bits_however_the_threads_split_them(
+        dtype):
+    """One row of x by bf16 or float32 weights takes the row dot products (as the integer
+    rows above): 4100 values a row, 128 vector steps and 4 values after them. Each row's
     result has the bits it has alone and the float32 sum's accuracy, on the calling
     thread and on all threads."""
     from llama3_np import kernels_numba
 
     n_out, n_in = 77, 4100
     kernels.set_backend("numba")
-    w, w_float32 = weight_in("bf16", random_matrix((n_out, n_in)))
+    w, w_float32 = weight_in(dtype, random_matrix((n_out, n_in)))
     x = random_matrix((1, n_in), seed=3)
-    alone = np.concatenate([kernels.linear(x, w.take([r])) for r in range(n_out)], axis=1)
+    alone = np.concatenate([kernels.linear(x, w[[r]] if dtype == "f32" else w.take([r]))
+                            for r in range(n_out)], axis=1)
     assert_matches_float64(alone, x, w_float32)
     for module in (kernels_numba.SERIAL, kernels_numba):
         together = np.empty_like(alone)
         fused_matmul(w, module, len(x))(x, together)
         np.testing.assert_array_equal(together.view(np.uint32), alone.view(np.uint32))
+
+
+@NEEDS_NUMBA
+def test_float32_weights_take_the_row_dots_for_one_row_of_x_and_blas_for_more():
+    """kernels.linear by a float32 matrix: one row of x through kernels_numba.gemv_f32
+    (its bits), several rows and a non-contiguous matrix through BLAS (x @ w.T's bits);
+    the NumPy backend always BLAS."""
+    from llama3_np import kernels_numba
+
+    kernels.set_backend("numba")
+    w = random_matrix((67, 544))
+    one, several = random_matrix((1, 544), seed=2), random_matrix((3, 544), seed=3)
+    expected = np.empty((1, 67), dtype=np.float32)
+    kernels_numba.SERIAL.gemv_f32(one, w, expected)
+    np.testing.assert_array_equal(kernels.linear(one, w), expected)
+    np.testing.assert_array_equal(kernels.linear(several, w), several @ w.T)
+    strided = np.asfortranarray(w)
+    np.testing.assert_array_equal(kernels.linear(one, strided), one @ strided.T)
+    kernels.set_backend("numpy")
+    np.testing.assert_array_equal(kernels.linear(one, w), one @ w.T)
 
 
 @NEEDS_NUMBA
@@ -631,7 +654,10 @@ def four_rows_at_once():
 
 
 def kernel_arrays(w) -> tuple:
-    """(weights, scales, mins) of a BF16, Q8 or Q4 as its fused kernels receive them."""
+    """(weights, scales, mins) of a float32 matrix, a BF16, Q8 or Q4 as its fused kernels
+    receive them."""
+    if isinstance(w, np.ndarray):
+        return w, None, None
     if isinstance(w, BF16):
         return w.bits, None, None
     if isinstance(w, Q8):
@@ -641,11 +667,13 @@ def kernel_arrays(w) -> tuple:
 
 @NEEDS_NUMBA
 @pytest.mark.parametrize("form, dtype", [(form, dtype) for form in INT8_FORMS
-                                          for dtype in INT8_KINDS] + [("float", "bf16")])
+                                          for dtype in INT8_KINDS] +
+                         [("float", "bf16"), ("float", "f32")])
 def test_row_dot_products_give_each_of_several_weight_rows_its_own_bits(form, dtype):
     """The row dot products multiply a tuple of weight rows at once, each in accumulators
     of its own: four at a time, every row's result has the bits it gets alone (the
-    loops kernels.linear runs, one row after another). bf16 weights take float32 x."""
+    loops kernels.linear runs, one row after another). bf16 and float32 weights take
+    float32 x."""
     kernels_numba = kernels._numba_kernels()
     kernels.set_backend("numba")
     if form != "float":

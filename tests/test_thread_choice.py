@@ -269,7 +269,7 @@ def test_serial_twins_are_cached_apart_from_the_parallel_kernels():
     original would load the parallel machine code from the cache, or the other way round."""
     from llama3_np import kernels_numba
 
-    assert len(kernels_numba._SERIAL_KERNELS) == len(kernels_numba._PARALLEL_KERNELS) == 4
+    assert len(kernels_numba._SERIAL_KERNELS) == len(kernels_numba._PARALLEL_KERNELS) == 5
     for parallel, serial in zip(kernels_numba._PARALLEL_KERNELS, kernels_numba._SERIAL_KERNELS):
         assert parallel.targetoptions.get("parallel") is True
         assert not serial.targetoptions.get("parallel")

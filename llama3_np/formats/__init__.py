@@ -84,8 +84,14 @@ def distinct(tensors) -> list:
 
 
 def fused_matmul(w, kernels, n_rows: int) -> Optional[FusedMatmul]:
-    """w's fused kernel for n_rows rows of x, or None; an ndarray (float16) has none."""
-    return None if isinstance(w, np.ndarray) else w.fused(kernels, n_rows)
+    """w's fused kernel for n_rows rows of x, or None. An ndarray has one only as float32
+    (C-contiguous) times one row of x: the row dot products (kernels_numba.gemv_f32),
+    which read it from memory faster than BLAS's sgemv; BLAS multiplies the rest."""
+    if not isinstance(w, np.ndarray):
+        return w.fused(kernels, n_rows)
+    if kernels is None or n_rows != 1 or w.dtype != np.float32 or not w.flags.c_contiguous:
+        return None
+    return lambda rows, out: kernels.gemv_f32(rows, w, out)
 
 
 def bf16_matmul(w, bf16_kernels) -> Optional[Callable[[np.ndarray], np.ndarray]]:
