@@ -488,8 +488,8 @@ def _row_dots(use_vnni, weights, scales, mins, x_form, x_row, rows):
     """The dot products of the weight rows `rows` (a tuple) with row x_row of x, in the
     form the weights' dots read x: bf16 bits (uint16) or float32 with x as it is, float32
     (kernels_simd.bf16_dot_float / f32_dot_float); Q8 (int8) or Q4 (uint8 nibbles) in
-    integers with x
-    quantised by quantize_rows (kernels_simd.q8_dot / q4_dot). Compiled code only."""
+    integers with x quantised by quantize_rows (kernels_simd.q8_dot / q4_dot). Compiled
+    code only."""
     raise NotImplementedError("_row_dots runs inside numba-compiled code only")
 
 
@@ -723,8 +723,8 @@ WARMUP_COLUMNS = 256  # weight columns to compile the kernels with: one Q4_K sup
 def warmup_weights(n_rows: int, n_cols: int):
     """Zero weights of every array kind the loader produces, to compile kernels for
     (warmup): writable, then read-only (memory-mapped files); bf16 bits, float32, Q8
-    values, Q4 nibbles; q8_forms the scales of Q8 (float32) and of GGUF's Q8_0 (float16, as uint16
-    bits); q4_forms the (scales, mins) of Q4_K (SuperScales as the kernels read them:
+    values, Q4 nibbles; q8_forms the scales of Q8 (float32) and of GGUF's Q8_0 (float16,
+    as uint16 bits); q4_forms the (scales, mins) of Q4_K (SuperScales as the kernels read them:
     uint8 codes, float16 bits per 8 blocks), Q4_1 and Q4_0 (float16; Q4_0 without mins)."""
     for writable in (True, False):
         w = SimpleNamespace(bits=np.zeros((n_rows, n_cols), dtype=np.uint16),

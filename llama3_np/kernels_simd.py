@@ -12,11 +12,11 @@ out here.
 
 The row dot products take a tuple of weight rows and multiply them at once, each in
 accumulators of its own. Four rows far apart in memory are four streams for the hardware
-prefetcher, which on the first machines measured kept more bytes in flight than one
-did in 16-128-row tasks (8192 x 2048 matrices from DRAM: Q8_0 21-24 GB/s
-one row at a time, 25-29 four; one thread 12-13 and 14-15); on a Zen 5, with each
-thread's rows in two long runs, one stream read fastest (kernels_numba.streamed_task),
-and the loops now go one row at a time. benchmarks/gemv_streams.py measures both.
+prefetcher, which on the first machines measured kept more bytes in flight than one did
+in 16-128-row tasks (8192 x 2048 matrices from DRAM: Q8_0 21-24 GB/s one row at a time,
+25-29 four; one thread 12-13 and 14-15); on a Zen 5, with each thread's rows in two long
+runs, one stream read fastest (kernels_numba.streamed_task), and the loops now go one row
+at a time. benchmarks/gemv_streams.py measures both.
 Computing less per byte did not help Q8 one row at a time: without the scales'
 arithmetic it ran as fast, and so did a 16-row interleaved copy of the weights
 (llama.cpp's AMX layout, 512 bytes of 16 rows a step) one row group at a time; four
@@ -842,11 +842,12 @@ def _float_rows_dot(context, builder, sig, args):
     def widened(value):
         return bf16_bits_to_float(builder, value) if bf16 else value
 
+    step_bytes = 64 if bf16 else 128  # 32 values; a cache line is 64 bytes
+
     def add_step(step, accs):
         xs = eight_lane_parts(builder, load_vector(builder, x, step, _F32x32, 4))
         updated = []
         for row, acc in zip(w_rows, accs):
-            step_bytes = 64 if bf16 else 128
             for line in range(0, step_bytes, 64):
                 line_start = builder.gep(builder.bitcast(row, BYTE_POINTER),
                                          [ir.Constant(step.type, line)])

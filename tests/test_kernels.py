@@ -536,10 +536,16 @@ def test_int8_activations_are_the_quantised_x_times_the_weight(form, dtype, n_ro
 def test_the_row_loops_split_every_matrix_into_a_few_long_runs_a_thread(n_rows, threads_):
     """kernels_numba.streamed_task: blocks of at least 16 rows, two blocks a thread (as
     few as that allows), covering every row."""
+    import numba
+
     from llama3_np import kernels_numba
 
+    before = numba.get_num_threads()
     threads_ = kernels_numba.set_threads(threads_)  # at most the cores numba has
-    task = kernels_numba.streamed_task(n_rows)
+    try:
+        task = kernels_numba.streamed_task(n_rows)
+    finally:
+        numba.set_num_threads(before)
     n_tasks = -(-n_rows // task)
     assert task >= 16 and n_tasks <= 2 * threads_
     assert n_tasks == 2 * threads_ or task == 16
