@@ -1,5 +1,5 @@
 """One stream or four: one token (M = 1) against Q8_0 and Q4_0 matrices read from memory,
-by the int8 row loops (one weight row after another, each thread's rows in two long runs:
+by the int8 row loops (one weight row after another, each thread's rows in a few long runs:
 kernels_numba.streamed_task) and by four rows at once, far apart. About a minute.
 
     python benchmarks/gemv_streams.py [--threads 2] [--rounds 5] [--shape 8192 2048]

@@ -119,7 +119,7 @@ _SUPER_SHIFT = kernels_simd.SUPER_SHIFT  # block b >> 3 is the index of its Q4_K
 _ROWS_PER_TASK = 16  # the unit of rows a thread claims
 # The row dot products' loops (_streamed_rows) hand each thread this many blocks of a
 # matrix's rows, each one long stream (see streamed_task).
-_STREAMED_TASKS_PER_THREAD = 2
+_STREAMED_TASKS_PER_THREAD = 4
 
 
 @intrinsic
@@ -540,13 +540,15 @@ def _reads_x_in_q4_order_overload(weights):
 def streamed_task(n_rows):
     """Rows a thread claims at a time in the row dot products' loops: a matrix split into
     _STREAMED_TASKS_PER_THREAD blocks a thread (at least _ROWS_PER_TASK rows), each read
-    as one stream (_streamed_rows), as llama.cpp splits its GEMV. Zen 5 EPYC, 2 threads,
-    1B's matrices in model order from DRAM, interleaved, GB/s: Q4_0 38.8-43.7 against
+    as one stream (_streamed_rows). Zen 5 EPYC, 2 threads, 1B's matrices in model order
+    from DRAM, interleaved, GB/s, with two blocks a thread: Q4_0 38.8-43.7 against
     33.1-39.8 for blocks of 128 rows in four streams side by side (the split before),
     34.7-42.4 for these blocks in four streams; Q8_0 34.3-35.5 against 29.8-31.4; Q4_K
-    37.3 against 31.6; bf16 40.8 against 37.9; one thread, Q4_0 27.9 against 23.2. The
-    demo model's small matrices ran alike. benchmarks/gemv_streams.py measures one
-    stream against four on any machine."""
+    37.3 against 31.6; bf16 40.8 against 37.9; one thread, Q4_0 27.9 against 23.2. Four
+    blocks a thread read as fast (Q4_0 41.8 against 38.6, Q8_0 42.6 against 42.0; eight:
+    41.4, 41.8) and leave a descheduled thread less to hold back (kernels.linear's
+    thread choice). The demo model's small matrices ran alike every way.
+    benchmarks/gemv_streams.py measures one stream against four on any machine."""
     parts = _STREAMED_TASKS_PER_THREAD * thread_count()
     return max(_ROWS_PER_TASK, (n_rows + parts - 1) // parts)
 

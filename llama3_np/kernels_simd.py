@@ -14,7 +14,7 @@ The row dot products take a tuple of weight rows and multiply them at once, each
 accumulators of its own. Four rows far apart in memory are four streams for the hardware
 prefetcher, which on the first machines measured kept more bytes in flight than one did
 in 16-128-row tasks (8192 x 2048 matrices from DRAM: Q8_0 21-24 GB/s one row at a time,
-25-29 four; one thread 12-13 and 14-15); on a Zen 5, with each thread's rows in two long
+25-29 four; one thread 12-13 and 14-15); on a Zen 5, with each thread's rows in a few long
 runs, one stream read fastest (kernels_numba.streamed_task), and the loops now go one row
 at a time. benchmarks/gemv_streams.py measures both.
 Computing less per byte did not help Q8 one row at a time: without the scales'

@@ -534,8 +534,8 @@ def test_int8_activations_are_the_quantised_x_times_the_weight(form, dtype, n_ro
 @pytest.mark.parametrize("n_rows", [1, 13, 77, 1000])
 @pytest.mark.parametrize("threads_", [1, 2, 3])
 def test_the_row_loops_split_every_matrix_into_a_few_long_runs_a_thread(n_rows, threads_):
-    """kernels_numba.streamed_task: blocks of at least 16 rows, two blocks a thread (as
-    few as that allows), covering every row."""
+    """kernels_numba.streamed_task: blocks of at least 16 rows, _STREAMED_TASKS_PER_THREAD
+    blocks a thread (fewer where 16-row blocks cover the matrix), covering every row."""
     import numba
 
     from llama3_np import kernels_numba
@@ -546,9 +546,9 @@ def test_the_row_loops_split_every_matrix_into_a_few_long_runs_a_thread(n_rows, 
         task = kernels_numba.streamed_task(n_rows)
     finally:
         numba.set_num_threads(before)
-    n_tasks = -(-n_rows // task)
-    assert task >= 16 and n_tasks <= 2 * threads_
-    assert n_tasks == 2 * threads_ or task == 16
+    n_tasks, per_thread = -(-n_rows // task), kernels_numba._STREAMED_TASKS_PER_THREAD
+    assert task >= 16 and n_tasks <= per_thread * threads_
+    assert n_tasks == per_thread * threads_ or task == 16
 
 
 @NEEDS_NUMBA
@@ -556,7 +556,7 @@ def test_the_row_loops_split_every_matrix_into_a_few_long_runs_a_thread(n_rows, 
 @pytest.mark.parametrize("dtype", ["gguf_q8_0", "gguf_q4_1"])
 def test_the_integer_rows_have_the_same_bits_however_the_threads_split_them(dtype):
     """Each thread reads its blocks of rows one row after another (_streamed_rows): every
-    row of a 77-row matrix (blocks of 20, 20, 20 and 17 rows on two threads) has the
+    row of a 77-row matrix (blocks of 16 rows and 13 after them, on two threads) has the
     bits it has alone, on the calling thread and on all threads."""
     from llama3_np import kernels_numba
 
