@@ -8,7 +8,7 @@ this module only chooses between them by the number of rows and the backend.
 How, fastest first:
 - float32 weights: NumPy's BLAS; one row of x (decoding a token), numba backend: the
   row dot products in long runs a thread (kernels_numba.gemv_f32), which read from
-  memory 5-15% faster than OpenBLAS's sgemv.
+  memory faster than OpenBLAS's sgemv (its figures there).
 - up to 32 rows of x (decoding a token, a chat turn, a short prompt; Q4 with float32 x:
   up to 6, formats/q4.py), bf16 / q8 / Q4 weights, numba backend: fused kernels that
   decode each weight in registers, so only the stored bytes cross the memory bus, once

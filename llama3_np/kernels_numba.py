@@ -546,8 +546,9 @@ def streamed_task(n_rows):
     34.7-42.4 for these blocks in four streams; Q8_0 34.3-35.5 against 29.8-31.4; Q4_K
     37.3 against 31.6; bf16 40.8 against 37.9; one thread, Q4_0 27.9 against 23.2. Four
     blocks a thread read as fast (Q4_0 41.8 against 38.6, Q8_0 42.6 against 42.0; eight:
-    41.4, 41.8) and leave a descheduled thread less to hold back (kernels.linear's
-    thread choice). The demo model's small matrices ran alike every way.
+    41.4, 41.8) and leave a thread the host deschedules less to hold back (claimed
+    blocks against fixed halves: README, Speed and memory). The demo model's small
+    matrices ran alike every way.
     benchmarks/gemv_streams.py measures one stream against four on any machine."""
     parts = _STREAMED_TASKS_PER_THREAD * thread_count()
     return max(_ROWS_PER_TASK, (n_rows + parts - 1) // parts)
