@@ -22,7 +22,8 @@ instructions built here as LLVM IR (numba @intrinsic), on either of two routes:
   (Cooper Lake, Sapphire Rapids, Zen 4/5). Lanes are 16 rows of x (the same pairs
   layout); each weight pair (2 adjacent bf16 = 4 bytes) is broadcast straight from the
   stored row. A micro-kernel keeps 4 x 6 = 24 zmm accumulators (64 rows of x by 6 weight
-  rows) through all of K. Needs K even.
+  rows) through a chunk of K; a thread takes its block of weight rows through K chunk by
+  chunk, so that x comes from the L2 cache. Needs K even.
 
 Measured on an Intel Xeon with AMX (2 cores, shared with 2-6 other busy processes:
 ratios within one process, interleaved, best of 5-9; 128 rows of x, one Llama 3.2 1B
@@ -88,7 +89,7 @@ _VDP_W_ROWS = 6  # ... by 6 weight rows: 24 accumulators of the 32 zmm registers
 _VDP_ROWS_PER_TASK = 48  # weight rows a thread claims at once (a multiple of _VDP_W_ROWS)
 _AMX_K_STEP = 32  # bf16 values of K one tile holds
 _AMX_BLOCK = 2 * _LANES  # weight rows, and rows of x, of one AMX micro-kernel
-_X_CHUNK_BYTES = 1 << 19  # x_pairs a pass over the weights reads: half the 2 MB L2 cache
+_X_CHUNK_BYTES = 1 << 19  # x_pairs in a chunk of K: half a Zen 5's L2 cache, a Xeon's quarter
 ROUNDED_X = -1  # pack_activations: x rounded to bf16, not one of its exact parts
 
 
@@ -163,8 +164,15 @@ def matmul(rows: np.ndarray, bits: np.ndarray, part: int = ROUNDED_X) -> np.ndar
     if _routes.current == "amx":
         _matmul_amx(x_pairs, bits, out)
     else:
-        _matmul_vdp(x_pairs, bits, out)
+        _matmul_vdp(x_pairs, bits, out, _chunk_pairs(x_pairs))
     return out
+
+
+def _chunk_pairs(x_pairs: np.ndarray) -> int:
+    """Pairs of K in a chunk of x_pairs that fills _X_CHUNK_BYTES: a whole number of AMX
+    steps, at least one."""
+    step_pairs = _AMX_K_STEP // 2
+    return max(step_pairs, _X_CHUNK_BYTES // (4 * x_pairs.shape[1]) // step_pairs * step_pairs)
 
 
 def matmul_exact(rows: np.ndarray, bits: np.ndarray) -> np.ndarray:
@@ -210,25 +218,29 @@ class _BFloat(ir.Type):
 
 
 _BF16X32 = ir.VectorType(_BFloat(), 2 * _LANES)
+_PAIR_RANGE = types.UniTuple(types.intp, 2)  # (start, stop): the pairs of K a block sums
 
 
 # vdpbf16ps: a 64 x 6 block of x @ W.T (or 16 x 6 for the last rows of x).
 
 def _make_vdp_block(x_vectors: int):
-    """An intrinsic block(x_pairs, bits, acc, m0, n0): acc[16 (i * x_vectors + v) + l] =
-    x[m0 + 16 v + l] . bf16(bits[min(n0 + i, N - 1)]) for i < 6, v < x_vectors, over
-    all of K (past the last weight row the last one is repeated, and ignored)."""
+    """An intrinsic block(x_pairs, bits, acc, m0, n0, pairs): acc[16 (i * x_vectors + v) + l]
+    = x[m0 + 16 v + l] . bf16(bits[min(n0 + i, N - 1)]) for i < 6, v < x_vectors, over the
+    pairs of K in pairs = (start, stop) (past the last weight row the last one is repeated,
+    and ignored)."""
 
     @intrinsic
-    def vdp_block(typingctx, x_pairs, bits, acc, m0, n0):
+    def vdp_block(typingctx, x_pairs, bits, acc, m0, n0, pairs):
         def codegen(context, builder, sig, args):
-            (x_data, (n_pairs, x_stride)), (w_data, (n_rows, n_cols)), (acc_data, _) = \
+            (x_data, (_, x_stride)), (w_data, (n_rows, n_cols)), (acc_data, _) = \
                 array_parts(context, builder, sig, args)
             m0, n0 = args[3], args[4]
+            start, stop = cgutils.unpack_tuple(builder, args[5])
             dot = declare(builder, "llvm.x86.avx512bf16.dpbf16ps.512", F32X16,
                           F32X16, _BF16X32, _BF16X32)
-            x_base = builder.gep(builder.bitcast(x_data, I32.as_pointer()), [m0])
-            w_pairs = builder.bitcast(w_data, I32.as_pointer())
+            x_base = builder.gep(builder.bitcast(x_data, I32.as_pointer()),
+                                 [builder.add(m0, builder.mul(start, x_stride))])
+            w_pairs = builder.gep(builder.bitcast(w_data, I32.as_pointer()), [start])
             pairs_per_row = builder.ashr(n_cols, ir.Constant(I64, 1))
             row_starts = [builder.gep(w_pairs, [builder.mul(row, pairs_per_row)])
                           for row in clamped_rows(builder, n0, _VDP_W_ROWS, n_rows)]
@@ -250,17 +262,80 @@ def _make_vdp_block(x_vectors: int):
                                 for v in range(x_vectors)]
                 return updated
 
-            store_vectors(builder, acc_data, counted_loop(
-                builder, n_pairs, 1, [F32X16] * (_VDP_W_ROWS * x_vectors), one_pair))
+            store_vectors(builder, acc_data, counted_loop(builder, builder.sub(stop, start), 1,
+                                                          [F32X16] * (_VDP_W_ROWS * x_vectors),
+                                                          one_pair))
             return context.get_dummy_value()
 
-        return types.void(x_pairs, bits, acc, types.intp, types.intp), codegen
+        return types.void(x_pairs, bits, acc, types.intp, types.intp, _PAIR_RANGE), codegen
 
     return vdp_block
 
 
 _vdp_block_64 = _make_vdp_block(_VDP_X_VECTORS)
 _vdp_block_16 = _make_vdp_block(1)
+
+
+# x rounded and packed: 16 rows of x by 16 pairs of K at once.
+
+def _rounded_bits(builder, u):
+    """float32 bits -> bf16 bits in the low half, lane by lane, as _bf16_bits rounds."""
+    def const(value):
+        return ir.Constant(I32X16, [value] * _LANES)
+
+    upper = builder.lshr(u, const(16))
+    nan = builder.icmp_unsigned(">", builder.and_(u, const(0x7FFFFFFF)), const(0x7F800000))
+    even = builder.add(builder.add(u, const(0x7FFF)), builder.and_(upper, const(1)))
+    return builder.select(nan, builder.or_(upper, const(0x40)), builder.lshr(even, const(16)))
+
+
+def _transposed(builder, rows):
+    """16 vectors of 16 lanes turned round: lane r of vector c is lane c of rows[r]. Each
+    of four steps swaps one bit of the vector's index with the same bit of the lane's."""
+    for bit in (1, 2, 4, 8):
+        low = ir.Constant(I32X16, [lane if lane & bit == 0 else _LANES + lane - bit
+                                   for lane in range(_LANES)])
+        high = ir.Constant(I32X16, [lane + bit if lane & bit == 0 else _LANES + lane
+                                    for lane in range(_LANES)])
+        rows = list(rows)
+        for v in range(_LANES):
+            if v & bit == 0:
+                a, b = rows[v], rows[v + bit]
+                rows[v] = builder.shuffle_vector(a, b, low)
+                rows[v + bit] = builder.shuffle_vector(a, b, high)
+    return rows
+
+
+@intrinsic
+def _pack_tile(typingctx, x_bits, pairs, m0, p0):
+    """pairs[p0 + j, m0 + r] = the bf16 bits of x[m0 + r, 2 (p0 + j)], rounded, in the low
+    half and of x[m0 + r, 2 (p0 + j) + 1] in the high one, for r, j < 16: 16 rows of x, 32
+    values each, rounded as _bf16_bits rounds and turned round in registers."""
+
+    def codegen(context, builder, sig, args):
+        (x_data, (_, n_in)), (p_data, (_, n_padded)) = array_parts(context, builder, sig, args)
+        m0, p0 = args[2], args[3]
+        x_first = builder.gep(builder.bitcast(x_data, I32.as_pointer()), [
+            builder.add(builder.mul(m0, n_in), builder.shl(p0, ir.Constant(I64, 1)))])
+        evens = ir.Constant(I32X16, list(range(0, 2 * _LANES, 2)))
+        odds = ir.Constant(I32X16, list(range(1, 2 * _LANES, 2)))
+        rows = []
+        for r in range(_LANES):
+            start = builder.gep(x_first, [builder.mul(ir.Constant(I64, r), n_in)])
+            halves = [_rounded_bits(builder, builder.load(builder.bitcast(
+                builder.gep(start, [ir.Constant(I64, _LANES * h)]), I32X16.as_pointer()),
+                align=4)) for h in range(2)]
+            low = builder.shuffle_vector(halves[0], halves[1], evens)
+            high = builder.shuffle_vector(halves[0], halves[1], odds)
+            rows.append(builder.or_(low, builder.shl(high, ir.Constant(I32X16, [16] * _LANES))))
+        p_first = builder.gep(builder.bitcast(p_data, I32.as_pointer()),
+                              [builder.add(builder.mul(p0, n_padded), m0)])
+        for j, column in enumerate(_transposed(builder, rows)):
+            address = builder.gep(p_first, [builder.mul(ir.Constant(I64, j), n_padded)])
+            builder.store(column, builder.bitcast(address, I32X16.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.void(x_bits, pairs, types.intp, types.intp), codegen
 
 
 # AMX: tiles 0-3 hold the 2 x 2 results, 4-5 the weight rows, 6-7 the rows of x.
@@ -340,8 +415,7 @@ def _amx_block(typingctx, x_pairs, bits, results, m0, w_row, result_row, pairs, 
             tile_op(builder, "tilestored64", tile, address, r_stride_bytes)
         return context.get_dummy_value()
 
-    pair_range = types.UniTuple(types.intp, 2)
-    return types.void(x_pairs, bits, results, types.intp, types.intp, types.intp, pair_range,
+    return types.void(x_pairs, bits, results, types.intp, types.intp, types.intp, _PAIR_RANGE,
                       types.intp), codegen
 
 
@@ -389,13 +463,18 @@ def _x_bits(u, part):
 @njit(**_PARALLEL)
 def _pack_pairs(x_bits, pairs, part):
     """pack_activations' loop: x_bits (M, K) uint32 (float32 bits) -> pairs. By blocks of
-    16 rows of x: each pair row p gets a 64-byte run, read from 16 sequential streams."""
+    16 rows of x: rounded x in tiles of 16 pairs (_pack_tile; 128 x 2048 in 21 against
+    107 us a value at a time, 2 threads, Zen 5), the rest (a last block of fewer rows, the
+    last K mod 32, x's exact parts) a value at a time."""
     n_x = x_bits.shape[0]
     n_pairs, n_padded = pairs.shape
     for block in prange(n_padded // _LANES):
         m0 = block * _LANES
         m1 = min(n_x, m0 + _LANES)
-        for p in range(n_pairs):
+        tiled = n_pairs - n_pairs % _LANES if m1 - m0 == _LANES and part == ROUNDED_X else 0
+        for p0 in range(0, tiled, _LANES):
+            _pack_tile(x_bits, pairs, m0, p0)
+        for p in range(tiled, n_pairs):
             for m in range(m0, m1):
                 low, high = x_bits[m, 2 * p], x_bits[m, 2 * p + 1]
                 pairs[p, m] = _x_bits(low, part) | (_x_bits(high, part) << 16)
@@ -404,31 +483,38 @@ def _pack_pairs(x_bits, pairs, part):
 
 
 @njit(**_SERIAL)
-def _vdp_rows(x_pairs, bits, out, acc, start, stop):
-    """out[:, start:stop] by vdpbf16ps blocks; acc: scratch of 6 x 64 float32."""
-    n_x, n_padded = out.shape[0], x_pairs.shape[1]
-    for n0 in range(start, stop, _VDP_W_ROWS):
-        n_valid = min(_VDP_W_ROWS, stop - n0)
-        m0 = 0
-        while m0 < n_x:
-            if m0 + _LANES * _VDP_X_VECTORS <= n_padded:
-                _vdp_block_64(x_pairs, bits, acc, m0, n0)
-                width = _LANES * _VDP_X_VECTORS
-            else:
-                _vdp_block_16(x_pairs, bits, acc, m0, n0)
-                width = _LANES
-            kernels_numba.store_block(acc, out, m0, n0, n_valid, width)
-            m0 += width
+def _vdp_rows(x_pairs, bits, out, acc, start, stop, chunk_pairs):
+    """out[:, start:stop] by vdpbf16ps blocks, K in chunks of chunk_pairs pairs, each chunk
+    adding to the last; acc: scratch of 6 x 64 float32."""
+    n_x, (n_pairs, n_padded) = out.shape[0], x_pairs.shape
+    for k0 in range(0, n_pairs, chunk_pairs):
+        pairs = (k0, min(n_pairs, k0 + chunk_pairs))
+        for n0 in range(start, stop, _VDP_W_ROWS):
+            n_valid = min(_VDP_W_ROWS, stop - n0)
+            m0 = 0
+            while m0 < n_x:
+                if m0 + _LANES * _VDP_X_VECTORS <= n_padded:
+                    _vdp_block_64(x_pairs, bits, acc, m0, n0, pairs)
+                    width = _LANES * _VDP_X_VECTORS
+                else:
+                    _vdp_block_16(x_pairs, bits, acc, m0, n0, pairs)
+                    width = _LANES
+                kernels_numba.store_block(acc, out, m0, n0, n_valid, width, k0 > 0)
+                m0 += width
 
 
 @njit(**_PARALLEL)
-def _matmul_vdp(x_pairs, bits, out):
+def _matmul_vdp(x_pairs, bits, out, chunk_pairs):
+    """Each thread claims blocks of weight rows in turn and takes a block through K chunk
+    by chunk: a chunk of x_pairs, read once from the L3 cache, serves all the block's rows
+    from the L2 (w2, K = 8192, 128 rows of x: 2 MB of x_pairs in one pass against ~0.6 of the
+    time in four, weights read from DRAM as in a model; benchmarks/prefill_gemm.py)."""
     claimed = kernels_numba.no_claims()
-    for _ in prange(kernels_numba.thread_count()):  # blocks of rows claimed in turn
+    for _ in prange(kernels_numba.thread_count()):
         acc = np.empty(_VDP_W_ROWS * _LANES * _VDP_X_VECTORS, dtype=np.float32)
         start, stop = kernels_numba.claim_rows(claimed, bits.shape[0], _VDP_ROWS_PER_TASK)
         while start < stop:
-            _vdp_rows(x_pairs, bits, out, acc, start, stop)
+            _vdp_rows(x_pairs, bits, out, acc, start, stop, chunk_pairs)
             start, stop = kernels_numba.claim_rows(claimed, bits.shape[0], _VDP_ROWS_PER_TASK)
 
 
@@ -461,8 +547,7 @@ def _matmul_amx(x_pairs, bits, out):
     tail = np.zeros((_AMX_BLOCK if n_full < n_rows else 0, n_cols), dtype=np.uint16)
     tail[:n_rows - n_full] = bits[n_full:]
     results = _reused("results", (n_full + len(tail), x_pairs.shape[1]), np.float32)
-    chunk_pairs = max(_AMX_K_STEP // 2, _X_CHUNK_BYTES // (4 * x_pairs.shape[1])
-                      // (_AMX_K_STEP // 2) * (_AMX_K_STEP // 2))
+    chunk_pairs = _chunk_pairs(x_pairs)
     for start in range(0, len(x_pairs), chunk_pairs):
         stop = min(len(x_pairs), start + chunk_pairs)
         _amx_pass(x_pairs, bits, tail, results, (start, stop), out, stop == len(x_pairs))

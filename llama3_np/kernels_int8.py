@@ -459,7 +459,7 @@ def _gemm_rows(use_vnni, x_quads, x_scales, x_sums, weights, w_scales, w_mins, o
                 _block_16(use_vnni, x_quads, x_scales, x_sums, weights, w_scales, w_mins, acc,
                           m0, n0)
                 width = _LANES
-            kernels_numba.store_block(acc, out, m0, n0, n_valid, width)
+            kernels_numba.store_block(acc, out, m0, n0, n_valid, width, False)
             m0 += width
 
 
@@ -523,7 +523,7 @@ def _gemm_amx(x_quads, x_scales, x_sums, weights, w_scales, w_mins, out, nibble_
                     _amx_block(x_quads, x_scales, x_sums, staged, w_scales, w_mins, sums, acc,
                                m0, 0, n0)
                 kernels_numba.store_block(acc, out, m0, n0, min(_AMX_BLOCK, n_rows - n0),
-                                          _AMX_BLOCK)
+                                          _AMX_BLOCK, False)
         amx_release()
 
 

@@ -227,14 +227,18 @@ def _block_min(mins, scales, r, b):
 
 
 @njit(**_SERIAL)
-def store_block(acc, out, m0, n0, n_valid, width):
+def store_block(acc, out, m0, n0, n_valid, width, adding):
     """A GEMM micro-kernel's results (kernels_bf16, kernels_int8: acc[i * width + m] for
-    weight row n0 + i and row m0 + m of x) into out, past the last row of x or the
-    n_valid-th weight row left out (padding). Along out's rows: one element a row of out
-    (a stride of N floats) at a time, it took 1.6 of 6.6 ms in a 128 x 8192 x 2048 GEMM."""
+    weight row n0 + i and row m0 + m of x) into out, or added to it, past the last row of
+    x or the n_valid-th weight row left out (padding). Along out's rows: one element a row
+    of out (a stride of N floats) at a time, it took 1.6 of 6.6 ms in a 128 x 8192 x 2048
+    GEMM."""
     for m in range(min(width, out.shape[0] - m0)):
         for i in range(n_valid):
-            out[m0 + m, n0 + i] = acc[i * width + m]
+            if adding:
+                out[m0 + m, n0 + i] += acc[i * width + m]
+            else:
+                out[m0 + m, n0 + i] = acc[i * width + m]
 
 
 @njit(**_SERIAL)

@@ -72,17 +72,22 @@ def assert_matches_rounded_float64(y, x, w_float32):
 
 
 def test_activations_round_as_float32_to_bf16_bits(kernels_bf16):
+    """Tiles of 16 rows by 32 values (rounded and turned round in vectors) and the ragged
+    edges (a value at a time) alike."""
     special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, -1e-40,
                         np.float32(3.4e38), 1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, 1 + 2.0 ** -9],
                        dtype=np.float32)  # ties (up and down), subnormals, overflow
-    x = np.concatenate([special, random_matrix(53, seed=9) * 1e3]).reshape(2, 32)
+    x = random_matrix((37, 100), seed=9) * 1e3  # 2 whole tiles of rows, 3 of pairs
+    x[3, 20:31] = x[35, 89:100] = special  # within a tile; across a tile's edge
+    ties = np.random.default_rng(9).integers(0, 2 ** 32, 100, dtype=np.uint32)
+    x[10] = ((ties & 0xFFFF0000) | 0x8000).view(np.float32)  # exactly halfway: to even
     pairs = kernels_bf16.pack_activations(x)
-    assert pairs.shape == (16, 32)  # K / 2 pairs; M padded to 32 rows
+    assert pairs.shape == (50, 64)  # K / 2 pairs; M padded to 64 rows
     low, high = (pairs & 0xFFFF).astype(np.uint16), (pairs >> 16).astype(np.uint16)
     expected = float32_to_bf16_bits(x)
-    np.testing.assert_array_equal(low[:, :2].T, expected[:, 0::2])
-    np.testing.assert_array_equal(high[:, :2].T, expected[:, 1::2])
-    assert not pairs[:, 2:].any()  # padding rows are zero
+    np.testing.assert_array_equal(low[:, :37].T, expected[:, 0::2])
+    np.testing.assert_array_equal(high[:, :37].T, expected[:, 1::2])
+    assert not pairs[:, 37:].any()  # padding rows are zero
 
 
 @ROUTES
@@ -97,11 +102,10 @@ def test_matmul_matches_float64_on_rounded_x(kernels_bf16, route, n_x, n_out, n_
     assert_matches_rounded_float64(kernels_bf16.matmul(x, w), x, bf16_bits_to_float32(w))
 
 
-def test_amx_sums_k_in_chunks(kernels_bf16, monkeypatch):
-    """Long rows go through several passes over the weights, each adding to the last."""
-    if "amx" not in routes():
-        pytest.skip("this CPU has no AMX")
-    kernels_bf16.set_route("amx")
+@ROUTES
+def test_sums_k_in_chunks(kernels_bf16, route, monkeypatch):
+    """Long rows go through K in several chunks, each adding to the last."""
+    kernels_bf16.set_route(route)
     monkeypatch.setattr(kernels_bf16, "_X_CHUNK_BYTES", 4 * 64 * 16)  # 16 pairs: 32 of K
     w = float32_to_bf16_bits(random_matrix((40, 160)))
     x = random_matrix((50, 160), seed=2)
