@@ -140,6 +140,7 @@ def load(path, dtype: str = None, backend: str = "auto", tokenizer_path=None,
     The Llama's `precision` line says what the weights became.
 
     progress(done, total) is called after each tensor is converted (a ProgressBar fits)."""
+    from .allocator import keep_freed_memory
     from .formats import distinct
     from .formats.convert import to_dtype
     from .kernels import set_backend, warmup
@@ -154,6 +155,7 @@ def load(path, dtype: str = None, backend: str = "auto", tokenizer_path=None,
     keep_quantized = quantisation_kept(dtype, keep_quantized)
     check_weights_fit(distinct(checkpoint.tensors.values()), dtype, str(path), keep_quantized)
     warmup()  # compile the numba kernels now, not during the first token
+    keep_freed_memory()  # a prompt's layers reuse their temporaries' pages
     weights, converted = {}, {}
     for done, (name, tensor) in enumerate(checkpoint.tensors.items(), start=1):
         # Tied embeddings: convert the shared tensor once and keep it shared.
