@@ -92,6 +92,25 @@ def test_targets_compare_with_the_reference_build_only():
     assert "build-noamx" in bench.comparison_table(rows, 128)
 
 
+def test_a_float32_x_prefill_miss_shows_what_float32_weights_reached():
+    def row(engine, weights, backend, prefill):
+        return bench.Row(bench.Case(engine, weights, backend), prefill_tps=prefill,
+                         decode_tps=20.0, weight_bytes=10**9, peak_rss=0,
+                         load_seconds=0.0, threads_in_use={})
+
+    rows = [row("llama3_np", "BF16", "numba", 120.0), row("llama.cpp", "BF16", "", 250.0),
+            row("llama3_np", "BF16", "numba", 130.0),
+            row("llama3_np", "BF16", "numba-bf16", 300.0), row("llama.cpp", "F32", "", 130.0),
+            row("llama3_np", "F32", "numba", 140.0)]
+    evidence = {name: (result, why) for name, _, result, why in bench.targets(rows, 30.0, 128)}
+    result, why = evidence["prefill 128 BF16 (numba) >= 0.8x llama.cpp"]
+    assert result == "MISS" and why.startswith("float32 arithmetic") and "140.00 tok/s" in why
+    assert evidence["prefill 128 BF16 (numba-bf16) >= 0.8x llama.cpp"] == ("PASS", "")
+    rows[-1] = row("llama3_np", "F32", "numba", 210.0)  # float32 reached it: no excuse
+    evidence = {name: why for name, _, _, why in bench.targets(rows, 30.0, 128)}
+    assert evidence["prefill 128 BF16 (numba) >= 0.8x llama.cpp"] == ""
+
+
 def test_partial_runs_keep_their_own_results_section():
     """A --quick or --only run must not replace the full table in RESULTS.md."""
     def section(quick: bool, only: str) -> str:
