@@ -355,17 +355,17 @@ def what_decode_needs(ours: list, required_tps: float) -> str:
             f"({weights / (allowed - outside) / 1e9:.1f} GB/s; {now})")
 
 
-def float32_prefill_evidence(rows: list, required_tps: float) -> str:
-    """Why bf16 weights times float32 x can miss a prefill target: that is float32
-    arithmetic, which float32 weights (nothing to decode) did not reach in this run
-    either; llama.cpp rounds x to bf16 for bf16 weights, as --bf16-activations does."""
+def float32_prefill_evidence(rows: list, required_tps: float, low_x: str) -> str:
+    """Why bf16 or quantised weights times float32 x can miss a prefill target: that is
+    float32 arithmetic, which float32 weights (nothing to decode) did not reach in this
+    run either; llama.cpp takes x in low_x for those weights, as the numba-low_x row does."""
     f32 = fastest(rows, "llama3_np", "F32", speed=lambda r: r.prefill_tps)
     if f32 is None or f32.prefill_tps >= required_tps:
         return ""
     return (f"float32 arithmetic (x as it is): F32 weights, with nothing to decode, "
             f"prefilled at {f32.prefill_tps:.2f} tok/s in this run, below the "
-            f"{required_tps:.2f} required; llama.cpp's BF16 rounds x to bf16, as the "
-            f"(numba-bf16) row does")
+            f"{required_tps:.2f} required; llama.cpp takes x in {low_x} for these weights, "
+            f"as the (numba-{low_x}) row does")
 
 
 def targets(rows: list, bandwidth: float, prompt_tokens: int) -> list:
@@ -411,11 +411,12 @@ def targets(rows: list, bandwidth: float, prompt_tokens: int) -> list:
         if case.model == "1b":
             share = LLAMA_CPP_TARGET["prefill"]
             required = share * mean(theirs, lambda r: r.prefill_tps)
-            float32_x = case.weights == "BF16" and LOW_PRECISION_X["BF16"] not in \
-                case.backend.split("-")
+            low_x = LOW_PRECISION_X.get(case.weights)
+            float32_x = low_x is not None and low_x not in case.backend.split("-")
             check(f"prefill {prompt_tokens} {where} >= {share:g}x llama.cpp",
                   mean(ours, lambda r: r.prefill_tps), required,
-                  why_missed=float32_prefill_evidence(rows, required) if float32_x else "")
+                  why_missed=float32_prefill_evidence(rows, required, low_x) if float32_x
+                  else "")
     torch_bf16 = fastest(rows, "torch", "bf16", speed=lambda r: r.prefill_tps)
     for weights in GGUF_TYPES:
         mine = fastest(rows, "llama3_np", weights, speed=lambda r: r.prefill_tps)

@@ -105,6 +105,7 @@ def test_a_float32_x_prefill_miss_shows_what_float32_weights_reached():
     evidence = {name: (result, why) for name, _, result, why in bench.targets(rows, 30.0, 128)}
     result, why = evidence["prefill 128 BF16 (numba) >= 0.8x llama.cpp"]
     assert result == "MISS" and why.startswith("float32 arithmetic") and "140.00 tok/s" in why
+    assert why.endswith("takes x in bf16 for these weights, as the (numba-bf16) row does")
     assert evidence["prefill 128 BF16 (numba-bf16) >= 0.8x llama.cpp"] == ("PASS", "")
     rows[-1] = row("llama3_np", "F32", "numba", 210.0)  # float32 reached it: no excuse
     evidence = {name: why for name, _, _, why in bench.targets(rows, 30.0, 128)}
