@@ -5,11 +5,11 @@ Each layer of a prompt allocates and frees arrays of megabytes ((seq, ffn_dim) f
 back to the kernel once more than M_TRIM_THRESHOLD of it is free, and maps blocks above
 M_MMAP_THRESHOLD afresh for every allocation: either way the next layer page-faults the
 same memory in again. glibc moves both thresholds by what the process freed before, so
-the same forward pass ran at two speeds by the loader's history: the 1B in bf16, 128
-tokens, 2 threads on a Zen 5, loaded from a Hugging Face folder 0.54-0.61 s with 70,000
-page faults a forward, from the same weights' GGUF file 0.42-0.43 s with none (the heap
-grew and shrank 199 times a forward in the first, never in the second). With the
-thresholds set here both ran with none.
+the same prompt ran at two speeds by the loader's history. The 1B, 128 tokens, 2 threads
+on a Zen 5: bf16 from a Hugging Face folder 0.54-0.69 s with 70,000-109,000 page faults a
+forward (the heap grew and shrank 199 times in one), from the same weights' GGUF file
+0.42-0.43 s with none; Q8_0 from its GGUF file (int8 activations) 0.48-0.56 s with
+72,000-78,000. With the thresholds set here: none, 0.44-0.50 and 0.38-0.42 s.
 """
 
 import ctypes
