@@ -507,9 +507,9 @@ def _vdp_rows(x_pairs, bits, out, acc, start, stop, chunk_pairs):
 def _matmul_vdp(x_pairs, bits, out, chunk_pairs):
     """Each thread claims blocks of weight rows in turn and takes a block through K chunk
     by chunk: a chunk of x_pairs, read once from the L3 cache, serves all the block's rows
-    from the L2. w2 (K = 8192, 128 rows of x: 2 MB of x_pairs), weights evicted from the
-    caches before each call, as a model reads them: 706-748 GFLOP/s in four chunks
-    against 569-615 in one; 5.94 against 6.25 ms in the 1B's prefill (Zen 5, 2 threads)."""
+    from the L2. w2 (K = 8192, 128 rows of x: 2 MB of x_pairs), Zen 5, 2 threads: in the
+    1B's prefill 5.94 against 6.25 ms in one chunk; alone, with the caches flushed before
+    each call, 706-748 GFLOP/s against 569-615."""
     claimed = kernels_numba.no_claims()
     for _ in prange(kernels_numba.thread_count()):
         acc = np.empty(_VDP_W_ROWS * _LANES * _VDP_X_VECTORS, dtype=np.float32)
