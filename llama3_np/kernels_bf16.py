@@ -79,7 +79,7 @@ from . import kernels_numba  # (imported first: it sets numba up before any para
 from .kernels_numba import bits_to_float32, float32_bits
 from .kernels_simd import (BYTE_POINTER, F32X16, I32, I32X16, I64, Routes, amx_config,
                            amx_configure, amx_release, array_parts, clamped_rows, counted_loop,
-                           declare, prefetch, store_vectors, tile_op)
+                           declare, load_vector, prefetch, store_vectors, tile_op)
 
 
 _LANES = 16  # float32 lanes of a zmm register, rows and columns of an AMX tile
@@ -322,9 +322,8 @@ def _pack_tile(typingctx, x_bits, pairs, m0, p0):
         rows = []
         for r in range(_LANES):
             start = builder.gep(x_first, [builder.mul(ir.Constant(I64, r), n_in)])
-            halves = [_rounded_bits(builder, builder.load(builder.bitcast(
-                builder.gep(start, [ir.Constant(I64, _LANES * h)]), I32X16.as_pointer()),
-                align=4)) for h in range(2)]
+            halves = [_rounded_bits(builder, load_vector(builder, start, ir.Constant(I64, h),
+                                                         I32X16, 4)) for h in range(2)]
             low = builder.shuffle_vector(halves[0], halves[1], evens)
             high = builder.shuffle_vector(halves[0], halves[1], odds)
             rows.append(builder.or_(low, builder.shl(high, ir.Constant(I32X16, [16] * _LANES))))
