@@ -146,9 +146,21 @@ def warmup() -> None:
     """Compile or load the numba kernels now, so the first token is not slow."""
     if active_backend() == "numba":
         _numba_kernels().warmup()
-        for extra in (_bf16_kernels(_numba_kernels()), _int8_kernels(_numba_kernels())):
+        for extra in (_bf16_kernels(_numba_kernels()), _int8_kernels(_numba_kernels()),
+                      compiled_steps()):
             if extra is not None:
                 extra.warmup()
+
+
+def compiled_steps():
+    """The kernels_steps module (model.py's RMSNorm and one query's attention as compiled
+    loops) with the numba backend, else None: model.py's NumPy steps."""
+    if active_backend() != "numba":
+        return None
+    if "steps" not in _numba_state:
+        from . import kernels_steps
+        _numba_state["steps"] = kernels_steps
+    return _numba_state["steps"]
 
 
 def linear(x: np.ndarray, w) -> np.ndarray:

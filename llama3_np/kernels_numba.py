@@ -123,7 +123,7 @@ _STREAMED_TASKS_PER_THREAD = 4
 
 
 @intrinsic
-def _bf16_to_float32(typingctx, bits):
+def bf16_to_float32(typingctx, bits):
     """uint32 holding bf16 bits in its low half -> float32 (shift up, reinterpret)."""
     signature = types.float32(types.uint32)
 
@@ -293,10 +293,10 @@ def _matmul_bf16_rows(x, bits, out, start, stop):
             row0, row1, row2, row3 = bits[r], bits[r + 1], bits[r + 2], bits[r + 3]
             a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0)
             for j in range(n_cols):
-                w0 = _bf16_to_float32(np.uint32(row0[j]))
-                w1 = _bf16_to_float32(np.uint32(row1[j]))
-                w2 = _bf16_to_float32(np.uint32(row2[j]))
-                w3 = _bf16_to_float32(np.uint32(row3[j]))
+                w0 = bf16_to_float32(np.uint32(row0[j]))
+                w1 = bf16_to_float32(np.uint32(row1[j]))
+                w2 = bf16_to_float32(np.uint32(row2[j]))
+                w3 = bf16_to_float32(np.uint32(row3[j]))
                 a0 += x0[j] * w0
                 a1 += x0[j] * w1
                 a2 += x0[j] * w2
@@ -313,7 +313,7 @@ def _matmul_bf16_rows(x, bits, out, start, stop):
             row = bits[r]
             a = b = np.float32(0)
             for j in range(n_cols):
-                w = _bf16_to_float32(np.uint32(row[j]))
+                w = bf16_to_float32(np.uint32(row[j]))
                 a += x0[j] * w
                 b += x1[j] * w
             out[i, r], out[i + 1, r] = a, b
@@ -645,7 +645,7 @@ def decode_bf16(bits, start, out):
     for i in range(out.shape[0]):
         row, dst = bits[start + i], out[i]
         for j in range(n_cols):
-            dst[j] = _bf16_to_float32(np.uint32(row[j]))
+            dst[j] = bf16_to_float32(np.uint32(row[j]))
 
 
 @njit(**_SERIAL)
@@ -795,8 +795,8 @@ def _forget_kernels_built_from_older_sources() -> None:
     """numba re-uses a module's cached kernels until that module's file changes, but the
     IR of kernels_simd.py is compiled into this module's, kernels_int8's and
     kernels_bf16's, this module's quantize_block into kernels_int8's and its float32 bit
-    casts into kernels_bf16's: when one of the two files changed (an update, an edit),
-    drop the three modules' cached kernels so they are built again. Where the cache
+    casts into kernels_bf16's and kernels_steps': when one of the two files changed (an
+    update, an edit), drop the four modules' cached kernels so they are built again. Where the cache
     folder is read-only, numba does not cache at all, so there is nothing to drop."""
     cache = Path(matmul_bf16._cache._cache_path)
     stamp = cache / "kernel_sources.sha256"
@@ -805,7 +805,7 @@ def _forget_kernels_built_from_older_sources() -> None:
     try:
         if stamp.is_file() and stamp.read_text() == digest:
             return
-        for module in ("kernels_numba", "kernels_int8", "kernels_bf16"):
+        for module in ("kernels_numba", "kernels_int8", "kernels_bf16", "kernels_steps"):
             for built in cache.glob(f"{module}.*.nb[ic]"):
                 built.unlink(missing_ok=True)
         stamp.write_text(digest)

@@ -97,3 +97,8 @@ class KVCache:
         if self.kv_dtype == "bf16":
             return bf16_bits_to_float32(keys), bf16_bits_to_float32(values)
         return keys, values
+
+    def buffers(self, layer: int) -> tuple:
+        """The layer's keys and values (n_kv_heads, capacity, head_dim) as stored: float32,
+        or bf16 bits (uint16); positions from `length` on hold nothing yet."""
+        return self.keys[layer], self.values[layer]

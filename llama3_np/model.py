@@ -18,14 +18,18 @@ import numpy as np
 from .config import ModelConfig
 from .errors import InputError
 from .formats import take_rows
-from .kernels import linear
+from .kernels import compiled_steps, linear
 from .kv_cache import KVCache
 from .rope import RotaryTable, apply_rope, rope_frequencies
 from .tiled_attention import plain_attention_fits, tiled_attention
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """Scale each vector to unit root-mean-square, then by a learned per-channel gain."""
+    """Scale each vector to unit root-mean-square, then by a learned per-channel gain.
+    (The numba backend runs the same arithmetic as one loop: kernels_steps.py.)"""
+    steps = compiled_steps()
+    if steps is not None and x.ndim == 2 and x.dtype == np.float32:
+        return steps.rms_norm(x, weight, eps)
     return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + np.float32(eps)) * weight
 
 
@@ -243,8 +247,12 @@ class Transformer:
         total = start_pos + seq  # positions attended: the cached ones and these
 
         q = group_queries(q, c.n_kv_heads)  # (n_kv_heads, n_rep * seq, head_dim)
-        if plain_attention_fits(c.n_heads, c.n_kv_heads, c.head_dim, seq, total) or \
-                trace.wants(p + ".scores", p + ".masked_scores", p + ".probs"):
+        explained = trace.wants(p + ".scores", p + ".masked_scores", p + ".probs")
+        steps = compiled_steps()  # decoding a token: the steps below as one compiled loop
+        if seq == 1 and steps is not None and steps.attends(cache, total) and not explained:
+            out = steps.one_query_attention(q, cache, i, total)
+        elif explained or plain_attention_fits(c.n_heads, c.n_kv_heads, c.head_dim, seq,
+                                               total):
             keys, values = cache.read(i, 0, total)  # (n_kv_heads, total, head_dim)
             scores = (q @ keys.transpose(0, 2, 1)) / np.float32(np.sqrt(c.head_dim))
             scores = scores.reshape(c.n_heads, seq, total)

@@ -937,7 +937,7 @@ def test_cached_kernels_are_dropped_when_the_code_built_into_them_changes(tmp_pa
                                                                           monkeypatch):
     """numba would re-use kernels compiled from an older kernels_simd.py (it watches only
     each kernel's own file), and kernels_int8's from an older quantize_block: a changed
-    kernels_simd.py or kernels_numba.py must drop the cached kernels of the three modules
+    kernels_simd.py or kernels_numba.py must drop the cached kernels of the four modules
     built from them, unchanged ones keep them."""
     from llama3_np import kernels_numba, kernels_simd
 
@@ -948,7 +948,8 @@ def test_cached_kernels_are_dropped_when_the_code_built_into_them_changes(tmp_pa
         monkeypatch.setattr(module, "__file__", str(source))
     monkeypatch.setattr(kernels_numba.matmul_bf16._cache, "_cache_path", str(tmp_path))
     built = [tmp_path / f"{name}.py311.nbi" for name in (
-        "kernels_numba.matmul_bf16-258", "kernels_int8._gemm-240", "kernels_bf16._pack_pairs-90")]
+        "kernels_numba.matmul_bf16-258", "kernels_int8._gemm-240", "kernels_bf16._pack_pairs-90",
+        "kernels_steps._attend-72")]
     other = tmp_path / "model.rms_norm-10.py311.nbi"
     for path in built + [other]:
         path.write_text("")

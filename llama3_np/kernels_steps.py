@@ -1,0 +1,121 @@
+"""Compiled twins of two of model.py's steps, for the numba backend; importing this module
+needs numba.
+
+Decoding a token of a small model spends much of its time between the matmuls: each
+NumPy call costs a microsecond or two and a temporary, whatever the size of its vector.
+RMSNorm is six calls on a row, one query's attention ten (two stacked matmuls through
+BLAS, the softmax's five passes). Here each is one loop over the data, with the same
+arithmetic in the same order per value; only the order of the float32 sums differs
+(lanes of a vector, as in the matmul kernels). On the demo model (SmolLM2-135M, 30
+layers of 576) a token took 6.5 ms with NumPy's steps, 6.0 with this RMSNorm, 5.8 with
+this attention and 5.4 with both (2 threads, interleaved; benchmarks/decode_overhead.py).
+model.py calls them through kernels.compiled_steps(), which is None without numba.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+from .kernels_numba import bf16_to_float32
+
+# Loops over a row: LLVM may split the float32 sums into vector lanes ("reassoc").
+_LOOP = dict(fastmath={"reassoc", "contract"}, cache=True, nogil=True)
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """model.rms_norm of the rows of x (rows, dim), float32."""
+    return _rms_norm_rows(x, weight, np.float32(eps), np.empty(x.shape, dtype=np.float32))
+
+
+@njit(**_LOOP)
+def _rms_norm_rows(x, weight, eps, out):
+    n = x.shape[1]
+    for i in range(x.shape[0]):
+        row, normed = x[i], out[i]
+        squares = np.float32(0)
+        for j in range(n):
+            squares += row[j] * row[j]
+        root = np.float32(math.sqrt(squares / np.float32(n) + eps))
+        for j in range(n):
+            normed[j] = row[j] / root * weight[j]
+    return out
+
+
+# Past this many positions of a float32 cache, NumPy's way reads the keys faster: its
+# matmuls run on BLAS's threads, this loop on one (1B's shape, 2 threads: 1024 positions
+# 0.35 against 0.28 ms a layer, 2048 0.66 / 0.77, 4096 1.25 / 1.15, 32768 12.2 / 9.5; the
+# demo model's 512 0.05 / 0.09, 8192 0.77 / 0.72). A bf16 cache, which NumPy first decodes
+# tile by tile, is faster here at any length (131072 positions 36 against 106 ms).
+FLOAT32_CACHE_MAX_POSITIONS = 4096
+
+
+def attends(cache, total: int) -> bool:
+    """Whether one_query_attention beats NumPy's steps on `total` positions of `cache`."""
+    return cache.kv_dtype == "bf16" or total <= FLOAT32_CACHE_MAX_POSITIONS
+
+
+def one_query_attention(q: np.ndarray, cache, layer: int, total: int) -> np.ndarray:
+    """model.py's attention for a single query position (decoding a token), which sees
+    every cached position, so there is nothing to mask: q (n_kv_heads, n_rep, head_dim)
+    grouped as model.group_queries groups it, keys and values the first `total` positions
+    of `cache` (read where they are stored, bf16 bits too). Returns the grouped heads'
+    outputs (n_kv_heads, n_rep, head_dim)."""
+    keys, values = cache.buffers(layer)
+    return _attend(np.ascontiguousarray(q), keys, values, total,
+                   np.empty(q.shape, dtype=np.float32))
+
+
+def _cached(value):
+    """A cached key or value as float32 (a bf16 cache holds bits). Compiled code only."""
+    raise NotImplementedError("_cached runs inside numba-compiled code only")
+
+
+@overload(_cached)
+def _cached_overload(value):
+    if value == types.uint16:
+        return lambda value: bf16_to_float32(np.uint32(value))
+    return lambda value: value
+
+
+@njit(**_LOOP)
+def _attend(q, keys, values, total, out):
+    n_kv_heads, n_rep, head_dim = q.shape
+    root = np.float32(math.sqrt(head_dim))
+    probs = np.empty((n_rep, total), dtype=np.float32)
+    for g in range(n_kv_heads):  # each key and value is read once for its group's queries
+        for t in range(total):  # scores q.k / sqrt(head_dim)
+            for r in range(n_rep):
+                score = np.float32(0)
+                for d in range(head_dim):
+                    score += q[g, r, d] * _cached(keys[g, t, d])
+                probs[r, t] = score / root
+        for r in range(n_rep):  # their softmax
+            top = probs[r].max()
+            denominator = np.float32(0)
+            for t in range(total):
+                probs[r, t] = np.exp(probs[r, t] - top)
+                denominator += probs[r, t]
+            for t in range(total):
+                probs[r, t] /= denominator
+        out[g] = 0
+        for t in range(total):  # the probability-weighted sum of values
+            for r in range(n_rep):
+                p = probs[r, t]
+                for d in range(head_dim):
+                    out[g, r, d] += p * _cached(values[g, t, d])
+    return out
+
+
+def warmup() -> None:
+    """Compile (or load from numba's on-disk cache) both steps for the array kinds the
+    model passes: float32 rows, and float32 or bf16 caches."""
+    gain = np.ones(2, dtype=np.float32)
+    for writable in (True, False):  # a gain in a memory-mapped file is read-only
+        gain.flags.writeable = writable
+        rms_norm(np.ones((1, 2), dtype=np.float32), gain, 1e-5)
+    q = np.ones((1, 1, 2), dtype=np.float32)
+    for dtype in (np.float32, np.uint16):
+        buffer = np.zeros((1, 1, 2), dtype=dtype)
+        _attend(q, buffer, buffer, 1, np.empty_like(q))
