@@ -651,13 +651,8 @@ def decode_bf16(bits, start, out):
 @njit(**_SERIAL)
 def decode_q8(values, scales, start, out):
     """out[i] = rows start + i of a Q8 matrix as float32."""
-    n_cols = values.shape[1]
-    row_scales = np.empty(scales.shape[1], dtype=np.float32)
     for i in range(out.shape[0]):
-        row, dst = values[start + i], out[i]
-        _widen_row(scales, start + i, row_scales)
-        for j in range(n_cols):
-            dst[j] = np.float32(row[j]) * row_scales[j >> _Q8_SHIFT]
+        kernels_simd.q8_decode_row(values, scales, start + i, out, i)
 
 
 @njit(**_SERIAL)
@@ -665,14 +660,9 @@ def decode_q4(packed, scales, mins, start, out):
     """out[i] = rows start + i of a Q4 matrix as float32 (arguments as matmul_q4's)."""
     n_blocks = packed.shape[1] >> _Q4_SHIFT
     for i in range(out.shape[0]):
-        row, dst = packed[start + i], out[i]
         for b in range(n_blocks):
-            scale = _scale(scales, start + i, b)
-            minimum = _block_min(mins, scales, start + i, b)
-            for k in range(16):
-                byte = row[16 * b + k]
-                dst[32 * b + k] = np.float32(byte & np.uint8(15)) * scale + minimum
-                dst[32 * b + 16 + k] = np.float32(byte >> np.uint8(4)) * scale + minimum
+            kernels_simd.q4_decode_block(packed, start + i, b, _scale(scales, start + i, b),
+                                         _block_min(mins, scales, start + i, b), out, i)
 
 
 def _serial_twin(kernel):

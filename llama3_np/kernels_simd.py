@@ -823,6 +823,57 @@ def q8_dot_float(typingctx, weights, scales, row, x):
     return types.float32(weights, scales, row, x), codegen
 
 
+def _q8_decode_row(context, builder, sig, args):
+    """Row `row` of a Q8 matrix as float32 into row out_row of out: each block's 32 int8
+    values converted and multiplied by the block's scale as one vector (the scalar loop,
+    scale looked up per value, was not vectorised: 3.8 against 15 G values/s for bf16)."""
+    (w_type, scales_type, _, out_type, _), (weights, scales, row, out, out_row) = sig.args, args
+    w, block_scales = (_row_pointer(context, builder, t, a, row)
+                       for t, a in ((w_type, weights), (scales_type, scales)))
+    block_type = ir.VectorType(ir.FloatType(), 32)
+    blocks_out = builder.bitcast(_row_pointer(context, builder, out_type, out, out_row),
+                                 block_type.as_pointer())
+    with cgutils.for_range(builder, _shape(context, builder, scales_type, scales)[1]) as loop:
+        values = builder.sitofp(load_vector(builder, w, loop.index, I8X32, 1), block_type)
+        scale = splat(builder, load_scale(builder, scales_type, block_scales, loop.index), 32)
+        builder.store(builder.fmul(values, scale), builder.gep(blocks_out, [loop.index]),
+                      align=4)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def q8_decode_row(typingctx, weights, scales, row, out, out_row):
+    """out[out_row] = row `row` of a Q8 matrix (int8 values, scales per 32 as q8_dot's) as
+    float32: each value times its block's scale, one rounding, as the scalar loop."""
+    def codegen(context, builder, sig, args):
+        return _q8_decode_row(context, builder, sig, args)
+
+    return types.void(weights, scales, row, out, out_row), codegen
+
+
+@intrinsic
+def q4_decode_block(typingctx, packed, row, b, scale, minimum, out, out_row):
+    """Block b of row `row` of a Q4 matrix (16 bytes: the low nibbles are values 0-15, the
+    high ones 16-31) as float32 into row out_row of out: nibble * scale + minimum, in one
+    vector of 32 (the products are exact, so as the scalar loop, whether fused or not)."""
+    def codegen(context, builder, sig, args):
+        packed_type, out_type = sig.args[0], sig.args[5]
+        packed, row, b, scale, minimum, out, out_row = args
+        low, high = nibbles(builder, load_vector(
+            builder, _row_pointer(context, builder, packed_type, packed, row), b, I8X16, 1))
+        both = builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(ir.IntType(32), 32),
+                                                             list(range(32))))
+        values = builder.uitofp(both, ir.VectorType(ir.FloatType(), 32))
+        decoded = builder.fadd(builder.fmul(values, splat(builder, scale, 32)),
+                               splat(builder, minimum, 32))
+        blocks_out = builder.bitcast(_row_pointer(context, builder, out_type, out, out_row),
+                                     decoded.type.as_pointer())
+        builder.store(decoded, builder.gep(blocks_out, [b]), align=4)
+        return context.get_dummy_value()
+
+    return types.void(packed, row, b, types.float32, types.float32, out, out_row), codegen
+
+
 def _float_rows_dot(context, builder, sig, args):
     """x[x_row] . w[r] in float32 for each weight row r in `rows`, w bf16 bits (uint16)
     or float32: 32 values (64 bytes of bf16, 128 of float32) a step, bf16 widened to

@@ -55,6 +55,24 @@ def test_every_form_is_a_stored_tensor_with_its_own_kernels(form):
     assert form.fused(None, 1) is None  # fused kernels exist only as compiled loops
 
 
+def every_kept_form(rows: int, cols: int) -> list:
+    w = np.random.default_rng(0).standard_normal((rows, cols)).astype(np.float32)
+    kept = [to_dtype(QuantizedTensor(random_blocks(t, rows, cols, np.random.default_rng(1)),
+                                     t), None) for t in ("Q8_0", "Q4_0", "Q4_1", "Q4_K")]
+    return [to_dtype(w, "bf16"), to_dtype(w, "q8")] + kept
+
+
+@NEEDS_NUMBA
+@pytest.mark.parametrize("form", every_kept_form(37, 512), ids=repr)
+def test_compiled_tile_decoders_give_numpys_bits(form):
+    """The tiles BLAS multiplies (prefill, float32 x) hold exactly the stored values:
+    each is one exact product (and one sum) whichever loop computes it."""
+    from llama3_np import kernels_numba
+    tile = np.empty((5, 512), np.float32)
+    form.tile_decoder(kernels_numba)(30, tile)
+    np.testing.assert_array_equal(tile, form.to_float32()[30:35])
+
+
 def test_the_matmul_layer_does_not_import_the_readers():
     code = ("import sys, llama3_np.kernels, llama3_np.formats.convert; "
             "print(sorted(m for m in sys.modules if m.startswith('llama3_np.checkpoint')))")
