@@ -63,14 +63,15 @@ def test_rms_norm_keeps_nan_and_the_shapes_it_was_not_written_for(steps):
 
 
 def test_exp_is_within_one_ulp_of_the_exact_value(steps):
-    x = np.concatenate([-RNG.exponential(10, 3000), RNG.uniform(-1, 1, 1000), [0, 88]])
-    x = x.astype(np.float32)
+    x = np.concatenate([-RNG.exponential(10, 3000), RNG.uniform(-1, 1, 1000),
+                        RNG.uniform(80, 88.72, 100), [0]]).astype(np.float32)
     got = np.array([steps._exp(v) for v in x], dtype=np.float32)
     exact = np.exp(x.astype(np.float64))
     normal = exact >= np.finfo(np.float32).tiny
     ulps = np.abs(got - exact) / np.spacing(exact.astype(np.float32))
     assert ulps[normal].max() <= 1 and (got[~normal] == 0).all() and got[x == 0] == 1
     assert np.isnan(steps._exp(np.float32(np.nan))) and steps._exp(np.float32(-np.inf)) == 0
+    assert steps._exp(np.float32(88.73)) == steps._exp(np.float32(200)) == np.inf
 
 
 @pytest.mark.parametrize("n_heads, n_kv_heads, head_dim, total", [
