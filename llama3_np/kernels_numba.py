@@ -637,7 +637,8 @@ def int8_activations():
 
 # Tile decoders, for the products BLAS multiplies (kernels._tiled_matmul). They run on the
 # calling thread: BLAS's own threads multiply each tile right after, and numba's workers,
-# spinning for SPIN_COUNT rounds after a parallel decode, would hold their cores.
+# spinning for SPIN_COUNT rounds after a parallel decode, would hold their cores. Q8 and Q4
+# take a block per vector from kernels_simd: numba left their per-value loops scalar.
 @njit(**_SERIAL)
 def decode_bf16(bits, start, out):
     """out[i] = bits[start + i] as float32, for a tile of rows multiplied by BLAS."""
