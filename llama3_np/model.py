@@ -6,8 +6,9 @@
            -> RMSNorm -> output projection -> logits
 
 Every weight matmul goes through kernels.linear (the one place precision and backend
-are decided); every named step is handed to `self.trace`, which does nothing unless an
-inspection is running in this thread (see trace.py).
+are decided); with numba, RMSNorm and a decoded token's attention run as compiled loops
+of the same arithmetic (kernels_steps.py); every named step is handed to `self.trace`,
+which does nothing unless an inspection is running in this thread (see trace.py).
 """
 
 import functools
@@ -247,11 +248,11 @@ class Transformer:
         total = start_pos + seq  # positions attended: the cached ones and these
 
         q = group_queries(q, c.n_kv_heads)  # (n_kv_heads, n_rep * seq, head_dim)
-        explained = trace.wants(p + ".scores", p + ".masked_scores", p + ".probs")
+        recorded = trace.wants(p + ".scores", p + ".masked_scores", p + ".probs")
         steps = compiled_steps()  # decoding a token: the steps below as one compiled loop
-        if seq == 1 and steps is not None and steps.attends(cache, total) and not explained:
+        if seq == 1 and steps is not None and steps.attends(cache, total) and not recorded:
             out = steps.one_query_attention(q, cache, i, total)
-        elif explained or plain_attention_fits(c.n_heads, c.n_kv_heads, c.head_dim, seq,
+        elif recorded or plain_attention_fits(c.n_heads, c.n_kv_heads, c.head_dim, seq,
                                                total):
             keys, values = cache.read(i, 0, total)  # (n_kv_heads, total, head_dim)
             scores = (q @ keys.transpose(0, 2, 1)) / np.float32(np.sqrt(c.head_dim))
