@@ -8,10 +8,12 @@ Prints, per token (median of interleaved rounds, so that neighbours coming and g
 hit every variant alike):
 - decode with every fused matmul on one thread ("serial"), on all threads
   ("parallel"), and as kernels.linear chooses per matrix shape ("chosen"), with the
-  choice it settled on for each shape;
+  choice it settled on for each shape; and "chosen" again with model.py's NumPy steps
+  instead of kernels_steps.py's compiled RMSNorm and attention;
 - the same step with model.py's linear replaced by a lookup of each product, computed
   the first time (bench_case.replayed_matmuls; the median leaves that step out): what
-  everything but the matmuls costs (norms, RoPE, attention, SwiGLU, the cache, Python);
+  everything but the matmuls costs (norms, RoPE, attention, SwiGLU, the cache, Python),
+  with the compiled steps and, alternating with them, NumPy's;
   then again with each lookup reading as many bytes as its weights hold, from a buffer
   no cache holds (bench_case.StreamedReads; the reading's time left out): the same work
   with the caches as a real step leaves them. A product's weights stream through the
@@ -80,6 +82,16 @@ def thread_policies(kernels):
             "chosen": policy(threshold, None)}
 
 
+def with_steps(apply, model_module, compiled: bool):
+    """apply, then model.py's steps compiled (kernels_steps.py) or NumPy's."""
+    steps = model_module.compiled_steps if compiled else lambda: None
+
+    def both():
+        apply()
+        model_module.compiled_steps = steps
+    return both
+
+
 def best_call_seconds(fn, repeats: int = 200) -> float:
     fn()
     best = float("inf")
@@ -98,6 +110,7 @@ def main():
 
     import llama3_np
     from llama3_np import kernels
+    from llama3_np import model as model_module
 
     llm = llama3_np.load(args.model)
     kernels.set_threads(args.threads)
@@ -107,9 +120,13 @@ def main():
     print(f"{args.model.name}, {args.threads} thread(s), backend {kernels.active_backend()}"
           + (", int8 activations" if args.int8_activations else ""))
 
-    policies = thread_policies(kernels)
-    compared = policies if args.threads > 1 and kernels.active_backend() == "numba" else \
-        {"chosen": policies["chosen"]}
+    policies = {name: with_steps(apply, model_module, True)
+                for name, apply in thread_policies(kernels).items()}
+    compared = dict(policies) if args.threads > 1 and kernels.active_backend() == "numba" \
+        else {"chosen": policies["chosen"]}
+    numpy_steps = with_steps(thread_policies(kernels)["chosen"], model_module, False)
+    if kernels.active_backend() == "numba":
+        compared["chosen, NumPy's steps"] = numpy_steps
     times = {name: [] for name in compared}
     for _ in range(args.rounds):
         for name, apply in compared.items():
@@ -119,7 +136,7 @@ def main():
     policies["chosen"]()
     for name, seconds in times.items():
         median = statistics.median(seconds)
-        print(f"decode, fused matmuls {name:9s} {median * 1e3:7.2f} ms/token "
+        print(f"decode, fused matmuls {name:21s} {median * 1e3:7.2f} ms/token "
               f"({1 / median:6.1f} tok/s)")
     for key, shape in kernels._parallel_choice._shapes.items():
         if None not in shape.means and key[2] == 1:
@@ -127,10 +144,18 @@ def main():
             print(f"  {key[0]}x{key[1]}: {chosen} (mean {shape.means[0] * 1e6:.0f} us on one, "
                   f"{shape.means[1] * 1e6:.0f} us on all)")
 
+    steps_compared = {"compiled": policies["chosen"]}
+    if kernels.active_backend() == "numba":
+        steps_compared["numpy"] = numpy_steps
+    rest = {name: [] for name in steps_compared}
     with replayed_matmuls():
-        rest = [decoder.step() for _ in range(args.rounds * args.tokens)]
-    print(f"everything but the matmuls     {statistics.median(rest) * 1e3:7.2f} ms/token "
-          "(caches warm)")
+        for _ in range(args.rounds):
+            for name, apply in steps_compared.items():
+                apply()
+                rest[name] += [decoder.step() for _ in range(args.tokens)]
+    policies["chosen"]()
+    print(f"everything but the matmuls     {statistics.median(rest['compiled']) * 1e3:7.2f} "
+          "ms/token (caches warm)")
     reads = StreamedReads()
     with replayed_matmuls(reads):
         cold = []
@@ -139,6 +164,9 @@ def main():
             cold.append(decoder.step() - (reads.seconds - reading))
     print(f"  the same, weights' bytes read {statistics.median(cold) * 1e3:7.2f} ms/token "
           "(caches as a real step leaves them)")
+    if "numpy" in rest:
+        print(f"  with NumPy's steps instead   {statistics.median(rest['numpy']) * 1e3:7.2f} "
+              "ms/token (caches warm; runs alternating with the first line's)")
 
     numba_kernels = kernels._numba_kernels() if kernels.active_backend() == "numba" else None
     seen = set()
