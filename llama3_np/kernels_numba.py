@@ -787,8 +787,9 @@ def _forget_kernels_built_from_older_sources() -> None:
     IR of kernels_simd.py is compiled into this module's, kernels_int8's and
     kernels_bf16's, this module's quantize_block into kernels_int8's and its float32 bit
     casts into kernels_bf16's and kernels_steps': when one of the two files changed (an
-    update, an edit), drop the four modules' cached kernels so they are built again. Where the cache
-    folder is read-only, numba does not cache at all, so there is nothing to drop."""
+    update, an edit), drop the four modules' cached kernels so they are built again.
+    Where the cache folder is read-only, numba does not cache at all, so there is nothing
+    to drop."""
     cache = Path(matmul_bf16._cache._cache_path)
     stamp = cache / "kernel_sources.sha256"
     digest = hashlib.sha256(Path(kernels_simd.__file__).read_bytes()

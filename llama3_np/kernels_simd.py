@@ -855,19 +855,20 @@ def q8_decode_row(typingctx, weights, scales, row, out, out_row):
 def q4_decode_block(typingctx, packed, row, b, scale, minimum, out, out_row):
     """Block b of row `row` of a Q4 matrix (16 bytes: the low nibbles are values 0-15, the
     high ones 16-31) as float32 into row out_row of out: nibble * scale + minimum, in one
-    vector of 32 (the products are exact, so as the scalar loop, whether fused or not)."""
+    vector of 32 (each product is exact, so fused or not, the sum is rounded once)."""
     def codegen(context, builder, sig, args):
         packed_type, out_type = sig.args[0], sig.args[5]
-        packed, row, b, scale, minimum, out, out_row = args
+        packed_array, row, b, scale, minimum, out_array, out_row = args
         low, high = nibbles(builder, load_vector(
-            builder, _row_pointer(context, builder, packed_type, packed, row), b, I8X16, 1))
+            builder, _row_pointer(context, builder, packed_type, packed_array, row), b, I8X16,
+            1))
         both = builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(ir.IntType(32), 32),
                                                              list(range(32))))
         values = builder.uitofp(both, ir.VectorType(ir.FloatType(), 32))
         decoded = builder.fadd(builder.fmul(values, splat(builder, scale, 32)),
                                splat(builder, minimum, 32))
-        blocks_out = builder.bitcast(_row_pointer(context, builder, out_type, out, out_row),
-                                     decoded.type.as_pointer())
+        blocks_out = builder.bitcast(_row_pointer(context, builder, out_type, out_array,
+                                                  out_row), decoded.type.as_pointer())
         builder.store(decoded, builder.gep(blocks_out, [b]), align=4)
         return context.get_dummy_value()
 
