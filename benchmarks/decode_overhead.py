@@ -120,11 +120,11 @@ def main():
     print(f"{args.model.name}, {args.threads} thread(s), backend {kernels.active_backend()}"
           + (", int8 activations" if args.int8_activations else ""))
 
-    policies = {name: with_steps(apply, model_module, True)
-                for name, apply in thread_policies(kernels).items()}
+    threads = thread_policies(kernels)
+    policies = {name: with_steps(apply, model_module, True) for name, apply in threads.items()}
     compared = dict(policies) if args.threads > 1 and kernels.active_backend() == "numba" \
         else {"chosen": policies["chosen"]}
-    numpy_steps = with_steps(thread_policies(kernels)["chosen"], model_module, False)
+    numpy_steps = with_steps(threads["chosen"], model_module, False)
     if kernels.active_backend() == "numba":
         compared["chosen, NumPy's steps"] = numpy_steps
     times = {name: [] for name in compared}

@@ -17,11 +17,10 @@ model.py calls them through kernels.compiled_steps(), which is None without numb
 import math
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, types
-from numba.extending import intrinsic, overload
+from numba.extending import overload
 
-from .kernels_numba import bf16_to_float32
+from .kernels_numba import bf16_to_float32, bits_to_float32
 
 # Loops over a row: LLVM may split the float32 sums into vector lanes ("reassoc").
 _LOOP = dict(fastmath={"reassoc", "contract"}, cache=True, nogil=True)
@@ -70,15 +69,6 @@ def one_query_attention(q: np.ndarray, cache, layer: int, total: int) -> np.ndar
                    np.empty(q.shape, dtype=np.float32))
 
 
-@intrinsic
-def _float_from_bits(typingctx, bits):
-    """int32 -> the float32 with those bits."""
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return types.float32(types.int32), codegen
-
-
 # e^x = 2^n e^r with n = round(x / ln 2) and |r| <= ln(2) / 2; ln 2 in two parts so that
 # x - n ln 2 is exact; e^r by Cephes' expf polynomial.
 _LOG2_E = np.float32(1.44269504088896341)
@@ -106,8 +96,8 @@ def _exp(x):
         p = p * r + c
     # times 2^n as 2^half * 2^(n - half), exact: n reaches 128, past float32's exponents
     half = np.int32(n) >> 1
-    return (p * (r * r) + r + np.float32(1)) * _float_from_bits((half + 127) << 23) * \
-        _float_from_bits((np.int32(n) - half + 127) << 23)
+    return (p * (r * r) + r + np.float32(1)) * bits_to_float32(np.uint32(half + 127) << 23) * \
+        bits_to_float32(np.uint32(np.int32(n) - half + 127) << 23)
 
 
 def _cached(value):
